@@ -1,0 +1,50 @@
+# anycastd build, test and lab targets. See README.md.
+GO      ?= go
+BIN     := bin
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+# Lab tests are ordinary Go tests that skip unless ANYCASTD_LAB=1 and root.
+LABENV  := ANYCASTD_LAB=1
+FUZZTIME ?= 30s
+
+.PHONY: all build test unit lab-test bench lab lint fuzz clean
+
+all: build
+
+## build: static binaries into bin/
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/anycastd ./cmd/anyctl
+
+## test: everything CI runs: lint, unit tests, lab tests (root)
+test: lint unit lab-test
+
+## unit: the unit tests; no root, no network beyond loopback
+unit:
+	$(GO) test -count=1 ./...
+
+## lab-test: tests in network namespaces and the qemu VM (root)
+lab-test: build
+	@if [ "$$(id -u)" != 0 ]; then echo "lab-test needs root (network namespaces, qemu)"; exit 1; fi
+	$(LABENV) $(GO) test -count=1 -p 1 -timeout 60m -run 'Lab' ./...
+
+## bench: benchmarks and the lab's measurement report
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./...
+
+## lab: the demo (main job)
+lab: build
+	@sh labs/demo.sh
+
+## lint: gofmt check and go vet
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "not gofmt-formatted:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+## fuzz: each fuzz target for FUZZTIME
+fuzz:
+	$(GO) test ./configs -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) -fuzzminimizetime 2s
+
+## clean: remove build output and lab caches
+clean:
+	rm -rf $(BIN) labs/.cache

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+// golden compares got with testdata/name, or rewrites it with -update.
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if got != string(want) {
+		t.Errorf("output differs from %s:\n--- got\n%s--- want\n%s", path, got, want)
+	}
+}
+
+func runCLI(args ...string) (stdout, stderr string, code int) {
+	var o, e bytes.Buffer
+	code = run(args, &o, &e)
+	return o.String(), e.String(), code
+}
+
+func TestValidate(t *testing.T) {
+	cases := []struct {
+		name   string
+		args   []string
+		code   int
+		golden string
+		stderr string
+	}{
+		{"examples ok", []string{"validate", "../../configs/examples/single.yaml", "../../configs/examples/ecmp.yaml", "../../configs/examples/fallback.yaml"},
+			exitOK, "validate-ok.golden", ""},
+		{"many mistakes", []string{"validate", "../../configs/examples/single.yaml", "../../configs/testdata/many-mistakes.yaml"},
+			exitFailed, "validate-bad.golden", "anyctl: 1 of 2 files invalid\n"},
+		{"missing file", []string{"validate", "testdata/does-not-exist.yaml"},
+			exitFailed, "validate-missing.golden", "anyctl: 1 of 1 files invalid\n"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			out, errOut, code := runCLI(tc.args...)
+			if code != tc.code {
+				t.Errorf("exit code %d, want %d; stderr %q", code, tc.code, errOut)
+			}
+			if errOut != tc.stderr {
+				t.Errorf("stderr %q, want %q", errOut, tc.stderr)
+			}
+			golden(t, tc.golden, out)
+		})
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{{"validate"}, {"no-such-command"}, {"keygen", "--bytes", "7"}, {"validate", "--nope", "x"}} {
+		_, errOut, code := runCLI(args...)
+		if code != exitUsage {
+			t.Errorf("anyctl %s: exit %d, want %d (usage)", strings.Join(args, " "), code, exitUsage)
+		}
+		if !strings.HasPrefix(errOut, "anyctl: ") {
+			t.Errorf("anyctl %s: stderr %q should say what is wrong", strings.Join(args, " "), errOut)
+		}
+	}
+}
+
+func TestKeygen(t *testing.T) {
+	out, _, code := runCLI("keygen")
+	if code != exitOK || len(strings.TrimSpace(out)) != 44 {
+		t.Fatalf("keygen: code %d, key %q (want 44 base64 chars)", code, out)
+	}
+	again, _, _ := runCLI("keygen")
+	if again == out {
+		t.Errorf("two keygen runs gave the same key")
+	}
+}
