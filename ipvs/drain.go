@@ -1,0 +1,92 @@
+package ipvs
+
+import (
+	"slices"
+	"time"
+)
+
+// Drainer turns the removal of a destination into a graceful drain: a
+// destination that want no longer has is first kept at weight 0 (no new
+// connections, existing ones continue) and is only left out of want, so
+// that Diff deletes it, once its connections have ended or its service's
+// DrainTimeout has passed. It is not safe for concurrent use; the owner
+// calls it from one loop.
+type Drainer struct {
+	since map[drainKey]time.Time
+}
+
+type drainKey struct {
+	svc  ServiceKey
+	dest DestKey
+}
+
+// NewDrainer returns a Drainer with nothing draining.
+func NewDrainer() *Drainer {
+	return &Drainer{since: map[drainKey]time.Time{}}
+}
+
+// Draining returns how many destinations are being drained.
+func (d *Drainer) Draining() int { return len(d.since) }
+
+// Adjust returns want with the destinations of have that are still
+// draining put back at weight 0, each in its place in have's order (which
+// order-sensitive schedulers need). want is not modified.
+func (d *Drainer) Adjust(have, want Table, now time.Time) Table {
+	hidx := have.Index()
+	out := Table{Services: make([]Service, len(want.Services))}
+	live := map[drainKey]bool{}
+	for i := range want.Services {
+		ws := want.Services[i]
+		ws.Destinations = slices.Clone(ws.Destinations)
+		hs, ok := hidx[ws.ServiceKey]
+		if !ok || ws.DrainTimeout <= 0 {
+			out.Services[i] = ws
+			continue
+		}
+		inWant := map[DestKey]bool{}
+		for _, x := range ws.Destinations {
+			inWant[x.DestKey] = true
+		}
+		for j, hd := range hs.Destinations {
+			if inWant[hd.DestKey] {
+				continue
+			}
+			k := drainKey{ws.ServiceKey, hd.DestKey}
+			start, draining := d.since[k]
+			if !draining {
+				start = now
+			}
+			idle := hd.ActiveConns+hd.InactiveConns == 0
+			switch {
+			case draining && idle && hd.Weight == 0:
+				continue // drained: let Diff delete it
+			case now.Sub(start) >= ws.DrainTimeout:
+				continue // out of time
+			}
+			d.since[k] = start
+			live[k] = true
+			kept := hd
+			kept.Weight = 0
+			kept.ActiveConns, kept.InactiveConns = 0, 0
+			ws.Destinations = insertAfterPredecessor(ws.Destinations, hs.Destinations[:j], kept)
+		}
+		out.Services[i] = ws
+	}
+	for k := range d.since {
+		if !live[k] {
+			delete(d.since, k)
+		}
+	}
+	return out
+}
+
+// insertAfterPredecessor inserts x into list right after the last of
+// before (x's predecessors in the old order) that list holds, or first.
+func insertAfterPredecessor(list []Destination, before []Destination, x Destination) []Destination {
+	for _, p := range slices.Backward(before) {
+		if i := slices.IndexFunc(list, func(d Destination) bool { return d.DestKey == p.DestKey }); i >= 0 {
+			return slices.Insert(list, i+1, x)
+		}
+	}
+	return slices.Insert(list, 0, x)
+}

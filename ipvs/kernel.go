@@ -1,0 +1,229 @@
+package ipvs
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+
+	mobyipvs "github.com/moby/ipvs"
+)
+
+// Kernel is the Dataplane of the Linux kernel's IPVS, over generic netlink
+// (github.com/moby/ipvs). It is safe for concurrent use.
+type Kernel struct {
+	mu  sync.Mutex
+	h   *mobyipvs.Handle
+	ops int
+}
+
+// OpenKernel opens IPVS in the network namespace at nsPath
+// (/run/netns/NAME, /proc/PID/ns/net), or in the caller's namespace when
+// nsPath is "". It fails when the kernel has no IPVS.
+func OpenKernel(nsPath string) (*Kernel, error) {
+	h, err := mobyipvs.New(nsPath)
+	if err != nil {
+		return nil, fmt.Errorf("open IPVS netlink (namespace %q): %w", nsPath, err)
+	}
+	k := &Kernel{h: h}
+	// A handle opens even where the IPVS family is missing; the first
+	// request tells.
+	if _, err := h.GetServices(); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("IPVS not available (is the ip_vs module loaded?): %w", err)
+	}
+	return k, nil
+}
+
+// Close releases the netlink socket. The kernel's table stays as it is.
+func (k *Kernel) Close() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.h.Close()
+	return nil
+}
+
+// Ops returns how many netlink operations Apply has sent.
+func (k *Kernel) Ops() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.ops
+}
+
+// Table implements Dataplane.
+func (k *Kernel) Table(ctx context.Context) (Table, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	svcs, err := k.h.GetServices()
+	if err != nil {
+		return Table{}, fmt.Errorf("read IPVS services: %w", err)
+	}
+	var t Table
+	for _, ms := range svcs {
+		if err := ctx.Err(); err != nil {
+			return Table{}, err
+		}
+		s, err := fromMobyService(ms)
+		if err != nil {
+			return Table{}, err
+		}
+		ds, err := k.h.GetDestinations(ms)
+		if err != nil {
+			return Table{}, fmt.Errorf("read destinations of %s: %w", s.ServiceKey, err)
+		}
+		// The kernel keeps destinations newest first; the model keeps
+		// insertion order.
+		for _, md := range slices.Backward(ds) {
+			d, err := fromMobyDest(md)
+			if err != nil {
+				return Table{}, fmt.Errorf("service %s: %w", s.ServiceKey, err)
+			}
+			s.Destinations = append(s.Destinations, d)
+		}
+		t.Services = append(t.Services, s)
+	}
+	return t.Sorted(), nil
+}
+
+// Apply implements Dataplane.
+func (k *Kernel) Apply(ctx context.Context, p Plan) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return applyPlan(ctx, p, k.exec)
+}
+
+func (k *Kernel) exec(op Op) error {
+	k.ops++
+	ms := toMobyService(&op.Service)
+	switch op.Kind {
+	case AddService:
+		return k.h.NewService(ms)
+	case UpdateService:
+		return k.h.UpdateService(ms)
+	case DelService:
+		return k.h.DelService(ms)
+	}
+	if FamilyOf(op.Dest.Addr) != op.Service.Family {
+		// moby/ipvs sends no destination family, so the kernel would
+		// take it as the service's and misread the address.
+		return fmt.Errorf("destination %s is not of the service's family", op.Dest.DestKey)
+	}
+	md := toMobyDest(&op.Dest)
+	switch op.Kind {
+	case AddDest:
+		return k.h.NewDestination(ms, md)
+	case UpdateDest:
+		return k.h.UpdateDestination(ms, md)
+	case DelDest:
+		return k.h.DelDestination(ms, md)
+	}
+	return fmt.Errorf("unknown operation %d", op.Kind)
+}
+
+func toMobyService(s *Service) *mobyipvs.Service {
+	ms := &mobyipvs.Service{
+		Protocol:      uint16(s.Protocol),
+		Port:          s.Port,
+		FWMark:        s.FWMark,
+		SchedName:     s.Scheduler,
+		Flags:         uint32(s.Flags & managedFlags),
+		Timeout:       s.Timeout,
+		AddressFamily: uint16(s.Family),
+	}
+	if s.FWMark == 0 {
+		ms.Address = net.IP(s.Addr.AsSlice())
+	}
+	if s.Timeout > 0 {
+		ms.Flags |= uint32(FlagPersistent)
+	}
+	bits := s.persistBits()
+	if s.Family == IPv4 {
+		// The kernel keeps an IPv4 netmask as a __be32 mask, an IPv6 one
+		// as a prefix length; the attribute is sent in host order.
+		var b [4]byte
+		binary.BigEndian.PutUint32(b[:], ^uint32(0)<<(32-bits))
+		ms.Netmask = binary.NativeEndian.Uint32(b[:])
+	} else {
+		ms.Netmask = uint32(bits)
+	}
+	return ms
+}
+
+func fromMobyService(ms *mobyipvs.Service) (Service, error) {
+	s := Service{
+		ServiceKey: ServiceKey{
+			Family:   Family(ms.AddressFamily),
+			FWMark:   ms.FWMark,
+			Protocol: Protocol(ms.Protocol),
+			Port:     ms.Port,
+		},
+		Scheduler: ms.SchedName,
+		Flags:     Flags(ms.Flags) & managedFlags,
+		Timeout:   ms.Timeout,
+	}
+	if s.FWMark != 0 {
+		// The kernel reports a zero address and protocol for fwmark
+		// services; the key has none.
+		s.Protocol, s.Port = 0, 0
+	} else {
+		a, ok := netip.AddrFromSlice(ms.Address)
+		if !ok {
+			return Service{}, fmt.Errorf("service with unreadable address %v", ms.Address)
+		}
+		if s.Family == IPv4 {
+			a = a.Unmap()
+		}
+		s.Addr = a
+	}
+	if s.Family == IPv4 {
+		var b [4]byte
+		binary.NativeEndian.PutUint32(b[:], ms.Netmask)
+		m := binary.BigEndian.Uint32(b[:])
+		bits := 0
+		for m&0x80000000 != 0 {
+			bits++
+			m <<= 1
+		}
+		s.PersistBits = bits
+	} else {
+		s.PersistBits = int(ms.Netmask)
+	}
+	if s.Timeout == 0 || s.PersistBits == s.persistFull() {
+		s.PersistBits = 0
+	}
+	return s, nil
+}
+
+func toMobyDest(d *Destination) *mobyipvs.Destination {
+	return &mobyipvs.Destination{
+		Address:         net.IP(d.Addr.AsSlice()),
+		Port:            d.Port,
+		Weight:          d.Weight,
+		ConnectionFlags: uint32(d.Forward),
+		AddressFamily:   uint16(FamilyOf(d.Addr)),
+		UpperThreshold:  d.UpperThreshold,
+		LowerThreshold:  d.LowerThreshold,
+	}
+}
+
+func fromMobyDest(md *mobyipvs.Destination) (Destination, error) {
+	a, ok := netip.AddrFromSlice(md.Address)
+	if !ok {
+		return Destination{}, fmt.Errorf("destination with unreadable address %v", md.Address)
+	}
+	if md.AddressFamily == uint16(IPv4) {
+		a = a.Unmap()
+	}
+	return Destination{
+		DestKey:        DestKey{Addr: a, Port: md.Port},
+		Weight:         md.Weight,
+		Forward:        Forward(md.ConnectionFlags & mobyipvs.ConnectionFlagFwdMask),
+		UpperThreshold: md.UpperThreshold,
+		LowerThreshold: md.LowerThreshold,
+		ActiveConns:    md.ActiveConnections,
+		InactiveConns:  md.InactiveConnections,
+	}, nil
+}

@@ -1,0 +1,311 @@
+// Package ipvs is the IPVS (LVS) side of a director: the table model, the
+// diff of two tables into an ordered plan of operations, the Dataplane that
+// applies plans (the kernel through moby/ipvs, or memory for tests), the
+// reconciler that adopts existing entries without ever flushing, and the
+// host settings IPVS needs (VIP binding, sysctls) recorded so they can be
+// put back.
+package ipvs
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Protocol is an IP protocol number.
+type Protocol uint16
+
+// Protocols IPVS balances.
+const (
+	TCP  Protocol = 6
+	UDP  Protocol = 17
+	SCTP Protocol = 132
+)
+
+func (p Protocol) String() string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	case SCTP:
+		return "sctp"
+	case 0:
+		return "any"
+	}
+	return fmt.Sprintf("proto-%d", uint16(p))
+}
+
+// ParseProtocol parses "tcp", "udp" or "sctp".
+func ParseProtocol(s string) (Protocol, error) {
+	switch s {
+	case "tcp":
+		return TCP, nil
+	case "udp":
+		return UDP, nil
+	case "sctp":
+		return SCTP, nil
+	}
+	return 0, fmt.Errorf("unknown protocol %q", s)
+}
+
+// Family is an address family as the kernel numbers it.
+type Family uint16
+
+// Address families.
+const (
+	IPv4 Family = 2  // AF_INET
+	IPv6 Family = 10 // AF_INET6
+)
+
+// FamilyOf returns the family of a; a v4-mapped address is IPv4.
+func FamilyOf(a netip.Addr) Family {
+	if a.Unmap().Is4() {
+		return IPv4
+	}
+	return IPv6
+}
+
+// Forward is a forwarding method, numbered as the kernel's
+// IP_VS_CONN_F_* values.
+type Forward uint32
+
+// Forwarding methods.
+const (
+	NAT Forward = 0 // masquerading
+	TUN Forward = 2 // IP-in-IP tunnel
+	DR  Forward = 3 // direct routing
+)
+
+func (f Forward) String() string {
+	switch f {
+	case NAT:
+		return "nat"
+	case TUN:
+		return "tun"
+	case DR:
+		return "dr"
+	}
+	return fmt.Sprintf("fwd-%d", uint32(f))
+}
+
+// ParseForward parses "dr", "nat" or "tun".
+func ParseForward(s string) (Forward, error) {
+	switch s {
+	case "dr":
+		return DR, nil
+	case "nat":
+		return NAT, nil
+	case "tun":
+		return TUN, nil
+	}
+	return 0, fmt.Errorf("unknown forwarding method %q", s)
+}
+
+// Flags are IPVS service flags (IP_VS_SVC_F_*) that anycastd manages.
+type Flags uint32
+
+// Service flags. SchedFlag1..3 mean different things per scheduler:
+// sh-fallback and mh-fallback are SchedFlag1, sh-port and mh-port SchedFlag2.
+const (
+	FlagPersistent Flags = 0x0001
+	FlagHashed     Flags = 0x0002 // set by the kernel on every service; never ours
+	FlagOnePacket  Flags = 0x0004
+	SchedFlag1     Flags = 0x0008
+	SchedFlag2     Flags = 0x0010
+	SchedFlag3     Flags = 0x0020
+)
+
+// managedFlags are the flags a Service carries; others the kernel reports
+// (FlagHashed) are ignored when tables are compared.
+const managedFlags = FlagOnePacket | SchedFlag1 | SchedFlag2 | SchedFlag3
+
+// ParseSchedFlags turns scheduler flag names ("mh-port") into Flags.
+func ParseSchedFlags(scheduler string, names []string) (Flags, error) {
+	var f Flags
+	for _, n := range names {
+		sched, flag, ok := strings.Cut(n, "-")
+		if !ok || sched != scheduler {
+			return 0, fmt.Errorf("flag %q is not a flag of scheduler %s", n, scheduler)
+		}
+		switch flag {
+		case "fallback":
+			f |= SchedFlag1
+		case "port":
+			f |= SchedFlag2
+		default:
+			return 0, fmt.Errorf("unknown scheduler flag %q", n)
+		}
+	}
+	return f, nil
+}
+
+// OrderSensitive reports whether a scheduler's choice depends on the order
+// of the service's destinations in the kernel (mh builds its Maglev table,
+// sh and dh their hash buckets, by walking that list). For these, every
+// director must insert the same destinations in the same order to pick the
+// same real server for a flow.
+func OrderSensitive(scheduler string) bool {
+	switch scheduler {
+	case "mh", "sh", "dh":
+		return true
+	}
+	return false
+}
+
+// ServiceKey identifies a virtual service: by address, protocol and port,
+// or by firewall mark (then Addr, Protocol and Port are zero).
+type ServiceKey struct {
+	Family   Family
+	FWMark   uint32
+	Protocol Protocol
+	Addr     netip.Addr
+	Port     uint16
+}
+
+func (k ServiceKey) String() string {
+	if k.FWMark != 0 {
+		if k.Family == IPv6 {
+			return fmt.Sprintf("fwmark %d (ipv6)", k.FWMark)
+		}
+		return fmt.Sprintf("fwmark %d", k.FWMark)
+	}
+	return fmt.Sprintf("%s %s", k.Protocol, netip.AddrPortFrom(k.Addr, k.Port))
+}
+
+// Compare orders keys deterministically: fwmark services after address
+// services, then by family, address, protocol, port.
+func (k ServiceKey) Compare(o ServiceKey) int {
+	return cmp.Or(
+		cmp.Compare(k.FWMark, o.FWMark),
+		cmp.Compare(k.Family, o.Family),
+		k.Addr.Compare(o.Addr),
+		cmp.Compare(k.Protocol, o.Protocol),
+		cmp.Compare(k.Port, o.Port),
+	)
+}
+
+// Service is a virtual service and its destinations.
+type Service struct {
+	ServiceKey
+	Scheduler string
+	Flags     Flags
+	// Timeout is the persistence timeout in seconds; 0 is not persistent.
+	Timeout uint32
+	// PersistBits is the persistence netmask as a prefix length; 0 means
+	// the whole address (32 or 128).
+	PersistBits int
+	// DrainTimeout is how long a destination removed from the service
+	// stays at weight 0 while its connections end (see Drainer); 0
+	// removes it at once. Not a kernel setting.
+	DrainTimeout time.Duration
+	// Destinations in insertion order. For an order-sensitive scheduler
+	// this order is part of the service: two directors with the same
+	// destinations in the same order pick the same real server.
+	Destinations []Destination
+}
+
+// persistBits is PersistBits with its default made explicit.
+func (s *Service) persistBits() int {
+	if s.PersistBits > 0 {
+		return s.PersistBits
+	}
+	return s.persistFull()
+}
+
+func (s *Service) persistFull() int {
+	if s.Family == IPv6 {
+		return 128
+	}
+	return 32
+}
+
+// sameSettings reports whether two services have the same settings
+// (what UpdateService changes), ignoring destinations.
+func (s *Service) sameSettings(o *Service) bool {
+	return s.Scheduler == o.Scheduler && s.Flags&managedFlags == o.Flags&managedFlags &&
+		s.Timeout == o.Timeout && (s.Timeout == 0 || s.persistBits() == o.persistBits())
+}
+
+// DestKey identifies a destination within its service.
+type DestKey struct {
+	Addr netip.Addr
+	Port uint16
+}
+
+func (k DestKey) String() string { return netip.AddrPortFrom(k.Addr, k.Port).String() }
+
+// Destination is a real server of a service.
+type Destination struct {
+	DestKey
+	Weight         int
+	Forward        Forward
+	UpperThreshold uint32
+	LowerThreshold uint32
+
+	// Read from the kernel, ignored by Diff.
+	ActiveConns   int
+	InactiveConns int
+}
+
+// sameSettings reports whether two destinations have the same settings
+// (what UpdateDestination changes).
+func (d *Destination) sameSettings(o *Destination) bool {
+	return d.Weight == o.Weight && d.Forward == o.Forward &&
+		d.UpperThreshold == o.UpperThreshold && d.LowerThreshold == o.LowerThreshold
+}
+
+// Table is a set of services. Services with the same key must not repeat.
+type Table struct {
+	Services []Service
+}
+
+// Index returns the services by key.
+func (t Table) Index() map[ServiceKey]*Service {
+	m := make(map[ServiceKey]*Service, len(t.Services))
+	for i := range t.Services {
+		m[t.Services[i].ServiceKey] = &t.Services[i]
+	}
+	return m
+}
+
+// Sorted returns a copy of t with services in key order (destinations keep
+// their order). Two equal tables are identical once sorted.
+func (t Table) Sorted() Table {
+	out := Table{Services: slices.Clone(t.Services)}
+	slices.SortFunc(out.Services, func(a, b Service) int { return a.Compare(b.ServiceKey) })
+	return out
+}
+
+// Check reports a table that cannot be applied: repeated services or
+// destinations, mixed families, missing scheduler.
+func (t Table) Check() error {
+	seen := map[ServiceKey]bool{}
+	for i := range t.Services {
+		s := &t.Services[i]
+		if seen[s.ServiceKey] {
+			return fmt.Errorf("service %s appears twice", s.ServiceKey)
+		}
+		seen[s.ServiceKey] = true
+		if s.Scheduler == "" {
+			return fmt.Errorf("service %s has no scheduler", s.ServiceKey)
+		}
+		if s.FWMark == 0 && (!s.Addr.IsValid() || FamilyOf(s.Addr) != s.Family) {
+			return fmt.Errorf("service %s: address does not match family %d", s.ServiceKey, s.Family)
+		}
+		dseen := map[DestKey]bool{}
+		for _, d := range s.Destinations {
+			if dseen[d.DestKey] {
+				return fmt.Errorf("service %s: destination %s appears twice", s.ServiceKey, d.DestKey)
+			}
+			dseen[d.DestKey] = true
+			if !d.Addr.IsValid() || FamilyOf(d.Addr) != s.Family {
+				return fmt.Errorf("service %s: destination %s is not of the service's family", s.ServiceKey, d.DestKey)
+			}
+		}
+	}
+	return nil
+}
