@@ -68,6 +68,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.AddCommand(
 		newValidateCmd(),
 		newKeygenCmd(),
+		newRealServerCmd(),
 		newVersionCmd(),
 	)
 	return root

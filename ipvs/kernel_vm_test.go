@@ -1,0 +1,270 @@
+package ipvs
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/anycastd/anycastd/labs/labtest"
+	mobyipvs "github.com/moby/ipvs"
+)
+
+// vmKernel opens IPVS in a new namespace whose interfaces make the test
+// destinations routable (the kernel refuses a destination it cannot route).
+func vmKernel(t *testing.T, hint string) (*Kernel, *labtest.Netns) {
+	t.Helper()
+	labtest.RequireVM(t)
+	ns := labtest.NewNetns(t, hint)
+	ns.Run("ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+	ns.Run("ip", "addr", "add", "10.0.0.1/16", "dev", "v0")
+	ns.Run("ip", "-6", "addr", "add", "2001:db8::1/64", "dev", "v0", "nodad")
+	ns.Run("ip", "link", "set", "v0", "up")
+	ns.Run("ip", "link", "set", "v1", "up")
+	k, err := OpenKernel("/run/netns/" + ns.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k.Close() })
+	return k, ns
+}
+
+func withPort(d Destination, port uint16) Destination { d.Port = port; return d }
+func fwd(d Destination, f Forward) Destination        { d.Forward = f; return d }
+
+func vmTable() Table {
+	dr := svc("198.51.100.1", 80, "mh", dst("10.0.1.1", 1), dst("10.0.1.2", 2), dst("10.0.1.3", 1))
+	dr.Flags = SchedFlag2 // mh-port
+	nat := svc("198.51.100.2", 443, "wlc", withPort(fwd(dst("10.0.2.1", 100), NAT), 8443), withPort(fwd(dst("10.0.2.2", 50), NAT), 8443))
+	nat.Timeout, nat.PersistBits = 300, 24
+	nat.Destinations[0].UpperThreshold, nat.Destinations[0].LowerThreshold = 1000, 800
+	tun := svc("198.51.100.3", 80, "rr", fwd(dst("10.0.3.1", 1), TUN), fwd(dst("10.0.3.2", 1), TUN))
+	udp := svc("198.51.100.1", 53, "sh", dst("10.0.1.1", 1), dst("10.0.1.2", 1))
+	udp.Protocol = UDP
+	udp.Flags = SchedFlag1 | SchedFlag2 // sh-fallback, sh-port
+	mark := Service{ServiceKey: ServiceKey{Family: IPv4, FWMark: 100}, Scheduler: "mh", Flags: SchedFlag1,
+		Destinations: []Destination{withPort(dst("10.0.4.1", 1), 0), withPort(dst("10.0.4.2", 1), 0)}}
+	mark6 := Service{ServiceKey: ServiceKey{Family: IPv6, FWMark: 100}, Scheduler: "rr",
+		Destinations: []Destination{withPort(dst("2001:db8::41", 1), 0)}}
+	v6 := svc("2001:db8:100::1", 80, "mh", dst("2001:db8::11", 1), dst("2001:db8::12", 1))
+	v6.Timeout, v6.PersistBits = 60, 64
+	return tbl(dr, nat, tun, udp, mark, mark6, v6)
+}
+
+func TestVMKernelCRUD(t *testing.T) {
+	k, _ := vmKernel(t, "crud")
+	ctx := context.Background()
+	want := vmTable()
+	if err := k.Apply(ctx, Diff(Table{}, want)); err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	got, err := k.Table(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := equalTables(got, want); err != nil {
+		t.Fatalf("read back: %v", err)
+	}
+	if p := Diff(got, want); len(p) != 0 {
+		t.Fatalf("diff after apply is not empty:\n%s", p)
+	}
+
+	// Edits in place: weight, forwarding, scheduler, flags, persistence;
+	// a destination and a service removed.
+	want2 := vmTable()
+	idx := want2.Index()
+	dr := idx[svc("198.51.100.1", 80, "").ServiceKey]
+	dr.Destinations[1].Weight = 0
+	dr.Destinations = slices.Delete(dr.Destinations, 2, 3)
+	tun := idx[svc("198.51.100.3", 80, "").ServiceKey]
+	tun.Scheduler = "wrr"
+	tun.Destinations[0].Forward = DR
+	nat := idx[svc("198.51.100.2", 443, "").ServiceKey]
+	nat.Timeout, nat.PersistBits = 0, 0
+	want2.Services = slices.DeleteFunc(want2.Services, func(s Service) bool { return s.Protocol == UDP })
+	p := Diff(got, want2)
+	kinds := map[OpKind]int{}
+	for _, o := range p {
+		kinds[o.Kind]++
+	}
+	if kinds[AddService]+kinds[AddDest] != 0 || kinds[UpdateDest] != 2 || kinds[UpdateService] != 2 || kinds[DelDest] != 1 || kinds[DelService] != 1 {
+		t.Fatalf("edit plan is not minimal:\n%s", p)
+	}
+	if err := k.Apply(ctx, p); err != nil {
+		t.Fatalf("edit: %v", err)
+	}
+	got, _ = k.Table(ctx)
+	if err := equalTables(got, want2); err != nil {
+		t.Fatalf("after edits: %v", err)
+	}
+	if p := Diff(got, want2); len(p) != 0 {
+		t.Fatalf("diff after edits is not empty:\n%s", p)
+	}
+
+	// A one-destination change is exactly one netlink operation.
+	want3 := Table{Services: slices.Clone(want2.Services)}
+	i := slices.IndexFunc(want3.Services, func(s Service) bool { return s.Scheduler == "mh" && s.FWMark == 0 && s.Family == IPv4 })
+	want3.Services[i].Destinations = slices.Clone(want3.Services[i].Destinations)
+	want3.Services[i].Destinations[0].Weight = 7
+	before := k.Ops()
+	if err := k.Apply(ctx, Diff(got, want3)); err != nil {
+		t.Fatal(err)
+	}
+	if n := k.Ops() - before; n != 1 {
+		t.Errorf("one weight change took %d netlink operations, want 1", n)
+	}
+}
+
+// TestVMKernelDestinationOrder checks the kernel behaviour Diff relies on:
+// the kernel lists a service's destinations newest first, and mh's choice
+// depends on that list.
+func TestVMKernelDestinationOrder(t *testing.T) {
+	k, ns := vmKernel(t, "order")
+	ctx := context.Background()
+	s := svc("198.51.100.9", 80, "mh")
+	if err := k.Apply(ctx, Diff(Table{}, tbl(s))); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"10.0.1.1", "10.0.1.2", "10.0.1.3"} {
+		s.Destinations = append(s.Destinations, dst(a, 1))
+		have, _ := k.Table(ctx)
+		if err := k.Apply(ctx, Diff(have, tbl(s))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	raw, err := mobyipvs.New("/run/netns/" + ns.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	rs := toMobyService(&s)
+	ds, err := raw.GetDestinations(rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rawOrder []string
+	for _, d := range ds {
+		rawOrder = append(rawOrder, d.Address.String())
+	}
+	if !slices.Equal(rawOrder, []string{"10.0.1.3", "10.0.1.2", "10.0.1.1"}) {
+		t.Fatalf("kernel list order %v: the model's assumption (newest first) is wrong", rawOrder)
+	}
+	// Insert in the middle: Diff re-adds what follows, and the kernel ends
+	// up in the wanted order.
+	want := svc("198.51.100.9", 80, "mh", dst("10.0.1.1", 1), dst("10.0.1.9", 1), dst("10.0.1.2", 1), dst("10.0.1.3", 1))
+	have, _ := k.Table(ctx)
+	if err := k.Apply(ctx, Diff(have, tbl(want))); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := k.Table(ctx)
+	var order []string
+	for _, d := range got.Services[0].Destinations {
+		order = append(order, d.Addr.String())
+	}
+	if !slices.Equal(order, []string{"10.0.1.1", "10.0.1.9", "10.0.1.2", "10.0.1.3"}) {
+		t.Fatalf("order after insert: %v", order)
+	}
+}
+
+func TestVMKernelRefusedService(t *testing.T) {
+	k, _ := vmKernel(t, "refuse")
+	ctx := context.Background()
+	good := svc("198.51.100.1", 80, "rr", dst("10.0.1.1", 1))
+	bad := svc("198.51.100.2", 80, "nosuch", dst("10.0.1.1", 1))
+	err := k.Apply(ctx, Diff(Table{}, tbl(good, bad)))
+	var oe *OpError
+	if !errors.As(err, &oe) || oe.Op.Service.Scheduler != "nosuch" || !errors.Is(err, syscall.ENOENT) {
+		t.Fatalf("want the kernel's ENOENT for the unknown scheduler, got %v", err)
+	}
+	t.Logf("kernel refused as expected: %v", err)
+	got, _ := k.Table(ctx)
+	if len(got.Services) != 1 || got.Services[0].ServiceKey != good.ServiceKey || len(got.Services[0].Destinations) != 1 {
+		t.Fatalf("the good service was not applied: %+v", got.Services)
+	}
+}
+
+func TestVMKernelAdoptAfterRestart(t *testing.T) {
+	k, ns := vmKernel(t, "adopt")
+	ctx := context.Background()
+	state := filepath.Join(t.TempDir(), "owned.json")
+	r, err := NewReconciler(k, state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := vmTable()
+	if _, err := r.Reconcile(ctx, want, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	// Someone adds a service by hand (ipvsadm); it is foreign.
+	foreign := svc("192.0.2.77", 22, "rr", dst("10.0.9.9", 1))
+	if err := k.Apply(ctx, Diff(Table{}, tbl(foreign))); err != nil {
+		t.Fatal(err)
+	}
+	k.Close()
+
+	// The daemon restarts: a new handle and reconciler adopt the table.
+	k2, err := OpenKernel("/run/netns/" + ns.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k2.Close()
+	r2, err := NewReconciler(k2, state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := k2.Ops()
+	res, err := r2.Reconcile(ctx, want, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Plan) != 0 || k2.Ops() != before {
+		t.Fatalf("restart changed the kernel table:\n%s", res.Plan)
+	}
+	if !slices.Equal(res.Foreign, []ServiceKey{foreign.ServiceKey}) {
+		t.Errorf("foreign services reported: %v", res.Foreign)
+	}
+	got, _ := k2.Table(ctx)
+	if len(got.Services) != len(want.Services)+1 {
+		t.Errorf("after restart %d services, want %d", len(got.Services), len(want.Services)+1)
+	}
+}
+
+// TestVMHostDirectorSettings sets the director's sysctls and VIP in the
+// VM's own namespace (the VM is thrown away) and restores them.
+func TestVMHostDirectorSettings(t *testing.T) {
+	labtest.RequireVM(t)
+	h, err := OpenHost(filepath.Join(t.TempDir(), "host.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := h.ReadSysctl("net.ipv4.vs.sloppy_tcp")
+	msgs, err := h.SetupDirector(DirectorSettings{VIPs: []netip.Addr{addr("198.51.100.50")}, NAT: true})
+	if err != nil {
+		t.Fatalf("setup: %v\n%s", err, strings.Join(msgs, "\n"))
+	}
+	for name, want := range map[string]string{
+		"net.ipv4.vs.sloppy_tcp": "1", "net.ipv4.vs.sloppy_sctp": "1", "net.ipv4.vs.expire_nodest_conn": "1",
+		"net.ipv4.vs.expire_quiescent_template": "1", "net.ipv4.vs.conntrack": "1", "net.ipv4.ip_forward": "1",
+	} {
+		if got, _ := h.ReadSysctl(name); got != want {
+			t.Errorf("%s = %q, want %s", name, got, want)
+		}
+	}
+	if again, _ := h.SetupDirector(DirectorSettings{VIPs: []netip.Addr{addr("198.51.100.50")}, NAT: true}); strings.Contains(strings.Join(again, "\n"), "set ") {
+		t.Errorf("second setup changed something: %v", again)
+	}
+	if _, err := h.ReadSysctl("net.ipv4.vs.no_such_knob"); err == nil || !strings.Contains(err.Error(), "net.ipv4.vs.no_such_knob") {
+		t.Errorf("a missing sysctl must be an error naming it, got %v", err)
+	}
+	if _, err := h.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := h.ReadSysctl("net.ipv4.vs.sloppy_tcp"); got != before {
+		t.Errorf("sloppy_tcp %s after restore, was %s", got, before)
+	}
+}
