@@ -163,6 +163,7 @@ func fromMobyService(ms *mobyipvs.Service) (Service, error) {
 		Scheduler: ms.SchedName,
 		Flags:     Flags(ms.Flags) & managedFlags,
 		Timeout:   ms.Timeout,
+		Stats:     fromMobyStats(ms.Stats),
 	}
 	if s.FWMark != 0 {
 		// The kernel reports a zero address and protocol for fwmark
@@ -225,5 +226,11 @@ func fromMobyDest(md *mobyipvs.Destination) (Destination, error) {
 		LowerThreshold: md.LowerThreshold,
 		ActiveConns:    md.ActiveConnections,
 		InactiveConns:  md.InactiveConnections,
+		Stats:          fromMobyStats(mobyipvs.SvcStats(md.Stats)),
 	}, nil
+}
+
+func fromMobyStats(s mobyipvs.SvcStats) Stats {
+	return Stats{Conns: uint64(s.Connections), InPkts: uint64(s.PacketsIn), OutPkts: uint64(s.PacketsOut),
+		InBytes: s.BytesIn, OutBytes: s.BytesOut}
 }

@@ -202,6 +202,8 @@ type Service struct {
 	// stays at weight 0 while its connections end (see Drainer); 0
 	// removes it at once. Not a kernel setting.
 	DrainTimeout time.Duration
+	// Stats are the kernel's counters, read by Table; ignored by Diff.
+	Stats Stats
 	// Destinations in insertion order. For an order-sensitive scheduler
 	// this order is part of the service: two directors with the same
 	// destinations in the same order pick the same real server.
@@ -249,6 +251,17 @@ type Destination struct {
 	// Read from the kernel, ignored by Diff.
 	ActiveConns   int
 	InactiveConns int
+	Stats         Stats
+}
+
+// Stats are IPVS traffic counters since the entry was created. In DR and
+// TUN the replies bypass the director, so OutPkts and OutBytes stay 0.
+type Stats struct {
+	Conns    uint64
+	InPkts   uint64
+	OutPkts  uint64
+	InBytes  uint64
+	OutBytes uint64
 }
 
 // sameSettings reports whether two destinations have the same settings

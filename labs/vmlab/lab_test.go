@@ -17,6 +17,7 @@ import (
 var vmPackages = []struct{ name, pkg, run string }{
 	{"ipvs", "./ipvs", "^TestVM"},
 	{"anyctl", "./cmd/anyctl", "^TestLabRealServer"},
+	{"vmlab", "./labs/vmlab", "^TestVM"},
 }
 
 // TestLabVM boots Debian's kernel under qemu once and runs every in-VM
