@@ -33,7 +33,7 @@ bench:
 
 ## lab: the demo (main job)
 lab: build
-	@sh labs/demo.sh
+	@bash labs/demo.sh
 
 ## lint: gofmt check and go vet
 lint:

@@ -284,13 +284,15 @@ type Service struct {
 	Health       Check         `mapstructure:"health" json:"health"`
 }
 
-// Tunnel is the encapsulation of forwarding tun.
+// Tunnel is the encapsulation of forwarding tun. Only ipip is supported
+// today; the fields for IPVS's gue and gre encapsulation are kept so that
+// a config naming them gets a clear error.
 type Tunnel struct {
-	// Type is ipip (default), gue or gre.
+	// Type is ipip (default).
 	Type string `mapstructure:"type" json:"type,omitempty"`
-	// Port is the GUE destination port.
+	// Port is the GUE destination port (not supported).
 	Port int `mapstructure:"port" json:"port,omitempty"`
-	// Checksum is none (default), csum or remcsum (GUE/GRE only).
+	// Checksum is none (default); csum and remcsum are for gue and gre.
 	Checksum string `mapstructure:"checksum" json:"checksum,omitempty"`
 }
 

@@ -149,12 +149,16 @@ func TestValid(t *testing.T) {
     fwmark: 7
     backends: [{address: 10.0.2.11}]
 `}, nil},
-		{"tun mixes families", map[string]string{"services": `  - name: t
-    vip: "2001:db8::10"
+		{"tun ipip", map[string]string{"services": `  - name: t
+    vip: 198.51.100.10
     port: 80
     forwarding: tun
     backends: [{address: 10.0.2.11}]
-`}, nil},
+`}, func(t *testing.T, c *Config) {
+			if tu := c.Services[0].Tunnel; tu.Type != "ipip" || tu.Checksum != "none" {
+				t.Errorf("tunnel defaults: %+v", tu)
+			}
+		}},
 		{"nat port translation", map[string]string{"services": `  - name: n
     vip: 198.51.100.10
     port: 80
@@ -215,7 +219,7 @@ func TestInvalid(t *testing.T) {
     vip: "2001:db8::10"
     port: 80
     backends: [{address: 10.0.2.11}]
-`}, []string{"services[0].backends[0].address: 10.0.2.11 is not of the VIP's address family (2001:db8::10); only tun may mix families"}},
+`}, []string{"services[0].backends[0].address: 10.0.2.11 is not of the VIP's address family (2001:db8::10)"}},
 		{"nat backend on vip", map[string]string{"services": `  - name: web
     vip: 198.51.100.10
     port: 80
@@ -287,13 +291,20 @@ func TestInvalid(t *testing.T) {
     tunnel: {type: gue, port: 6080}
     backends: [{address: 10.0.2.11}]
 `}, []string{"services[0].tunnel: only used with forwarding tun"}},
-		{"gue without port", map[string]string{"services": `  - name: web
+		{"gue not supported", map[string]string{"services": `  - name: web
     vip: 198.51.100.10
     port: 80
     forwarding: tun
-    tunnel: {type: gue, checksum: remcsum}
+    tunnel: {type: gue, port: 6080, checksum: remcsum}
     backends: [{address: 10.0.2.11}]
-`}, []string{"services[0].tunnel.port: 0 is not a port (1..65535); gue needs its UDP port"}},
+`}, []string{`services[0].tunnel.type: "gue" is not supported: only ipip (IPVS's gue and gre need netlink attributes anycastd cannot send yet)`,
+			"services[0].tunnel.port: only used by gue tunnels, which are not supported"}},
+		{"tun does not mix families", map[string]string{"services": `  - name: web
+    vip: "2001:db8::10"
+    port: 80
+    forwarding: tun
+    backends: [{address: 10.0.2.11}]
+`}, []string{"services[0].backends[0].address: 10.0.2.11 is not of the VIP's address family (2001:db8::10)"}},
 		{"persistence netmask", map[string]string{"services": `  - name: web
     vip: 198.51.100.10
     port: 80

@@ -247,22 +247,37 @@ func parseConsole(console string, tests []Test) *Result {
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		switch {
-		case strings.HasPrefix(line, markBooted):
-			if sec, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimPrefix(line, markBooted)), 64); err == nil {
-				res.Boot = time.Duration(sec * float64(time.Second))
+		// Kernel messages can land on the same console line as ours:
+		// find markers anywhere in a line.
+		after := func(mark string) (string, bool) {
+			if i := strings.Index(line, mark); i >= 0 {
+				return strings.TrimSpace(line[i+len(mark):]), true
 			}
-		case strings.HasPrefix(line, markBegin):
-			cur = byName[strings.TrimSpace(strings.TrimPrefix(line, markBegin))]
+			return "", false
+		}
+		if v, ok := after(markBooted); ok {
+			if f := strings.Fields(v); len(f) > 0 {
+				if sec, err := strconv.ParseFloat(f[0], 64); err == nil {
+					res.Boot = time.Duration(sec * float64(time.Second))
+				}
+			}
+			continue
+		}
+		if v, ok := after(markBegin); ok {
+			cur = byName[v]
 			out.Reset()
-		case strings.HasPrefix(line, markEnd) && cur != nil:
-			f := strings.Fields(strings.TrimPrefix(line, markEnd))
+			continue
+		}
+		if v, ok := after(markEnd); ok && cur != nil {
+			f := strings.Fields(v)
 			if len(f) == 2 && f[0] == cur.Name {
 				cur.Exit, _ = strconv.Atoi(f[1])
 			}
 			cur.Output = out.String()
 			cur = nil
-		case cur != nil:
+			continue
+		}
+		if cur != nil {
 			out.WriteString(line)
 			out.WriteByte('\n')
 		}

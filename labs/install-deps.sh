@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what the tests and labs need on a Debian machine (root). Used by
+# .ci/run and by the demo (make lab); a no-op when everything is there.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+# make, git: the build; iproute2, nftables: namespace labs;
+# qemu-system-x86, busybox-static, file: the VM lab with Debian's kernel.
+pkgs=(make git ca-certificates iproute2 nftables qemu-system-x86 busybox-static file)
+missing=()
+for p in "${pkgs[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+	echo "installing ${missing[*]}"
+	apt-get update -q
+	apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+export PATH="/usr/local/go/bin:$PATH"
+command -v go >/dev/null || { echo "Go is not installed at /usr/local/go" >&2; exit 1; }
