@@ -41,8 +41,9 @@ func runHelper(name string, args []string) error {
 		n, _ := strconv.Atoi(args[1])
 		return connect(args[0], n, strings.Split(args[2], ","))
 	case "hold":
-		// hold TARGET COUNT: open COUNT connections and keep them; on each
-		// stdin line "ping" check every one still echoes; exit on EOF.
+		// hold TARGET COUNT: open COUNT connections and keep them, print
+		// "ready PORT,PORT,..." (their source ports); on each stdin line
+		// check every one still echoes and print "ok N/COUNT"; exit on EOF.
 		n, _ := strconv.Atoi(args[1])
 		return hold(args[0], n)
 	case "director":
@@ -127,7 +128,11 @@ func hold(target string, n int) error {
 		}
 		conns = append(conns, held{c, r})
 	}
-	fmt.Println("ready")
+	var ports []string
+	for _, h := range conns {
+		ports = append(ports, strconv.Itoa(h.c.LocalAddr().(*net.TCPAddr).Port))
+	}
+	fmt.Println("ready", strings.Join(ports, ","))
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		var ok int

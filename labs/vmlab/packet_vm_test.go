@@ -171,8 +171,11 @@ func TestVMPacketPathDR(t *testing.T) {
 		if counts["ERROR"] > 0 || counts["rs1"]+counts["rs2"]+counts["rs3"] != 99 {
 			t.Fatalf("failed connections: %v", counts)
 		}
+		// rr takes turns: 33 each, give or take the odd entry a late
+		// packet of a closed connection creates (and schedules) under
+		// sloppy_tcp.
 		for _, rs := range []string{"rs1", "rs2", "rs3"} {
-			if c := counts[rs]; c < 32 || c > 34 {
+			if c := counts[rs]; c < 30 || c > 36 {
 				t.Errorf("rr should take turns: %v", counts)
 			}
 		}
@@ -190,8 +193,8 @@ func TestVMPacketPathDR(t *testing.T) {
 			return nil
 		})
 		t.Logf("d1 IPVS counters: %d conns, %d packets in, %d packets out", st.Conns, st.InPkts, st.OutPkts)
-		if st.Conns != 99 || st.OutPkts != 0 {
-			t.Errorf("DR: the director must count 99 connections (%d) and see none of the replies (out %d packets)", st.Conns, st.OutPkts)
+		if st.Conns < 99 || st.OutPkts != 0 {
+			t.Errorf("DR: the director must count the 99 connections (%d) and see none of the replies (out %d packets)", st.Conns, st.OutPkts)
 		}
 	})
 
@@ -245,10 +248,13 @@ func TestVMPacketPathDR(t *testing.T) {
 		}
 		defer func() { stdin.Close(); cmd.Wait() }()
 		r := bufio.NewReader(stdout)
-		if line, err := r.ReadString('\n'); err != nil || line != "ready\n" {
+		line, err := r.ReadString('\n')
+		ports, ok := strings.CutPrefix(strings.TrimSpace(line), "ready ")
+		if err != nil || !ok {
 			t.Fatalf("hold: %q %v", line, err)
 		}
-		before := established(t, l.ns["d1"])
+		held := strings.Split(ports, ",")
+		before := established(t, l.ns["d1"], "10.0.0.1", held)
 		s := service("rr", rs1, rs2)
 		s.Destinations[0].Weight = 5
 		s.Destinations[1].Weight = 0
@@ -261,28 +267,39 @@ func TestVMPacketPathDR(t *testing.T) {
 		if err := k.Apply(context.Background(), p); err != nil {
 			t.Fatal(err)
 		}
-		after := established(t, l.ns["d1"])
-		t.Logf("ESTABLISHED entries in /proc/net/ip_vs_conn: %d before the weight change, %d after", before, after)
-		// Earlier subtests' short connections may still be listed; the
-		// 20 held ones must all be there, before and after.
-		if before < 20 || after != before {
-			t.Errorf("connection entries: %d before, %d after; want at least the 20 held, unchanged", before, after)
+		after := established(t, l.ns["d1"], "10.0.0.1", held)
+		t.Logf("ESTABLISHED entries of the 20 held connections in /proc/net/ip_vs_conn: %d before the weight change, %d after", before, after)
+		if before != 20 || after != 20 {
+			t.Errorf("connection entries of the held connections: %d before, %d after, want 20 and 20", before, after)
 		}
 		io.WriteString(stdin, "ping\n")
-		line, _ := r.ReadString('\n')
+		line, _ = r.ReadString('\n')
 		if strings.TrimSpace(line) != "ok 20/20" {
 			t.Errorf("held connections after the weight change: %q", line)
 		}
 	})
 }
 
-func established(t *testing.T, ns *labtest.Netns) int {
+// established counts the ESTABLISHED entries in ns's /proc/net/ip_vs_conn
+// from client address src and one of ports. (Other entries come and go:
+// with sloppy_tcp a late packet of a closed connection makes a new one.)
+func established(t *testing.T, ns *labtest.Netns, src string, ports []string) int {
 	t.Helper()
-	var n int
+	a := netip.MustParseAddr(src).As4()
+	srcHex := fmt.Sprintf("%02X%02X%02X%02X", a[0], a[1], a[2], a[3])
+	want := map[string]bool{}
+	for _, p := range ports {
+		var n int
+		fmt.Sscan(p, &n)
+		want[fmt.Sprintf("%04X", n)] = true
+	}
+	var count int
+	// Pro FromIP FPrt ToIP TPrt DestIP DPrt State Expires PEName PEData
 	for _, line := range strings.Split(ns.Run("cat", "/proc/net/ip_vs_conn"), "\n") {
-		if strings.Contains(line, "ESTABLISHED") {
-			n++
+		f := strings.Fields(line)
+		if len(f) >= 8 && f[1] == srcHex && want[f[2]] && f[7] == "ESTABLISHED" {
+			count++
 		}
 	}
-	return n
+	return count
 }
