@@ -119,8 +119,10 @@ func Binaries(t testing.TB) string {
 		return d
 	}
 	buildOnce.Do(func() {
-		buildDir, buildErr = os.MkdirTemp("", "anycastd-bin-")
-		if buildErr != nil {
+		// A fixed directory in the git-ignored cache: rebuilt (incrementally)
+		// by each test process, never left behind in /tmp.
+		buildDir = filepath.Join(RepoRoot(), "labs", ".cache", "bin")
+		if buildErr = os.MkdirAll(buildDir, 0o755); buildErr != nil {
 			return
 		}
 		cmd := exec.Command("go", "build", "-o", buildDir+"/", "./cmd/anycastd", "./cmd/anyctl")
