@@ -1,0 +1,344 @@
+package health
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"reflect"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/anycastd/anycastd/configs"
+)
+
+// Spec is one target to watch: an ID the caller chooses (the director uses
+// "service/address:port"), the check and the target.
+type Spec struct {
+	ID     string
+	Check  configs.Check
+	Target Target
+}
+
+// Status is a target's health as the monitor sees it.
+type Status struct {
+	ID     string
+	Target Target
+	State  State
+	// Since is when State began (zero while Unknown).
+	Since time.Time
+	// Successes and Failures are the consecutive counts (rise/fall).
+	Successes, Failures int
+	// Checks is how many probes have run.
+	Checks uint64
+	// Last is the most recent result.
+	Last Result
+}
+
+// Monitor runs probes on their intervals and tracks each target's status
+// with rise/fall. At most Concurrency probes run at once; the first run of
+// each target is spread over its interval so that a large set does not
+// probe in bursts. Set reconfigures it while it runs, without restarting
+// the probes whose spec did not change. Safe for concurrent use.
+type Monitor struct {
+	log     *slog.Logger
+	workers int
+
+	mu      sync.Mutex
+	targets map[string]*entry
+	queue   schedule
+	subs    map[*Subscription]bool
+	wake    chan struct{}
+	rnd     *rand.Rand
+	// newProbe builds probes; tests replace it with scripted ones.
+	newProbe func(configs.Check, Target) (Probe, error)
+}
+
+type entry struct {
+	spec    Spec
+	probe   Probe
+	damp    Dampener
+	status  Status
+	next    time.Time
+	index   int // in queue; -1 while running or removed
+	running bool
+	removed bool
+}
+
+// NewMonitor returns a monitor with at most concurrency probes in flight.
+func NewMonitor(log *slog.Logger, concurrency int) *Monitor {
+	return &Monitor{
+		log:      log,
+		workers:  max(concurrency, 1),
+		targets:  map[string]*entry{},
+		subs:     map[*Subscription]bool{},
+		wake:     make(chan struct{}, 1),
+		rnd:      rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+		newProbe: New,
+	}
+}
+
+// Set makes specs the set of watched targets. A target whose spec is
+// unchanged keeps its probe, schedule and status; a new or changed one
+// starts Unknown; one not in specs is dropped. If any spec cannot be built
+// into a probe, Set changes nothing and returns every such error.
+func (m *Monitor) Set(specs []Spec) error {
+	type built struct {
+		spec  Spec
+		probe Probe
+	}
+	var errs []error
+	var add []built
+	seen := map[string]bool{}
+	m.mu.Lock()
+	current := make(map[string]Spec, len(m.targets))
+	for id, e := range m.targets {
+		current[id] = e.spec
+	}
+	m.mu.Unlock()
+	for _, s := range specs {
+		if seen[s.ID] {
+			errs = append(errs, fmt.Errorf("target %s: listed twice", s.ID))
+			continue
+		}
+		seen[s.ID] = true
+		if old, ok := current[s.ID]; ok && reflect.DeepEqual(old, s) {
+			continue
+		}
+		p, err := m.newProbe(s.Check, s.Target)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("target %s: %w", s.ID, err))
+			continue
+		}
+		add = append(add, built{s, p})
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := time.Now()
+	for id, e := range m.targets {
+		if !seen[id] {
+			m.drop(e)
+			delete(m.targets, id)
+		}
+	}
+	for _, b := range add {
+		if old, ok := m.targets[b.spec.ID]; ok {
+			m.drop(old)
+		}
+		e := &entry{spec: b.spec, probe: b.probe, index: -1,
+			damp:   Dampener{Rise: b.spec.Check.Rise, Fall: b.spec.Check.Fall},
+			status: Status{ID: b.spec.ID, Target: b.spec.Target}}
+		// Spread first runs over one interval.
+		if iv := b.spec.Check.Interval; iv > 0 {
+			e.next = now.Add(time.Duration(m.rnd.Int64N(int64(iv))))
+		} else {
+			e.next = now
+		}
+		m.targets[b.spec.ID] = e
+		heap.Push(&m.queue, e)
+	}
+	m.signal()
+	return nil
+}
+
+func (m *Monitor) drop(e *entry) {
+	e.removed = true
+	if e.index >= 0 {
+		heap.Remove(&m.queue, e.index)
+	}
+}
+
+func (m *Monitor) signal() {
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run probes until ctx ends; it returns after every probe it started has
+// returned.
+func (m *Monitor) Run(ctx context.Context) error {
+	work := make(chan *entry)
+	var wg sync.WaitGroup
+	for range m.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for e := range work {
+				r := Run(ctx, e.probe, e.spec.Check.Timeout)
+				m.finish(e, r)
+			}
+		}()
+	}
+	defer func() {
+		close(work)
+		wg.Wait()
+	}()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		m.mu.Lock()
+		now := time.Now()
+		var due []*entry
+		for m.queue.Len() > 0 && !m.queue[0].next.After(now) {
+			e := heap.Pop(&m.queue).(*entry)
+			e.running = true
+			due = append(due, e)
+		}
+		wait := time.Hour
+		if m.queue.Len() > 0 {
+			wait = m.queue[0].next.Sub(now)
+		}
+		m.mu.Unlock()
+
+		for _, e := range due {
+			select {
+			case work <- e: // blocks while every worker is busy
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		if len(due) > 0 {
+			continue // time has passed while handing out work
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-m.wake:
+			timer.Stop() // Go 1.23+ timers: no stale value to drain
+		case <-timer.C:
+		}
+	}
+}
+
+func (m *Monitor) finish(e *entry, r Result) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e.running = false
+	if e.removed {
+		return
+	}
+	now := time.Now()
+	changed := e.damp.Observe(r.OK, now)
+	st := &e.status
+	st.State, st.Since = e.damp.State()
+	st.Successes, st.Failures = e.damp.Counts()
+	st.Checks++
+	st.Last = r
+	if changed {
+		if m.log != nil {
+			reason := ""
+			if r.Err != nil {
+				reason = r.Err.Error()
+			}
+			m.log.Info("backend health changed", "target", e.spec.ID, "state", st.State.String(), "reason", reason)
+		}
+		for s := range m.subs {
+			s.push(*st)
+		}
+	}
+	e.next = now.Add(e.spec.Check.Interval)
+	heap.Push(&m.queue, e)
+	m.signal()
+}
+
+// Snapshot returns every target's status, sorted by ID.
+func (m *Monitor) Snapshot() []Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Status, 0, len(m.targets))
+	for _, e := range m.targets {
+		out = append(out, e.status)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// Status returns one target's status.
+func (m *Monitor) Status(id string) (Status, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.targets[id]
+	if !ok {
+		return Status{}, false
+	}
+	return e.status, true
+}
+
+// Subscribe returns a subscription to state changes. Nothing is lost: the
+// changes queue until Drain takes them.
+func (m *Monitor) Subscribe() *Subscription {
+	s := &Subscription{c: make(chan struct{}, 1), m: m}
+	m.mu.Lock()
+	m.subs[s] = true
+	m.mu.Unlock()
+	return s
+}
+
+// Subscription receives state changes (up, down) of a Monitor's targets.
+type Subscription struct {
+	mu sync.Mutex
+	q  []Status
+	c  chan struct{}
+	m  *Monitor
+}
+
+// C is signalled when changes are waiting.
+func (s *Subscription) C() <-chan struct{} { return s.c }
+
+// Drain returns the waiting changes, oldest first.
+func (s *Subscription) Drain() []Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q := s.q
+	s.q = nil
+	return q
+}
+
+// Close ends the subscription.
+func (s *Subscription) Close() {
+	s.m.mu.Lock()
+	delete(s.m.subs, s)
+	s.m.mu.Unlock()
+}
+
+func (s *Subscription) push(st Status) {
+	s.mu.Lock()
+	s.q = append(s.q, st)
+	s.mu.Unlock()
+	select {
+	case s.c <- struct{}{}:
+	default:
+	}
+}
+
+// schedule is a min-heap of entries by next run time.
+type schedule []*entry
+
+func (q schedule) Len() int           { return len(q) }
+func (q schedule) Less(i, j int) bool { return q[i].next.Before(q[j].next) }
+func (q schedule) Swap(i, j int) {
+	q[i], q[j] = q[j], q[i]
+	q[i].index, q[j].index = i, j
+}
+func (q *schedule) Push(x any) {
+	e := x.(*entry)
+	e.index = len(*q)
+	*q = append(*q, e)
+}
+func (q *schedule) Pop() any {
+	old := *q
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	e.index = -1
+	*q = old[:len(old)-1]
+	return e
+}

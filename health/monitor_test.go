@@ -1,0 +1,259 @@
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/anycastd/anycastd/configs"
+)
+
+func TestDampener(t *testing.T) {
+	cases := []struct {
+		name       string
+		rise, fall int
+		results    string // u = success, d = failure
+		states     string // state after each result: U, D
+	}{
+		{"first result decides up", 2, 3, "u", "U"},
+		{"first result decides down", 2, 3, "d", "D"},
+		{"fall needs consecutive failures", 2, 3, "uddduu", "UUUDDU"},
+		{"a success resets the failure count", 2, 3, "uddudddd", "UUUUUUDD"},
+		{"rise needs consecutive successes", 3, 1, "duududuuu", "DDDDDDDDU"},
+		{"flapping stays put", 2, 2, "udududud", "UUUUUUUU"},
+		{"rise 1 fall 1 follows every result", 1, 1, "ududd", "UDUDD"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			d := Dampener{Rise: tc.rise, Fall: tc.fall}
+			t0 := time.Unix(1000, 0)
+			var got strings.Builder
+			var lastChange time.Time
+			for i, r := range tc.results {
+				now := t0.Add(time.Duration(i) * time.Second)
+				if d.Observe(r == 'u', now) {
+					lastChange = now
+				}
+				st, since := d.State()
+				got.WriteString(map[State]string{Up: "U", Down: "D", Unknown: "?"}[st])
+				if !since.Equal(lastChange) {
+					t.Errorf("result %d: since %v, want %v", i, since, lastChange)
+				}
+			}
+			if got.String() != tc.states {
+				t.Errorf("states %s, want %s", got.String(), tc.states)
+			}
+		})
+	}
+}
+
+// scripted is a probe whose results follow a script ('u' up, 'd' down;
+// the last one repeats), and that records how many run at once.
+type scripted struct {
+	mu       sync.Mutex
+	script   string
+	n        int
+	hold     time.Duration
+	inflight *atomic.Int32
+	peak     *atomic.Int32
+}
+
+func (s *scripted) Check(ctx context.Context) Result {
+	if s.inflight != nil {
+		n := s.inflight.Add(1)
+		defer s.inflight.Add(-1)
+		for {
+			p := s.peak.Load()
+			if n <= p || s.peak.CompareAndSwap(p, n) {
+				break
+			}
+		}
+	}
+	if s.hold > 0 {
+		select {
+		case <-time.After(s.hold):
+		case <-ctx.Done():
+			return Result{Err: ctx.Err()}
+		}
+	}
+	s.mu.Lock()
+	c := s.script[min(s.n, len(s.script)-1)]
+	s.n++
+	s.mu.Unlock()
+	if c == 'u' {
+		return Result{OK: true}
+	}
+	return Result{Err: errors.New("scripted failure")}
+}
+
+func spec(id string, interval time.Duration, rise, fall int) Spec {
+	return Spec{ID: id, Target: Target{Addr: netip.MustParseAddrPort("127.0.0.1:80")},
+		Check: configs.Check{Type: "tcp", Interval: interval, Timeout: interval / 2, Rise: rise, Fall: fall}}
+}
+
+func TestMonitorRiseFallOnTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := NewMonitor(nil, 4)
+		probe := &scripted{script: "uuudddduuu"}
+		m.newProbe = func(configs.Check, Target) (Probe, error) { return probe, nil }
+		sub := m.Subscribe()
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error)
+		go func() { done <- m.Run(ctx) }()
+		start := time.Now()
+		if err := m.Set([]Spec{spec("web/10.0.0.1:80", time.Second, 2, 3)}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(11 * time.Second)
+		synctest.Wait()
+		var changes []string
+		for _, st := range sub.Drain() {
+			// The first run lands somewhere in the first interval; every
+			// later one exactly one interval after the previous.
+			changes = append(changes, fmt.Sprintf("%s after %d checks", st.State, st.Checks))
+		}
+		want := []string{"up after 1 checks", "down after 6 checks", "up after 9 checks"}
+		if !slices.Equal(changes, want) {
+			t.Errorf("changes %v, want %v", changes, want)
+		}
+		st, _ := m.Status("web/10.0.0.1:80")
+		if st.Checks != 10 && st.Checks != 11 {
+			t.Errorf("%d checks in 11 s at 1 s", st.Checks)
+		}
+		if d := st.Since.Sub(start); d < 8*time.Second || d >= 9*time.Second {
+			t.Errorf("up again after %s, want during the 9th second", d)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestMonitorLimitsConcurrency(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := NewMonitor(nil, 3)
+		var inflight, peak atomic.Int32
+		m.newProbe = func(configs.Check, Target) (Probe, error) {
+			return &scripted{script: "u", hold: 300 * time.Millisecond, inflight: &inflight, peak: &peak}, nil
+		}
+		var specs []Spec
+		for i := range 50 {
+			specs = append(specs, spec(fmt.Sprintf("t%d", i), time.Second, 1, 1))
+		}
+		m.Set(specs)
+		ctx, cancel := context.WithCancel(t.Context())
+		go m.Run(ctx)
+		time.Sleep(20 * time.Second)
+		cancel()
+		synctest.Wait()
+		if p := peak.Load(); p != 3 {
+			t.Errorf("peak in flight %d, want the limit 3", p)
+		}
+		for _, st := range m.Snapshot() {
+			if st.Checks == 0 {
+				t.Errorf("%s never ran: the limit must delay probes, not starve them", st.ID)
+			}
+		}
+	})
+}
+
+func TestMonitorSetKeepsUnchanged(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := NewMonitor(nil, 4)
+		built := map[string]int{}
+		m.newProbe = func(c configs.Check, tg Target) (Probe, error) {
+			built[tg.Addr.String()]++
+			return &scripted{script: "u"}, nil
+		}
+		a, b := spec("a", time.Second, 1, 1), spec("b", time.Second, 1, 1)
+		b.Target.Addr = netip.MustParseAddrPort("127.0.0.2:80")
+		m.Set([]Spec{a, b})
+		ctx, cancel := context.WithCancel(t.Context())
+		go m.Run(ctx)
+		time.Sleep(5 * time.Second)
+		before, _ := m.Status("a")
+
+		// a unchanged, b's check changed, c new.
+		b2 := b
+		b2.Check.Rise = 3
+		c := spec("c", time.Second, 1, 1)
+		c.Target.Addr = netip.MustParseAddrPort("127.0.0.3:80")
+		if err := m.Set([]Spec{a, b2, c}); err != nil {
+			t.Fatal(err)
+		}
+		if built["127.0.0.1:80"] != 1 || built["127.0.0.2:80"] != 2 || built["127.0.0.3:80"] != 1 {
+			t.Errorf("probes built: %v (a must be kept, b rebuilt, c built)", built)
+		}
+		after, _ := m.Status("a")
+		if after.Checks < before.Checks || after.State != Up {
+			t.Errorf("unchanged target lost its status: %+v -> %+v", before, after)
+		}
+		if st, _ := m.Status("b"); st.State != Unknown || st.Checks != 0 {
+			t.Errorf("changed target should start over: %+v", st)
+		}
+
+		// A spec that cannot be built changes nothing.
+		m.newProbe = New
+		bad := spec("d", time.Second, 1, 1)
+		bad.Check.Type = "smtp"
+		if err := m.Set([]Spec{bad}); err == nil || !strings.Contains(err.Error(), "target d") {
+			t.Errorf("bad spec: %v", err)
+		}
+		if n := len(m.Snapshot()); n != 3 {
+			t.Errorf("a refused Set changed the targets: %d", n)
+		}
+
+		// Removing a target.
+		m.newProbe = func(configs.Check, Target) (Probe, error) { return &scripted{script: "u"}, nil }
+		m.Set([]Spec{a})
+		if _, ok := m.Status("b"); ok {
+			t.Errorf("b still watched")
+		}
+		cancel()
+		synctest.Wait()
+	})
+}
+
+func TestMonitorAgainstRealServerFlapping(t *testing.T) {
+	// Real probes against a loopback server that goes away and comes back;
+	// real time, short intervals.
+	srv := newFlapServer(t)
+	m := NewMonitor(nil, 8)
+	s := Spec{ID: "flap", Target: Target{Addr: srv.addr}, Check: configs.Check{Type: "tcp",
+		Interval: 20 * time.Millisecond, Timeout: 100 * time.Millisecond, Rise: 2, Fall: 2}}
+	if err := m.Set([]Spec{s}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go m.Run(ctx)
+	waitState := func(want State) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			if st, _ := m.Status("flap"); st.State == want {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		st, _ := m.Status("flap")
+		t.Fatalf("waiting for %s: status %+v", want, st)
+	}
+	waitState(Up)
+	srv.stop()
+	waitState(Down)
+	if st, _ := m.Status("flap"); st.Last.Err == nil || !strings.Contains(st.Last.Err.Error(), "refused") {
+		t.Errorf("down without the reason: %+v", st.Last)
+	}
+	srv.start()
+	waitState(Up)
+}

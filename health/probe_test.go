@@ -1,0 +1,377 @@
+package health
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/anycastd/anycastd/configs"
+	"github.com/miekg/dns"
+)
+
+func target(t *testing.T, hostport string) Target {
+	t.Helper()
+	ap, err := netip.ParseAddrPort(hostport)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Target{Addr: ap}
+}
+
+// closedPort returns a loopback address nobody listens on.
+func closedPort(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+func check(typ string, mod func(*configs.Check)) configs.Check {
+	c := configs.Check{Type: typ, Timeout: 500 * time.Millisecond, Interval: time.Second, Rise: 2, Fall: 3}
+	switch typ {
+	case configs.CheckHTTP, configs.CheckHTTPS:
+		c.Method, c.Path, c.Status = "GET", "/", []string{"200-299"}
+	case configs.CheckDNS:
+		c.QueryType, c.Transport, c.Rcode = "A", "udp", "NOERROR"
+	}
+	if mod != nil {
+		mod(&c)
+	}
+	return c
+}
+
+type probeCase struct {
+	name   string
+	check  configs.Check
+	target string
+	ok     bool
+	errHas string // part of the error when !ok
+}
+
+func runCases(t *testing.T, cases []probeCase) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := New(tc.check, target(t, tc.target))
+			if err != nil {
+				t.Fatalf("New: %v", err)
+			}
+			r := Run(context.Background(), p, tc.check.Timeout)
+			if r.OK != tc.ok {
+				t.Fatalf("OK = %v, want %v (err %v, detail %q)", r.OK, tc.ok, r.Err, r.Detail)
+			}
+			if !tc.ok && (r.Err == nil || !strings.Contains(r.Err.Error(), tc.errHas)) {
+				t.Errorf("error %v should contain %q", r.Err, tc.errHas)
+			}
+		})
+	}
+}
+
+func TestTCPProbe(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 64)
+				n, _ := c.Read(buf)
+				switch string(buf[:n]) {
+				case "PING\r\n":
+					c.Write([]byte("+PONG\r\n"))
+				case "SLOW\r\n":
+					time.Sleep(2 * time.Second)
+				default:
+					c.Write([]byte("-ERR unknown\r\n"))
+				}
+			}()
+		}
+	}()
+	addr := ln.Addr().String()
+	runCases(t, []probeCase{
+		{"connect", check("tcp", nil), addr, true, ""},
+		{"refused", check("tcp", nil), closedPort(t), false, "connection refused"},
+		{"send and expect", check("tcp", func(c *configs.Check) { c.Send, c.Expect = "PING\r\n", "+PONG" }), addr, true, ""},
+		{"wrong reply", check("tcp", func(c *configs.Check) { c.Send, c.Expect = "HELLO\r\n", "+PONG" }), addr, false, `expected "+PONG", got "-ERR unknown\r\n"`},
+		{"slow server", check("tcp", func(c *configs.Check) { c.Send, c.Expect = "SLOW\r\n", "+PONG" }), addr, false, "i/o timeout"},
+	})
+}
+
+func TestHTTPProbe(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/ok":
+			io.WriteString(w, "status: green\n")
+		case "/unavailable":
+			http.Error(w, "maintenance", http.StatusServiceUnavailable)
+		case "/slow":
+			time.Sleep(2 * time.Second)
+		case "/redirect":
+			http.Redirect(w, r, "/ok", http.StatusFound)
+		case "/vhost":
+			if r.Host != "www.example.com" {
+				http.Error(w, "unknown host "+r.Host, http.StatusNotFound)
+			}
+		case "/post":
+			if r.Method != http.MethodHead {
+				http.Error(w, "HEAD only", http.StatusMethodNotAllowed)
+			}
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	path := func(p string, more ...func(*configs.Check)) configs.Check {
+		return check("http", func(c *configs.Check) {
+			c.Path = p
+			for _, m := range more {
+				m(c)
+			}
+		})
+	}
+	runCases(t, []probeCase{
+		{"up", path("/ok"), addr, true, ""},
+		{"wrong status", path("/unavailable"), addr, false, "status 503 is not one of 200-299"},
+		{"status list", path("/unavailable", func(c *configs.Check) { c.Status = []string{"200", "503"} }), addr, true, ""},
+		{"body matches", path("/ok", func(c *configs.Check) { c.Body = `status: (green|yellow)` }), addr, true, ""},
+		{"wrong body", path("/ok", func(c *configs.Check) { c.Body = `status: red` }), addr, false, `body does not match "status: red"`},
+		{"timeout", path("/slow"), addr, false, "deadline exceeded"},
+		{"refused", path("/ok"), closedPort(t), false, "connection refused"},
+		{"redirect not followed", path("/redirect"), addr, false, "status 302"},
+		{"redirect followed", path("/redirect", func(c *configs.Check) { c.FollowRedirects = true }), addr, true, ""},
+		{"host header", path("/vhost", func(c *configs.Check) { c.Host = "www.example.com" }), addr, true, ""},
+		{"wrong host", path("/vhost"), addr, false, "status 404"},
+		{"method", path("/post", func(c *configs.Check) { c.Method = "HEAD" }), addr, true, ""},
+	})
+}
+
+func TestHTTPThroughVIPSetsHost(t *testing.T) {
+	var got string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got = r.Host }))
+	defer srv.Close()
+	tg := target(t, strings.TrimPrefix(srv.URL, "http://"))
+	tg.VIP = netip.MustParseAddr("198.51.100.10")
+	p, err := New(check("http", func(c *configs.Check) { c.ThroughVIP = true }), tg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := Run(context.Background(), p, time.Second); !r.OK || got != "198.51.100.10" {
+		t.Fatalf("through_vip: ok %v err %v, Host %q", r.OK, r.Err, got)
+	}
+}
+
+// writeCert writes a certificate (and key) for the given names, signed by
+// itself, and returns the file names.
+func writeCert(t *testing.T, dir, name string) (certFile, keyFile string, cert tls.Certificate) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: name},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalECPrivateKey(key)
+	certFile, keyFile = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+	cert, err = tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile, cert
+}
+
+func TestHTTPSProbe(t *testing.T) {
+	dir := t.TempDir()
+	// httptest's self-signed certificate is for 127.0.0.1 and example.com.
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer srv.Close()
+	ca := filepath.Join(dir, "server-ca.pem")
+	os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
+	addr := strings.TrimPrefix(srv.URL, "https://")
+
+	// A server that wants a client certificate.
+	clientCert, clientKey, clientTLS := writeCert(t, dir, "client")
+	pool := x509.NewCertPool()
+	pool.AddCert(clientTLS.Leaf)
+	mtls := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	mtls.TLS = &tls.Config{ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool}
+	mtls.StartTLS()
+	defer mtls.Close()
+	mtlsAddr := strings.TrimPrefix(mtls.URL, "https://")
+
+	https := func(mod func(*configs.Check)) configs.Check { return check("https", mod) }
+	runCases(t, []probeCase{
+		{"verify off", https(func(c *configs.Check) { c.Insecure = true }), addr, true, ""},
+		{"unknown authority", https(nil), addr, false, "certificate"},
+		{"with CA and server name", https(func(c *configs.Check) { c.CACert, c.ServerName = ca, "example.com" }), addr, true, ""},
+		{"wrong server name", https(func(c *configs.Check) { c.CACert, c.ServerName = ca, "www.example.org" }), addr, false, "www.example.org"},
+		{"client certificate", https(func(c *configs.Check) { c.Insecure, c.ClientCert, c.ClientKey = true, clientCert, clientKey }), mtlsAddr, true, ""},
+		{"client certificate missing", https(func(c *configs.Check) { c.Insecure = true }), mtlsAddr, false, "certificate"},
+		{"plain http server", https(func(c *configs.Check) { c.Insecure = true }), closedPort(t), false, "connection refused"},
+	})
+}
+
+func TestUDPProbe(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if string(buf[:n]) == "silent" {
+				continue
+			}
+			pc.WriteTo(append([]byte("echo:"), buf[:n]...), from)
+		}
+	}()
+	addr := pc.LocalAddr().String()
+	// A UDP port nobody listens on: the kernel answers ICMP port unreachable.
+	dead, _ := net.ListenPacket("udp", "127.0.0.1:0")
+	deadAddr := dead.LocalAddr().String()
+	dead.Close()
+	udp := func(send, expect string) configs.Check {
+		return check("udp", func(c *configs.Check) { c.Send, c.Expect = send, expect })
+	}
+	runCases(t, []probeCase{
+		{"reply", udp("hello", ""), addr, true, ""},
+		{"expected reply", udp("hello", "echo:hello"), addr, true, ""},
+		{"wrong reply", udp("hello", "pong"), addr, false, `does not contain "pong"`},
+		{"no reply", udp("silent", ""), addr, false, "no reply"},
+		{"port unreachable", udp("hello", ""), deadAddr, false, "port unreachable"},
+	})
+}
+
+func TestDNSProbe(t *testing.T) {
+	mux := dns.NewServeMux()
+	mux.HandleFunc("example.com.", func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		m.Authoritative = true
+		if q.Question[0].Name == "health.example.com." && q.Question[0].Qtype == dns.TypeA {
+			rr, _ := dns.NewRR("health.example.com. 5 IN A 192.0.2.1")
+			m.Answer = append(m.Answer, rr)
+		} else if q.Question[0].Name != "health.example.com." {
+			m.Rcode = dns.RcodeNameError
+		}
+		w.WriteMsg(m)
+	})
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	udpSrv := &dns.Server{PacketConn: pc, Handler: mux}
+	tcpSrv := &dns.Server{Listener: ln, Handler: mux}
+	go udpSrv.ActivateAndServe()
+	go tcpSrv.ActivateAndServe()
+	defer udpSrv.Shutdown()
+	defer tcpSrv.Shutdown()
+	addr := pc.LocalAddr().String()
+	q := func(mod func(*configs.Check)) configs.Check {
+		return check("dns", func(c *configs.Check) {
+			c.Query = "health.example.com."
+			if mod != nil {
+				mod(c)
+			}
+		})
+	}
+	runCases(t, []probeCase{
+		{"udp", q(nil), addr, true, ""},
+		{"tcp", q(func(c *configs.Check) { c.Transport = "tcp" }), addr, true, ""},
+		{"answer", q(func(c *configs.Check) { c.Answer = "192.0.2.1" }), addr, true, ""},
+		{"wrong answer", q(func(c *configs.Check) { c.Answer = "192.0.2.99" }), addr, false, `no answer contains "192.0.2.99"`},
+		{"wrong rcode", q(func(c *configs.Check) { c.Query = "missing.example.com." }), addr, false, "rcode NXDOMAIN, want NOERROR"},
+		{"expected nxdomain", q(func(c *configs.Check) { c.Query, c.Rcode = "missing.example.com.", "NXDOMAIN" }), addr, true, ""},
+		{"no server", q(func(c *configs.Check) { c.Transport = "tcp" }), closedPort(t), false, "connection refused"},
+	})
+}
+
+func TestExecProbe(t *testing.T) {
+	exe := func(argv ...string) configs.Check {
+		return check("exec", func(c *configs.Check) { c.Command = argv })
+	}
+	runCases(t, []probeCase{
+		{"exit 0", exe("true"), "127.0.0.1:80", true, ""},
+		{"exit 1", exe("false"), "127.0.0.1:80", false, "exit status 1"},
+		{"target in env", exe("sh", "-c", `test "$ANYCASTD_TARGET_ADDR:$ANYCASTD_TARGET_PORT" = 127.0.0.1:8080`), "127.0.0.1:8080", true, ""},
+		{"missing program", exe("/nonexistent/check"), "127.0.0.1:80", false, "no such file"},
+	})
+
+	p, _ := New(exe("sh", "-c", "echo backend degraded; exit 3"), target(t, "127.0.0.1:80"))
+	r := Run(context.Background(), p, time.Second)
+	if r.OK || r.Output != "backend degraded" || r.Detail != "exit 3" {
+		t.Errorf("output kept for anyctl: ok %v output %q detail %q", r.OK, r.Output, r.Detail)
+	}
+
+	// A hanging command and its children are killed at the timeout.
+	p, _ = New(exe("sh", "-c", "sleep 30 & sleep 30; wait"), target(t, "127.0.0.1:80"))
+	start := time.Now()
+	r = Run(context.Background(), p, 200*time.Millisecond)
+	if r.OK || !strings.Contains(r.Err.Error(), "killed") {
+		t.Errorf("hanging command: ok %v err %v", r.OK, r.Err)
+	}
+	if time.Since(start) > 10*time.Second {
+		t.Errorf("the probe did not honour its timeout")
+	}
+}
+
+func TestNewRefusesWhatItCannotBuild(t *testing.T) {
+	tg := Target{Addr: netip.MustParseAddrPort("127.0.0.1:80")}
+	for _, c := range []configs.Check{
+		check("https", func(c *configs.Check) { c.CACert = "/nonexistent/ca.pem" }),
+		check("https", func(c *configs.Check) { c.ClientCert, c.ClientKey = "/nonexistent/c.crt", "/nonexistent/c.key" }),
+		check("http", func(c *configs.Check) { c.Body = "(" }),
+		check("dns", func(c *configs.Check) { c.Query, c.QueryType = "a.example.", "BOGUS" }),
+		{Type: "smtp"},
+	} {
+		if _, err := New(c, tg); err == nil {
+			t.Errorf("New(%+v) should fail", c)
+		}
+	}
+}

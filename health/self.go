@@ -1,0 +1,196 @@
+package health
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/anycastd/anycastd/configs"
+	"github.com/vishvananda/netlink"
+)
+
+// CheckFunc is a local check of the director: nil means healthy, an error
+// says why not. It must honour ctx.
+type CheckFunc func(ctx context.Context) error
+
+// CheckStatus is one self check's verdict.
+type CheckStatus struct {
+	Name   string
+	OK     bool
+	Reason string
+}
+
+// SelfStatus is whether this director may announce, and why not.
+type SelfStatus struct {
+	Healthy bool
+	Checks  []CheckStatus
+}
+
+// Reason joins the reasons of the failing checks ("" when healthy).
+func (s SelfStatus) Reason() string {
+	var rs []string
+	for _, c := range s.Checks {
+		if !c.OK {
+			rs = append(rs, c.Name+": "+c.Reason)
+		}
+	}
+	return strings.Join(rs, "; ")
+}
+
+// Self is the director's own health: built-in checks the director
+// registers (IPVS reachable, config applied), the uplink interface, the
+// operator's checks (exec, tcp, http, https, with rise/fall), and the
+// operator's drain flag. Safe for concurrent use.
+type Self struct {
+	monitor *Monitor
+
+	mu        sync.Mutex
+	checks    []namedCheck
+	operator  []string // monitor IDs of operator checks, in config order
+	drained   bool
+	drainWhy  string
+	evalLimit time.Duration
+}
+
+type namedCheck struct {
+	name string
+	fn   CheckFunc
+}
+
+// NewSelf returns a Self with no checks: healthy until one is added.
+func NewSelf(log *slog.Logger) *Self {
+	return &Self{monitor: NewMonitor(log, 4), evalLimit: 2 * time.Second}
+}
+
+// AddCheck registers a built-in check, evaluated on each Evaluate.
+func (s *Self) AddCheck(name string, fn CheckFunc) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.checks = append(s.checks, namedCheck{name, fn})
+}
+
+// SetOperatorChecks replaces the operator's checks (health.self.checks).
+// A check that cannot be built changes nothing and is returned.
+func (s *Self) SetOperatorChecks(checks []configs.SelfCheck) error {
+	var specs []Spec
+	var ids []string
+	var errs []error
+	for _, c := range checks {
+		t := Target{}
+		if c.Target != "" {
+			ap, err := resolveTarget(c.Target)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("self check %s: %w", c.Name, err))
+				continue
+			}
+			t.Addr = ap
+		}
+		id := "self/" + c.Name
+		specs = append(specs, Spec{ID: id, Check: c.Check, Target: t})
+		ids = append(ids, id)
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if err := s.monitor.Set(specs); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.operator = ids
+	s.mu.Unlock()
+	return nil
+}
+
+// SetDrained sets or clears the operator's drain flag.
+func (s *Self) SetDrained(drained bool, reason string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.drained, s.drainWhy = drained, reason
+}
+
+// Drained reports the drain flag and its reason.
+func (s *Self) Drained() (bool, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.drained, s.drainWhy
+}
+
+// Run runs the operator checks until ctx ends.
+func (s *Self) Run(ctx context.Context) error { return s.monitor.Run(ctx) }
+
+// Evaluate runs the built-in checks (each bounded in time) and combines
+// them with the operator checks' current statuses and the drain flag. An
+// operator check that has not run yet counts as failing: a director does
+// not announce before it knows.
+func (s *Self) Evaluate(ctx context.Context) SelfStatus {
+	s.mu.Lock()
+	checks := slices.Clone(s.checks)
+	operator := slices.Clone(s.operator)
+	drained, why := s.drained, s.drainWhy
+	limit := s.evalLimit
+	s.mu.Unlock()
+
+	st := SelfStatus{Healthy: true}
+	add := func(name string, err error) {
+		c := CheckStatus{Name: name, OK: err == nil}
+		if err != nil {
+			c.Reason = err.Error()
+			st.Healthy = false
+		}
+		st.Checks = append(st.Checks, c)
+	}
+	for _, c := range checks {
+		cctx, cancel := context.WithTimeout(ctx, limit)
+		add(c.name, c.fn(cctx))
+		cancel()
+	}
+	for _, id := range operator {
+		name := strings.TrimPrefix(id, "self/")
+		ms, ok := s.monitor.Status(id)
+		switch {
+		case !ok || ms.State == Unknown:
+			add(name, errors.New("not checked yet"))
+		case ms.State == Down:
+			reason := "down"
+			if ms.Last.Err != nil {
+				reason = ms.Last.Err.Error()
+			}
+			add(name, errors.New(reason))
+		default:
+			add(name, nil)
+		}
+	}
+	if drained {
+		add("drain", fmt.Errorf("drained by the operator: %s", cmp.Or(why, "no reason given")))
+	}
+	return st
+}
+
+// UplinkCheck is a CheckFunc that fails while interface ifname is missing,
+// administratively down or without carrier.
+func UplinkCheck(ifname string) CheckFunc {
+	return func(ctx context.Context) error {
+		link, err := netlink.LinkByName(ifname)
+		if err != nil {
+			return fmt.Errorf("interface %s: %w", ifname, err)
+		}
+		a := link.Attrs()
+		if a.Flags&net.FlagUp == 0 {
+			return fmt.Errorf("interface %s is administratively down", ifname)
+		}
+		switch a.OperState {
+		case netlink.OperUp, netlink.OperUnknown:
+			// Unknown: drivers without carrier reporting (lo, tun).
+			return nil
+		default:
+			return fmt.Errorf("interface %s is %s (no carrier)", ifname, a.OperState)
+		}
+	}
+}
