@@ -201,6 +201,18 @@ func applyDefaults(c *Config, isSet func(path string) bool) {
 	}
 }
 
+// CheckDefaults fills a check built outside a document (anyctl probe) the
+// way a service's check in a document is filled, with the default health
+// settings.
+func CheckDefaults(c *Check) {
+	var cfg Config
+	applyDefaults(&cfg, func(string) bool { return false })
+	if c.Type == "" {
+		c.Type = CheckTCP
+	}
+	defaultCheck(c, &cfg.Health)
+}
+
 // defaultCheck fills a check's timing from the health defaults and the
 // type-specific fields every probe of that type needs.
 func defaultCheck(c *Check, h *Health) {

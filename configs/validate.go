@@ -637,6 +637,22 @@ func (c *checker) tunnel(p string, t *Tunnel, usesTun bool) {
 	}
 }
 
+// ValidateCheck checks one health check on its own (anyctl probe), as it
+// would be checked in a service with the given forwarding method; problems
+// are reported under path.
+func ValidateCheck(path string, k *Check, forwarding string) error {
+	c := &checker{}
+	c.check(path, k, forwarding)
+	if len(c.errs) == 0 {
+		return nil
+	}
+	errs := make([]error, len(c.errs))
+	for i, e := range c.errs {
+		errs[i] = e
+	}
+	return errors.Join(errs...)
+}
+
 // checkFields says which check types use each type-specific field, so a
 // field set for another type (a path on a tcp check) is reported instead of
 // silently doing nothing.

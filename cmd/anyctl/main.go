@@ -69,6 +69,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		newValidateCmd(),
 		newKeygenCmd(),
 		newRealServerCmd(),
+		newProbeCmd(),
 		newVersionCmd(),
 	)
 	return root
