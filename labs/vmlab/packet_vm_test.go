@@ -89,7 +89,7 @@ func (l *drLab) route(d string) {
 
 func (l *drLab) helperCmd(ns string, args ...string) *exec.Cmd {
 	cmd := exec.Command("ip", append([]string{"netns", "exec", l.ns[ns].Name, l.self}, args[1:]...)...)
-	cmd.Env = append(os.Environ(), "ANYCASTD_VM_HELPER="+args[0])
+	cmd.Env = append(os.Environ(), labtest.HelperEnv+"="+args[0])
 	return cmd
 }
 

@@ -1,0 +1,122 @@
+package clab
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os/exec"
+	"sync"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// Process is a long-running program in a node, killed with the lab.
+type Process struct {
+	Node  string
+	Stdin io.WriteCloser
+	cmd   *exec.Cmd
+	mu    sync.Mutex
+	out   bytes.Buffer
+	done  chan struct{}
+	err   error
+}
+
+// Start runs a program inside a node. Its stdout and stderr are kept
+// (Output); its stdin is Stdin.
+func (l *Lab) Start(node, name string, args ...string) (*Process, error) {
+	p := &Process{Node: node, done: make(chan struct{})}
+	p.cmd = l.Command(node, name, args...)
+	w := &lockedWriter{p: p}
+	p.cmd.Stdout, p.cmd.Stderr = w, w
+	in, err := p.cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	p.Stdin = in
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s in %s: %w", name, node, err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	l.procs = append(l.procs, p)
+	return p, nil
+}
+
+// Output is what the process has written so far.
+func (p *Process) Output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+// Signal sends sig to the process (nsenter passes it on to its child).
+func (p *Process) Signal(sig syscall.Signal) error {
+	return p.cmd.Process.Signal(sig)
+}
+
+// Kill kills the process and waits for it.
+func (p *Process) Kill() {
+	p.cmd.Process.Kill()
+	<-p.done
+}
+
+// Done is closed when the process has exited.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Wait waits for the process and returns how it ended.
+func (p *Process) Wait() error {
+	<-p.done
+	return p.err
+}
+
+type lockedWriter struct{ p *Process }
+
+func (w *lockedWriter) Write(b []byte) (int, error) {
+	w.p.mu.Lock()
+	defer w.p.mu.Unlock()
+	return w.p.out.Write(b)
+}
+
+// NextHops returns the next hops of node's kernel route for prefix in its
+// main table (several for an ECMP route), read over netlink; none when
+// there is no such route.
+func (l *Lab) NextHops(node string, prefix netip.Prefix) ([]netip.Addr, error) {
+	h, err := netns.GetFromName(l.Topo.Netns(node))
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	nh, err := netlink.NewHandleAt(h)
+	if err != nil {
+		return nil, err
+	}
+	defer nh.Close()
+	fam := netlink.FAMILY_V4
+	if prefix.Addr().Is6() {
+		fam = netlink.FAMILY_V6
+	}
+	routes, err := nh.RouteListFiltered(fam, &netlink.Route{Dst: &net.IPNet{IP: prefix.Addr().AsSlice(),
+		Mask: net.CIDRMask(prefix.Bits(), prefix.Addr().BitLen())}}, netlink.RT_FILTER_DST)
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, r := range routes {
+		if r.Gw != nil {
+			a, _ := netip.AddrFromSlice(r.Gw)
+			out = append(out, a.Unmap())
+		}
+		for _, m := range r.MultiPath {
+			if a, ok := netip.AddrFromSlice(m.Gw); ok {
+				out = append(out, a.Unmap())
+			}
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,98 @@
+// Package routing says how a director tells the network which VIPs it
+// serves. Announcer is implemented by routing/bgp (an embedded GoBGP
+// speaker), routing/kernel (routes or addresses for an external OSPF or
+// BGP daemon), routing/vrrp and routing/dns.
+package routing
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// GracefulShutdown is the well-known GRACEFUL_SHUTDOWN community (RFC 8326),
+// 65535:0: a receiver lowers the route's preference so traffic moves away
+// before the route is withdrawn.
+const GracefulShutdown = "65535:0"
+
+// Announcement is one prefix to announce and its attributes.
+type Announcement struct {
+	Prefix netip.Prefix
+	// Communities ("65000:100") and LargeCommunities ("65000:1:2").
+	Communities      []string
+	LargeCommunities []string
+	MED              uint32
+	// GracefulShutdown adds the GRACEFUL_SHUTDOWN community.
+	GracefulShutdown bool
+}
+
+// Equal reports whether two announcements are the same.
+func (a Announcement) Equal(b Announcement) bool {
+	return a.Prefix == b.Prefix && a.MED == b.MED && a.GracefulShutdown == b.GracefulShutdown &&
+		slices.Equal(a.Communities, b.Communities) && slices.Equal(a.LargeCommunities, b.LargeCommunities)
+}
+
+// Peer is a routing session and its state.
+type Peer struct {
+	Address netip.Addr
+	ASN     uint32
+	// State is the session state: "established", "active", "connect", ...
+	State string
+	Since time.Time
+	// BFD is the BFD session state ("up", "down", "init") or "" without BFD.
+	BFD string
+	// Flaps counts the times the session left established.
+	Flaps uint64
+	// Reason is why the session last went down, if known.
+	Reason string
+}
+
+// Established reports whether the session is up.
+func (p Peer) Established() bool { return p.State == "established" }
+
+// Status is what an announcer is doing.
+type Status struct {
+	Mode      string
+	Peers     []Peer
+	Announced []Announcement
+}
+
+// Announcer announces a set of prefixes. Implementations are safe for
+// concurrent use.
+type Announcer interface {
+	// Run runs the announcer until ctx ends, then withdraws what it
+	// announced and releases what it holds.
+	Run(ctx context.Context) error
+	// Set declares the complete set of prefixes to announce now: what is
+	// new is announced, what changed is updated, what is missing is
+	// withdrawn. Idempotent. Before Run starts, the set is kept and
+	// announced once the announcer is up.
+	Set(ctx context.Context, anns []Announcement) error
+	// Status reports sessions and what is announced.
+	Status() Status
+}
+
+// Drain withdraws gracefully: it announces anns with GRACEFUL_SHUTDOWN for
+// hold, so that the upstream moves traffic away while the routes still
+// work, and then withdraws everything. It returns early, after
+// withdrawing, if ctx ends.
+func Drain(ctx context.Context, a Announcer, anns []Announcement, hold time.Duration) error {
+	if hold > 0 && len(anns) > 0 {
+		gshut := make([]Announcement, len(anns))
+		for i, x := range anns {
+			x.GracefulShutdown = true
+			gshut[i] = x
+		}
+		if err := a.Set(ctx, gshut); err != nil {
+			return err
+		}
+		t := time.NewTimer(hold)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
+	return a.Set(context.WithoutCancel(ctx), nil)
+}

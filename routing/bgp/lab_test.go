@@ -1,0 +1,473 @@
+package bgp
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/anycastd/anycastd/configs"
+	"github.com/anycastd/anycastd/labs/clab"
+	"github.com/anycastd/anycastd/labs/labtest"
+	"github.com/anycastd/anycastd/routing"
+)
+
+func TestMain(m *testing.M) {
+	labtest.HelperMain(map[string]func([]string) error{"speaker": speakerHelper})
+	os.Exit(m.Run())
+}
+
+// speakerHelper runs a Speaker from a config file and takes commands on
+// stdin, one per line, answering "ok" or "error: ...":
+//
+//	set PREFIX,...   announce exactly these (with the config's communities)
+//	none             withdraw everything
+//	drain DURATION   GRACEFUL_SHUTDOWN for DURATION, then withdraw
+//	status           one line of JSON
+//
+// At stdin's end it shuts down (withdrawing) and exits.
+func speakerHelper(args []string) error {
+	cfg, err := configs.Load(args[0])
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	sp := New(cfg.Routing.BGP, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sp.Run(ctx) }()
+	var current []routing.Announcement
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		cmd, arg, _ := strings.Cut(strings.TrimSpace(in.Text()), " ")
+		var err error
+		switch cmd {
+		case "set":
+			current = nil
+			for p := range strings.SplitSeq(arg, ",") {
+				current = append(current, routing.Announcement{Prefix: netip.MustParsePrefix(p),
+					Communities: cfg.Routing.BGP.Communities, LargeCommunities: cfg.Routing.BGP.LargeCommunities})
+			}
+			err = sp.Set(ctx, current)
+		case "none":
+			err = sp.Set(ctx, nil)
+		case "drain":
+			var d time.Duration
+			if d, err = time.ParseDuration(arg); err == nil {
+				err = routing.Drain(ctx, sp, current, d)
+			}
+		case "status":
+			b, _ := json.Marshal(sp.Status())
+			fmt.Println(string(b))
+			continue
+		default:
+			err = fmt.Errorf("unknown command %q", cmd)
+		}
+		if err != nil {
+			fmt.Println("error:", err)
+		} else {
+			fmt.Println("ok")
+		}
+	}
+	cancel()
+	return <-done
+}
+
+const (
+	vip  = "198.51.100.10"
+	vip6 = "2001:db8:100::10"
+)
+
+type ecmpLab struct {
+	t        *testing.T
+	lab      *clab.Lab
+	self     string
+	speakers map[string]*speaker
+}
+
+type speaker struct {
+	proc *clab.Process
+	out  *bufio.Reader
+}
+
+func (s *speaker) do(t *testing.T, cmd string) {
+	t.Helper()
+	fmt.Fprintln(s.proc.Stdin, cmd)
+	line, err := s.out.ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "ok" {
+		t.Fatalf("speaker %s: %s: %q %v\n%s", s.proc.Node, cmd, line, err, s.proc.Output())
+	}
+}
+
+func deployECMP3(t *testing.T) *ecmpLab {
+	labtest.Require(t)
+	topo, err := clab.Load(filepath.Join(labtest.RepoRoot(), "labs", "ecmp3.clab.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lab, err := clab.Deploy(topo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, _ := os.Executable()
+	l := &ecmpLab{t: t, lab: lab, self: self, speakers: map[string]*speaker{}}
+	t.Cleanup(func() {
+		if t.Failed() {
+			l.diagnose()
+		}
+		lab.Destroy()
+	})
+	return l
+}
+
+// diagnose logs what an operator would look at: the router's sessions and
+// routes, and the tail of each speaker's log.
+func (l *ecmpLab) diagnose() {
+	for _, cmd := range []string{"show protocols", "show route"} {
+		out, _ := l.lab.Exec("router", "birdc -s /run/bird-ecmp3-router.ctl "+cmd)
+		l.t.Logf("router: birdc %s:\n%s", cmd, out)
+	}
+	for name, s := range l.speakers {
+		out := s.proc.Output()
+		if len(out) > 3000 {
+			out = out[len(out)-3000:]
+		}
+		l.t.Logf("speaker %s log (tail):\n%s", name, out)
+	}
+	if b, err := os.ReadFile("/tmp/bird-ecmp3-router.log"); err == nil {
+		if len(b) > 3000 {
+			b = b[len(b)-3000:]
+		}
+		l.t.Logf("router BIRD log (tail):\n%s", b)
+	}
+}
+
+// speakerConfig writes director n's config: AS 65001 towards the router's
+// AS 65000 over IPv4 and IPv6, BFD except on d3 (the router has none
+// there), the lab's MD5 password unless another is given.
+func (l *ecmpLab) speakerConfig(n int, password string) string {
+	bfd := "{enabled: true, min_tx: 100ms, min_rx: 100ms, multiplier: 3}"
+	if n == 3 {
+		bfd = "{enabled: false}"
+	}
+	doc := fmt.Sprintf(`node: {name: d%[1]d}
+cluster: {insecure: true}
+routing:
+  mode: bgp
+  bgp:
+    asn: 65001
+    router_id: 10.0.%[1]d.1
+    communities: ["65001:100"]
+    neighbors:
+      - {address: 10.0.%[1]d.0, asn: 65000, password: %[2]q, hold_time: 3s, keepalive: 1s, connect_retry: 1s, bfd: %[3]s}
+      - {address: "2001:db8:%[1]d::1", asn: 65000, password: %[2]q, families: [ipv6], hold_time: 3s, keepalive: 1s, connect_retry: 1s, bfd: %[3]s}
+`, n, password, bfd)
+	path := filepath.Join(l.t.TempDir(), fmt.Sprintf("d%d.yaml", n))
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		l.t.Fatal(err)
+	}
+	return path
+}
+
+func (l *ecmpLab) startSpeaker(n int, password string) *speaker {
+	l.t.Helper()
+	node := fmt.Sprintf("d%d", n)
+	p, err := l.lab.Start(node, "env", labtest.HelperEnv+"=speaker", l.self, l.speakerConfig(n, password))
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	s := &speaker{proc: p}
+	s.out = bufio.NewReader(&outputReader{p: p})
+	l.speakers[node] = s
+	return s
+}
+
+// outputReader reads a Process's stdout as it grows, line by line.
+type outputReader struct {
+	p   *clab.Process
+	off int
+}
+
+func (r *outputReader) Read(b []byte) (int, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		out := r.p.Output()
+		// Only stdout lines matter; log lines (stderr, mixed in) start
+		// with "time=".
+		for r.off < len(out) {
+			end := strings.IndexByte(out[r.off:], '\n')
+			if end < 0 {
+				break
+			}
+			line := out[r.off : r.off+end+1]
+			r.off += end + 1
+			if !strings.HasPrefix(line, "time=") {
+				return copy(b, line), nil
+			}
+		}
+		select {
+		case <-r.p.Done():
+			return 0, fmt.Errorf("speaker exited: %v", r.p.Wait())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return 0, fmt.Errorf("no answer from the speaker in 30 s")
+}
+
+func (l *ecmpLab) hops(t *testing.T, prefix string) []string {
+	t.Helper()
+	nh, err := l.lab.NextHops("router", netip.MustParsePrefix(prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, a := range nh {
+		out = append(out, a.String())
+	}
+	sort.Strings(out)
+	return out
+}
+
+// waitHops polls the router's kernel route until its next hops are want,
+// and returns how long that took.
+func (l *ecmpLab) waitHops(t *testing.T, prefix string, want []string, timeout time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	sort.Strings(want)
+	labtest.Eventually(t, timeout, fmt.Sprintf("router's next hops for %s to be %v", prefix, want), func() error {
+		nh, err := l.lab.NextHops("router", netip.MustParsePrefix(prefix))
+		if err != nil {
+			return err
+		}
+		var got []string
+		for _, a := range nh {
+			got = append(got, a.String())
+		}
+		sort.Strings(got)
+		if !slices.Equal(got, want) {
+			return fmt.Errorf("next hops %v", got)
+		}
+		return nil
+	})
+	return time.Since(start)
+}
+
+func (l *ecmpLab) bird(t *testing.T, cmd string) string {
+	t.Helper()
+	out, err := l.lab.Exec("router", "birdc -s /run/bird-ecmp3-router.ctl "+cmd)
+	if err != nil {
+		t.Fatalf("birdc %s: %v\n%s", cmd, err, out)
+	}
+	return out
+}
+
+// measureRuns is how many times each lab measurement repeats: 1 in the
+// tests, more for the report (ANYCASTD_MEASURE_RUNS, set by make bench).
+func measureRuns() int {
+	if n, err := strconv.Atoi(os.Getenv("ANYCASTD_MEASURE_RUNS")); err == nil && n > 0 {
+		return n
+	}
+	return 1
+}
+
+func report(t *testing.T, what string, ds []time.Duration) {
+	slices.Sort(ds)
+	t.Logf("measure: %s median %.1f ms min %.1f ms max %.1f ms (%d runs)", what,
+		ms(ds[len(ds)/2]), ms(ds[0]), ms(ds[len(ds)-1]), len(ds))
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+var all3 = []string{"10.0.1.1", "10.0.2.1", "10.0.3.1"}
+
+func without(hops []string, h string) []string {
+	return slices.DeleteFunc(slices.Clone(hops), func(x string) bool { return x == h })
+}
+
+// TestLabBGPECMP: three embedded speakers against BIRD: a 3-way ECMP route
+// in the router's kernel (IPv4 and IPv6), traffic spread over the three,
+// withdraw, graceful shutdown, kill, blackhole with and without BFD, and an
+// MD5 mismatch.
+func TestLabBGPECMP(t *testing.T) {
+	l := deployECMP3(t)
+	for n := 1; n <= 3; n++ {
+		s := l.startSpeaker(n, "ecmp3-lab")
+		s.do(t, "set "+vip+"/32,"+vip6+"/128")
+	}
+	l.waitHops(t, vip+"/32", all3, 30*time.Second)
+	t.Logf("router: %s via %v", vip, l.hops(t, vip+"/32"))
+
+	t.Run("ipv6", func(t *testing.T) {
+		l.waitHops(t, vip6+"/128", []string{"2001:db8:1::2", "2001:db8:2::2", "2001:db8:3::2"}, 30*time.Second)
+	})
+
+	t.Run("communities", func(t *testing.T) {
+		out := l.bird(t, "show route "+vip+"/32 all")
+		if !strings.Contains(out, "(65001,100)") {
+			t.Errorf("the configured community is not on the route:\n%s", out)
+		}
+	})
+
+	t.Run("traffic spreads over the three", func(t *testing.T) {
+		for n := 1; n <= 3; n++ {
+			node := fmt.Sprintf("d%d", n)
+			if out, err := l.lab.Exec(node, "ip addr add "+vip+"/32 dev lo"); err != nil {
+				t.Fatalf("%s: %v %s", node, err, out)
+			}
+			p, err := l.lab.Start(node, "env", labtest.HelperEnv+"=serve", l.self, node, vip+":80")
+			if err != nil {
+				t.Fatal(err)
+			}
+			labtest.Eventually(t, 10*time.Second, node+"'s server", func() error {
+				if !strings.Contains(p.Output(), "listening") {
+					return fmt.Errorf("not listening yet")
+				}
+				return nil
+			})
+		}
+		out, err := l.lab.Command("client", "env", labtest.HelperEnv+"=connect", l.self, vip+":80", "300", "10.0.0.10").CombinedOutput()
+		if err != nil {
+			t.Fatalf("connect: %v\n%s", err, out)
+		}
+		counts := map[string]int{}
+		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if f := strings.Fields(line); len(f) == 2 {
+				counts[f[1]]++
+			}
+		}
+		t.Logf("300 connections from the client: %v", counts)
+		for _, d := range []string{"d1", "d2", "d3"} {
+			if counts[d] < 30 {
+				t.Errorf("%s got %d of 300 connections: ECMP should spread them", d, counts[d])
+			}
+		}
+		if counts["ERROR"] > 0 {
+			t.Errorf("%d connections failed", counts["ERROR"])
+		}
+	})
+
+	t.Run("withdraw removes exactly that next hop", func(t *testing.T) {
+		var ds []time.Duration
+		for range measureRuns() {
+			start := time.Now()
+			l.speakers["d2"].do(t, "none")
+			l.waitHops(t, vip+"/32", without(all3, "10.0.2.1"), 10*time.Second)
+			ds = append(ds, time.Since(start))
+			l.speakers["d2"].do(t, "set "+vip+"/32,"+vip6+"/128")
+			l.waitHops(t, vip+"/32", all3, 10*time.Second)
+		}
+		report(t, "withdraw -> next hop gone from the router's FIB", ds)
+	})
+
+	t.Run("drain announces graceful shutdown first", func(t *testing.T) {
+		d1 := l.speakers["d1"]
+		fmt.Fprintln(d1.proc.Stdin, "drain 4s")
+		// While draining: BIRD still has d1's route, tagged, and has taken
+		// it out of the multipath set.
+		labtest.Eventually(t, 5*time.Second, "the GRACEFUL_SHUTDOWN community on d1's route", func() error {
+			out := l.bird(t, "show route "+vip+"/32 all")
+			if !strings.Contains(out, "(65535,0)") {
+				return fmt.Errorf("no (65535,0) in:\n%s", out)
+			}
+			return nil
+		})
+		l.waitHops(t, vip+"/32", without(all3, "10.0.1.1"), 5*time.Second)
+		if out := l.bird(t, "show route "+vip+"/32"); !strings.Contains(out, "10.0.1.1") {
+			t.Errorf("during the drain BIRD must still have d1's route:\n%s", out)
+		}
+		line, err := d1.out.ReadString('\n')
+		if err != nil || strings.TrimSpace(line) != "ok" {
+			t.Fatalf("drain: %q %v", line, err)
+		}
+		if out := l.bird(t, "show route "+vip+"/32"); strings.Contains(out, "10.0.1.1") {
+			t.Errorf("after the drain d1's route must be withdrawn:\n%s", out)
+		}
+		d1.do(t, "set "+vip+"/32,"+vip6+"/128")
+		l.waitHops(t, vip+"/32", all3, 10*time.Second)
+	})
+
+	t.Run("killed speaker", func(t *testing.T) {
+		var ds []time.Duration
+		for range measureRuns() {
+			start := time.Now()
+			l.speakers["d3"].proc.Signal(syscall.SIGKILL)
+			l.waitHops(t, vip+"/32", without(all3, "10.0.3.1"), 10*time.Second)
+			ds = append(ds, time.Since(start))
+			l.startSpeaker(3, "ecmp3-lab").do(t, "set "+vip+"/32,"+vip6+"/128")
+			l.waitHops(t, vip+"/32", all3, 30*time.Second)
+		}
+		report(t, "speaker SIGKILL -> next hop gone", ds)
+	})
+
+	blackhole := func(t *testing.T, node, hop, what string, timeout time.Duration) {
+		var ds []time.Duration
+		for range measureRuns() {
+			start := time.Now()
+			if out, err := l.lab.Exec(node, "nft add table inet blackhole && "+
+				"nft add chain inet blackhole in '{ type filter hook input priority -300; policy drop; }' && "+
+				"nft add chain inet blackhole out '{ type filter hook output priority -300; policy drop; }'"); err != nil {
+				t.Fatalf("nft: %v %s", err, out)
+			}
+			l.waitHops(t, vip+"/32", without(all3, hop), timeout)
+			ds = append(ds, time.Since(start))
+			l.lab.Exec(node, "nft delete table inet blackhole")
+			l.waitHops(t, vip+"/32", all3, 30*time.Second)
+		}
+		report(t, what, ds)
+	}
+	t.Run("blackhole with BFD", func(t *testing.T) {
+		blackhole(t, "d2", "10.0.2.1", "blackholed director (nft drop) with BFD 100ms x3 -> next hop gone", 10*time.Second)
+	})
+	t.Run("blackhole without BFD", func(t *testing.T) {
+		blackhole(t, "d3", "10.0.3.1", "blackholed director (nft drop) without BFD, hold 3s -> next hop gone", 15*time.Second)
+	})
+
+	t.Run("MD5 mismatch keeps the session down with a clear log line", func(t *testing.T) {
+		l.speakers["d3"].proc.Kill()
+		l.waitHops(t, vip+"/32", without(all3, "10.0.3.1"), 10*time.Second)
+		bad := l.startSpeaker(3, "not-the-lab-password")
+		bad.do(t, "set "+vip+"/32")
+		labtest.Eventually(t, 25*time.Second, "the speaker's hint about the MD5 password", func() error {
+			if !strings.Contains(bad.proc.Output(), "TCP MD5 password is set") {
+				return fmt.Errorf("no hint yet")
+			}
+			return nil
+		})
+		if hops := l.hops(t, vip+"/32"); slices.Contains(hops, "10.0.3.1") {
+			t.Errorf("a session with the wrong MD5 password came up: %v", hops)
+		}
+		for _, line := range strings.Split(bad.proc.Output(), "\n") {
+			if strings.Contains(line, "MD5") {
+				t.Logf("speaker log: %s", line)
+				break
+			}
+		}
+		bad.proc.Kill()
+		l.startSpeaker(3, "ecmp3-lab").do(t, "set "+vip+"/32,"+vip6+"/128")
+		l.waitHops(t, vip+"/32", all3, 30*time.Second)
+	})
+
+	t.Run("shutdown withdraws", func(t *testing.T) {
+		s := l.speakers["d1"]
+		s.proc.Stdin.Close()
+		if err := s.proc.Wait(); err != nil {
+			t.Errorf("speaker exit: %v\n%s", err, s.proc.Output())
+		}
+		// Withdrawn before the process exited: the router needs no timer.
+		l.waitHops(t, vip+"/32", without(all3, "10.0.1.1"), 2*time.Second)
+		if !strings.Contains(s.proc.Output(), "bgp routes withdrawn on shutdown") {
+			t.Errorf("shutdown log:\n%s", s.proc.Output())
+		}
+	})
+}

@@ -1,0 +1,468 @@
+// Package bgp is the embedded BGP speaker of a director (GoBGP v4): it
+// announces VIP/32 and VIP/128 with next hop self to the upstream switches,
+// with BFD for fast failure detection, and learns nothing.
+package bgp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/anycastd/anycastd/configs"
+	"github.com/anycastd/anycastd/routing"
+	"github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	gobgp "github.com/osrg/gobgp/v4/pkg/packet/bgp"
+	"github.com/osrg/gobgp/v4/pkg/server"
+)
+
+// Speaker is a routing.Announcer over an embedded GoBGP server. Safe for
+// concurrent use.
+type Speaker struct {
+	cfg configs.BGP
+	log *slog.Logger
+
+	mu    sync.Mutex
+	srv   *server.BgpServer // nil until Run has started it
+	want  map[netip.Prefix]routing.Announcement
+	have  map[netip.Prefix]routing.Announcement
+	peers map[netip.Addr]*routing.Peer
+}
+
+var _ routing.Announcer = (*Speaker)(nil)
+
+// New returns a speaker for cfg (validated by configs). Nothing runs
+// before Run.
+func New(cfg configs.BGP, log *slog.Logger) *Speaker {
+	s := &Speaker{cfg: cfg, log: log, want: map[netip.Prefix]routing.Announcement{},
+		have: map[netip.Prefix]routing.Announcement{}, peers: map[netip.Addr]*routing.Peer{}}
+	for _, n := range cfg.Neighbors {
+		s.peers[n.Address] = &routing.Peer{Address: n.Address, ASN: n.ASN, State: "idle"}
+	}
+	return s
+}
+
+// Run starts the BGP server and its sessions, announces what Set asked
+// for, and on ctx's end withdraws everything, waits for the withdrawals to
+// be sent, and stops the server.
+func (s *Speaker) Run(ctx context.Context) error {
+	lvl := &slog.LevelVar{}
+	lvl.Set(slog.LevelWarn) // GoBGP logs every FSM step at Info
+	srv := server.NewBgpServer(server.LoggerOption(s.log.With("component", "gobgp"), lvl))
+	go srv.Serve()
+	stop := func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.StopBgp(sctx, &api.StopBgpRequest{})
+		srv.Stop()
+	}
+
+	if err := srv.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
+		Asn:        s.cfg.ASN,
+		RouterId:   s.cfg.RouterID.String(),
+		ListenPort: int32(s.cfg.ListenPort),
+	}}); err != nil {
+		srv.Stop()
+		return fmt.Errorf("start BGP (AS %d, router id %s, port %d): %w", s.cfg.ASN, s.cfg.RouterID, s.cfg.ListenPort, err)
+	}
+	// A director must not learn routes: reject everything on import but
+	// our own. GoBGP runs locally originated paths through the global
+	// import policy too, so a plain default-reject would withdraw the
+	// VIPs themselves.
+	if err := srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: &api.Policy{
+		Name: "anycastd-import",
+		Statements: []*api.Statement{{
+			Name:       "accept-local",
+			Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL},
+			Actions:    &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT},
+		}},
+	}}); err != nil {
+		stop()
+		return fmt.Errorf("define import policy: %w", err)
+	}
+	if err := srv.SetPolicyAssignment(ctx, &api.SetPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
+		Name:          "global",
+		Direction:     api.PolicyDirection_POLICY_DIRECTION_IMPORT,
+		Policies:      []*api.Policy{{Name: "anycastd-import"}},
+		DefaultAction: api.RouteAction_ROUTE_ACTION_REJECT,
+	}}); err != nil {
+		stop()
+		return fmt.Errorf("set import policy: %w", err)
+	}
+	if err := srv.WatchEvent(ctx, server.WatchEventMessageCallbacks{OnPeerUpdate: s.onPeer}, server.WatchPeer()); err != nil {
+		stop()
+		return fmt.Errorf("watch peers: %w", err)
+	}
+	for _, n := range s.cfg.Neighbors {
+		if err := srv.AddPeer(ctx, &api.AddPeerRequest{Peer: peerConfig(n)}); err != nil {
+			stop()
+			return fmt.Errorf("add neighbour %s AS %d: %w", n.Address, n.ASN, err)
+		}
+	}
+	s.mu.Lock()
+	s.srv = srv
+	err := s.reconcileLocked()
+	s.mu.Unlock()
+	if err != nil {
+		s.log.Error("announce", "err", err)
+	}
+	s.log.Info("bgp speaker started", "asn", s.cfg.ASN, "router_id", s.cfg.RouterID, "neighbors", len(s.cfg.Neighbors))
+
+	tick := time.NewTicker(10 * time.Second)
+	defer tick.Stop()
+	started := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			s.shutdown(srv)
+			stop()
+			return nil
+		case <-tick.C:
+			s.warnStuckPeers(time.Since(started))
+		}
+	}
+}
+
+// shutdown withdraws everything and waits (up to 3 s) until the
+// established sessions have sent it.
+func (s *Speaker) shutdown(srv *server.BgpServer) {
+	s.mu.Lock()
+	s.want = map[netip.Prefix]routing.Announcement{}
+	n := len(s.have)
+	if err := s.reconcileLocked(); err != nil {
+		s.log.Error("withdraw on shutdown", "err", err)
+	}
+	s.srv = nil
+	s.mu.Unlock()
+	if n == 0 {
+		return
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		pending := false
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+			if p.State != nil && p.State.SessionState == api.PeerState_SESSION_STATE_ESTABLISHED &&
+				p.State.Queues != nil && p.State.Queues.Output > 0 {
+				pending = true
+			}
+		})
+		cancel()
+		if !pending {
+			// The queue is empty once the message is handed to the
+			// socket; give the kernel a moment to put it on the wire.
+			time.Sleep(100 * time.Millisecond)
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.log.Info("bgp routes withdrawn on shutdown", "prefixes", n)
+}
+
+// Set implements routing.Announcer.
+func (s *Speaker) Set(ctx context.Context, anns []routing.Announcement) error {
+	want := make(map[netip.Prefix]routing.Announcement, len(anns))
+	for _, a := range anns {
+		p := a.Prefix.Masked()
+		if !p.IsValid() {
+			return fmt.Errorf("invalid prefix %v", a.Prefix)
+		}
+		if _, err := pathFor(a, s.cfg); err != nil {
+			return fmt.Errorf("announce %s: %w", p, err)
+		}
+		a.Prefix = p
+		want[p] = a
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.want = want
+	return s.reconcileLocked()
+}
+
+// reconcileLocked makes the server's local paths equal s.want.
+func (s *Speaker) reconcileLocked() error {
+	if s.srv == nil {
+		return nil
+	}
+	var errs []error
+	for p, a := range s.want {
+		if h, ok := s.have[p]; ok && h.Equal(a) {
+			continue
+		}
+		path, err := pathFor(a, s.cfg)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		// Adding a path for a prefix we already announce replaces it.
+		if _, err := s.srv.AddPath(apiutil.AddPathRequest{Paths: []*apiutil.Path{path}}); err != nil {
+			errs = append(errs, fmt.Errorf("announce %s: %w", p, err))
+			continue
+		}
+		verb := "announced"
+		if _, ok := s.have[p]; ok {
+			verb = "updated"
+		}
+		s.have[p] = a
+		s.log.Info("route "+verb, "prefix", p, "graceful_shutdown", a.GracefulShutdown)
+	}
+	for p, h := range s.have {
+		if _, ok := s.want[p]; ok {
+			continue
+		}
+		path, err := pathFor(h, s.cfg)
+		if err == nil {
+			err = s.srv.DeletePath(apiutil.DeletePathRequest{Paths: []*apiutil.Path{path}})
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("withdraw %s: %w", p, err))
+			continue
+		}
+		delete(s.have, p)
+		s.log.Info("route withdrawn", "prefix", p)
+	}
+	return errors.Join(errs...)
+}
+
+// Status implements routing.Announcer.
+func (s *Speaker) Status() routing.Status {
+	s.mu.Lock()
+	srv := s.srv
+	st := routing.Status{Mode: configs.ModeBGP}
+	for _, a := range s.have {
+		st.Announced = append(st.Announced, a)
+	}
+	peers := map[netip.Addr]routing.Peer{}
+	for a, p := range s.peers {
+		peers[a] = *p
+	}
+	s.mu.Unlock()
+	if srv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		srv.ListBfdPeer(ctx, func(addr string, b *api.BfdPeerState) {
+			a, err := netip.ParseAddr(addr)
+			if p, ok := peers[a]; err == nil && ok && b != nil {
+				p.BFD = bfdState(b.SessionState)
+				peers[a] = p
+			}
+		})
+		cancel()
+	}
+	for _, n := range s.cfg.Neighbors {
+		st.Peers = append(st.Peers, peers[n.Address])
+	}
+	slices.SortFunc(st.Announced, func(a, b routing.Announcement) int { return a.Prefix.Addr().Compare(b.Prefix.Addr()) })
+	return st
+}
+
+func (s *Speaker) onPeer(ev *apiutil.WatchEventMessage_PeerEvent, t time.Time) {
+	if ev.Type != apiutil.PEER_EVENT_STATE {
+		return
+	}
+	addr := ev.Peer.State.NeighborAddress
+	if !addr.IsValid() {
+		addr = ev.Peer.Conf.NeighborAddress
+	}
+	state := fsmState(ev.Peer.State.SessionState)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.peers[addr]
+	if !ok || p.State == state {
+		return
+	}
+	if p.State == "established" {
+		p.Flaps++
+		if n, ok := s.neighbor(addr); ok && n.BFD.Enabled && s.srv != nil {
+			go s.recyclePeer(s.srv, n)
+		}
+	}
+	p.State, p.Since = state, t
+	p.Reason = ""
+	if msg := ev.Peer.State.DisconnectMessage; msg != "" {
+		p.Reason = msg
+	} else if r := ev.Peer.State.DisconnectReason; r != api.PeerState_DISCONNECT_REASON_UNSPECIFIED {
+		p.Reason = strings.ToLower(strings.TrimPrefix(r.String(), "DISCONNECT_REASON_"))
+	}
+	s.log.Info("bgp peer state changed", "peer", addr, "asn", p.ASN, "state", state, "reason", p.Reason)
+}
+
+func (s *Speaker) neighbor(addr netip.Addr) (configs.Neighbor, bool) {
+	for _, n := range s.cfg.Neighbors {
+		if n.Address == addr {
+			return n, true
+		}
+	}
+	return configs.Neighbor{}, false
+}
+
+// recyclePeer deletes and re-adds a BFD-enabled neighbour whose session
+// went down. GoBGP (v4.8.0) queues the Cease that a BFD expiry sends even
+// when the BGP session is already down, and delivers it on the next
+// establishment, which resets that session at once; the peer's BFD session
+// restarts with it, expires again, and the loop never ends (seen against
+// BIRD after a blackhole). A new peer has neither the queued notification
+// nor the stale BFD state.
+func (s *Speaker) recyclePeer(srv *server.BgpServer, n configs.Neighbor) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: n.Address.String()}); err != nil {
+		s.log.Warn("bgp: re-create peer after session loss: delete", "peer", n.Address, "err", err)
+		return
+	}
+	if err := srv.AddPeer(ctx, &api.AddPeerRequest{Peer: peerConfig(n)}); err != nil {
+		s.log.Error("bgp: re-create peer after session loss: add", "peer", n.Address, "err", err)
+		return
+	}
+	s.log.Info("bgp peer re-created after session loss (clears GoBGP's queued BFD reset)", "peer", n.Address)
+}
+
+// warnStuckPeers says, at Warn, which sessions are still not established
+// and what usually causes it: the operator looking at a silent session at
+// 3 a.m. needs the hint more than the FSM's steps.
+func (s *Speaker) warnStuckPeers(up time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, n := range s.cfg.Neighbors {
+		p := s.peers[n.Address]
+		if p.Established() {
+			continue
+		}
+		since := up
+		if !p.Since.IsZero() {
+			since = time.Since(p.Since)
+		}
+		if since < 3*n.ConnectRetry && since < 15*time.Second {
+			continue
+		}
+		hint := "check the neighbour's address, AS number and that it allows our address"
+		if n.Password != "" {
+			hint = "a TCP MD5 password is set: if the neighbour's differs (or it has none), the kernel drops every segment silently and the session stays down exactly like this"
+		}
+		s.log.Warn("bgp session not established", "peer", n.Address, "asn", n.ASN, "state", p.State, "for", since.Round(time.Second), "hint", hint)
+	}
+}
+
+func peerConfig(n configs.Neighbor) *api.Peer {
+	p := &api.Peer{
+		Conf: &api.PeerConf{NeighborAddress: n.Address.String(), PeerAsn: n.ASN, AuthPassword: n.Password},
+		Timers: &api.Timers{Config: &api.TimersConfig{
+			HoldTime:          uint64(n.HoldTime / time.Second),
+			KeepaliveInterval: uint64(n.Keepalive / time.Second),
+			ConnectRetry:      uint64(n.ConnectRetry / time.Second),
+			// GoBGP waits 30 s after a reset (a BFD failure, a
+			// notification) before it tries again; a director whose link
+			// came back should be back as soon as it may connect.
+			IdleHoldTimeAfterReset: uint64(n.ConnectRetry / time.Second),
+		}},
+	}
+	if n.LocalAddress.IsValid() {
+		p.Transport = &api.Transport{LocalAddress: n.LocalAddress.String()}
+	}
+	if n.Multihop > 0 {
+		p.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: uint32(n.Multihop)}
+	}
+	for _, f := range n.Families {
+		fam := &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
+		if f == "ipv6" {
+			fam.Afi = api.Family_AFI_IP6
+		}
+		p.AfiSafis = append(p.AfiSafis, &api.AfiSafi{Config: &api.AfiSafiConfig{Family: fam, Enabled: true}})
+	}
+	if n.BFD.Enabled {
+		p.Bfd = &api.BfdPeerConfig{
+			Enabled:                  true,
+			DesiredMinimumTxInterval: uint32(n.BFD.MinTx / time.Microsecond),
+			RequiredMinimumReceive:   uint32(n.BFD.MinRx / time.Microsecond),
+			DetectionMultiplier:      uint32(n.BFD.Multiplier),
+		}
+	}
+	return p
+}
+
+// pathFor builds the BGP path of an announcement: next hop self unless
+// configured, communities (plus GRACEFUL_SHUTDOWN when asked), MED.
+func pathFor(a routing.Announcement, cfg configs.BGP) (*apiutil.Path, error) {
+	nlri, err := gobgp.NewIPAddrPrefix(a.Prefix.Masked())
+	if err != nil {
+		return nil, err
+	}
+	attrs := []gobgp.PathAttributeInterface{gobgp.NewPathAttributeOrigin(gobgp.BGP_ORIGIN_ATTR_TYPE_IGP)}
+	family := gobgp.RF_IPv4_UC
+	if a.Prefix.Addr().Is4() {
+		nh := cfg.NextHopIPv4
+		if !nh.IsValid() {
+			nh = netip.IPv4Unspecified() // next hop self
+		}
+		nha, err := gobgp.NewPathAttributeNextHop(nh)
+		if err != nil {
+			return nil, err
+		}
+		attrs = append(attrs, nha)
+	} else {
+		family = gobgp.RF_IPv6_UC
+		nh := cfg.NextHopIPv6
+		if !nh.IsValid() {
+			nh = netip.IPv6Unspecified()
+		}
+		mp, err := gobgp.NewPathAttributeMpReachNLRI(family, []gobgp.PathNLRI{{NLRI: nlri}}, nh)
+		if err != nil {
+			return nil, err
+		}
+		attrs = append(attrs, mp)
+	}
+	comms := a.Communities
+	if a.GracefulShutdown {
+		comms = append(slices.Clone(comms), routing.GracefulShutdown)
+	}
+	if len(comms) > 0 {
+		var vals []uint32
+		for _, c := range comms {
+			v, err := parseCommunity(c)
+			if err != nil {
+				return nil, err
+			}
+			vals = append(vals, v)
+		}
+		attrs = append(attrs, gobgp.NewPathAttributeCommunities(vals))
+	}
+	if len(a.LargeCommunities) > 0 {
+		var vals []*gobgp.LargeCommunity
+		for _, c := range a.LargeCommunities {
+			lc, err := gobgp.ParseLargeCommunity(c)
+			if err != nil {
+				return nil, fmt.Errorf("large community %q: %w", c, err)
+			}
+			vals = append(vals, lc)
+		}
+		attrs = append(attrs, gobgp.NewPathAttributeLargeCommunities(vals))
+	}
+	if a.MED > 0 {
+		attrs = append(attrs, gobgp.NewPathAttributeMultiExitDisc(a.MED))
+	}
+	return &apiutil.Path{Family: family, Nlri: nlri, Attrs: attrs}, nil
+}
+
+func parseCommunity(s string) (uint32, error) {
+	hi, lo, ok := strings.Cut(s, ":")
+	a, err1 := strconv.ParseUint(hi, 10, 16)
+	b, err2 := strconv.ParseUint(lo, 10, 16)
+	if !ok || err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("community %q is not ASN:value", s)
+	}
+	return uint32(a)<<16 | uint32(b), nil
+}
+
+func fsmState(s gobgp.FSMState) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "BGP_FSM_"))
+}
+
+func bfdState(s api.BfdSessionState) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "BFD_SESSION_STATE_"))
+}
