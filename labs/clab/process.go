@@ -7,8 +7,10 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -20,7 +22,8 @@ type Process struct {
 	Stdin io.WriteCloser
 	cmd   *exec.Cmd
 	mu    sync.Mutex
-	out   bytes.Buffer
+	out   bytes.Buffer // stdout and stderr as they came
+	lines bytes.Buffer // stdout not yet read by Ask
 	done  chan struct{}
 	err   error
 }
@@ -30,8 +33,7 @@ type Process struct {
 func (l *Lab) Start(node, name string, args ...string) (*Process, error) {
 	p := &Process{Node: node, done: make(chan struct{})}
 	p.cmd = l.Command(node, name, args...)
-	w := &lockedWriter{p: p}
-	p.cmd.Stdout, p.cmd.Stderr = w, w
+	p.cmd.Stdout, p.cmd.Stderr = &lockedWriter{p: p, stdout: true}, &lockedWriter{p: p}
 	in, err := p.cmd.StdinPipe()
 	if err != nil {
 		return nil, err
@@ -75,11 +77,59 @@ func (p *Process) Wait() error {
 	return p.err
 }
 
-type lockedWriter struct{ p *Process }
+// Ask writes one command line to the process's stdin and returns the next
+// line it writes to stdout (without the newline), for helpers that answer
+// each command with one line.
+func (p *Process) Ask(cmd string, timeout time.Duration) (string, error) {
+	if err := p.Send(cmd); err != nil {
+		return "", err
+	}
+	return p.ReadLine(timeout)
+}
+
+// Send writes one command line to the process's stdin.
+func (p *Process) Send(cmd string) error {
+	if _, err := fmt.Fprintln(p.Stdin, cmd); err != nil {
+		return fmt.Errorf("%s in %s: %s: %w", p.cmd.Args[0], p.Node, cmd, err)
+	}
+	return nil
+}
+
+// ReadLine returns the next line the process writes to stdout.
+func (p *Process) ReadLine(timeout time.Duration) (string, error) {
+	deadline := time.After(timeout)
+	for {
+		p.mu.Lock()
+		line, err := p.lines.ReadString('\n')
+		if err != nil { // incomplete: put it back
+			p.lines.Reset()
+			p.lines.WriteString(line)
+		}
+		p.mu.Unlock()
+		if err == nil {
+			return strings.TrimSuffix(line, "\n"), nil
+		}
+		select {
+		case <-p.done:
+			return "", fmt.Errorf("%s in %s exited: %v", p.cmd.Args[0], p.Node, p.err)
+		case <-deadline:
+			return "", fmt.Errorf("%s in %s: no line in %v", p.cmd.Args[0], p.Node, timeout)
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+type lockedWriter struct {
+	p      *Process
+	stdout bool
+}
 
 func (w *lockedWriter) Write(b []byte) (int, error) {
 	w.p.mu.Lock()
 	defer w.p.mu.Unlock()
+	if w.stdout {
+		w.p.lines.Write(b)
+	}
 	return w.p.out.Write(b)
 }
 

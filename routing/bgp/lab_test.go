@@ -98,14 +98,12 @@ type ecmpLab struct {
 
 type speaker struct {
 	proc *clab.Process
-	out  *bufio.Reader
 }
 
 func (s *speaker) do(t *testing.T, cmd string) {
 	t.Helper()
-	fmt.Fprintln(s.proc.Stdin, cmd)
-	line, err := s.out.ReadString('\n')
-	if err != nil || strings.TrimSpace(line) != "ok" {
+	line, err := s.proc.Ask(cmd, 30*time.Second)
+	if err != nil || line != "ok" {
 		t.Fatalf("speaker %s: %s: %q %v\n%s", s.proc.Node, cmd, line, err, s.proc.Output())
 	}
 }
@@ -188,41 +186,8 @@ func (l *ecmpLab) startSpeaker(n int, password string) *speaker {
 		l.t.Fatal(err)
 	}
 	s := &speaker{proc: p}
-	s.out = bufio.NewReader(&outputReader{p: p})
 	l.speakers[node] = s
 	return s
-}
-
-// outputReader reads a Process's stdout as it grows, line by line.
-type outputReader struct {
-	p   *clab.Process
-	off int
-}
-
-func (r *outputReader) Read(b []byte) (int, error) {
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		out := r.p.Output()
-		// Only stdout lines matter; log lines (stderr, mixed in) start
-		// with "time=".
-		for r.off < len(out) {
-			end := strings.IndexByte(out[r.off:], '\n')
-			if end < 0 {
-				break
-			}
-			line := out[r.off : r.off+end+1]
-			r.off += end + 1
-			if !strings.HasPrefix(line, "time=") {
-				return copy(b, line), nil
-			}
-		}
-		select {
-		case <-r.p.Done():
-			return 0, fmt.Errorf("speaker exited: %v", r.p.Wait())
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-	return 0, fmt.Errorf("no answer from the speaker in 30 s")
 }
 
 func (l *ecmpLab) hops(t *testing.T, prefix string) []string {
@@ -372,7 +337,9 @@ func TestLabBGPECMP(t *testing.T) {
 
 	t.Run("drain announces graceful shutdown first", func(t *testing.T) {
 		d1 := l.speakers["d1"]
-		fmt.Fprintln(d1.proc.Stdin, "drain 4s")
+		if err := d1.proc.Send("drain 4s"); err != nil {
+			t.Fatal(err)
+		}
 		// While draining: BIRD still has d1's route, tagged, and has taken
 		// it out of the multipath set.
 		labtest.Eventually(t, 5*time.Second, "the GRACEFUL_SHUTDOWN community on d1's route", func() error {
@@ -386,8 +353,8 @@ func TestLabBGPECMP(t *testing.T) {
 		if out := l.bird(t, "show route "+vip+"/32"); !strings.Contains(out, "10.0.1.1") {
 			t.Errorf("during the drain BIRD must still have d1's route:\n%s", out)
 		}
-		line, err := d1.out.ReadString('\n')
-		if err != nil || strings.TrimSpace(line) != "ok" {
+		line, err := d1.proc.ReadLine(30 * time.Second)
+		if err != nil || line != "ok" {
 			t.Fatalf("drain: %q %v", line, err)
 		}
 		if out := l.bird(t, "show route "+vip+"/32"); strings.Contains(out, "10.0.1.1") {

@@ -219,7 +219,9 @@ func (a *Announcer) add(p netip.Prefix) error {
 
 func (a *Announcer) del(p netip.Prefix) error {
 	if a.cfg.Table != 0 {
-		r := &netlink.Route{Dst: ipNet(p), Table: a.cfg.Table, Protocol: netlink.RouteProtocol(a.cfg.Protocol)}
+		// The kernel matches scope too: delete what add made.
+		r := &netlink.Route{Dst: ipNet(p), Table: a.cfg.Table, Protocol: netlink.RouteProtocol(a.cfg.Protocol),
+			Scope: netlink.SCOPE_LINK}
 		if err := netlink.RouteDel(r); err != nil && !errors.Is(err, syscall.ESRCH) {
 			return fmt.Errorf("delete route %s from table %d: %w", p, a.cfg.Table, err)
 		}
