@@ -28,8 +28,8 @@ lab-test: build
 	$(LABENV) $(GO) test -count=1 -p 1 -timeout 60m -run 'Lab' ./...
 
 ## bench: benchmarks and the lab's measurement report
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./...
+bench: build
+	@bash labs/bench.sh
 
 ## lab: the demo (main job)
 lab: build

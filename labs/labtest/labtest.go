@@ -12,6 +12,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -163,4 +165,27 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() er
 		case <-tick.C:
 		}
 	}
+}
+
+// MeasureRuns is how often a lab repeats a timed scenario: the
+// ANYCASTD_MEASURE_RUNS environment variable (make bench sets it), else 1.
+func MeasureRuns() int {
+	if n, err := strconv.Atoi(os.Getenv("ANYCASTD_MEASURE_RUNS")); err == nil && n > 0 {
+		return n
+	}
+	return 1
+}
+
+// Report logs a "measure:" line with the median, min and max of ds: the
+// lines make bench collects into its report.
+func Report(t testing.TB, what string, ds []time.Duration) {
+	t.Helper()
+	if len(ds) == 0 {
+		return
+	}
+	ds = slices.Clone(ds)
+	slices.Sort(ds)
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	t.Logf("measure: %s: median %.1f ms, min %.1f ms, max %.1f ms (%d runs)", what,
+		ms(ds[len(ds)/2]), ms(ds[0]), ms(ds[len(ds)-1]), len(ds))
 }

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -239,21 +238,6 @@ func (l *ecmpLab) bird(t *testing.T, cmd string) string {
 
 // measureRuns is how many times each lab measurement repeats: 1 in the
 // tests, more for the report (ANYCASTD_MEASURE_RUNS, set by make bench).
-func measureRuns() int {
-	if n, err := strconv.Atoi(os.Getenv("ANYCASTD_MEASURE_RUNS")); err == nil && n > 0 {
-		return n
-	}
-	return 1
-}
-
-func report(t *testing.T, what string, ds []time.Duration) {
-	slices.Sort(ds)
-	t.Logf("measure: %s median %.1f ms min %.1f ms max %.1f ms (%d runs)", what,
-		ms(ds[len(ds)/2]), ms(ds[0]), ms(ds[len(ds)-1]), len(ds))
-}
-
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
 var all3 = []string{"10.0.1.1", "10.0.2.1", "10.0.3.1"}
 
 func without(hops []string, h string) []string {
@@ -324,7 +308,7 @@ func TestLabBGPECMP(t *testing.T) {
 
 	t.Run("withdraw removes exactly that next hop", func(t *testing.T) {
 		var ds []time.Duration
-		for range measureRuns() {
+		for range labtest.MeasureRuns() {
 			start := time.Now()
 			l.speakers["d2"].do(t, "none")
 			l.waitHops(t, vip+"/32", without(all3, "10.0.2.1"), 10*time.Second)
@@ -332,7 +316,7 @@ func TestLabBGPECMP(t *testing.T) {
 			l.speakers["d2"].do(t, "set "+vip+"/32,"+vip6+"/128")
 			l.waitHops(t, vip+"/32", all3, 10*time.Second)
 		}
-		report(t, "withdraw -> next hop gone from the router's FIB", ds)
+		labtest.Report(t, "BGP withdraw -> next hop gone from the router's FIB", ds)
 	})
 
 	t.Run("drain announces graceful shutdown first", func(t *testing.T) {
@@ -366,7 +350,7 @@ func TestLabBGPECMP(t *testing.T) {
 
 	t.Run("killed speaker", func(t *testing.T) {
 		var ds []time.Duration
-		for range measureRuns() {
+		for range labtest.MeasureRuns() {
 			start := time.Now()
 			l.speakers["d3"].proc.Signal(syscall.SIGKILL)
 			l.waitHops(t, vip+"/32", without(all3, "10.0.3.1"), 10*time.Second)
@@ -374,12 +358,12 @@ func TestLabBGPECMP(t *testing.T) {
 			l.startSpeaker(3, "ecmp3-lab").do(t, "set "+vip+"/32,"+vip6+"/128")
 			l.waitHops(t, vip+"/32", all3, 30*time.Second)
 		}
-		report(t, "speaker SIGKILL -> next hop gone", ds)
+		labtest.Report(t, "BGP speaker SIGKILL -> next hop gone", ds)
 	})
 
 	blackhole := func(t *testing.T, node, hop, what string, timeout time.Duration) {
 		var ds []time.Duration
-		for range measureRuns() {
+		for range labtest.MeasureRuns() {
 			start := time.Now()
 			if out, err := l.lab.Exec(node, "nft add table inet blackhole && "+
 				"nft add chain inet blackhole in '{ type filter hook input priority -300; policy drop; }' && "+
@@ -391,7 +375,7 @@ func TestLabBGPECMP(t *testing.T) {
 			l.lab.Exec(node, "nft delete table inet blackhole")
 			l.waitHops(t, vip+"/32", all3, 30*time.Second)
 		}
-		report(t, what, ds)
+		labtest.Report(t, what, ds)
 	}
 	t.Run("blackhole with BFD", func(t *testing.T) {
 		blackhole(t, "d2", "10.0.2.1", "blackholed director (nft drop) with BFD 100ms x3 -> next hop gone", 10*time.Second)
