@@ -50,6 +50,23 @@ func Validate(c *Config) error {
 	return errors.Join(out...)
 }
 
+// ValidateServices checks the cluster-wide part of a config on its own, as
+// a director does with a services document it receives from the cluster:
+// the same checks Validate makes of services, every problem at once.
+func ValidateServices(ss []Service) error {
+	c := &checker{}
+	c.services(ss)
+	if len(c.errs) == 0 {
+		return nil
+	}
+	sortFieldErrors(c.errs)
+	out := make([]error, len(c.errs))
+	for i, e := range c.errs {
+		out[i] = e
+	}
+	return errors.Join(out...)
+}
+
 func validate(cfg *Config) []*FieldError {
 	c := &checker{}
 	c.node("node", &cfg.Node)

@@ -1,0 +1,656 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/anycastd/anycastd/configs"
+	"github.com/hashicorp/memberlist"
+)
+
+// Options configure a Cluster.
+type Options struct {
+	Name string
+	// Bind is the gossip address (TCP and UDP) and Port its port; port 0
+	// picks a free one (tests).
+	Bind netip.Addr
+	Port int
+	// Advertise is the address others reach this member at; Bind when
+	// unset (and Bind is not unspecified).
+	Advertise netip.Addr
+	// Seeds are members to join: "host" or "host:port".
+	Seeds []string
+	// Keys are the AES keys (16, 24 or 32 bytes); the first encrypts.
+	// None: an insecure cluster (the caller checked that it is allowed).
+	Keys [][]byte
+	// StateDir keeps the last applied config document.
+	StateDir string
+	Log      *slog.Logger
+	// Timing tunes memberlist; zero: LANTiming.
+	Timing Timing
+	// Now is the clock (tests); nil: time.Now.
+	Now func() time.Time
+}
+
+// Timing is how fast the cluster notices things.
+type Timing struct {
+	// ProbeInterval and ProbeTimeout: each member probes one other member
+	// per interval; a member that doesn't answer in time is suspected.
+	ProbeInterval time.Duration
+	ProbeTimeout  time.Duration
+	// SuspicionMult times the probe interval (times log10 of the cluster
+	// size, at least 1) is how long a suspect has to refute before it is
+	// declared dead.
+	SuspicionMult int
+	// GossipInterval is how often queued messages go out.
+	GossipInterval time.Duration
+	// PushPull is the full state exchange with one random member:
+	// anti-entropy for the config document after a partition.
+	PushPull time.Duration
+}
+
+// LANTiming detects a failed member in about a second on a LAN.
+var LANTiming = Timing{
+	ProbeInterval:  250 * time.Millisecond,
+	ProbeTimeout:   150 * time.Millisecond,
+	SuspicionMult:  2,
+	GossipInterval: 50 * time.Millisecond,
+	PushPull:       5 * time.Second,
+}
+
+// Cluster is this director's membership in the gossip cluster: its view
+// of the members, its own metadata, and the replicated config document.
+// Safe for concurrent use.
+type Cluster struct {
+	opts  Options
+	log   *slog.Logger
+	queue *memberlist.TransmitLimitedQueue
+
+	mu       sync.Mutex
+	ml       *memberlist.Memberlist
+	local    netip.AddrPort // our gossip address, read once at start
+	aborted  bool
+	keyring  *memberlist.Keyring
+	meta     Meta
+	members  map[string]*Member
+	doc      *Document
+	clock    uint64          // highest version seen (Lamport clock)
+	rejected map[string]bool // version/hash already rejected (log once)
+
+	changed chan struct{}
+	ready   chan struct{}
+}
+
+// Wire message types (the first byte of a user message).
+const (
+	msgNotice   = 'N' // {version, hash, author}: a newer document exists
+	msgDocument = 'D' // a Document
+	msgWant     = 'W' // {from}: send me your document
+)
+
+type notice struct {
+	Version uint64 `json:"v"`
+	Hash    string `json:"h"`
+	Author  string `json:"a"`
+	From    string `json:"f"`
+}
+
+// New makes a Cluster and loads the last applied config document from the
+// state dir (a document there that fails its checks is an error: it was
+// written by this director, so something is badly wrong). It does not
+// join yet; Run does.
+func New(o Options) (*Cluster, error) {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Timing == (Timing{}) {
+		o.Timing = LANTiming
+	}
+	c := &Cluster{opts: o, log: o.Log, members: map[string]*Member{}, rejected: map[string]bool{},
+		changed: make(chan struct{}, 1), ready: make(chan struct{})}
+	c.queue = &memberlist.TransmitLimitedQueue{NumNodes: c.numMembers, RetransmitMult: 4}
+	if len(o.Keys) > 0 {
+		kr, err := memberlist.NewKeyring(o.Keys, o.Keys[0])
+		if err != nil {
+			return nil, fmt.Errorf("cluster keys: %w", err)
+		}
+		c.keyring = kr
+	}
+	if o.StateDir != "" {
+		d, err := LoadDocument(o.StateDir, o.Keys)
+		if err != nil {
+			return nil, fmt.Errorf("last applied cluster config: %w", err)
+		}
+		if d != nil {
+			c.doc, c.clock = d, d.Version
+			c.log.Info("cluster config loaded from the state dir", "version", d.Version, "hash", d.Short(), "author", d.Author)
+		}
+	}
+	return c, nil
+}
+
+// Run joins the cluster (retrying the seeds until one answers) and stays
+// in it until ctx ends; then it leaves, telling the others, and returns.
+func (c *Cluster) Run(ctx context.Context) error {
+	conf := memberlist.DefaultLANConfig()
+	conf.Name = c.opts.Name
+	conf.BindAddr = c.opts.Bind.String()
+	conf.BindPort = c.opts.Port
+	conf.AdvertisePort = c.opts.Port
+	if c.opts.Advertise.IsValid() {
+		conf.AdvertiseAddr = c.opts.Advertise.String()
+	}
+	t := c.opts.Timing
+	conf.ProbeInterval, conf.ProbeTimeout = t.ProbeInterval, t.ProbeTimeout
+	conf.SuspicionMult, conf.SuspicionMaxTimeoutMult = t.SuspicionMult, 2
+	conf.GossipInterval, conf.PushPullInterval = t.GossipInterval, t.PushPull
+	conf.GossipToTheDeadTime = 5 * t.ProbeInterval * time.Duration(t.SuspicionMult)
+	conf.TCPTimeout = 2 * time.Second
+	conf.Keyring = c.keyring
+	conf.Delegate = (*delegate)(c)
+	conf.Events = (*events)(c)
+	conf.Logger = log.New(&logWriter{log: c.log}, "", 0)
+	ml, err := memberlist.Create(conf)
+	if err != nil {
+		return fmt.Errorf("gossip on %s:%d: %w", c.opts.Bind, c.opts.Port, err)
+	}
+	// memberlist hands out a pointer to its own node record, which it
+	// rewrites on every UpdateNode: read it once, before SetMeta can.
+	local := ml.LocalNode()
+	a, _ := netip.AddrFromSlice(local.Addr)
+	c.mu.Lock()
+	c.ml = ml
+	c.local = netip.AddrPortFrom(a.Unmap(), local.Port)
+	c.mu.Unlock()
+	close(c.ready)
+	c.log.Info("gossip started", "name", c.opts.Name, "addr", c.local, "encrypted", c.keyring != nil)
+	if c.keyring == nil {
+		c.log.Warn("cluster gossip is NOT encrypted or authenticated (cluster.insecure: true): anyone who reaches the gossip port can join and change the config")
+	}
+
+	joined := len(c.opts.Seeds) == 0
+	retry := time.NewTimer(0)
+	defer retry.Stop()
+	failures := 0
+	for {
+		select {
+		case <-ctx.Done():
+			c.leave(ml)
+			return nil
+		case <-retry.C:
+			if joined {
+				continue
+			}
+			n, err := ml.Join(c.opts.Seeds)
+			if err == nil || n > 0 {
+				joined = true
+				c.log.Info("joined the cluster", "seeds_reached", n, "members", ml.NumMembers())
+				continue
+			}
+			failures++
+			// Alone is a valid state (the first director, or all seeds
+			// down): keep serving and keep trying, quietly after a while.
+			if failures == 1 || failures%30 == 0 {
+				c.log.Warn("no seed answers; running alone until one does", "seeds", c.opts.Seeds, "err", err)
+			}
+			retry.Reset(2 * time.Second)
+		}
+	}
+}
+
+func (c *Cluster) leave(ml *memberlist.Memberlist) {
+	c.mu.Lock()
+	aborted := c.aborted
+	c.mu.Unlock()
+	if aborted {
+		return
+	}
+	if err := ml.Leave(2 * time.Second); err != nil {
+		c.log.Warn("leave the cluster", "err", err)
+	}
+	if err := ml.Shutdown(); err != nil {
+		c.log.Warn("gossip shutdown", "err", err)
+	}
+	c.log.Info("left the cluster")
+}
+
+// Ready is closed once the gossip listener is up.
+func (c *Cluster) Ready() <-chan struct{} { return c.ready }
+
+// Changed receives (coalesced) whenever the view or the document changed.
+func (c *Cluster) Changed() <-chan struct{} { return c.changed }
+
+func (c *Cluster) notify() {
+	select {
+	case c.changed <- struct{}{}:
+	default:
+	}
+}
+
+// LocalAddr is the gossip address and port others reach this member at
+// (valid after Ready).
+func (c *Cluster) LocalAddr() netip.AddrPort {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.local
+}
+
+// abort stops gossiping at once without telling anyone, as a crash
+// would (tests use it; Run then returns without leaving).
+func (c *Cluster) abort() {
+	c.mu.Lock()
+	ml := c.ml
+	c.aborted = true
+	c.mu.Unlock()
+	if ml != nil {
+		ml.Shutdown()
+	}
+}
+
+// SetMeta publishes this director's state. It returns at once; the
+// update spreads with the next gossip.
+func (c *Cluster) SetMeta(m Meta) {
+	c.mu.Lock()
+	same := metaEqual(c.meta, m)
+	c.meta = m
+	ml := c.ml
+	c.mu.Unlock()
+	if same || ml == nil {
+		return
+	}
+	go func() {
+		if err := ml.UpdateNode(2 * time.Second); err != nil {
+			c.log.Debug("metadata update", "err", err)
+		}
+	}()
+}
+
+func metaEqual(a, b Meta) bool {
+	x, _ := json.Marshal(a)
+	y, _ := json.Marshal(b)
+	return bytes.Equal(x, y)
+}
+
+// Members returns the view: every member known, this one included, sorted
+// by name.
+func (c *Cluster) Members() []Member {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]Member, 0, len(c.members)+1)
+	for _, m := range c.members {
+		out = append(out, *m)
+	}
+	if _, ok := c.members[c.opts.Name]; !ok {
+		// Before Run: only ourselves.
+		out = append(out, Member{Name: c.opts.Name, State: StateAlive, Meta: c.meta})
+	}
+	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Document returns the current config document (nil: none yet).
+func (c *Cluster) Document() *Document {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.doc
+}
+
+// Propose makes services the cluster's config: a new document one version
+// above anything seen, signed, kept, and sent to every member. It returns
+// the document. Services must be valid (they are checked again).
+func (c *Cluster) Propose(services []configs.Service) (*Document, error) {
+	if err := configs.ValidateServices(services); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	var primary []byte
+	if c.keyring != nil {
+		primary = c.keyring.GetPrimaryKey()
+	}
+	d, err := NewDocument(services, c.clock+1, c.opts.Name, c.opts.Now(), primary)
+	if err != nil {
+		c.mu.Unlock()
+		return nil, err
+	}
+	if err := c.adoptLocked(d); err != nil {
+		c.mu.Unlock()
+		return nil, err
+	}
+	c.mu.Unlock()
+	c.log.Info("cluster config changed here", "version", d.Version, "hash", d.Short())
+	c.spread(d)
+	c.notify()
+	return d, nil
+}
+
+// adoptLocked makes d current and saves it.
+func (c *Cluster) adoptLocked(d *Document) error {
+	if c.opts.StateDir != "" {
+		if err := SaveDocument(c.opts.StateDir, d); err != nil {
+			return err
+		}
+	}
+	c.doc = d
+	c.clock = max(c.clock, d.Version)
+	return nil
+}
+
+// spread sends d to every other member over TCP (a document may be far
+// larger than a gossip packet) and queues a notice, so that a member the
+// direct send missed asks for it.
+func (c *Cluster) spread(d *Document) {
+	c.mu.Lock()
+	ml := c.ml
+	c.mu.Unlock()
+	if ml == nil {
+		return
+	}
+	n, _ := json.Marshal(notice{Version: d.Version, Hash: d.Hash, Author: d.Author, From: c.opts.Name})
+	c.queue.QueueBroadcast(broadcast(append([]byte{msgNotice}, n...)))
+	msg := encodeDoc(d)
+	var wg sync.WaitGroup
+	for _, nc := range c.peers() {
+		wg.Go(func() {
+			if err := ml.SendReliable(&nc, msg); err != nil {
+				c.log.Debug("send config document", "to", nc.Name, "err", err)
+			}
+		})
+	}
+	go wg.Wait()
+}
+
+func encodeDoc(d *Document) []byte {
+	b, _ := json.Marshal(d)
+	return append([]byte{msgDocument}, b...)
+}
+
+// consider takes a document from the network (or push/pull) and adopts it
+// if it is newer than ours and passes authentication and validation.
+func (c *Cluster) consider(d *Document, via string) {
+	c.mu.Lock()
+	if !d.Newer(c.doc) {
+		c.mu.Unlock()
+		return
+	}
+	key := fmt.Sprintf("%d/%s", d.Version, d.Hash)
+	if c.rejected[key] {
+		c.mu.Unlock()
+		return
+	}
+	var keys [][]byte
+	if c.keyring != nil {
+		keys = c.keyring.GetKeys()
+	}
+	err := d.Verify(keys)
+	if err == nil {
+		_, err = d.Decode()
+	}
+	if err == nil {
+		err = c.adoptLocked(d)
+	}
+	if err != nil {
+		c.rejected[key] = true
+		c.mu.Unlock()
+		c.log.Error("cluster config rejected, not applied", "version", d.Version, "hash", d.Short(), "author", d.Author, "via", via, "err", err)
+		return
+	}
+	c.mu.Unlock()
+	c.log.Info("cluster config received", "version", d.Version, "hash", d.Short(), "author", d.Author, "via", via)
+	c.notify()
+}
+
+// SetKeys rotates the gossip keys to keys (the first becomes the one that
+// encrypts): keys not yet installed are installed, then the first is put
+// in use, then keys no longer listed are removed. An insecure cluster
+// cannot become encrypted (or the reverse) without a restart.
+func (c *Cluster) SetKeys(keys [][]byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if (c.keyring == nil) != (len(keys) == 0) {
+		return errors.New("switching gossip encryption on or off needs a restart")
+	}
+	if c.keyring == nil {
+		return nil
+	}
+	for _, k := range keys {
+		if err := c.keyring.AddKey(k); err != nil {
+			return fmt.Errorf("install key: %w", err)
+		}
+	}
+	if err := c.keyring.UseKey(keys[0]); err != nil {
+		return fmt.Errorf("use key: %w", err)
+	}
+	for _, k := range c.keyring.GetKeys() {
+		if !slices.ContainsFunc(keys, func(x []byte) bool { return bytes.Equal(x, k) }) {
+			if err := c.keyring.RemoveKey(k); err != nil {
+				return fmt.Errorf("remove key: %w", err)
+			}
+		}
+	}
+	c.opts.Keys = keys
+	return nil
+}
+
+func (c *Cluster) numMembers() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, m := range c.members {
+		if m.State == StateAlive || m.State == StateSuspect {
+			n++
+		}
+	}
+	return max(n, 1)
+}
+
+// delegate implements memberlist.Delegate.
+type delegate Cluster
+
+func (d *delegate) NodeMeta(limit int) []byte {
+	c := (*Cluster)(d)
+	c.mu.Lock()
+	m := c.meta
+	c.mu.Unlock()
+	b, err := m.Encode(limit)
+	if err != nil {
+		c.log.Error("node metadata", "err", err)
+		return nil
+	}
+	return b
+}
+
+func (d *delegate) NotifyMsg(b []byte) {
+	c := (*Cluster)(d)
+	if len(b) == 0 {
+		return
+	}
+	switch b[0] {
+	case msgDocument:
+		var doc Document
+		if err := json.Unmarshal(b[1:], &doc); err != nil {
+			c.log.Warn("undecodable config document from the cluster", "err", err)
+			return
+		}
+		c.consider(&doc, "send")
+	case msgNotice:
+		var n notice
+		if err := json.Unmarshal(b[1:], &n); err != nil {
+			return
+		}
+		c.mu.Lock()
+		newer := (&Document{Version: n.Version, Hash: n.Hash}).Newer(c.doc) && !c.rejected[fmt.Sprintf("%d/%s", n.Version, n.Hash)]
+		ml := c.ml
+		c.mu.Unlock()
+		if !newer || ml == nil {
+			return
+		}
+		// Ask the author, else whoever passed the notice on.
+		for _, name := range []string{n.Author, n.From} {
+			if node := c.node(name); node != nil {
+				w, _ := json.Marshal(notice{From: c.opts.Name})
+				go ml.SendReliable(node, append([]byte{msgWant}, w...))
+				break
+			}
+		}
+	case msgWant:
+		var n notice
+		if err := json.Unmarshal(b[1:], &n); err != nil {
+			return
+		}
+		c.mu.Lock()
+		doc, ml := c.doc, c.ml
+		c.mu.Unlock()
+		if doc.IsZero() || ml == nil {
+			return
+		}
+		if node := c.node(n.From); node != nil {
+			go ml.SendReliable(node, encodeDoc(doc))
+		}
+	}
+}
+
+// peers are the other live members as memberlist addresses. They come
+// from our own copies: the *Node values memberlist hands out are its
+// live records, rewritten under its lock, and must not be read later.
+func (c *Cluster) peers() []memberlist.Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []memberlist.Node
+	for _, m := range c.members {
+		if m.Name == c.opts.Name || (m.State != StateAlive && m.State != StateSuspect) {
+			continue
+		}
+		out = append(out, memberlist.Node{Name: m.Name, Addr: m.Addr.Addr().AsSlice(), Port: m.Addr.Port()})
+	}
+	return out
+}
+
+func (c *Cluster) node(name string) *memberlist.Node {
+	for _, n := range c.peers() {
+		if n.Name == name {
+			return &n
+		}
+	}
+	return nil
+}
+
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
+	return d.queue.GetBroadcasts(overhead, limit)
+}
+
+// LocalState is the push/pull payload: our document.
+func (d *delegate) LocalState(join bool) []byte {
+	c := (*Cluster)(d)
+	c.mu.Lock()
+	doc := c.doc
+	c.mu.Unlock()
+	if doc.IsZero() {
+		return nil
+	}
+	b, _ := json.Marshal(doc)
+	return b
+}
+
+func (d *delegate) MergeRemoteState(buf []byte, join bool) {
+	c := (*Cluster)(d)
+	if len(buf) == 0 {
+		return
+	}
+	var doc Document
+	if err := json.Unmarshal(buf, &doc); err != nil {
+		c.log.Warn("undecodable config document in a state exchange", "err", err)
+		return
+	}
+	c.consider(&doc, "push/pull")
+}
+
+// events implements memberlist.EventDelegate; memberlist calls it with its
+// node lock held, so the node is copied here.
+type events Cluster
+
+func (e *events) NotifyJoin(n *memberlist.Node)   { (*Cluster)(e).observe(n, StateAlive) }
+func (e *events) NotifyUpdate(n *memberlist.Node) { (*Cluster)(e).observe(n, StateAlive) }
+func (e *events) NotifyLeave(n *memberlist.Node) {
+	st := StateDead
+	if n.State == memberlist.StateLeft {
+		st = StateLeft
+	}
+	(*Cluster)(e).observe(n, st)
+}
+
+func (c *Cluster) observe(n *memberlist.Node, st State) {
+	a, _ := netip.AddrFromSlice(n.Addr)
+	m := Member{Name: n.Name, Addr: netip.AddrPortFrom(a.Unmap(), n.Port), State: st, Since: c.opts.Now()}
+	meta, err := DecodeMeta(n.Meta)
+	if err != nil {
+		m.Bad = "unreadable metadata: " + err.Error()
+	}
+	m.Meta = meta
+	c.mu.Lock()
+	if old, ok := c.members[n.Name]; ok && old.State == st {
+		m.Since = old.Since
+	}
+	c.members[n.Name] = &m
+	c.mu.Unlock()
+	if st != StateAlive {
+		c.log.Info("member "+string(st), "name", n.Name, "addr", m.Addr)
+	} else if _, err := json.Marshal(meta); err == nil {
+		c.log.Debug("member update", "name", n.Name, "addr", m.Addr)
+	}
+	c.notify()
+}
+
+type broadcast []byte
+
+func (b broadcast) Invalidates(memberlist.Broadcast) bool { return false }
+func (b broadcast) Message() []byte                       { return b }
+func (b broadcast) Finished()                             {}
+
+// logWriter turns memberlist's log lines ("[WARN] memberlist: ...") into
+// slog records at the matching level.
+type logWriter struct{ log *slog.Logger }
+
+func (w *logWriter) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	lvl := slog.LevelInfo
+	for prefix, l := range map[string]slog.Level{"[DEBUG]": slog.LevelDebug, "[INFO]": slog.LevelDebug,
+		"[WARN]": slog.LevelWarn, "[ERR]": slog.LevelError} {
+		if strings.HasPrefix(line, prefix) {
+			lvl, line = l, strings.TrimSpace(strings.TrimPrefix(line, prefix))
+			break
+		}
+	}
+	w.log.Log(context.Background(), lvl, strings.TrimPrefix(line, "memberlist: "), "component", "memberlist")
+	return len(p), nil
+}
+
+var _ io.Writer = (*logWriter)(nil)
+
+// SeedAddrs returns seeds as memberlist wants them, defaulting the port.
+func SeedAddrs(seeds []string, port int) []string {
+	out := make([]string, 0, len(seeds))
+	for _, s := range seeds {
+		if _, _, err := net.SplitHostPort(s); err == nil {
+			out = append(out, s)
+			continue
+		}
+		out = append(out, net.JoinHostPort(s, strconv.Itoa(port)))
+	}
+	return out
+}

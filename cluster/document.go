@@ -1,0 +1,228 @@
+package cluster
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/anycastd/anycastd/configs"
+)
+
+// Document is the cluster-wide part of the config (the services, with
+// defaults filled in) as it travels between directors: versioned,
+// attributed and authenticated with the cluster key.
+type Document struct {
+	// Version is a Lamport clock: a change made on any director gets one
+	// more than the highest version that director has seen.
+	Version uint64 `json:"version"`
+	// Hash is the SHA-256 of Services (hex); it breaks ties between
+	// concurrent changes with the same Version.
+	Hash string `json:"hash"`
+	// Author is the director where the change was made.
+	Author string `json:"author"`
+	// Time is when it was made (by the author's clock; informative only).
+	Time time.Time `json:"time"`
+	// Services is the JSON array of configs.Service.
+	Services json.RawMessage `json:"services"`
+	// Tag is HMAC-SHA256 over everything above, keyed from the cluster
+	// key; empty in an insecure cluster.
+	Tag []byte `json:"tag,omitempty"`
+}
+
+// Errors of received documents.
+var (
+	ErrUnauthenticated = errors.New("config document fails authentication")
+	ErrCorrupt         = errors.New("config document is corrupt")
+)
+
+// NewDocument makes the document for services as version, signed with
+// the primary key (none: unsigned, for an insecure cluster).
+func NewDocument(services []configs.Service, version uint64, author string, now time.Time, primary []byte) (*Document, error) {
+	if services == nil {
+		services = []configs.Service{}
+	}
+	raw, err := json.Marshal(services)
+	if err != nil {
+		return nil, fmt.Errorf("encode services: %w", err)
+	}
+	sum := sha256.Sum256(raw)
+	d := &Document{Version: version, Hash: hex.EncodeToString(sum[:]), Author: author,
+		Time: now.UTC().Truncate(time.Millisecond), Services: raw}
+	if primary != nil {
+		d.Tag = d.mac(primary)
+	}
+	return d, nil
+}
+
+// IsZero reports whether d is the empty document (no config yet).
+func (d *Document) IsZero() bool { return d == nil || d.Version == 0 }
+
+// Newer reports whether d should replace old: a higher version, or the
+// same version and a higher hash. Every director decides the same way, so
+// they converge on one document.
+func (d *Document) Newer(old *Document) bool {
+	if old.IsZero() {
+		return !d.IsZero()
+	}
+	if d.Version != old.Version {
+		return d.Version > old.Version
+	}
+	return d.Hash > old.Hash
+}
+
+// Short is the first 12 hex digits of the hash, for people and metadata.
+func (d *Document) Short() string {
+	if d.IsZero() || len(d.Hash) < 12 {
+		return ""
+	}
+	return d.Hash[:12]
+}
+
+// Decode returns the services of d after checking that they match its hash
+// and that they are a valid services config.
+func (d *Document) Decode() ([]configs.Service, error) {
+	sum := sha256.Sum256(d.Services)
+	if hex.EncodeToString(sum[:]) != d.Hash {
+		return nil, fmt.Errorf("%w: services do not match the hash", ErrCorrupt)
+	}
+	var ss []configs.Service
+	dec := json.NewDecoder(bytes.NewReader(d.Services))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&ss); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	if err := configs.ValidateServices(ss); err != nil {
+		return nil, fmt.Errorf("config document version %d from %s is invalid: %w", d.Version, d.Author, err)
+	}
+	return ss, nil
+}
+
+// Verify checks the tag with each of keys (any one may have signed it,
+// which is how keys rotate). With no keys (an insecure cluster) only an
+// unsigned document is accepted: a signed one means the sender has a key
+// this director lacks.
+func (d *Document) Verify(keys [][]byte) error {
+	if len(keys) == 0 {
+		if len(d.Tag) != 0 {
+			return fmt.Errorf("%w: signed, but this director has no cluster key", ErrUnauthenticated)
+		}
+		return nil
+	}
+	if len(d.Tag) == 0 {
+		return fmt.Errorf("%w: unsigned (its author runs without a cluster key)", ErrUnauthenticated)
+	}
+	for _, k := range keys {
+		if hmac.Equal(d.Tag, d.mac(k)) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: signed with a key this director does not have", ErrUnauthenticated)
+}
+
+// mac computes the tag with a key derived from the cluster key, so that
+// the gossip key itself is never used for two purposes.
+func (d *Document) mac(clusterKey []byte) []byte {
+	kd := hmac.New(sha256.New, clusterKey)
+	kd.Write([]byte("anycastd config document v1"))
+	m := hmac.New(sha256.New, kd.Sum(nil))
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], d.Version)
+	m.Write(b[:])
+	field := func(s []byte) {
+		binary.BigEndian.PutUint64(b[:], uint64(len(s)))
+		m.Write(b[:])
+		m.Write(s)
+	}
+	field([]byte(d.Hash))
+	field([]byte(d.Author))
+	field([]byte(d.Time.UTC().Format(time.RFC3339Nano)))
+	field(d.Services)
+	return m.Sum(nil)
+}
+
+// DecodeKeys turns the config's base64 keys into bytes (validated by
+// configs).
+func DecodeKeys(keys []string) ([][]byte, error) {
+	out := make([][]byte, 0, len(keys))
+	for i, k := range keys {
+		b, err := base64.StdEncoding.DecodeString(k)
+		if err != nil {
+			return nil, fmt.Errorf("cluster.keys[%d]: not valid base64", i)
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+// docFile is where the last applied document is kept in the state dir.
+const docFile = "cluster-config.json"
+
+// SaveDocument writes d to dir atomically (a crash leaves the old file or
+// the new one, never half of one).
+func SaveDocument(dir string, d *Document) error {
+	// Not indented: that would re-indent Services and change its hash.
+	b, err := json.Marshal(d)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	tmp, err := os.CreateTemp(dir, docFile+".*")
+	if err != nil {
+		return fmt.Errorf("save config document: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // after a successful rename: already gone
+	if _, err := tmp.Write(append(b, '\n')); err != nil {
+		tmp.Close()
+		return fmt.Errorf("save config document: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("save config document: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("save config document: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, docFile)); err != nil {
+		return fmt.Errorf("save config document: %w", err)
+	}
+	if dh, err := os.Open(dir); err == nil {
+		dh.Sync()
+		dh.Close()
+	}
+	return nil
+}
+
+// LoadDocument reads the document SaveDocument wrote; nil, nil when there
+// is none. It is checked as one received from the network would be.
+func LoadDocument(dir string, keys [][]byte) (*Document, error) {
+	path := filepath.Join(dir, docFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var d Document
+	if err := json.Unmarshal(b, &d); err != nil {
+		return nil, fmt.Errorf("%s: %w: %v", path, ErrCorrupt, err)
+	}
+	if err := d.Verify(keys); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if _, err := d.Decode(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &d, nil
+}

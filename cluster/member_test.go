@@ -1,0 +1,98 @@
+package cluster
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+func TestElect(t *testing.T) {
+	m := func(name string, prio int, opts ...string) Member {
+		x := Member{Name: name, State: StateAlive, Meta: Meta{Priority: prio, Healthy: true}}
+		for _, o := range opts {
+			switch o {
+			case "sick":
+				x.Meta.Healthy = false
+			case "drained":
+				x.Meta.Drained = true
+			case "dead":
+				x.State = StateDead
+			case "left":
+				x.State = StateLeft
+			case "suspect":
+				x.State = StateSuspect
+			case "bad":
+				x.Bad = "unreadable metadata"
+			}
+		}
+		return x
+	}
+	roles := func(r map[string]Role, names ...string) string {
+		var out []string
+		for _, n := range names {
+			out = append(out, n+"="+string(r[n])[:1])
+		}
+		return strings.Join(out, " ")
+	}
+	for _, tc := range []struct {
+		name    string
+		members []Member
+		max     int
+		want    string // name=a(ctive)/s(tandby)/i(neligible), in members order
+	}{
+		{"all fit", []Member{m("a", 100), m("b", 100)}, 8, "a=a b=a"},
+		{"max_active cuts by name", []Member{m("c", 100), m("a", 100), m("b", 100)}, 2, "c=s a=a b=a"},
+		{"priority before name", []Member{m("a", 200), m("b", 100), m("c", 150)}, 2, "a=s b=a c=a"},
+		{"unhealthy, drained, gone and unreadable are out", []Member{
+			m("a", 1, "sick"), m("b", 1, "drained"), m("c", 1, "dead"), m("d", 1, "left"), m("e", 1, "bad"), m("f", 9), m("g", 9)},
+			1, "a=i b=i c=i d=i e=i f=a g=s"},
+		{"a suspect keeps its slot until declared dead", []Member{m("a", 1, "suspect"), m("b", 2)}, 1, "a=a b=s"},
+		{"a standby moves up when an active one fails", []Member{m("a", 1, "dead"), m("b", 2), m("c", 3)}, 1, "a=i b=a c=s"},
+		{"nobody eligible", []Member{m("a", 1, "sick")}, 8, "a=i"},
+		{"max 0", []Member{m("a", 1)}, 0, "a=s"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var names []string
+			for _, x := range tc.members {
+				names = append(names, x.Name)
+			}
+			got := roles(Elect(tc.members, tc.max), names...)
+			if got != tc.want {
+				t.Errorf("got %s, want %s", got, tc.want)
+			}
+			// Deterministic whatever the order of the view.
+			rev := make([]Member, len(tc.members))
+			for i, x := range tc.members {
+				rev[len(rev)-1-i] = x
+			}
+			if again := roles(Elect(rev, tc.max), names...); again != got {
+				t.Errorf("reversed view: %s", again)
+			}
+		})
+	}
+}
+
+func TestMetaEncodeFits(t *testing.T) {
+	m := Meta{Priority: 100, Healthy: false, Reason: strings.Repeat("uplink eth1 has no carrier; ", 30),
+		ConfigVersion: 12, ConfigHash: "0123456789ab", Build: "v1.2.3-45-gdeadbeef", Started: 1764000000}
+	for i := range 40 {
+		m.Announced = append(m.Announced, fmt.Sprintf("198.51.100.%d/32", i))
+	}
+	m.AnnouncedCount = len(m.Announced)
+	b, err := m.Encode(MetaMaxSize)
+	if err != nil || len(b) > MetaMaxSize {
+		t.Fatalf("Encode: %d bytes, %v", len(b), err)
+	}
+	back, err := DecodeMeta(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.AnnouncedCount != 40 || back.Announced != nil || back.ConfigVersion != 12 || !strings.HasPrefix(m.Reason, back.Reason) || back.Reason == "" {
+		t.Errorf("decoded %+v", back)
+	}
+	small := Meta{Healthy: true, Announced: []string{"198.51.100.1/32"}, AnnouncedCount: 1}
+	b, _ = small.Encode(MetaMaxSize)
+	if back, _ := DecodeMeta(b); len(back.Announced) != 1 {
+		t.Errorf("a short list must stay: %+v", back)
+	}
+}
