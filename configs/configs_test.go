@@ -531,3 +531,23 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// A backend that overrides its service's forwarding with tun gets the
+// service's tunnel defaulted like a tun service would.
+func TestTunBackendOverrideDefaultsTunnel(t *testing.T) {
+	cfg, err := Parse([]byte(`node: {name: d1}
+cluster: {insecure: true}
+routing: {mode: kernel, kernel: {table: 100}}
+services:
+  - name: mixed
+    vip: 192.0.2.1
+    port: 80
+    backends: [{address: 10.0.0.1}, {address: 10.0.0.2, forwarding: tun}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tn := cfg.Services[0].Tunnel; tn.Type != "ipip" || tn.Checksum != "none" {
+		t.Errorf("tunnel %+v, want ipip defaults", tn)
+	}
+}

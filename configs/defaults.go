@@ -164,7 +164,11 @@ func applyDefaults(c *Config, isSet func(path string) bool) {
 		if s.Forwarding == "" {
 			s.Forwarding = ForwardDR
 		}
-		if s.Forwarding == ForwardTUN && s.Tunnel.Type == "" {
+		usesTun := s.Forwarding == ForwardTUN
+		for _, b := range s.Backends {
+			usesTun = usesTun || b.Forwarding == ForwardTUN
+		}
+		if usesTun && s.Tunnel.Type == "" {
 			s.Tunnel.Type = "ipip"
 		}
 		if s.Tunnel.Type != "" && s.Tunnel.Checksum == "" {

@@ -1,0 +1,332 @@
+package director
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/anycastd/anycastd/cluster"
+	"github.com/anycastd/anycastd/configs"
+	"github.com/anycastd/anycastd/health"
+	"github.com/anycastd/anycastd/ipvs"
+	"github.com/anycastd/anycastd/routing"
+)
+
+// Input is everything Plan decides from. It is a snapshot: the loop fills
+// it and Plan reads it, nothing else.
+type Input struct {
+	// Self is this director's name in the cluster.
+	Self string
+	// Services are the applied cluster config's services.
+	Services []configs.Service
+	// Members is the gossip view. This director's own entry, if there,
+	// is replaced by what Local says (the view may lag behind it).
+	Members   []cluster.Member
+	MaxActive int
+	// Local is this director's own state.
+	Local Local
+	// Backends are the real servers' health by target ID (TargetID). A
+	// backend of a service checked with type none is always up; any other
+	// backend missing here is unknown.
+	Backends map[string]health.State
+	// Failed are services the dataplane refused, with the kernel's reason:
+	// their VIPs are not announced (traffic would be dropped here).
+	Failed map[ipvs.ServiceKey]string
+	// Attrs are the attributes of every announcement (communities, MED).
+	Attrs routing.Announcement
+	// Now, with Local.DrainedAt and Local.BehindSince, times the drain
+	// and the grace before a lagging config counts as behind.
+	Now time.Time
+	// GracefulShutdown is how long a drained director announces with the
+	// GRACEFUL_SHUTDOWN community before it withdraws.
+	GracefulShutdown time.Duration
+	// BehindGrace is how long this director may lag the cluster's newest
+	// config (while it is being fetched and applied) before it withdraws.
+	BehindGrace time.Duration
+}
+
+// Local is this director's own state, as the loop knows it now.
+type Local struct {
+	Priority int
+	// Healthy and Reason are the self health (health.Self).
+	Healthy bool
+	Reason  string
+	// Drained is the operator's drain flag, set at DrainedAt.
+	Drained   bool
+	DrainedAt time.Time
+	// BehindSince is when a member was first seen with a newer config
+	// than the applied one (zero: not behind; see Behind).
+	BehindSince time.Time
+	// Applied names the applied config and Newest the newer one
+	// ("v12/3f2a…"), for the reason.
+	Applied, Newest string
+}
+
+// Desired is what Plan decides.
+type Desired struct {
+	// Table is the IPVS table to hold, the same on every director whatever
+	// its role, so that a standby takes over with warm tables and mh picks
+	// the same real server everywhere.
+	Table ipvs.Table
+	// Announce is the complete set of announcements, sorted by prefix.
+	Announce []routing.Announcement
+	// Role is this director's place in the active set.
+	Role cluster.Role
+	// Eligible is what this director tells the others (cluster.Meta's
+	// Healthy): self healthy and config current. Reason says why not.
+	Eligible bool
+	Reason   string
+	// VIPs is every VIP of the config, sorted, with whether it is
+	// announced and why not.
+	VIPs []VIPState
+	// WakeAt is when Plan's answer changes by itself (the end of a
+	// graceful-shutdown hold, the end of the config grace); zero if never.
+	WakeAt time.Time
+}
+
+// VIPState says whether a VIP is announced here, and why not.
+type VIPState struct {
+	VIP              netip.Addr
+	Announced        bool
+	GracefulShutdown bool
+	// Reason is why the VIP is not announced ("" when it is).
+	Reason string
+	// Services are the names of the services on the VIP.
+	Services []string
+}
+
+// TargetID is the health monitor's ID of a service's backend.
+func TargetID(service string, b configs.Backend) string {
+	return service + "/" + netip.AddrPortFrom(b.Address, uint16(b.Port)).String()
+}
+
+// Behind reports whether a live member has applied a newer config than
+// applied (version, then hash, as cluster.Document.Newer orders them), and
+// which.
+func Behind(self string, version uint64, hash string, members []cluster.Member) (bool, string) {
+	mine := &cluster.Document{Version: version, Hash: hash}
+	var newest *cluster.Document
+	for _, m := range members {
+		if m.Name == self || (m.State != cluster.StateAlive && m.State != cluster.StateSuspect) || m.Bad != "" {
+			continue
+		}
+		d := &cluster.Document{Version: m.Meta.ConfigVersion, Hash: m.Meta.ConfigHash}
+		if d.Version == 0 {
+			continue
+		}
+		if d.Newer(mine) && d.Newer(newest) {
+			newest = d
+		}
+	}
+	if newest == nil {
+		return false, ""
+	}
+	return true, fmt.Sprintf("v%d/%s", newest.Version, newest.Hash)
+}
+
+// Plan is the decision core of a director: from the config, the cluster
+// view and health it computes the IPVS table and the announcements. It is
+// pure: the same input gives the same output.
+//
+// A director announces a VIP if and only if it is healthy, its config is
+// the cluster's, it is in the active set, it is not drained, every service
+// on the VIP has at least its quorum of healthy backends, and the dataplane
+// took every service on the VIP. A drained director first announces with
+// GRACEFUL_SHUTDOWN for GracefulShutdown, then withdraws.
+func Plan(in Input) Desired {
+	var d Desired
+	d.Table = table(in)
+
+	// This director's standing.
+	behind := !in.Local.BehindSince.IsZero()
+	behindNow := behind && !in.Now.Before(in.Local.BehindSince.Add(in.BehindGrace))
+	var why []string
+	if !in.Local.Healthy {
+		why = append(why, "unhealthy: "+cmp.Or(in.Local.Reason, "self check failed"))
+	}
+	if behindNow {
+		why = append(why, fmt.Sprintf("config behind the cluster (have %s, members have %s)", cmp.Or(in.Local.Applied, "none"), in.Local.Newest))
+	} else if behind {
+		d.WakeAt = in.Local.BehindSince.Add(in.BehindGrace)
+	}
+	d.Eligible = len(why) == 0
+	if in.Local.Drained {
+		why = append(why, "drained")
+	}
+	d.Reason = strings.Join(why, "; ")
+
+	members := slices.Clone(in.Members)
+	me := cluster.Member{Name: in.Self, State: cluster.StateAlive}
+	if i := slices.IndexFunc(members, func(m cluster.Member) bool { return m.Name == in.Self }); i >= 0 {
+		me = members[i]
+		members = slices.Delete(members, i, i+1)
+	}
+	me.State, me.Bad = cluster.StateAlive, ""
+	me.Meta.Priority, me.Meta.Healthy, me.Meta.Drained = in.Local.Priority, d.Eligible, in.Local.Drained
+	members = append(members, me)
+	maxActive := in.MaxActive
+	if maxActive <= 0 {
+		maxActive = 8
+	}
+	d.Role = cluster.Elect(members, maxActive)[in.Self]
+
+	// A drained director that was active keeps announcing, with GSHUT,
+	// for the hold time; the drain does not take it out of the active set
+	// until then, so the upstream moves flows away while the routes work.
+	gshut := false
+	if in.Local.Drained && d.Eligible {
+		end := in.Local.DrainedAt.Add(in.GracefulShutdown)
+		if in.Now.Before(end) {
+			gshut = true
+			d.WakeAt = earliest(d.WakeAt, end)
+			me.Meta.Drained = false
+			members[len(members)-1] = me
+			if cluster.Elect(members, maxActive)[in.Self] != cluster.RoleActive {
+				gshut = false
+			}
+		}
+	}
+
+	// Each VIP on its own.
+	byVIP := map[netip.Addr][]configs.Service{}
+	for _, s := range in.Services {
+		byVIP[s.VIP] = append(byVIP[s.VIP], s)
+	}
+	vips := make([]netip.Addr, 0, len(byVIP))
+	for v := range byVIP {
+		vips = append(vips, v)
+	}
+	slices.SortFunc(vips, netip.Addr.Compare)
+	for _, v := range vips {
+		st := VIPState{VIP: v}
+		var vwhy []string
+		for _, s := range byVIP[v] {
+			st.Services = append(st.Services, s.Name)
+			if r, ok := in.Failed[serviceKey(s)]; ok {
+				vwhy = append(vwhy, fmt.Sprintf("service %s not in IPVS: %s", s.Name, r))
+			}
+			if up := healthyBackends(in, s); up < s.Quorum {
+				vwhy = append(vwhy, fmt.Sprintf("service %s below quorum (%d of %d backends up, quorum %d)", s.Name, up, len(s.Backends), s.Quorum))
+			}
+		}
+		switch {
+		case len(vwhy) > 0:
+			st.Reason = strings.Join(vwhy, "; ")
+		case gshut:
+			st.Announced, st.GracefulShutdown = true, true
+		case d.Reason != "":
+			st.Reason = d.Reason
+		case d.Role != cluster.RoleActive:
+			st.Reason = "standby: " + string(d.Role)
+			if d.Role == cluster.RoleStandby {
+				st.Reason = fmt.Sprintf("standby (max_active %d reached)", maxActive)
+			}
+		default:
+			st.Announced = true
+		}
+		if st.Announced {
+			a := in.Attrs
+			a.Prefix = ipvs.HostPrefix(v)
+			a.Communities = slices.Clone(a.Communities)
+			a.LargeCommunities = slices.Clone(a.LargeCommunities)
+			a.GracefulShutdown = st.GracefulShutdown
+			d.Announce = append(d.Announce, a)
+		}
+		d.VIPs = append(d.VIPs, st)
+	}
+	return d
+}
+
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// backendUp is a backend's health for Plan: checked with none, always up.
+func backendUp(in Input, s configs.Service, b configs.Backend) health.State {
+	if s.Health.Type == configs.CheckNone {
+		return health.Up
+	}
+	return in.Backends[TargetID(s.Name, b)]
+}
+
+func healthyBackends(in Input, s configs.Service) int {
+	n := 0
+	for _, b := range s.Backends {
+		if b.Weight > 0 && backendUp(in, s, b) == health.Up {
+			n++
+		}
+	}
+	return n
+}
+
+// table builds the IPVS table from the services: every backend in config
+// order (the same on every director); a down backend gets weight 0, or is
+// left out when its service says on_down: remove (the reconciler's drainer
+// then keeps it at weight 0 until its connections end). A backend whose
+// health is not known yet keeps its weight: a restarted director must not
+// zero a live table while its first probes run, and it announces nothing
+// before quorum is seen up anyway.
+func table(in Input) ipvs.Table {
+	var t ipvs.Table
+	for _, s := range in.Services {
+		svc := Service(s)
+		for _, b := range s.Backends {
+			dst := destination(s, b)
+			if backendUp(in, s, b) == health.Down {
+				if s.OnDown == configs.OnDownRemove {
+					continue
+				}
+				dst.Weight = 0
+			}
+			svc.Destinations = append(svc.Destinations, dst)
+		}
+		t.Services = append(t.Services, svc)
+	}
+	return t
+}
+
+// Service converts a configured service (validated, defaults filled) into
+// its IPVS form, without destinations.
+func Service(s configs.Service) ipvs.Service {
+	flags, _ := ipvs.ParseSchedFlags(s.Scheduler, s.Flags) // validated by configs
+	svc := ipvs.Service{
+		ServiceKey:   serviceKey(s),
+		Scheduler:    s.Scheduler,
+		Flags:        flags,
+		DrainTimeout: s.DrainTimeout,
+	}
+	if s.Persistence.Timeout > 0 {
+		// The kernel sets its persistent flag from the timeout.
+		svc.Timeout = uint32(s.Persistence.Timeout / time.Second)
+		svc.PersistBits = s.Persistence.Netmask
+	}
+	return svc
+}
+
+func serviceKey(s configs.Service) ipvs.ServiceKey {
+	k := ipvs.ServiceKey{Family: ipvs.FamilyOf(s.VIP)}
+	if s.FWMark != 0 {
+		k.FWMark = s.FWMark
+		return k
+	}
+	k.Protocol, _ = ipvs.ParseProtocol(s.Protocol)
+	k.Addr, k.Port = s.VIP.Unmap(), uint16(s.Port)
+	return k
+}
+
+func destination(s configs.Service, b configs.Backend) ipvs.Destination {
+	fwd, _ := ipvs.ParseForward(cmp.Or(b.Forwarding, s.Forwarding))
+	return ipvs.Destination{
+		DestKey:        ipvs.DestKey{Addr: b.Address.Unmap(), Port: uint16(b.Port)},
+		Weight:         b.Weight,
+		Forward:        fwd,
+		UpperThreshold: b.UpperThreshold,
+		LowerThreshold: b.LowerThreshold,
+	}
+}

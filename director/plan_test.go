@@ -1,0 +1,425 @@
+package director
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/anycastd/anycastd/cluster"
+	"github.com/anycastd/anycastd/configs"
+	"github.com/anycastd/anycastd/health"
+	"github.com/anycastd/anycastd/ipvs"
+	"github.com/anycastd/anycastd/routing"
+)
+
+// services parses a services section through configs, so defaults are
+// filled as in a real document.
+func services(t *testing.T, yaml string) []configs.Service {
+	t.Helper()
+	cfg, err := configs.Parse([]byte("node: {name: d1}\ncluster: {insecure: true}\nrouting: {mode: kernel, kernel: {table: 100}}\nservices:\n" + yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg.Services
+}
+
+const twoVIPs = `
+  - name: web
+    vip: 192.0.2.1
+    port: 80
+    scheduler: mh
+    quorum: 2
+    backends: [{address: 10.0.0.1}, {address: 10.0.0.2}, {address: 10.0.0.3}]
+  - name: tls
+    vip: 192.0.2.1
+    port: 443
+    quorum: 1
+    on_down: remove
+    backends: [{address: 10.0.0.1}, {address: 10.0.0.2}]
+  - name: dns
+    vip: 192.0.2.2
+    protocol: udp
+    port: 53
+    quorum: 0
+    health: {type: none}
+    backends: [{address: 10.0.1.1}]
+`
+
+func members(n int, mod func(i int, m *cluster.Member)) []cluster.Member {
+	var out []cluster.Member
+	for i := 1; i <= n; i++ {
+		m := cluster.Member{Name: fmt.Sprintf("d%d", i), State: cluster.StateAlive,
+			Meta: cluster.Meta{Priority: 100, Healthy: true, ConfigVersion: 3, ConfigHash: "aaaa"}}
+		if mod != nil {
+			mod(i, &m)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+func allUp(ss []configs.Service) map[string]health.State {
+	h := map[string]health.State{}
+	for _, s := range ss {
+		for _, b := range s.Backends {
+			h[TargetID(s.Name, b)] = health.Up
+		}
+	}
+	return h
+}
+
+var t0 = time.Date(2026, 11, 25, 3, 0, 0, 0, time.UTC)
+
+func baseInput(t *testing.T) Input {
+	ss := services(t, twoVIPs)
+	return Input{
+		Self: "d1", Services: ss, Members: members(3, nil), MaxActive: 8,
+		Local:    Local{Priority: 100, Healthy: true},
+		Backends: allUp(ss),
+		Attrs:    routing.Announcement{Communities: []string{"65000:1"}, MED: 10},
+		Now:      t0, GracefulShutdown: 10 * time.Second, BehindGrace: 5 * time.Second,
+	}
+}
+
+func prefixes(d Desired) []string {
+	var out []string
+	for _, a := range d.Announce {
+		s := a.Prefix.String()
+		if a.GracefulShutdown {
+			s += "+gshut"
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+func reasons(d Desired) map[string]string {
+	out := map[string]string{}
+	for _, v := range d.VIPs {
+		out[v.VIP.String()] = v.Reason
+	}
+	return out
+}
+
+func TestPlanAnnouncements(t *testing.T) {
+	cases := []struct {
+		name     string
+		mod      func(in *Input)
+		announce []string
+		role     cluster.Role
+		eligible bool
+		// reason substrings per VIP (only for the VIPs listed)
+		why map[string]string
+	}{
+		{"healthy active announces every VIP", nil,
+			[]string{"192.0.2.1/32", "192.0.2.2/32"}, cluster.RoleActive, true, nil},
+		{"self unhealthy withdraws everything", func(in *Input) { in.Local.Healthy, in.Local.Reason = false, "uplink eth1: down" },
+			nil, cluster.RoleIneligible, false, map[string]string{"192.0.2.1": "unhealthy: uplink eth1: down"}},
+		{"drained immediately after the hold", func(in *Input) {
+			in.Local.Drained, in.Local.DrainedAt = true, t0.Add(-time.Minute)
+		}, nil, cluster.RoleIneligible, true, map[string]string{"192.0.2.2": "drained"}},
+		{"drained within the hold announces with GSHUT", func(in *Input) {
+			in.Local.Drained, in.Local.DrainedAt = true, t0.Add(-time.Second)
+		}, []string{"192.0.2.1/32+gshut", "192.0.2.2/32+gshut"}, cluster.RoleIneligible, true, nil},
+		{"drained within the hold but standby: nothing to shut down", func(in *Input) {
+			in.Local.Drained, in.Local.DrainedAt = true, t0.Add(-time.Second)
+			in.MaxActive = 2
+			in.Local.Priority = 200
+		}, nil, cluster.RoleIneligible, true, map[string]string{"192.0.2.1": "drained"}},
+		{"unhealthy and drained: no GSHUT, just withdraw", func(in *Input) {
+			in.Local.Drained, in.Local.DrainedAt = true, t0
+			in.Local.Healthy = false
+		}, nil, cluster.RoleIneligible, false, map[string]string{"192.0.2.1": "unhealthy"}},
+		{"config behind within the grace still announces", func(in *Input) {
+			in.Local.BehindSince, in.Local.Newest = t0.Add(-time.Second), "v4/bbbb"
+		}, []string{"192.0.2.1/32", "192.0.2.2/32"}, cluster.RoleActive, true, nil},
+		{"config behind past the grace withdraws everything", func(in *Input) {
+			in.Local.BehindSince, in.Local.Applied, in.Local.Newest = t0.Add(-time.Minute), "v3/aaaa", "v4/bbbb"
+		}, nil, cluster.RoleIneligible, false, map[string]string{"192.0.2.2": "config behind the cluster (have v3/aaaa, members have v4/bbbb)"}},
+		{"standby beyond max_active announces nothing", func(in *Input) {
+			in.MaxActive = 2
+			in.Self = "d3"
+		}, nil, cluster.RoleStandby, true, map[string]string{"192.0.2.1": "standby (max_active 2 reached)"}},
+		{"lower priority number wins the slot", func(in *Input) {
+			in.MaxActive = 2
+			in.Self = "d3"
+			in.Local.Priority = 10
+		}, []string{"192.0.2.1/32", "192.0.2.2/32"}, cluster.RoleActive, true, nil},
+		{"standby moves up when an active member dies", func(in *Input) {
+			in.MaxActive = 2
+			in.Self = "d3"
+			in.Members[1].State = cluster.StateDead
+		}, []string{"192.0.2.1/32", "192.0.2.2/32"}, cluster.RoleActive, true, nil},
+		{"suspect members keep their slot", func(in *Input) {
+			in.MaxActive = 2
+			in.Self = "d3"
+			in.Members[1].State = cluster.StateSuspect
+		}, nil, cluster.RoleStandby, true, nil},
+		{"standby moves up when an active member is unhealthy", func(in *Input) {
+			in.MaxActive = 2
+			in.Self = "d3"
+			in.Members[0].Meta.Healthy = false
+		}, []string{"192.0.2.1/32", "192.0.2.2/32"}, cluster.RoleActive, true, nil},
+		{"standby moves up when an active member's metadata is unreadable", func(in *Input) {
+			in.MaxActive = 2
+			in.Self = "d3"
+			in.Members[1].Bad = "unreadable metadata"
+		}, []string{"192.0.2.1/32", "192.0.2.2/32"}, cluster.RoleActive, true, nil},
+		{"own stale entry in the view is overridden by local state", func(in *Input) {
+			in.Members[0].Meta.Healthy = false
+			in.Members[0].State = cluster.StateSuspect
+		}, []string{"192.0.2.1/32", "192.0.2.2/32"}, cluster.RoleActive, true, nil},
+		{"alone before joining: active", func(in *Input) { in.Members = nil },
+			[]string{"192.0.2.1/32", "192.0.2.2/32"}, cluster.RoleActive, true, nil},
+		{"one backend down: quorum 2 of 3 still holds", func(in *Input) {
+			in.Backends["web/10.0.0.1:80"] = health.Down
+		}, []string{"192.0.2.1/32", "192.0.2.2/32"}, cluster.RoleActive, true, nil},
+		{"below quorum on one service withdraws its VIP only", func(in *Input) {
+			in.Backends["web/10.0.0.1:80"] = health.Down
+			in.Backends["web/10.0.0.2:80"] = health.Down
+		}, []string{"192.0.2.2/32"}, cluster.RoleActive, true,
+			map[string]string{"192.0.2.1": "service web below quorum (1 of 3 backends up, quorum 2)"}},
+		{"unknown health does not count towards quorum", func(in *Input) {
+			in.Backends = map[string]health.State{}
+		}, []string{"192.0.2.2/32"}, cluster.RoleActive, true,
+			map[string]string{"192.0.2.1": "service web below quorum (0 of 3 backends up, quorum 2)"}},
+		{"quorum 0 and check none: always announced", func(in *Input) {
+			in.Backends = map[string]health.State{"dns/10.0.1.1:53": health.Down}
+		}, []string{"192.0.2.2/32"}, cluster.RoleActive, true, nil},
+		{"backend at configured weight 0 does not count", func(in *Input) {
+			in.Services[0].Backends[0].Weight = 0
+			in.Services[0].Backends[1].Weight = 0
+		}, []string{"192.0.2.2/32"}, cluster.RoleActive, true, map[string]string{"192.0.2.1": "below quorum"}},
+		{"service the dataplane refused withdraws its VIP", func(in *Input) {
+			in.Failed = map[ipvs.ServiceKey]string{serviceKey(in.Services[2]): "scheduler not found"}
+		}, []string{"192.0.2.1/32"}, cluster.RoleActive, true,
+			map[string]string{"192.0.2.2": "service dns not in IPVS: scheduler not found"}},
+		{"no services, nothing to announce", func(in *Input) { in.Services = nil },
+			nil, cluster.RoleActive, true, nil},
+		{"unhealthy and below quorum: both reasons kept apart", func(in *Input) {
+			in.Local.Healthy = false
+			in.Backends = map[string]health.State{}
+		}, nil, cluster.RoleIneligible, false, map[string]string{"192.0.2.1": "below quorum", "192.0.2.2": "unhealthy"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			in := baseInput(t)
+			if c.mod != nil {
+				c.mod(&in)
+			}
+			d := Plan(in)
+			if got := prefixes(d); !slices.Equal(got, c.announce) {
+				t.Errorf("announce %v, want %v", got, c.announce)
+			}
+			if d.Role != c.role {
+				t.Errorf("role %s, want %s", d.Role, c.role)
+			}
+			if d.Eligible != c.eligible {
+				t.Errorf("eligible %v, want %v (reason %q)", d.Eligible, c.eligible, d.Reason)
+			}
+			got := reasons(d)
+			for vip, want := range c.why {
+				if !strings.Contains(got[vip], want) {
+					t.Errorf("reason for %s: %q, want it to say %q", vip, got[vip], want)
+				}
+			}
+			for _, v := range d.VIPs {
+				if v.Announced != (v.Reason == "") {
+					t.Errorf("%s: announced %v with reason %q", v.VIP, v.Announced, v.Reason)
+				}
+			}
+			// The table never depends on role, self health or drain.
+			base := baseInput(t)
+			base.Services, base.Backends, base.Failed = in.Services, in.Backends, in.Failed
+			if !equalTables(d.Table, Plan(base).Table) {
+				t.Errorf("table depends on more than services and backend health")
+			}
+		})
+	}
+}
+
+func equalTables(a, b ipvs.Table) bool {
+	return len(ipvs.Diff(a, b)) == 0 && len(ipvs.Diff(b, a)) == 0
+}
+
+func TestPlanAttributes(t *testing.T) {
+	in := baseInput(t)
+	in.Attrs.LargeCommunities = []string{"65000:1:2"}
+	d := Plan(in)
+	if len(d.Announce) != 2 {
+		t.Fatalf("announce %v", d.Announce)
+	}
+	a := d.Announce[0]
+	if a.Prefix != netip.MustParsePrefix("192.0.2.1/32") || a.MED != 10 ||
+		!slices.Equal(a.Communities, []string{"65000:1"}) || !slices.Equal(a.LargeCommunities, []string{"65000:1:2"}) {
+		t.Errorf("announcement %+v", a)
+	}
+	a.Communities[0] = "changed"
+	if in.Attrs.Communities[0] != "65000:1" {
+		t.Error("announcements share the input's slices")
+	}
+	in.Services = services(t, `
+  - name: v6
+    vip: "2001:db8::1"
+    port: 80
+    health: {type: none}
+    backends: [{address: "2001:db8:1::1"}]
+`)
+	if got := prefixes(Plan(in)); !slices.Equal(got, []string{"2001:db8::1/128"}) {
+		t.Errorf("IPv6 VIP announced as %v", got)
+	}
+}
+
+func TestPlanWakeAt(t *testing.T) {
+	in := baseInput(t)
+	if d := Plan(in); !d.WakeAt.IsZero() {
+		t.Errorf("steady state wakes at %v", d.WakeAt)
+	}
+	in.Local.Drained, in.Local.DrainedAt = true, t0.Add(-3*time.Second)
+	if d := Plan(in); !d.WakeAt.Equal(t0.Add(7 * time.Second)) {
+		t.Errorf("drain hold wakes at %v, want the hold's end", d.WakeAt)
+	}
+	in.Local.Drained = false
+	in.Local.BehindSince = t0.Add(-2 * time.Second)
+	if d := Plan(in); !d.WakeAt.Equal(t0.Add(3 * time.Second)) {
+		t.Errorf("config grace wakes at %v, want the grace's end", d.WakeAt)
+	}
+}
+
+func TestPlanTable(t *testing.T) {
+	ss := services(t, twoVIPs+`
+  - name: nat
+    vip: 192.0.2.3
+    port: 443
+    forwarding: nat
+    scheduler: wlc
+    persistence: {timeout: 300s, netmask: 24}
+    backends: [{address: 10.0.2.1, port: 8443, weight: 200, upper_threshold: 100}, {address: 10.0.2.2, port: 8443}]
+  - name: marked
+    vip: 192.0.2.4
+    fwmark: 7
+    scheduler: sh
+    flags: [sh-fallback]
+    backends: [{address: 10.0.3.1, forwarding: tun}]
+`)
+	in := baseInput(t)
+	in.Services, in.Backends = ss, allUp(ss)
+	in.Backends["web/10.0.0.2:80"] = health.Down // weight0 service
+	in.Backends["tls/10.0.0.1:443"] = health.Down // remove service
+	in.Backends["nat/10.0.2.2:8443"] = health.Unknown
+	got := Plan(in).Table
+	v4 := func(s string) netip.Addr { return netip.MustParseAddr(s) }
+	dst := func(a string, port uint16, w int, f ipvs.Forward) ipvs.Destination {
+		return ipvs.Destination{DestKey: ipvs.DestKey{Addr: v4(a), Port: port}, Weight: w, Forward: f}
+	}
+	key := func(vip string, p ipvs.Protocol, port uint16) ipvs.ServiceKey {
+		return ipvs.ServiceKey{Family: ipvs.IPv4, Protocol: p, Addr: v4(vip), Port: port}
+	}
+	want := ipvs.Table{Services: []ipvs.Service{
+		{ServiceKey: key("192.0.2.1", ipvs.TCP, 80), Scheduler: "mh", DrainTimeout: ss[0].DrainTimeout, Destinations: []ipvs.Destination{
+			dst("10.0.0.1", 80, 1, ipvs.DR), dst("10.0.0.2", 80, 0, ipvs.DR), dst("10.0.0.3", 80, 1, ipvs.DR)}},
+		{ServiceKey: key("192.0.2.1", ipvs.TCP, 443), Scheduler: ss[1].Scheduler, DrainTimeout: ss[1].DrainTimeout, Destinations: []ipvs.Destination{
+			dst("10.0.0.2", 443, 1, ipvs.DR)}},
+		{ServiceKey: key("192.0.2.2", ipvs.UDP, 53), Scheduler: ss[2].Scheduler, DrainTimeout: ss[2].DrainTimeout, Destinations: []ipvs.Destination{
+			dst("10.0.1.1", 53, 1, ipvs.DR)}},
+		{ServiceKey: key("192.0.2.3", ipvs.TCP, 443), Scheduler: "wlc", Timeout: 300, PersistBits: 24, DrainTimeout: ss[3].DrainTimeout, Destinations: []ipvs.Destination{
+			{DestKey: ipvs.DestKey{Addr: v4("10.0.2.1"), Port: 8443}, Weight: 200, Forward: ipvs.NAT, UpperThreshold: 100},
+			dst("10.0.2.2", 8443, 1, ipvs.NAT)}},
+		{ServiceKey: ipvs.ServiceKey{Family: ipvs.IPv4, FWMark: 7}, Scheduler: "sh", Flags: ipvs.SchedFlag1, DrainTimeout: ss[4].DrainTimeout, Destinations: []ipvs.Destination{
+			dst("10.0.3.1", 0, 1, ipvs.TUN)}},
+	}}
+	if err := got.Check(); err != nil {
+		t.Fatal(err)
+	}
+	if !equalTables(got, want) {
+		t.Errorf("table:\n%+v\nwant\n%+v\ndiff: %v", got, want, ipvs.Diff(got, want))
+	}
+	// Same order on every director: the order of the config, whatever the
+	// order health results came in.
+	for i, s := range got.Services {
+		for j, d := range s.Destinations {
+			if d.DestKey != want.Services[i].Destinations[j].DestKey {
+				t.Errorf("%s: destination %d is %s, want %s", s.ServiceKey, j, d.DestKey, want.Services[i].Destinations[j].DestKey)
+			}
+		}
+	}
+}
+
+// Every director computes the same roles from the same view, whatever the
+// order the view lists members in.
+func TestPlanRolesAgree(t *testing.T) {
+	view := members(10, func(i int, m *cluster.Member) {
+		m.Meta.Priority = 100 + (i%3)*10
+		if i == 4 {
+			m.Meta.Healthy = false
+		}
+		if i == 7 {
+			m.Meta.Drained = true
+		}
+	})
+	active := 0
+	roles := map[string]cluster.Role{}
+	for i, m := range view {
+		in := baseInput(t)
+		in.Self, in.MaxActive = m.Name, 6
+		in.Members = slices.Clone(view)
+		// A different order per director.
+		for k := range in.Members {
+			j := (k*7 + i) % len(in.Members)
+			in.Members[k], in.Members[j] = in.Members[j], in.Members[k]
+		}
+		in.Local = Local{Priority: m.Meta.Priority, Healthy: m.Meta.Healthy, Drained: m.Meta.Drained, DrainedAt: t0.Add(-time.Hour)}
+		d := Plan(in)
+		roles[m.Name] = d.Role
+		if d.Role == cluster.RoleActive {
+			active++
+		}
+	}
+	if active != 6 {
+		t.Errorf("%d active, want 6: %v", active, roles)
+	}
+	if want := cluster.Elect(view, 6); !mapsEqual(roles, want) {
+		t.Errorf("roles %v, Elect says %v", roles, want)
+	}
+}
+
+func mapsEqual[K comparable, V comparable](a, b map[K]V) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func TestBehind(t *testing.T) {
+	view := members(3, nil)
+	if b, _ := Behind("d1", 3, "aaaa", view); b {
+		t.Error("same config counts as behind")
+	}
+	view[2].Meta.ConfigVersion, view[2].Meta.ConfigHash = 4, "bbbb"
+	if b, which := Behind("d1", 3, "aaaa", view); !b || which != "v4/bbbb" {
+		t.Errorf("behind %v %q", b, which)
+	}
+	// Same version, higher hash wins the tie.
+	view[2].Meta.ConfigVersion, view[2].Meta.ConfigHash = 3, "cccc"
+	if b, _ := Behind("d1", 3, "aaaa", view); !b {
+		t.Error("tie broken by hash not seen as newer")
+	}
+	if b, _ := Behind("d1", 3, "dddd", view); b {
+		t.Error("a lower hash at the same version counts as newer")
+	}
+	// Dead members, our own entry and members without config do not count.
+	view[2].State = cluster.StateDead
+	view[0].Meta.ConfigVersion = 9
+	view[1].Meta.ConfigVersion, view[1].Meta.ConfigHash = 0, ""
+	if b, w := Behind("d1", 3, "aaaa", view); b {
+		t.Errorf("behind %s", w)
+	}
+}
