@@ -92,6 +92,7 @@ type Cluster struct {
 
 	changed chan struct{}
 	ready   chan struct{}
+	joined  chan struct{}
 }
 
 // Wire message types (the first byte of a user message).
@@ -123,7 +124,7 @@ func New(o Options) (*Cluster, error) {
 		o.Timing = LANTiming
 	}
 	c := &Cluster{opts: o, log: o.Log, members: map[string]*Member{}, rejected: map[string]bool{},
-		changed: make(chan struct{}, 1), ready: make(chan struct{})}
+		changed: make(chan struct{}, 1), ready: make(chan struct{}), joined: make(chan struct{})}
 	c.queue = &memberlist.TransmitLimitedQueue{NumNodes: c.numMembers, RetransmitMult: 4}
 	if len(o.Keys) > 0 {
 		kr, err := memberlist.NewKeyring(o.Keys, o.Keys[0])
@@ -185,6 +186,9 @@ func (c *Cluster) Run(ctx context.Context) error {
 	}
 
 	joined := len(c.opts.Seeds) == 0
+	if joined {
+		close(c.joined)
+	}
 	retry := time.NewTimer(0)
 	defer retry.Stop()
 	failures := 0
@@ -200,6 +204,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 			n, err := ml.Join(c.opts.Seeds)
 			if err == nil || n > 0 {
 				joined = true
+				close(c.joined)
 				c.log.Info("joined the cluster", "seeds_reached", n, "members", ml.NumMembers())
 				continue
 			}
@@ -232,6 +237,11 @@ func (c *Cluster) leave(ml *memberlist.Memberlist) {
 
 // Ready is closed once the gossip listener is up.
 func (c *Cluster) Ready() <-chan struct{} { return c.ready }
+
+// Joined is closed once a seed answered (with it, a push/pull of state:
+// the cluster's config document, if it has one, is here by then), or at
+// once without seeds.
+func (c *Cluster) Joined() <-chan struct{} { return c.joined }
 
 // Changed receives (coalesced) whenever the view or the document changed.
 func (c *Cluster) Changed() <-chan struct{} { return c.changed }
@@ -315,10 +325,44 @@ func (c *Cluster) Document() *Document {
 // above anything seen, signed, kept, and sent to every member. It returns
 // the document. Services must be valid (they are checked again).
 func (c *Cluster) Propose(services []configs.Service) (*Document, error) {
+	return c.propose(services, nil)
+}
+
+// ErrConflict is the error of ProposeIf when the cluster's config is no
+// longer the one the change was made against.
+var ErrConflict = errors.New("the cluster config changed meanwhile")
+
+// ProposeIf is Propose if the current document is still version/hash
+// (0 and "": no document yet), else ErrConflict: a compare-and-swap, so
+// that two operators applying at once do not silently overwrite each
+// other.
+func (c *Cluster) ProposeIf(version uint64, hash string, services []configs.Service) (*Document, error) {
+	return c.propose(services, func(cur *Document) error {
+		if cur.IsZero() && version == 0 {
+			return nil
+		}
+		if cur.IsZero() || cur.Version != version || cur.Hash != hash {
+			have := "none"
+			if !cur.IsZero() {
+				have = fmt.Sprintf("v%d/%s by %s", cur.Version, cur.Short(), cur.Author)
+			}
+			return fmt.Errorf("%w: it is %s now", ErrConflict, have)
+		}
+		return nil
+	})
+}
+
+func (c *Cluster) propose(services []configs.Service, check func(cur *Document) error) (*Document, error) {
 	if err := configs.ValidateServices(services); err != nil {
 		return nil, err
 	}
 	c.mu.Lock()
+	if check != nil {
+		if err := check(c.doc); err != nil {
+			c.mu.Unlock()
+			return nil, err
+		}
+	}
 	var primary []byte
 	if c.keyring != nil {
 		primary = c.keyring.GetPrimaryKey()

@@ -63,6 +63,19 @@ func NewDocument(services []configs.Service, version uint64, author string, now 
 	return d, nil
 }
 
+// ServicesHash is the hash a document of services would have.
+func ServicesHash(services []configs.Service) (string, error) {
+	if services == nil {
+		services = []configs.Service{}
+	}
+	raw, err := json.Marshal(services)
+	if err != nil {
+		return "", fmt.Errorf("encode services: %w", err)
+	}
+	sum := sha256.Sum256(raw)
+	return hex.EncodeToString(sum[:]), nil
+}
+
 // IsZero reports whether d is the empty document (no config yet).
 func (d *Document) IsZero() bool { return d == nil || d.Version == 0 }
 

@@ -33,7 +33,17 @@ type Node struct {
 	// StateDir holds what must survive a restart: the last applied cluster
 	// config and the host settings recorded before anycastd changed them.
 	StateDir string `mapstructure:"state_dir" json:"state_dir"`
+	// Dataplane is where the IPVS table lives: kernel (default), or
+	// memory, a simulation for labs on kernels without IPVS: the director
+	// gossips, checks and announces, but balances nothing.
+	Dataplane string `mapstructure:"dataplane" json:"dataplane"`
 }
+
+// Dataplanes.
+const (
+	DataplaneKernel = "kernel"
+	DataplaneMemory = "memory"
+)
 
 // Cluster is the gossip membership of the directors.
 type Cluster struct {

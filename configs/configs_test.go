@@ -551,3 +551,29 @@ services:
 		t.Errorf("tunnel %+v, want ipip defaults", tn)
 	}
 }
+
+func TestParseServices(t *testing.T) {
+	ss, err := ParseServices([]byte(`health: {interval: 3s}
+services:
+  - name: web
+    vip: 192.0.2.1
+    port: 80
+    backends: [{address: 10.0.0.1}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ss) != 1 || ss[0].Health.Interval != 3*time.Second || ss[0].Scheduler == "" || ss[0].Backends[0].Weight != 1 {
+		t.Errorf("services %+v: defaults not filled", ss)
+	}
+	_, err = ParseServices([]byte(`services:
+  - name: web
+    vip: 192.0.2.1
+    port: 99999
+    backends: [{address: 10.0.0.1}]
+  - nmae: typo
+`))
+	if err == nil || !strings.Contains(err.Error(), "services[0].port") || !strings.Contains(err.Error(), "nmae") {
+		t.Errorf("errors not reported with their paths: %v", err)
+	}
+}

@@ -35,6 +35,9 @@ func applyDefaults(c *Config, isSet func(path string) bool) {
 			c.Node.Name = h
 		}
 	}
+	if c.Node.Dataplane == "" {
+		c.Node.Dataplane = DataplaneKernel
+	}
 	if c.Node.StateDir == "" {
 		c.Node.StateDir = DefaultStateDir
 	}

@@ -27,6 +27,9 @@ type loader struct {
 	env   func(string) (string, bool)
 	flags *pflag.FlagSet
 	keys  map[string]string // flag name -> config key
+	// servicesOnly validates only services and the health defaults
+	// they take (ParseServices).
+	servicesOnly bool
 }
 
 // WithEnv lets ANYCASTD_* variables from lookup (os.LookupEnv in the
@@ -51,6 +54,19 @@ func Load(path string, opts ...Option) (*Config, error) {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
 	return parse(data, opts...)
+}
+
+// ParseServices reads the cluster-wide part of a document: its services,
+// with defaults filled from its health section, validated as a director
+// validates a services document. The rest of the document may be absent
+// (a file that holds only `services:`), but an unknown key is still an
+// error. It is what `anyctl apply -f` sends.
+func ParseServices(data []byte) ([]Service, error) {
+	cfg, err := parse(data, func(l *loader) { l.servicesOnly = true })
+	if err != nil {
+		return nil, err
+	}
+	return cfg.Services, nil
 }
 
 // Parse is Load for a document already in memory, without environment or
@@ -109,7 +125,17 @@ func parse(data []byte, opts ...Option) (cfg *Config, err error) {
 	// A field that could not be decoded is left zero; don't report it a
 	// second time as "required" or out of range.
 	decodeProblems := problems
-	for _, ve := range validate(&c) {
+	check := validate
+	if l.servicesOnly {
+		check = func(c *Config) []*FieldError {
+			ch := &checker{}
+			ch.health("health", &c.Health)
+			ch.services(c.Services)
+			sortFieldErrors(ch.errs)
+			return ch.errs
+		}
+	}
+	for _, ve := range check(&c) {
 		if !under(ve.Path, decodeProblems) {
 			problems = append(problems, ve)
 		}

@@ -99,6 +99,9 @@ func (c *checker) node(p string, n *Node) {
 	if !filepath.IsAbs(n.StateDir) {
 		c.add(p+".state_dir", "%q is not an absolute path", n.StateDir)
 	}
+	if n.Dataplane != DataplaneKernel && n.Dataplane != DataplaneMemory {
+		c.add(p+".dataplane", "%q is not kernel or memory", n.Dataplane)
+	}
 }
 
 func (c *checker) cluster(p string, cl *Cluster) {

@@ -307,7 +307,7 @@ func TestPlanTable(t *testing.T) {
 `)
 	in := baseInput(t)
 	in.Services, in.Backends = ss, allUp(ss)
-	in.Backends["web/10.0.0.2:80"] = health.Down // weight0 service
+	in.Backends["web/10.0.0.2:80"] = health.Down  // weight0 service
 	in.Backends["tls/10.0.0.1:443"] = health.Down // remove service
 	in.Backends["nat/10.0.2.2:8443"] = health.Unknown
 	got := Plan(in).Table

@@ -2,17 +2,28 @@
 // services in its config, health-checks the real servers, announces the VIPs
 // upstream and gossips with the other directors.
 //
-// This build loads and checks configuration (--check-config); the control
-// loop that runs the director is added with the director package.
+// Signals: SIGHUP reloads the config file (as does a change of the file
+// itself); SIGTERM or SIGINT drains (GRACEFUL_SHUTDOWN, withdraw), leaves
+// the cluster and exits, leaving the IPVS table in place; a second one
+// skips the graceful-shutdown hold.
 package main
 
 import (
+	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
 
 	"github.com/anycastd/anycastd/configs"
+	"github.com/anycastd/anycastd/director"
 	"github.com/spf13/cobra"
 )
 
@@ -32,6 +43,7 @@ var flagKeys = map[string]string{
 	"gossip-port": "cluster.port",
 	"seed":        "cluster.seeds",
 	"socket":      "api.socket",
+	"dataplane":   "node.dataplane",
 }
 
 func main() {
@@ -42,6 +54,9 @@ func run(args []string, stdout, stderr io.Writer, env func(string) (string, bool
 	var (
 		file        string
 		checkConfig bool
+		logLevel    string
+		logFormat   string
+		watch       time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:           "anycastd",
@@ -59,8 +74,14 @@ func run(args []string, stdout, stderr io.Writer, env func(string) (string, bool
 				configs.WriteReport(stderr, file, err)
 				return errors.New("invalid config, not starting")
 			}
-			_ = cfg
-			return errors.New("this build has no director control loop yet; only --check-config is available")
+			log, err := newLogger(stderr, logLevel, logFormat)
+			if err != nil {
+				return err
+			}
+			load := func() (*configs.Config, error) {
+				return configs.Load(file, configs.WithEnv(env), configs.WithFlags(cmd.Flags(), flagKeys))
+			}
+			return daemon(cfg, load, file, watch, log)
 		},
 	}
 	cmd.SetOut(stdout)
@@ -75,9 +96,144 @@ func run(args []string, stdout, stderr io.Writer, env func(string) (string, bool
 	f.Int("gossip-port", 0, "override cluster.port")
 	f.StringSlice("seed", nil, "override cluster.seeds (repeat or comma-separate)")
 	f.String("socket", "", "override api.socket")
+	f.String("dataplane", "", "override node.dataplane (kernel or memory)")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&logFormat, "log-format", "text", "text or json")
+	f.DurationVar(&watch, "watch", 2*time.Second, "how often to look for a changed config file (0: only on SIGHUP)")
 	if err := cmd.Execute(); err != nil {
 		fmt.Fprintln(stderr, "anycastd:", err)
 		return 1
 	}
 	return 0
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: not debug, info, warn or error", level)
+	}
+	o := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, o)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, o)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: not text or json", format)
+}
+
+// daemon runs the director until SIGTERM/SIGINT.
+func daemon(cfg *configs.Config, load func() (*configs.Config, error), file string, watch time.Duration, log *slog.Logger) error {
+	log = log.With("node", cfg.Node.Name)
+	n, err := director.New(director.Options{Config: cfg, Build: version, Log: log})
+	if err != nil {
+		return err
+	}
+	runCtx, stop := context.WithCancel(context.Background())
+	defer stop()
+	apiCtx, stopAPI := context.WithCancel(context.Background())
+	defer stopAPI()
+	apiErr := make(chan error, 1)
+	go func() { apiErr <- n.Serve(apiCtx) }()
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
+	var reloadMu sync.Mutex
+	lastSum := fileSum(file)
+	reload := func(why string) {
+		reloadMu.Lock()
+		defer reloadMu.Unlock()
+		lastSum = fileSum(file)
+		nc, err := load()
+		if err != nil {
+			var problems []string
+			for _, fe := range configs.FieldErrors(err) {
+				problems = append(problems, fe.Error())
+			}
+			if len(problems) == 0 {
+				problems = []string{err.Error()}
+			}
+			log.Error("config reload refused: the file is invalid, nothing changed", "why", why, "file", file,
+				"errors", len(problems), "problems", strings.Join(problems, "; "))
+			return
+		}
+		if err := n.Reload(nc); err != nil {
+			log.Error("config reload failed, nothing changed", "why", why, "err", err)
+		}
+	}
+	go func() {
+		stopping := false
+		done := runCtx.Done()
+		aerr := apiErr
+		var tick <-chan time.Time
+		if watch > 0 {
+			t := time.NewTicker(watch)
+			defer t.Stop()
+			tick = t.C
+		}
+		for {
+			select {
+			case <-done:
+				if !stopping {
+					return
+				}
+				done = nil
+			case err := <-aerr:
+				// The API could not start (or died): an operator would
+				// have no way to drive this director. Stop it.
+				aerr <- err // for the wait below
+				if !stopping {
+					stopping = true
+					log.Error("API failed; stopping", "err", err)
+					stop()
+				}
+				aerr = nil
+			case <-tick:
+				reloadMu.Lock()
+				changed := fileSum(file) != lastSum
+				reloadMu.Unlock()
+				if changed {
+					reload("file changed")
+				}
+				continue
+			case s := <-sigs:
+				switch {
+				case s == syscall.SIGHUP:
+					reload("SIGHUP")
+				case !stopping:
+					stopping = true
+					log.Info("signal: stopping gracefully (send it again to skip the graceful-shutdown hold)", "signal", s.String())
+					stop()
+				default:
+					log.Warn("second signal: withdrawing now", "signal", s.String())
+					n.Abort()
+				}
+			}
+		}
+	}()
+
+	apiDone := apiErr
+	runErr := n.Run(runCtx)
+	stopAPI()
+	if err := <-apiDone; err != nil && runErr == nil {
+		runErr = err
+	}
+	if runErr != nil {
+		return runErr
+	}
+	log.Info("stopped; the IPVS table is left in place")
+	return nil
+}
+
+// fileSum is a fingerprint of the config file's content ("" unreadable),
+// to notice edits, including an editor's or a config manager's replace.
+func fileSum(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(b)
+	return string(sum[:])
 }

@@ -21,6 +21,7 @@ const (
 	exitFailed  = 1 // the command ran and found a problem (invalid config, ...)
 	exitUsage   = 2 // bad flags or arguments
 	exitUnknown = 3
+	// exitUnavailable (4): the daemon could not be reached.
 )
 
 // exitError carries an exit code out of a command.
@@ -65,6 +66,9 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
+	c := &conn{}
+	c.flags(root)
+	root.AddCommand(newClusterCmds(c)...)
 	root.AddCommand(
 		newValidateCmd(),
 		newKeygenCmd(),

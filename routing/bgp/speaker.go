@@ -23,6 +23,8 @@ import (
 	"github.com/osrg/gobgp/v4/pkg/server"
 )
 
+var startMu sync.Mutex
+
 // Speaker is a routing.Announcer over an embedded GoBGP server. Safe for
 // concurrent use.
 type Speaker struct {
@@ -64,11 +66,17 @@ func (s *Speaker) Run(ctx context.Context) error {
 		srv.Stop()
 	}
 
-	if err := srv.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
+	// GoBGP v4.8.0's StartBgp writes package-level route selection
+	// settings; two speakers in one process (tests, never the daemon)
+	// must not start at the same time.
+	startMu.Lock()
+	err := srv.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
 		Asn:        s.cfg.ASN,
 		RouterId:   s.cfg.RouterID.String(),
 		ListenPort: int32(s.cfg.ListenPort),
-	}}); err != nil {
+	}})
+	startMu.Unlock()
+	if err != nil {
 		srv.Stop()
 		return fmt.Errorf("start BGP (AS %d, router id %s, port %d): %w", s.cfg.ASN, s.cfg.RouterID, s.cfg.ListenPort, err)
 	}
@@ -108,7 +116,7 @@ func (s *Speaker) Run(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	s.srv = srv
-	err := s.reconcileLocked()
+	err = s.reconcileLocked()
 	s.mu.Unlock()
 	if err != nil {
 		s.log.Error("announce", "err", err)

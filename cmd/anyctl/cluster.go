@@ -1,0 +1,298 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/anycastd/anycastd/configs"
+	"github.com/anycastd/anycastd/director"
+	"github.com/pmezard/go-difflib/difflib"
+	"github.com/spf13/cobra"
+)
+
+// output is the -o flag of read commands.
+type output struct{ format string }
+
+func (o *output) flag(cmd *cobra.Command) {
+	cmd.Flags().StringVarP(&o.format, "output", "o", "table", "table (for people) or json (for scripts)")
+}
+
+func (o *output) check() error {
+	if o.format != "table" && o.format != "json" {
+		return &exitError{code: exitUsage, err: fmt.Errorf("-o %q: not table or json", o.format)}
+	}
+	return nil
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// readCmd is a command that GETs one API path and renders it.
+func readCmd[T any](c *conn, use, short, long, path string, render func(io.Writer, T, time.Time), exit func(T) error) *cobra.Command {
+	var o output
+	cmd := &cobra.Command{
+		Use: use, Short: short, Long: long, Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.check(); err != nil {
+				return err
+			}
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			var v T
+			if err := cl.call(cmd.Context(), http.MethodGet, path, nil, &v); err != nil {
+				return err
+			}
+			if o.format == "json" {
+				if err := writeJSON(cmd.OutOrStdout(), v); err != nil {
+					return err
+				}
+			} else {
+				render(cmd.OutOrStdout(), v, time.Now())
+			}
+			if exit != nil {
+				return exit(v)
+			}
+			return nil
+		},
+	}
+	o.flag(cmd)
+	return cmd
+}
+
+func newClusterCmds(c *conn) []*cobra.Command {
+	members := readCmd(c, "members", "List the directors: role, health, config, announcements",
+		`Shows every director in this director's gossip view: its address, liveness,
+role (active: announces; standby: eligible beyond max_active; ineligible:
+unhealthy, drained or gone), health with the reason, drained, applied config
+version, announced VIPs, routing peers up/total and age.
+
+Exit code 1 if a member is unhealthy, runs another config, or is not alive.`,
+		"/v1/members", renderMembers, func(r director.MembersResponse) error {
+			var bad []string
+			for _, m := range r.Members {
+				if m.State != "alive" || !m.Healthy || m.Bad != "" {
+					bad = append(bad, m.Name)
+				}
+			}
+			versions := map[string]bool{}
+			for _, m := range r.Members {
+				if m.State == "alive" {
+					versions[cfgName(m.ConfigVersion, m.ConfigHash)] = true
+				}
+			}
+			if len(bad) > 0 {
+				return &exitError{code: exitFailed, err: fmt.Errorf("not all members are healthy: %s", strings.Join(bad, ", "))}
+			}
+			if len(versions) > 1 {
+				return &exitError{code: exitFailed, err: fmt.Errorf("members run different configs: %s", strings.Join(serviceNames(versions), ", "))}
+			}
+			return nil
+		})
+	status := readCmd(c, "status", "Show this director: role, health checks, config, VIPs, routing peers",
+		"Shows this director's state. Exit code 1 if it is unhealthy (does not announce).",
+		"/v1/status", renderStatus, func(s director.StatusResponse) error {
+			if !s.Eligible {
+				return &exitError{code: exitFailed, err: fmt.Errorf("this director does not announce: %s", s.Reason)}
+			}
+			return nil
+		})
+	services := readCmd(c, "services", "Show the virtual services, their backends, health and IPVS state",
+		`Shows every virtual service of the applied cluster config with its backends:
+configured weight, weight in IPVS, health here (with the last probe's
+result), active and inactive connections.`,
+		"/v1/services", renderServices, nil)
+	announcements := readCmd(c, "announcements", "Show the routing sessions and what is announced",
+		"", "/v1/announcements", func(w io.Writer, a director.AnnouncementsResponse, now time.Time) {
+			renderStatus(w, director.StatusResponse{VIPs: a.VIPs, Peers: a.Peers, Mode: a.Mode}, now)
+		}, nil)
+	announcements.Hidden = false
+
+	var reason string
+	drain := &cobra.Command{
+		Use:   "drain",
+		Short: "Take this director out of service gracefully (kept across restarts)",
+		Long: `Drains this director: it announces its VIPs with GRACEFUL_SHUTDOWN for
+routing.bgp.graceful_shutdown so the upstream moves flows away, then
+withdraws them; a standby takes its place. IPVS entries stay, so existing
+connections continue. The flag survives a restart; undrain clears it.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			var d director.DrainView
+			if err := cl.call(cmd.Context(), http.MethodPost, "/v1/drain", director.DrainRequest{Reason: reason}, &d); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "drained (%s); watch `anyctl status` until the VIPs are withdrawn\n", orDash(d.Reason))
+			return nil
+		},
+	}
+	drain.Flags().StringVar(&reason, "reason", "", "why, shown to the other operators")
+	undrain := &cobra.Command{
+		Use:   "undrain",
+		Short: "Put this director back in service",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			if err := cl.call(cmd.Context(), http.MethodPost, "/v1/undrain", nil, nil); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "undrained; it announces again once healthy and in the active set")
+			return nil
+		},
+	}
+	return []*cobra.Command{members, status, services, announcements, drain, undrain, newApplyCmd(c), newConfigCmd(c)}
+}
+
+func newConfigCmd(c *conn) *cobra.Command {
+	return &cobra.Command{
+		Use:   "config",
+		Short: "Print the cluster's applied services config (JSON)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			var cur director.ConfigResponse
+			if err := cl.call(cmd.Context(), http.MethodGet, "/v1/config", nil, &cur); err != nil {
+				return err
+			}
+			return writeJSON(cmd.OutOrStdout(), cur)
+		},
+	}
+}
+
+func newApplyCmd(c *conn) *cobra.Command {
+	var (
+		file string
+		yes  bool
+	)
+	cmd := &cobra.Command{
+		Use:   "apply -f FILE",
+		Short: "Make a file's services the cluster's config (shows the diff first)",
+		Long: `Reads the services of FILE (a whole anycastd config, or one with only
+services: and optionally health:), validates them, shows how they differ from
+the cluster's config and, once confirmed (or with --yes), sends them to this
+director, which versions, signs and replicates them to every director.
+
+The change is made against the config version shown: if someone else changed
+the cluster meanwhile, it is refused (exit 1) and nothing changes; run it
+again to see the new diff. Remember to update the config files too: a
+director only proposes its file's services when the file itself changes.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if file == "" {
+				return &exitError{code: exitUsage, err: fmt.Errorf("-f FILE is required")}
+			}
+			data, err := os.ReadFile(file)
+			if err != nil {
+				return &exitError{code: exitFailed, err: err}
+			}
+			services, err := configs.ParseServices(data)
+			if err != nil {
+				configs.WriteReport(cmd.ErrOrStderr(), file, err)
+				return &exitError{code: exitFailed, err: fmt.Errorf("%s is invalid; nothing applied", file)}
+			}
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			var cur director.ConfigResponse
+			if err := cl.call(cmd.Context(), http.MethodGet, "/v1/config", nil, &cur); err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			changed := writeServicesDiff(out, cur, services)
+			if !changed {
+				fmt.Fprintf(out, "no change: the cluster already runs these services (%s)\n", cfgName(cur.Version, cur.Hash))
+				return nil
+			}
+			if !yes {
+				fmt.Fprintf(out, "Apply to the cluster (now %s)? [y/N] ", cfgName(cur.Version, cur.Hash))
+				line, _ := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
+				if a := strings.ToLower(strings.TrimSpace(line)); a != "y" && a != "yes" {
+					return &exitError{code: exitFailed, err: fmt.Errorf("not applied")}
+				}
+			}
+			var res director.ConfigResponse
+			req := director.ApplyRequest{BaseVersion: cur.Version, BaseHash: cur.Hash, Services: services}
+			if err := cl.call(cmd.Context(), http.MethodPost, "/v1/config", req, &res); err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "applied: cluster config is now %s (was %s); it is spreading to every director, see `anyctl members`\n",
+				cfgName(res.Version, res.Hash), cfgName(cur.Version, cur.Hash))
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&file, "file", "f", "", "config file with the services")
+	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask")
+	return cmd
+}
+
+// writeServicesDiff prints, per service, what apply would change, and
+// reports whether anything would.
+func writeServicesDiff(w io.Writer, cur director.ConfigResponse, next []configs.Service) bool {
+	render := func(s configs.Service) string {
+		b, _ := json.MarshalIndent(s, "", "  ")
+		return string(b) + "\n"
+	}
+	old := map[string]configs.Service{}
+	for _, s := range cur.Services {
+		old[s.Name] = s
+	}
+	seen := map[string]bool{}
+	changed := false
+	for _, s := range next {
+		seen[s.Name] = true
+		o, ok := old[s.Name]
+		a, b := "", render(s)
+		if ok {
+			a = render(o)
+		}
+		if a == b {
+			continue
+		}
+		changed = true
+		what := "changed"
+		if !ok {
+			what = "new"
+		}
+		fmt.Fprintf(w, "service %s: %s\n", s.Name, what)
+		d, _ := difflib.GetUnifiedDiffString(difflib.UnifiedDiff{A: difflib.SplitLines(a), B: difflib.SplitLines(b),
+			FromFile: "cluster/" + s.Name, ToFile: "file/" + s.Name, Context: 2})
+		fmt.Fprint(w, d)
+	}
+	for _, s := range cur.Services {
+		if !seen[s.Name] {
+			changed = true
+			fmt.Fprintf(w, "service %s: removed (%s, %d backends)\n", s.Name, s.VIP, len(s.Backends))
+		}
+	}
+	// Only the order changed: that matters (mh, sh).
+	if !changed && len(cur.Services) == len(next) {
+		for i := range next {
+			if cur.Services[i].Name != next[i].Name {
+				fmt.Fprintln(w, "the order of the services changed")
+				return true
+			}
+		}
+	}
+	return changed
+}

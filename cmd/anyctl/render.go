@@ -1,0 +1,230 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/anycastd/anycastd/director"
+)
+
+// The table renderings: for people, stable for golden tests (every time
+// relative to now).
+
+func table(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 0, 2, ' ', 0) }
+
+// age is a duration the way ps and kubectl show it: 45s, 12m, 3h, 5d.
+func age(now, t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	d := now.Sub(t)
+	switch {
+	case d < 0:
+		return "0s"
+	case d < 2*time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < 2*time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}
+
+func short(hash string) string {
+	if len(hash) > 8 {
+		return hash[:8]
+	}
+	return hash
+}
+
+func cfgName(v uint64, hash string) string {
+	if v == 0 {
+		return "none"
+	}
+	return fmt.Sprintf("v%d/%s", v, short(hash))
+}
+
+func renderMembers(w io.Writer, r director.MembersResponse, now time.Time) {
+	tw := table(w)
+	fmt.Fprintln(tw, "NAME\tADDRESS\tSTATE\tROLE\tHEALTH\tDRAINED\tCONFIG\tANNOUNCED\tPEERS\tAGE")
+	roles := map[string]int{}
+	for _, m := range r.Members {
+		name := m.Name
+		if m.Self {
+			name += "*"
+		}
+		h := "ok"
+		switch {
+		case m.Bad != "":
+			h = "? " + m.Bad
+		case !m.Healthy:
+			h = "FAIL " + m.Reason
+		}
+		drained := "no"
+		if m.Drained {
+			drained = "yes"
+		}
+		ann := "-"
+		if len(m.Announced) > 0 {
+			ann = strings.Join(m.Announced, ",")
+		} else if m.Announcing > 0 {
+			ann = fmt.Sprintf("%d prefixes", m.Announcing)
+		}
+		peers := "-"
+		if m.Peers > 0 {
+			peers = fmt.Sprintf("%d/%d", m.PeersUp, m.Peers)
+		}
+		addr := m.Addr
+		if addr == "" {
+			addr = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, addr, m.State, m.Role, h, drained,
+			cfgName(m.ConfigVersion, m.ConfigHash), ann, peers, age(now, m.Started))
+		roles[m.Role]++
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\n%d members: %d active, %d standby, %d ineligible (max_active %d); * is this director\n",
+		len(r.Members), roles["active"], roles["standby"], roles["ineligible"], r.MaxActive)
+}
+
+func renderStatus(w io.Writer, s director.StatusResponse, now time.Time) {
+	tw := table(w)
+	kv := func(k, f string, a ...any) { fmt.Fprintf(tw, "%s:\t"+f+"\n", append([]any{k}, a...)...) }
+	kv("Director", "%s (anycastd %s, up %s)", s.Name, s.Build, age(now, s.Started))
+	role := s.Role
+	if s.Stopping {
+		role += " (stopping)"
+	}
+	kv("Role", "%s", role)
+	if s.Eligible && s.Reason == "" {
+		kv("Health", "ok")
+	} else {
+		kv("Health", "%s", s.Reason)
+	}
+	if s.Drain.Drained {
+		kv("Drained", "yes, since %s ago: %s", age(now, s.Drain.Since), orDash(s.Drain.Reason))
+	} else {
+		kv("Drained", "no")
+	}
+	kv("Routing", "%s, dataplane %s", s.Mode, s.Dataplane)
+	c := s.Config
+	kv("Config", "%s by %s, %d services", cfgName(c.Version, c.Hash), orDash(c.Author), c.Services)
+	if c.Error != "" {
+		kv("Config error", "%s", c.Error)
+	}
+	kv("Members", "%d active, %d standby, %d ineligible", s.Members["active"], s.Members["standby"], s.Members["ineligible"])
+	r := s.Reconcile
+	line := fmt.Sprintf("%s ago, %d ops in %s, %d draining", age(now, r.At), r.Ops, r.Duration.Round(time.Microsecond), r.Draining)
+	if len(r.Errors) > 0 {
+		line += fmt.Sprintf(", %d ERRORS", len(r.Errors))
+	}
+	kv("IPVS", "%s", line)
+	tw.Flush()
+	for _, e := range r.Errors {
+		fmt.Fprintf(w, "  ipvs error: %s\n", e)
+	}
+	if len(s.Foreign) > 0 {
+		fmt.Fprintf(w, "  not ours, left alone: %s\n", strings.Join(s.Foreign, ", "))
+	}
+
+	fmt.Fprintln(w, "\nSelf checks:")
+	tw = table(w)
+	for _, ch := range s.SelfChecks {
+		st := "ok"
+		if !ch.OK {
+			st = "FAIL"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", ch.Name, st, ch.Reason)
+	}
+	tw.Flush()
+
+	fmt.Fprintln(w, "\nVIPs:")
+	tw = table(w)
+	for _, v := range s.VIPs {
+		st := "withdrawn"
+		switch {
+		case v.GracefulShutdown:
+			st = "announced (GSHUT)"
+		case v.Announced:
+			st = "announced"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", v.VIP, st, strings.Join(v.Services, ","), v.Reason)
+	}
+	tw.Flush()
+
+	if len(s.Peers) > 0 {
+		fmt.Fprintln(w, "\nPeers:")
+		tw = table(w)
+		fmt.Fprintln(tw, "  ADDRESS\tASN\tSTATE\tBFD\tFLAPS\tSINCE\tREASON")
+		for _, p := range s.Peers {
+			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%d\t%s\t%s\n", p.Address, p.ASN, p.State, orDash(p.BFD), p.Flaps, age(now, p.Since), p.Reason)
+		}
+		tw.Flush()
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func renderServices(w io.Writer, r director.ServicesResponse, now time.Time) {
+	fmt.Fprintf(w, "config %s, %d services\n", cfgName(r.Config.Version, r.Config.Hash), len(r.Services))
+	for _, s := range r.Services {
+		key := fmt.Sprintf("%s:%d/%s", s.VIP, s.Port, s.Protocol)
+		if s.FWMark != 0 {
+			key = fmt.Sprintf("fwmark %d (%s)", s.FWMark, s.VIP)
+		} else if s.VIP.Is6() {
+			key = fmt.Sprintf("[%s]:%d/%s", s.VIP, s.Port, s.Protocol)
+		}
+		ann := "withdrawn"
+		if s.Announced {
+			ann = "announced"
+		}
+		ipvs := ""
+		if !s.InIPVS {
+			ipvs = ", NOT IN IPVS"
+		}
+		fmt.Fprintf(w, "\n%s  %s  %s %s  check %s  %d/%d up (quorum %d)  %s%s\n", s.Name, key, s.Scheduler, s.Forwarding,
+			s.Check, s.Up, len(s.Backends), s.Quorum, ann, ipvs)
+		tw := table(w)
+		fmt.Fprintln(tw, "  BACKEND\tWEIGHT\tIPVS\tHEALTH\tSINCE\tACTIVE\tINACT\tLAST")
+		for _, b := range s.Backends {
+			addr := fmt.Sprintf("%s:%d", b.Address, b.Port)
+			if b.Address.Is6() {
+				addr = fmt.Sprintf("[%s]:%d", b.Address, b.Port)
+			}
+			iw := "-"
+			if b.IPVSWeight != nil {
+				iw = fmt.Sprint(*b.IPVSWeight)
+			}
+			last := b.Detail
+			if b.Error != "" {
+				last = b.Error
+			}
+			if b.LatencyMS > 0 {
+				last = fmt.Sprintf("%s (%.1fms)", last, b.LatencyMS)
+			}
+			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t%d\t%d\t%s\n", addr, b.Weight, iw, b.Health, age(now, b.Since),
+				b.ActiveConns, b.InactiveConns, orDash(strings.TrimSpace(last)))
+		}
+		tw.Flush()
+	}
+}
+
+// serviceNames lists names in a stable order, for summaries.
+func serviceNames(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}

@@ -1,0 +1,574 @@
+package director
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/anycastd/anycastd/cluster"
+	"github.com/anycastd/anycastd/configs"
+	"github.com/anycastd/anycastd/health"
+	"github.com/anycastd/anycastd/ipvs"
+	"github.com/anycastd/anycastd/routing"
+)
+
+// The local API: JSON over HTTP on a unix socket (and, if configured, TCP
+// with TLS). These types are its wire format; anyctl decodes them.
+
+// MemberView is one member as `anyctl members` shows it.
+type MemberView struct {
+	Name          string       `json:"name"`
+	Addr          string       `json:"addr"`
+	Self          bool         `json:"self,omitempty"`
+	State         string       `json:"state"`
+	Role          string       `json:"role"`
+	Healthy       bool         `json:"healthy"`
+	Reason        string       `json:"reason,omitempty"`
+	Drained       bool         `json:"drained"`
+	Priority      int          `json:"priority"`
+	ConfigVersion uint64       `json:"config_version"`
+	ConfigHash    string       `json:"config_hash,omitempty"`
+	Announced     []string     `json:"announced"`
+	Announcing    int          `json:"announcing"`
+	PeersUp       int          `json:"peers_up"`
+	Peers         int          `json:"peers"`
+	Mode          string       `json:"mode,omitempty"`
+	Addrs         []netip.Addr `json:"addrs,omitempty"`
+	Started       time.Time    `json:"started,omitzero"`
+	Since         time.Time    `json:"since,omitzero"`
+	Build         string       `json:"build,omitempty"`
+	Bad           string       `json:"bad,omitempty"`
+}
+
+// MembersResponse is GET /v1/members.
+type MembersResponse struct {
+	Self      string       `json:"self"`
+	MaxActive int          `json:"max_active"`
+	Members   []MemberView `json:"members"`
+}
+
+// ConfigInfo names a config document.
+type ConfigInfo struct {
+	Version  uint64    `json:"version"`
+	Hash     string    `json:"hash"`
+	Author   string    `json:"author,omitempty"`
+	Time     time.Time `json:"time,omitzero"`
+	Services int       `json:"services"`
+	// Error says why the cluster's newest document is not applied here.
+	Error string `json:"error,omitempty"`
+}
+
+// VIPView is a VIP and whether this director announces it.
+type VIPView struct {
+	VIP              netip.Addr `json:"vip"`
+	Announced        bool       `json:"announced"`
+	GracefulShutdown bool       `json:"graceful_shutdown,omitempty"`
+	Reason           string     `json:"reason,omitempty"`
+	Services         []string   `json:"services"`
+}
+
+// DrainView is the operator's drain flag.
+type DrainView struct {
+	Drained bool      `json:"drained"`
+	Reason  string    `json:"reason,omitempty"`
+	Since   time.Time `json:"since,omitzero"`
+}
+
+// StatusResponse is GET /v1/status: this director.
+type StatusResponse struct {
+	Name       string               `json:"name"`
+	Build      string               `json:"build"`
+	Started    time.Time            `json:"started"`
+	Mode       string               `json:"mode"`
+	Dataplane  string               `json:"dataplane"`
+	Role       string               `json:"role"`
+	Eligible   bool                 `json:"eligible"`
+	Reason     string               `json:"reason,omitempty"`
+	Drain      DrainView            `json:"drain"`
+	SelfChecks []health.CheckStatus `json:"self_checks"`
+	Config     ConfigInfo           `json:"config"`
+	VIPs       []VIPView            `json:"vips"`
+	Peers      []routing.Peer       `json:"peers"`
+	Reconcile  ReconcileInfo        `json:"reconcile"`
+	Members    map[cluster.Role]int `json:"members"`
+	Stopping   bool                 `json:"stopping,omitempty"`
+	Foreign    []string             `json:"foreign_ipvs,omitempty"`
+}
+
+// BackendView is a real server of a service as this director sees it.
+type BackendView struct {
+	Address       netip.Addr `json:"address"`
+	Port          int        `json:"port"`
+	Weight        int        `json:"weight"`
+	IPVSWeight    *int       `json:"ipvs_weight,omitempty"`
+	Forwarding    string     `json:"forwarding"`
+	Health        string     `json:"health"`
+	Since         time.Time  `json:"since,omitzero"`
+	Detail        string     `json:"detail,omitempty"`
+	Error         string     `json:"error,omitempty"`
+	LatencyMS     float64    `json:"latency_ms,omitempty"`
+	Checks        uint64     `json:"checks"`
+	ActiveConns   int        `json:"active_conns"`
+	InactiveConns int        `json:"inactive_conns"`
+}
+
+// ServiceView is GET /v1/services' element.
+type ServiceView struct {
+	Name       string        `json:"name"`
+	VIP        netip.Addr    `json:"vip"`
+	Protocol   string        `json:"protocol,omitempty"`
+	Port       int           `json:"port,omitempty"`
+	FWMark     uint32        `json:"fwmark,omitempty"`
+	Scheduler  string        `json:"scheduler"`
+	Forwarding string        `json:"forwarding"`
+	Check      string        `json:"check"`
+	Quorum     int           `json:"quorum"`
+	Up         int           `json:"up"`
+	InIPVS     bool          `json:"in_ipvs"`
+	Announced  bool          `json:"announced"`
+	Conns      uint64        `json:"conns"`
+	Backends   []BackendView `json:"backends"`
+}
+
+// ServicesResponse is GET /v1/services.
+type ServicesResponse struct {
+	Config   ConfigInfo    `json:"config"`
+	Services []ServiceView `json:"services"`
+}
+
+// AnnouncementsResponse is GET /v1/announcements.
+type AnnouncementsResponse struct {
+	Mode      string                 `json:"mode"`
+	Peers     []routing.Peer         `json:"peers"`
+	Announced []routing.Announcement `json:"announced"`
+	VIPs      []VIPView              `json:"vips"`
+}
+
+// ConfigResponse is GET /v1/config and the answer of POST /v1/config.
+type ConfigResponse struct {
+	ConfigInfo
+	Services []configs.Service `json:"services"`
+}
+
+// ApplyRequest is POST /v1/config: make Services the cluster's config if
+// the cluster's config is still BaseVersion/BaseHash.
+type ApplyRequest struct {
+	BaseVersion uint64            `json:"base_version"`
+	BaseHash    string            `json:"base_hash"`
+	Services    []configs.Service `json:"services"`
+}
+
+// DrainRequest is POST /v1/drain.
+type DrainRequest struct {
+	Reason string `json:"reason"`
+}
+
+// ErrorResponse is the body of every error answer.
+type ErrorResponse struct {
+	Error string `json:"error"`
+	// Problems are a config's field errors, one per line.
+	Problems []string `json:"problems,omitempty"`
+}
+
+// Handler returns the API's HTTP handler.
+func (n *Node) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/members", func(w http.ResponseWriter, r *http.Request) { reply(w, http.StatusOK, n.MembersView()) })
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { reply(w, http.StatusOK, n.StatusView()) })
+	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
+		v, err := n.ServicesView(r.Context())
+		if err != nil {
+			fail(w, http.StatusInternalServerError, err)
+			return
+		}
+		reply(w, http.StatusOK, v)
+	})
+	mux.HandleFunc("GET /v1/announcements", func(w http.ResponseWriter, r *http.Request) {
+		st := n.ann.Status()
+		reply(w, http.StatusOK, AnnouncementsResponse{Mode: st.Mode, Peers: nonNil(st.Peers), Announced: nonNil(st.Announced), VIPs: n.vipViews()})
+	})
+	mux.HandleFunc("GET /v1/config", func(w http.ResponseWriter, r *http.Request) { reply(w, http.StatusOK, n.ConfigView()) })
+	mux.HandleFunc("POST /v1/config", func(w http.ResponseWriter, r *http.Request) {
+		var req ApplyRequest
+		if err := decodeBody(r, &req); err != nil {
+			fail(w, http.StatusBadRequest, err)
+			return
+		}
+		if err := configs.ValidateServices(req.Services); err != nil {
+			fail(w, http.StatusUnprocessableEntity, err)
+			return
+		}
+		if _, err := n.Apply(req.BaseVersion, req.BaseHash, req.Services); err != nil {
+			code := http.StatusInternalServerError
+			if errors.Is(err, cluster.ErrConflict) {
+				code = http.StatusConflict
+			}
+			fail(w, code, err)
+			return
+		}
+		reply(w, http.StatusOK, n.ConfigView())
+	})
+	mux.HandleFunc("POST /v1/drain", func(w http.ResponseWriter, r *http.Request) {
+		var req DrainRequest
+		if err := decodeBody(r, &req); err != nil {
+			fail(w, http.StatusBadRequest, err)
+			return
+		}
+		if err := n.Drain(true, strings.TrimSpace(req.Reason)); err != nil {
+			fail(w, http.StatusInternalServerError, err)
+			return
+		}
+		reply(w, http.StatusOK, n.drainView())
+	})
+	mux.HandleFunc("POST /v1/undrain", func(w http.ResponseWriter, r *http.Request) {
+		if err := n.Drain(false, ""); err != nil {
+			fail(w, http.StatusInternalServerError, err)
+			return
+		}
+		reply(w, http.StatusOK, n.drainView())
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fail(w, http.StatusNotFound, fmt.Errorf("no such API call: %s %s", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+// decodeBody reads a JSON request body strictly: at most 16 MiB, unknown
+// fields refused, one value.
+func decodeBody(r *http.Request, v any) error {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 16<<20+1))
+	if err != nil {
+		return fmt.Errorf("read request: %w", err)
+	}
+	if len(body) > 16<<20 {
+		return errors.New("request body larger than 16 MiB")
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		body = []byte("{}")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("request body: %w", err)
+	}
+	if dec.More() {
+		return errors.New("request body: more than one JSON value")
+	}
+	return nil
+}
+
+func reply(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func fail(w http.ResponseWriter, code int, err error) {
+	resp := ErrorResponse{Error: err.Error()}
+	if fes := configs.FieldErrors(err); len(fes) > 0 {
+		resp.Error = fmt.Sprintf("invalid services config (%d problems)", len(fes))
+		for _, fe := range fes {
+			resp.Problems = append(resp.Problems, fe.Error())
+		}
+	}
+	reply(w, code, resp)
+}
+
+// MembersView is the cluster as this director sees it, with roles.
+func (n *Node) MembersView() MembersResponse {
+	n.mu.Lock()
+	cfg, d := n.cfg, n.snap.Desired
+	n.mu.Unlock()
+	members := n.cl.Members()
+	// Our own entry from local state, not from the gossip echo.
+	for i := range members {
+		if members[i].Name == cfg.Node.Name {
+			members[i].State = cluster.StateAlive
+			members[i].Meta.Healthy = d.Eligible
+			members[i].Meta.Reason = d.Reason
+		}
+	}
+	roles := cluster.Elect(members, cfg.Cluster.MaxActive)
+	out := MembersResponse{Self: cfg.Node.Name, MaxActive: cfg.Cluster.MaxActive}
+	for _, m := range members {
+		v := MemberView{Name: m.Name, State: string(m.State), Role: string(roles[m.Name]), Healthy: m.Meta.Healthy,
+			Reason: m.Meta.Reason, Drained: m.Meta.Drained, Priority: m.Meta.Priority,
+			ConfigVersion: m.Meta.ConfigVersion, ConfigHash: m.Meta.ConfigHash, Announced: nonNil(m.Meta.Announced),
+			Announcing: m.Meta.AnnouncedCount, PeersUp: m.Meta.PeersUp, Peers: m.Meta.Peers, Mode: m.Meta.Mode,
+			Addrs: m.Meta.Addrs, Since: m.Since, Build: m.Meta.Build, Bad: m.Bad, Self: m.Name == cfg.Node.Name}
+		if m.Addr.IsValid() {
+			v.Addr = m.Addr.String()
+		}
+		if m.Meta.Started > 0 {
+			v.Started = time.Unix(m.Meta.Started, 0).UTC()
+		}
+		if v.Self {
+			v.Role = string(d.Role)
+		}
+		out.Members = append(out.Members, v)
+	}
+	return out
+}
+
+func (n *Node) drainView() DrainView {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return DrainView{Drained: n.drain.Drained, Reason: n.drain.Reason, Since: n.drain.Since}
+}
+
+func (n *Node) vipViews() []VIPView {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := []VIPView{}
+	for _, v := range n.snap.Desired.VIPs {
+		out = append(out, VIPView{VIP: v.VIP, Announced: v.Announced, GracefulShutdown: v.GracefulShutdown,
+			Reason: v.Reason, Services: v.Services})
+	}
+	return out
+}
+
+func (n *Node) configInfo() ConfigInfo {
+	n.mu.Lock()
+	doc, services, docErr := n.appliedDoc, n.services, n.docErr
+	n.mu.Unlock()
+	ci := ConfigInfo{Services: len(services), Error: docErr}
+	if doc != nil {
+		ci.Version, ci.Hash, ci.Author, ci.Time = doc.Version, doc.Hash, doc.Author, doc.Time
+	}
+	return ci
+}
+
+// ConfigView is the applied cluster config.
+func (n *Node) ConfigView() ConfigResponse {
+	ci := n.configInfo()
+	n.mu.Lock()
+	services := n.services
+	n.mu.Unlock()
+	return ConfigResponse{ConfigInfo: ci, Services: nonNil(services)}
+}
+
+// StatusView is this director's state.
+func (n *Node) StatusView() StatusResponse {
+	st := n.ann.Status()
+	mv := n.MembersView()
+	n.mu.Lock()
+	cfg, snap, selfSt, stopping := n.cfg, n.snap, n.selfSt, n.stopping
+	n.mu.Unlock()
+	counts := map[cluster.Role]int{}
+	for _, m := range mv.Members {
+		counts[cluster.Role(m.Role)]++
+	}
+	return StatusResponse{
+		Name: cfg.Node.Name, Build: n.opts.Build, Started: n.started.UTC(), Mode: cfg.Routing.Mode,
+		Dataplane: cfg.Node.Dataplane, Role: string(snap.Desired.Role), Eligible: snap.Desired.Eligible,
+		Reason: snap.Desired.Reason, Drain: n.drainView(), SelfChecks: nonNil(selfSt.Checks),
+		Config: n.configInfo(), VIPs: n.vipViews(), Peers: nonNil(st.Peers), Reconcile: snap.Reconcile,
+		Members: counts, Stopping: stopping, Foreign: snap.Reconcile.Foreign,
+	}
+}
+
+// ServicesView is every service with its backends, their health here and
+// their entries in IPVS.
+func (n *Node) ServicesView(ctx context.Context) (ServicesResponse, error) {
+	n.mu.Lock()
+	services, d := n.services, n.snap.Desired
+	n.mu.Unlock()
+	table, err := n.dp.Table(ctx)
+	if err != nil {
+		return ServicesResponse{}, fmt.Errorf("read IPVS: %w", err)
+	}
+	idx := table.Index()
+	announced := map[netip.Addr]bool{}
+	for _, v := range d.VIPs {
+		announced[v.VIP] = v.Announced
+	}
+	out := ServicesResponse{Config: n.configInfo(), Services: []ServiceView{}}
+	for _, s := range services {
+		sv := ServiceView{Name: s.Name, VIP: s.VIP, Port: s.Port, FWMark: s.FWMark, Scheduler: s.Scheduler,
+			Forwarding: s.Forwarding, Check: s.Health.Type, Quorum: s.Quorum, Announced: announced[s.VIP]}
+		if s.FWMark == 0 {
+			sv.Protocol = s.Protocol
+		}
+		k := Service(s).ServiceKey
+		is, inIPVS := idx[k]
+		sv.InIPVS = inIPVS
+		if inIPVS {
+			sv.Conns = is.Stats.Conns
+		}
+		for _, b := range s.Backends {
+			bv := BackendView{Address: b.Address, Port: b.Port, Weight: b.Weight, Forwarding: firstNonEmpty(b.Forwarding, s.Forwarding), Health: "up"}
+			if s.Health.Type != configs.CheckNone {
+				hs, ok := n.mon.Status(TargetID(s.Name, b))
+				bv.Health = health.Unknown.String()
+				if ok {
+					bv.Health, bv.Since, bv.Checks = hs.State.String(), hs.Since, hs.Checks
+					bv.Detail, bv.LatencyMS = hs.Last.Detail, float64(hs.Last.Latency.Microseconds())/1000
+					if hs.Last.Err != nil {
+						bv.Error = hs.Last.Err.Error()
+					}
+				}
+			}
+			if bv.Health == health.Up.String() && b.Weight > 0 {
+				sv.Up++
+			}
+			if inIPVS {
+				key := ipvs.DestKey{Addr: b.Address.Unmap(), Port: uint16(b.Port)}
+				if i := slices.IndexFunc(is.Destinations, func(d ipvs.Destination) bool { return d.DestKey == key }); i >= 0 {
+					dd := is.Destinations[i]
+					w := dd.Weight
+					bv.IPVSWeight, bv.ActiveConns, bv.InactiveConns = &w, dd.ActiveConns, dd.InactiveConns
+				}
+			}
+			sv.Backends = append(sv.Backends, bv)
+		}
+		out.Services = append(out.Services, sv)
+	}
+	return out, nil
+}
+
+func firstNonEmpty(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// Serve runs the API until ctx ends: on the unix socket (mode 0600) and,
+// if api.tcp.listen is set, on TCP with TLS, where a client must show a
+// certificate signed by api.tcp.client_ca or the bearer token of
+// api.tcp.token_file.
+func (n *Node) Serve(ctx context.Context) error {
+	n.mu.Lock()
+	api := n.cfg.API
+	n.mu.Unlock()
+	h := n.Handler()
+	var servers []*http.Server
+	var listeners []net.Listener
+	if api.Socket != "" {
+		if err := os.MkdirAll(filepath.Dir(api.Socket), 0o755); err != nil {
+			return fmt.Errorf("api.socket: %w", err)
+		}
+		// A socket left by a crashed daemon is in the way; one that
+		// answers belongs to a running daemon.
+		if c, err := net.DialTimeout("unix", api.Socket, time.Second); err == nil {
+			c.Close()
+			return fmt.Errorf("api.socket %s: another anycastd is listening there", api.Socket)
+		}
+		_ = os.Remove(api.Socket)
+		old := umask(0o177)
+		l, err := net.Listen("unix", api.Socket)
+		umask(old)
+		if err != nil {
+			return fmt.Errorf("api.socket: %w", err)
+		}
+		if err := os.Chmod(api.Socket, 0o600); err != nil {
+			l.Close()
+			return fmt.Errorf("api.socket: %w", err)
+		}
+		listeners = append(listeners, l)
+		servers = append(servers, &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second})
+	}
+	if api.TCP.Listen.IsValid() {
+		tl, srv, err := tlsListener(api.TCP, h)
+		if err != nil {
+			for _, l := range listeners {
+				l.Close()
+			}
+			return err
+		}
+		listeners = append(listeners, tl)
+		servers = append(servers, srv)
+	}
+	errc := make(chan error, len(servers))
+	for i, srv := range servers {
+		go func() { errc <- srv.Serve(listeners[i]) }()
+	}
+	n.log.Info("API listening", "socket", api.Socket, "tcp", api.TCP.Listen)
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error("API server", "err", err)
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for _, srv := range servers {
+		_ = srv.Shutdown(sctx)
+	}
+	if api.Socket != "" {
+		_ = os.Remove(api.Socket)
+	}
+	return nil
+}
+
+func tlsListener(c configs.APITCP, h http.Handler) (net.Listener, *http.Server, error) {
+	cert, err := tls.LoadX509KeyPair(c.Cert, c.Key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("api.tcp.cert/key: %w", err)
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	var token []byte
+	if c.TokenFile != "" {
+		b, err := os.ReadFile(c.TokenFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("api.tcp.token_file: %w", err)
+		}
+		token = bytes.TrimSpace(b)
+		if len(token) < 16 {
+			return nil, nil, errors.New("api.tcp.token_file: the token is shorter than 16 characters")
+		}
+	}
+	if c.ClientCA != "" {
+		pem, err := os.ReadFile(c.ClientCA)
+		if err != nil {
+			return nil, nil, fmt.Errorf("api.tcp.client_ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, nil, errors.New("api.tcp.client_ca: no PEM certificate in it")
+		}
+		tc.ClientCAs = pool
+		tc.ClientAuth = tls.VerifyClientCertIfGiven
+	}
+	authed := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ok := r.TLS != nil && len(r.TLS.VerifiedChains) > 0
+		if !ok && token != nil {
+			got, found := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			ok = found && subtle.ConstantTimeCompare([]byte(got), token) == 1
+		}
+		if !ok {
+			fail(w, http.StatusUnauthorized, errors.New("a client certificate or a bearer token is required"))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+	l, err := net.Listen("tcp", c.Listen.String())
+	if err != nil {
+		return nil, nil, fmt.Errorf("api.tcp.listen: %w", err)
+	}
+	return tls.NewListener(l, tc), &http.Server{Handler: authed, ReadHeaderTimeout: 10 * time.Second, TLSConfig: tc}, nil
+}

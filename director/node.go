@@ -1,0 +1,867 @@
+package director
+
+import (
+	"cmp"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/anycastd/anycastd/cluster"
+	"github.com/anycastd/anycastd/configs"
+	"github.com/anycastd/anycastd/health"
+	"github.com/anycastd/anycastd/ipvs"
+	"github.com/anycastd/anycastd/routing"
+	"github.com/anycastd/anycastd/routing/bgp"
+	"github.com/anycastd/anycastd/routing/kernel"
+)
+
+// Options configure a Node.
+type Options struct {
+	// Config is the loaded, valid config.
+	Config *configs.Config
+	// Build is the version string shown to the other members.
+	Build string
+	Log   *slog.Logger
+	// Dataplane and Announcer replace the ones the config names (tests).
+	Dataplane ipvs.Dataplane
+	Announcer routing.Announcer
+	// Timing is the gossip timing (default cluster.LANTiming).
+	Timing cluster.Timing
+	// JoinWait is how long start waits for a seed before it goes on alone
+	// (default 5s).
+	JoinWait time.Duration
+	// Coalesce is how long the loop gathers a burst of inputs before it
+	// acts (default 20ms).
+	Coalesce time.Duration
+	// Resync is how often the loop reconciles IPVS even without an input
+	// (repairs drift, ends drains; default 5s).
+	Resync time.Duration
+	// BehindGrace: see Input.BehindGrace (default 3s).
+	BehindGrace time.Duration
+	Now         func() time.Time
+}
+
+// Node is one director: it owns the control loop that joins config,
+// cluster view and health into IPVS and routing changes.
+type Node struct {
+	opts    Options
+	log     *slog.Logger
+	cl      *cluster.Cluster
+	mon     *health.Monitor
+	self    *health.Self
+	rec     *ipvs.Reconciler
+	dp      ipvs.Dataplane
+	host    *ipvs.Host
+	ann     routing.Announcer
+	started time.Time
+
+	wake  chan struct{}
+	abort chan struct{}
+	once  sync.Once
+
+	// applyMu serialises local config changes (reload, API apply).
+	applyMu sync.Mutex
+
+	mu       sync.Mutex
+	cfg      *configs.Config
+	drain    drainState
+	stopping bool
+	snap     Snapshot
+	selfSt   health.SelfStatus
+	// services and the document they came from, as applied.
+	services   []configs.Service
+	appliedDoc *cluster.Document
+	docErr     string // why the cluster's newest document is not applied
+	behindAt   time.Time
+	hostErr    string
+	lastWant   ipvs.Table
+	lastFailed map[ipvs.ServiceKey]string
+}
+
+type drainState struct {
+	Drained bool      `json:"drained"`
+	Reason  string    `json:"reason,omitempty"`
+	Since   time.Time `json:"since"`
+}
+
+// Snapshot is what the loop decided last, for the API.
+type Snapshot struct {
+	Desired   Desired
+	Reconcile ReconcileInfo
+	At        time.Time
+}
+
+// ReconcileInfo is what the last IPVS reconcile did.
+type ReconcileInfo struct {
+	At       time.Time     `json:"at"`
+	Duration time.Duration `json:"duration_ns"`
+	Ops      int           `json:"ops"`
+	Errors   []string      `json:"errors,omitempty"`
+	Foreign  []string      `json:"foreign,omitempty"`
+	Draining int           `json:"draining"`
+}
+
+// New builds a director from a valid config: it opens the state dir, the
+// dataplane, the IPVS ownership record and the cluster (loading the last
+// applied config document), but changes nothing yet; Run does.
+func New(o Options) (*Node, error) {
+	cfg := o.Config
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	o.JoinWait = cmp.Or(o.JoinWait, 5*time.Second)
+	o.Coalesce = cmp.Or(o.Coalesce, 20*time.Millisecond)
+	o.Resync = cmp.Or(o.Resync, 5*time.Second)
+	o.BehindGrace = cmp.Or(o.BehindGrace, 3*time.Second)
+	if o.Timing == (cluster.Timing{}) {
+		o.Timing = cluster.LANTiming
+	}
+	if err := os.MkdirAll(cfg.Node.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	n := &Node{opts: o, log: o.Log, cfg: cfg, wake: make(chan struct{}, 1), abort: make(chan struct{}),
+		started: o.Now(), lastFailed: map[ipvs.ServiceKey]string{}}
+
+	n.dp = o.Dataplane
+	if n.dp == nil {
+		switch cfg.Node.Dataplane {
+		case configs.DataplaneMemory:
+			n.dp = ipvs.NewMemory()
+			n.log.Warn("IPVS is simulated in memory (node.dataplane: memory): this director announces and gossips but balances no traffic")
+		default:
+			k, err := ipvs.OpenKernel("")
+			if err != nil {
+				return nil, fmt.Errorf("IPVS: %w (on a kernel without IPVS, node.dataplane: memory runs the director without balancing)", err)
+			}
+			n.dp = k
+			h, err := ipvs.OpenHost(filepath.Join(cfg.Node.StateDir, "host.json"))
+			if err != nil {
+				return nil, err
+			}
+			n.host = h
+		}
+	}
+	rec, err := ipvs.NewReconciler(n.dp, filepath.Join(cfg.Node.StateDir, "ipvs-owned.json"))
+	if err != nil {
+		return nil, err
+	}
+	n.rec = rec
+
+	n.ann = o.Announcer
+	if n.ann == nil {
+		switch cfg.Routing.Mode {
+		case configs.ModeBGP:
+			n.ann = bgp.New(cfg.Routing.BGP, n.log.With("part", "bgp"))
+		case configs.ModeKernel:
+			n.ann = kernel.New(cfg.Routing.Kernel, n.log.With("part", "kernel-routes"))
+		default:
+			return nil, fmt.Errorf("routing.mode %s is not available in this build yet (bgp and kernel are)", cfg.Routing.Mode)
+		}
+	}
+
+	keys, err := clusterKeys(cfg.Cluster.Keys)
+	if err != nil {
+		return nil, err
+	}
+	seeds := cluster.SeedAddrs(cfg.Cluster.Seeds, cfg.Cluster.Port)
+	n.cl, err = cluster.New(cluster.Options{
+		Name: cfg.Node.Name, Bind: cfg.Cluster.Bind, Port: cfg.Cluster.Port,
+		Advertise: cfg.Cluster.Advertise, Seeds: seeds, Keys: keys,
+		StateDir: cfg.Node.StateDir, Log: n.log.With("part", "cluster"), Timing: o.Timing, Now: o.Now,
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	n.mon = health.NewMonitor(n.log.With("part", "health"), cfg.Health.Concurrency)
+	n.self = health.NewSelf(n.log.With("part", "self"))
+	n.self.AddCheck("ipvs", func(ctx context.Context) error {
+		if _, err := n.dp.Table(ctx); err != nil {
+			return fmt.Errorf("IPVS unreachable: %w", err)
+		}
+		return nil
+	})
+	n.self.AddCheck("config", n.configCheck)
+	if cfg.Health.Self.Uplink != "" {
+		n.self.AddCheck("uplink", health.UplinkCheck(cfg.Health.Self.Uplink))
+	}
+	if err := n.self.SetOperatorChecks(cfg.Health.Self.Checks); err != nil {
+		return nil, err
+	}
+	if d, err := readJSON[drainState](n.statePath("drain.json")); err != nil {
+		return nil, err
+	} else if d != nil {
+		n.drain = *d
+		if d.Drained {
+			n.log.Warn("starting drained, as the operator left it", "reason", d.Reason, "since", d.Since)
+		}
+	}
+	return n, nil
+}
+
+func clusterKeys(b64 []string) ([][]byte, error) {
+	var keys [][]byte
+	for i, k := range b64 {
+		raw, err := base64.StdEncoding.DecodeString(k)
+		if err != nil {
+			return nil, fmt.Errorf("cluster.keys[%d]: not valid base64", i)
+		}
+		keys = append(keys, raw)
+	}
+	return keys, nil
+}
+
+func (n *Node) statePath(name string) string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return filepath.Join(n.cfg.Node.StateDir, name)
+}
+
+// Cluster is the node's cluster membership (for the API and tests).
+func (n *Node) Cluster() *cluster.Cluster { return n.cl }
+
+// configCheck is the "config applied" self check.
+func (n *Node) configCheck(context.Context) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch {
+	case n.docErr != "":
+		return errors.New(n.docErr)
+	case n.hostErr != "":
+		return errors.New(n.hostErr)
+	}
+	return nil
+}
+
+// Wake asks the loop to run (coalesced).
+func (n *Node) Wake() {
+	select {
+	case n.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Abort skips the graceful-shutdown hold of a stopping Run (a second
+// SIGTERM): withdraw now and exit.
+func (n *Node) Abort() { n.once.Do(func() { close(n.abort) }) }
+
+// Run runs the director until ctx ends, then drains (GRACEFUL_SHUTDOWN for
+// routing.bgp.graceful_shutdown), withdraws, leaves the cluster and
+// returns. The IPVS table is left in place so that a restart drops no
+// connection.
+func (n *Node) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	bg, stopBG := context.WithCancel(context.Background())
+	defer stopBG()
+	errc := make(chan error, 4)
+	run := func(name string, f func(context.Context) error) {
+		wg.Go(func() {
+			if err := f(bg); err != nil && !errors.Is(err, context.Canceled) {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		})
+	}
+	// Routing is stopped last: it withdraws when its context ends.
+	annCtx, stopAnn := context.WithCancel(context.Background())
+	annDone := make(chan error, 1)
+	go func() { annDone <- n.ann.Run(annCtx) }()
+	defer func() {
+		stopAnn()
+		if err := <-annDone; err != nil && !errors.Is(err, context.Canceled) {
+			n.log.Warn("routing stopped with an error", "err", err)
+		}
+	}()
+	clusterCtx, leave := context.WithCancel(context.Background())
+	clusterDone := make(chan error, 1)
+	go func() { clusterDone <- n.cl.Run(clusterCtx) }()
+	defer func() {
+		leave()
+		<-clusterDone
+	}()
+	select {
+	case <-n.cl.Ready():
+	case err := <-clusterDone:
+		return err
+	}
+	run("health", n.mon.Run)
+	run("self health", n.self.Run)
+
+	select {
+	case <-n.cl.Joined():
+	case <-time.After(n.opts.JoinWait):
+		n.log.Warn("no seed answered yet; starting with the config this director has", "waited", n.opts.JoinWait)
+	case <-ctx.Done():
+		return nil
+	}
+	if err := n.settleServices(); err != nil {
+		return err
+	}
+	return n.loop(ctx, errc)
+}
+
+// settleServices decides at start whether the config file's services are
+// a change to propose or the cluster's (or the persisted) document rules.
+// The file wins only if the operator edited it since this director last
+// read it: a director that was down while `anyctl apply` changed the
+// cluster must not bring the old services back.
+func (n *Node) settleServices() error {
+	n.mu.Lock()
+	file := n.cfg.Services
+	n.mu.Unlock()
+	hash, err := cluster.ServicesHash(file)
+	if err != nil {
+		return err
+	}
+	recorded, err := os.ReadFile(n.statePath("file-services.sha256"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("state: %w", err)
+	}
+	doc := n.cl.Document()
+	switch {
+	case doc.IsZero():
+		n.log.Info("no cluster config yet: the config file's services become version 1")
+		if _, err := n.cl.Propose(file); err != nil {
+			return err
+		}
+	case doc.Hash == hash:
+	case len(recorded) > 0 && strings.TrimSpace(string(recorded)) != hash:
+		n.log.Info("the config file's services changed while anycastd was down: proposing them to the cluster",
+			"cluster_version", doc.Version)
+		if _, err := n.cl.Propose(file); err != nil {
+			return err
+		}
+	default:
+		n.log.Info("serving the cluster's config, not the file's services (they differ; the cluster's is newer)",
+			"version", doc.Version, "hash", doc.Short(), "author", doc.Author)
+	}
+	return writeFileAtomic(n.statePath("file-services.sha256"), []byte(hash+"\n"))
+}
+
+// Reload takes a new config (already loaded and valid): the services are
+// proposed to the cluster if they differ from what the file held before;
+// the local settings that can change at runtime do; the others are logged
+// as needing a restart.
+func (n *Node) Reload(cfg *configs.Config) error {
+	n.applyMu.Lock()
+	defer n.applyMu.Unlock()
+	n.mu.Lock()
+	old := n.cfg
+	n.mu.Unlock()
+	if restart := needsRestart(old, cfg); len(restart) > 0 {
+		n.log.Warn("config changes that take effect only at restart (the running values are kept)", "fields", strings.Join(restart, ", "))
+	}
+	if err := n.self.SetOperatorChecks(cfg.Health.Self.Checks); err != nil {
+		return fmt.Errorf("health.self.checks: %w", err)
+	}
+	keys, err := clusterKeys(cfg.Cluster.Keys)
+	if err != nil {
+		return err
+	}
+	if err := n.cl.SetKeys(keys); err != nil {
+		return fmt.Errorf("cluster.keys: %w", err)
+	}
+	merged := *old
+	merged.Services = cfg.Services
+	merged.Health = cfg.Health
+	merged.Cluster.Keys = cfg.Cluster.Keys
+	merged.Cluster.MaxActive, merged.Cluster.Priority = cfg.Cluster.MaxActive, cfg.Cluster.Priority
+	bgpCfg := merged.Routing.BGP
+	bgpCfg.Communities, bgpCfg.LargeCommunities, bgpCfg.MED = cfg.Routing.BGP.Communities, cfg.Routing.BGP.LargeCommunities, cfg.Routing.BGP.MED
+	bgpCfg.GracefulShutdown = cfg.Routing.BGP.GracefulShutdown
+	merged.Routing.BGP = bgpCfg
+
+	oldHash, _ := cluster.ServicesHash(old.Services)
+	newHash, err := cluster.ServicesHash(cfg.Services)
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	n.cfg = &merged
+	n.mu.Unlock()
+	if newHash != oldHash {
+		if doc := n.cl.Document(); doc.IsZero() || doc.Hash != newHash {
+			d, err := n.cl.Propose(cfg.Services)
+			if err != nil {
+				return err
+			}
+			n.log.Info("config file's services changed: proposed to the cluster", "version", d.Version, "hash", d.Short())
+		}
+		if err := writeFileAtomic(n.statePath("file-services.sha256"), []byte(newHash+"\n")); err != nil {
+			return err
+		}
+	}
+	n.log.Info("config reloaded")
+	n.Wake()
+	return nil
+}
+
+func needsRestart(a, b *configs.Config) []string {
+	var out []string
+	eq := func(name string, x, y any) {
+		xj, _ := json.Marshal(x)
+		yj, _ := json.Marshal(y)
+		if string(xj) != string(yj) {
+			out = append(out, name)
+		}
+	}
+	eq("node", a.Node, b.Node)
+	eq("cluster.bind/port/advertise/seeds/insecure", []any{a.Cluster.Bind, a.Cluster.Port, a.Cluster.Advertise, a.Cluster.Seeds, a.Cluster.Insecure},
+		[]any{b.Cluster.Bind, b.Cluster.Port, b.Cluster.Advertise, b.Cluster.Seeds, b.Cluster.Insecure})
+	eq("routing.mode", a.Routing.Mode, b.Routing.Mode)
+	ra, rb := a.Routing.BGP, b.Routing.BGP
+	ra.Communities, ra.LargeCommunities, ra.MED, ra.GracefulShutdown = nil, nil, 0, 0
+	rb.Communities, rb.LargeCommunities, rb.MED, rb.GracefulShutdown = nil, nil, 0, 0
+	eq("routing.bgp (session settings)", ra, rb)
+	eq("routing.kernel", a.Routing.Kernel, b.Routing.Kernel)
+	eq("routing.vrrp", a.Routing.VRRP, b.Routing.VRRP)
+	eq("routing.dns", a.Routing.DNS, b.Routing.DNS)
+	eq("api", a.API, b.API)
+	return out
+}
+
+// Drain sets or clears the operator's drain flag (kept across restarts).
+func (n *Node) Drain(drained bool, reason string) error {
+	n.mu.Lock()
+	if n.drain.Drained == drained {
+		n.mu.Unlock()
+		return nil
+	}
+	d := drainState{Drained: drained, Reason: reason, Since: n.opts.Now()}
+	path := filepath.Join(n.cfg.Node.StateDir, "drain.json")
+	n.mu.Unlock()
+	b, _ := json.Marshal(d)
+	if err := writeFileAtomic(path, b); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	n.drain = d
+	n.mu.Unlock()
+	if drained {
+		n.log.Warn("drained by the operator", "reason", reason)
+	} else {
+		n.log.Info("undrained by the operator")
+	}
+	n.Wake()
+	return nil
+}
+
+// Apply makes services the cluster's config, if the cluster's config is
+// still baseVersion/baseHash (0, "": none); see cluster.ProposeIf.
+func (n *Node) Apply(baseVersion uint64, baseHash string, services []configs.Service) (*cluster.Document, error) {
+	n.applyMu.Lock()
+	defer n.applyMu.Unlock()
+	d, err := n.cl.ProposeIf(baseVersion, baseHash, services)
+	if err != nil {
+		return nil, err
+	}
+	n.log.Info("cluster config applied through the API", "version", d.Version, "hash", d.Short())
+	n.Wake()
+	return d, nil
+}
+
+func (n *Node) loop(ctx context.Context, errc <-chan error) error {
+	sub := n.mon.Subscribe()
+	defer sub.Close()
+	selfTick := time.NewTicker(time.Second)
+	defer selfTick.Stop()
+	resync := time.NewTicker(n.opts.Resync)
+	defer resync.Stop()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	done := ctx.Done()
+	n.evaluateSelf(ctx)
+	for {
+		n.step(ctx)
+		n.mu.Lock()
+		wakeAt, stopping := n.snap.Desired.WakeAt, n.stopping
+		announcing := len(n.snap.Desired.Announce) > 0
+		n.mu.Unlock()
+		if stopping && !announcing {
+			n.log.Info("withdrawn; leaving the cluster")
+			return nil
+		}
+		if !wakeAt.IsZero() {
+			timer.Reset(max(wakeAt.Sub(n.opts.Now()), time.Millisecond))
+		}
+		select {
+		case <-done:
+			done = nil
+			n.beginStop()
+		case <-n.abort:
+			n.mu.Lock()
+			n.stopping = true
+			n.drain = drainState{Drained: true, Reason: "shutting down (aborted)", Since: time.Time{}}
+			n.mu.Unlock()
+		case err := <-errc:
+			return err
+		case <-n.wake:
+		case <-n.cl.Changed():
+		case <-sub.C():
+			sub.Drain()
+		case <-selfTick.C:
+			n.evaluateSelf(ctx)
+		case <-resync.C:
+		case <-timer.C:
+		}
+		// Gather the rest of a burst.
+		t := time.NewTimer(n.opts.Coalesce)
+	gather:
+		for {
+			select {
+			case <-n.wake:
+			case <-n.cl.Changed():
+			case <-sub.C():
+				sub.Drain()
+			case <-t.C:
+				break gather
+			}
+		}
+	}
+}
+
+func (n *Node) beginStop() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.stopping = true
+	if !n.drain.Drained {
+		n.drain = drainState{Drained: true, Reason: "shutting down", Since: n.opts.Now()}
+	}
+	n.log.Info("stopping: announcing with GRACEFUL_SHUTDOWN, then withdrawing", "hold", n.cfg.Routing.BGP.GracefulShutdown)
+}
+
+func (n *Node) evaluateSelf(ctx context.Context) {
+	st := n.self.Evaluate(ctx)
+	n.mu.Lock()
+	changed := st.Healthy != n.selfSt.Healthy || st.Reason() != n.selfSt.Reason()
+	n.selfSt = st
+	n.mu.Unlock()
+	if changed {
+		if st.Healthy {
+			n.log.Info("self health: good")
+		} else {
+			n.log.Warn("self health: failing", "reason", st.Reason())
+		}
+	}
+}
+
+// step is one turn of the loop: adopt the cluster's newest config, plan,
+// withdraw what must go, reconcile IPVS, announce what may, publish.
+func (n *Node) step(ctx context.Context) {
+	now := n.opts.Now()
+	n.adoptDocument()
+
+	n.mu.Lock()
+	cfg, services, doc := n.cfg, n.services, n.appliedDoc
+	drain, selfSt := n.drain, n.selfSt
+	n.mu.Unlock()
+
+	members := n.cl.Members()
+	var ver uint64
+	var hash string
+	if doc != nil {
+		ver, hash = doc.Version, doc.Short()
+	}
+	behind, newest := Behind(cfg.Node.Name, ver, hash, members)
+	n.mu.Lock()
+	if !behind {
+		n.behindAt = time.Time{}
+	} else if n.behindAt.IsZero() {
+		n.behindAt = now
+	}
+	behindAt := n.behindAt
+	failed := n.lastFailed
+	n.mu.Unlock()
+
+	in := Input{
+		Self: cfg.Node.Name, Services: services, Members: members, MaxActive: cfg.Cluster.MaxActive,
+		Local: Local{Priority: cfg.Cluster.Priority, Healthy: selfSt.Healthy, Reason: selfSt.Reason(),
+			Drained: drain.Drained, DrainedAt: drain.Since, BehindSince: behindAt,
+			Applied: fmt.Sprintf("v%d/%s", ver, hash), Newest: newest},
+		Backends: n.backendStates(), Failed: failed, Now: now,
+		GracefulShutdown: cfg.Routing.BGP.GracefulShutdown, BehindGrace: n.opts.BehindGrace,
+	}
+	if cfg.Routing.Mode == configs.ModeBGP {
+		in.Attrs = routing.Announcement{Communities: cfg.Routing.BGP.Communities,
+			LargeCommunities: cfg.Routing.BGP.LargeCommunities, MED: cfg.Routing.BGP.MED}
+	}
+	select {
+	case <-n.abort:
+		in.GracefulShutdown = 0
+	default:
+	}
+	d := Plan(in)
+
+	// 1. Withdraw first what is no longer to be announced (before IPVS
+	// entries it needs can go).
+	keep := keepAnnounced(n.ann.Status().Announced, d.Announce)
+	if err := n.ann.Set(ctx, keep); err != nil {
+		n.log.Warn("withdraw", "err", err)
+	}
+	// 2. IPVS, and the host settings it needs.
+	n.setupHost(cfg, services)
+	rinfo, newFailed := n.reconcile(ctx, d.Table, now)
+	if !maps2Equal(failed, newFailed) {
+		in.Failed = newFailed
+		d = Plan(in)
+	}
+	// 3. Announce.
+	if err := n.ann.Set(ctx, d.Announce); err != nil {
+		n.log.Warn("announce", "err", err)
+	}
+	n.mu.Lock()
+	prev := n.snap.Desired
+	n.lastFailed = newFailed
+	n.snap = Snapshot{Desired: d, Reconcile: rinfo, At: now}
+	n.mu.Unlock()
+	n.logChanges(prev, d)
+	n.publish(cfg, d, doc)
+}
+
+// keepAnnounced is what is announced now and still wanted, with the
+// wanted attributes: the withdraw-only half of a change.
+func keepAnnounced(now, want []routing.Announcement) []routing.Announcement {
+	var out []routing.Announcement
+	for _, w := range want {
+		if slices.ContainsFunc(now, func(a routing.Announcement) bool { return a.Prefix == w.Prefix }) {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+func maps2Equal(a, b map[ipvs.ServiceKey]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+// adoptDocument switches to the cluster's newest document if it is not
+// the applied one yet: decode, reconfigure health checks; on failure keep
+// serving the old one and say why (the config self check fails).
+func (n *Node) adoptDocument() {
+	doc := n.cl.Document()
+	n.mu.Lock()
+	cur := n.appliedDoc
+	n.mu.Unlock()
+	if doc.IsZero() || (cur != nil && cur.Version == doc.Version && cur.Hash == doc.Hash) {
+		return
+	}
+	services, err := doc.Decode()
+	if err == nil {
+		err = n.mon.Set(n.healthSpecs(services))
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if err != nil {
+		msg := fmt.Sprintf("cluster config v%d from %s cannot be applied here: %v", doc.Version, doc.Author, err)
+		if n.docErr != msg {
+			n.log.Error("cluster config refused", "version", doc.Version, "author", doc.Author, "err", err)
+		}
+		n.docErr = msg
+		return
+	}
+	n.docErr = ""
+	n.services, n.appliedDoc = services, doc
+	n.log.Info("cluster config adopted", "version", doc.Version, "hash", doc.Short(), "author", doc.Author, "services", len(services))
+}
+
+func (n *Node) healthSpecs(services []configs.Service) []health.Spec {
+	var specs []health.Spec
+	for _, s := range services {
+		if s.Health.Type == configs.CheckNone {
+			continue
+		}
+		for _, b := range s.Backends {
+			port := b.Port
+			if s.Health.Port != 0 {
+				port = s.Health.Port
+			}
+			specs = append(specs, health.Spec{ID: TargetID(s.Name, b), Check: s.Health,
+				Target: health.Target{Addr: netip.AddrPortFrom(b.Address, uint16(port)), VIP: s.VIP}})
+		}
+	}
+	return specs
+}
+
+func (n *Node) backendStates() map[string]health.State {
+	snap := n.mon.Snapshot()
+	out := make(map[string]health.State, len(snap))
+	for _, s := range snap {
+		out[s.ID] = s.State
+	}
+	return out
+}
+
+// setupHost binds the VIPs and sets the sysctls IPVS needs (kernel
+// dataplane only), when the set of VIPs changed.
+func (n *Node) setupHost(cfg *configs.Config, services []configs.Service) {
+	if n.host == nil {
+		return
+	}
+	set := ipvs.DirectorSettings{Interface: "lo"}
+	for _, s := range services {
+		if !slices.Contains(set.VIPs, s.VIP) {
+			set.VIPs = append(set.VIPs, s.VIP)
+		}
+		set.NAT = set.NAT || s.Forwarding == configs.ForwardNAT ||
+			slices.ContainsFunc(s.Backends, func(b configs.Backend) bool { return b.Forwarding == configs.ForwardNAT })
+	}
+	did, err := n.host.SetupDirector(set)
+	for _, d := range did {
+		n.log.Info("host: " + d)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if err != nil {
+		msg := "host settings: " + err.Error()
+		if n.hostErr != msg {
+			n.log.Error("host settings", "err", err)
+		}
+		n.hostErr = msg
+	} else {
+		n.hostErr = ""
+	}
+}
+
+func (n *Node) reconcile(ctx context.Context, want ipvs.Table, now time.Time) (ReconcileInfo, map[ipvs.ServiceKey]string) {
+	start := time.Now()
+	res, err := n.rec.Reconcile(ctx, want, now)
+	info := ReconcileInfo{At: now, Duration: time.Since(start), Ops: len(res.Plan), Draining: res.Draining}
+	for _, f := range res.Foreign {
+		info.Foreign = append(info.Foreign, f.String())
+	}
+	failed := map[ipvs.ServiceKey]string{}
+	if err != nil {
+		var errs []error
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			errs = j.Unwrap()
+		} else {
+			errs = []error{err}
+		}
+		for _, e := range errs {
+			info.Errors = append(info.Errors, e.Error())
+			var oe *ipvs.OpError
+			if errors.As(e, &oe) {
+				if _, ok := failed[oe.Op.Service.ServiceKey]; !ok && !errors.Is(oe.Err, ipvs.ErrSkipped) {
+					failed[oe.Op.Service.ServiceKey] = oe.Err.Error()
+				}
+			} else {
+				// The table could not even be read or checked: every
+				// service counts as not applied.
+				for _, s := range want.Services {
+					failed[s.ServiceKey] = e.Error()
+				}
+			}
+		}
+		n.log.Error("IPVS reconcile", "err", err)
+	}
+	if len(res.Plan) > 0 {
+		n.log.Info("IPVS reconciled", "ops", len(res.Plan), "took", info.Duration.Round(time.Microsecond), "draining", res.Draining)
+		n.log.Debug("IPVS plan", "plan", res.Plan.String())
+	}
+	return info, failed
+}
+
+func (n *Node) logChanges(prev, d Desired) {
+	if prev.Role != d.Role {
+		n.log.Info("role", "now", d.Role, "was", cmp.Or(string(prev.Role), "none"))
+	}
+	old := map[netip.Addr]VIPState{}
+	for _, v := range prev.VIPs {
+		old[v.VIP] = v
+	}
+	for _, v := range d.VIPs {
+		o, seen := old[v.VIP]
+		if seen && o.Announced == v.Announced && o.GracefulShutdown == v.GracefulShutdown {
+			continue
+		}
+		switch {
+		case v.GracefulShutdown:
+			n.log.Info("VIP announced with GRACEFUL_SHUTDOWN", "vip", v.VIP)
+		case v.Announced:
+			n.log.Info("VIP announced", "vip", v.VIP)
+		case seen && o.Announced || !seen:
+			n.log.Info("VIP not announced", "vip", v.VIP, "reason", v.Reason)
+		}
+	}
+}
+
+func (n *Node) publish(cfg *configs.Config, d Desired, doc *cluster.Document) {
+	st := n.ann.Status()
+	m := cluster.Meta{
+		Priority: cfg.Cluster.Priority, Healthy: d.Eligible, Reason: d.Reason,
+		AnnouncedCount: len(st.Announced), Mode: cfg.Routing.Mode, Addrs: cfg.Node.Addresses,
+		Started: n.started.Unix(), Build: n.opts.Build,
+	}
+	n.mu.Lock()
+	m.Drained = n.drain.Drained
+	n.mu.Unlock()
+	if doc != nil {
+		m.ConfigVersion, m.ConfigHash = doc.Version, doc.Short()
+	}
+	for _, a := range st.Announced {
+		m.Announced = append(m.Announced, a.Prefix.String())
+	}
+	for _, p := range st.Peers {
+		m.Peers++
+		if p.Established() {
+			m.PeersUp++
+		}
+	}
+	n.cl.SetMeta(m)
+}
+
+func readJSON[T any](path string) (*T, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var v T
+	if err := json.Unmarshal(b, &v); err != nil {
+		return nil, fmt.Errorf("%s is corrupt: %w", path, err)
+	}
+	return &v, nil
+}
+
+func writeFileAtomic(path string, b []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
