@@ -158,10 +158,13 @@ type AnnouncementsResponse struct {
 	VIPs      []VIPView              `json:"vips"`
 }
 
-// ConfigResponse is GET /v1/config and the answer of POST /v1/config.
+// ConfigResponse is GET /v1/config and the answer of POST /v1/config:
+// the newest cluster config this director holds (what an apply is made
+// against), and the version it has applied to IPVS and routing.
 type ConfigResponse struct {
 	ConfigInfo
-	Services []configs.Service `json:"services"`
+	AppliedVersion uint64            `json:"applied_version"`
+	Services       []configs.Service `json:"services"`
 }
 
 // ApplyRequest is POST /v1/config: make Services the cluster's config if
@@ -212,7 +215,8 @@ func (n *Node) Handler() http.Handler {
 			fail(w, http.StatusUnprocessableEntity, err)
 			return
 		}
-		if _, err := n.Apply(req.BaseVersion, req.BaseHash, req.Services); err != nil {
+		doc, err := n.Apply(req.BaseVersion, req.BaseHash, req.Services)
+		if err != nil {
 			code := http.StatusInternalServerError
 			if errors.Is(err, cluster.ErrConflict) {
 				code = http.StatusConflict
@@ -220,7 +224,10 @@ func (n *Node) Handler() http.Handler {
 			fail(w, code, err)
 			return
 		}
-		reply(w, http.StatusOK, n.ConfigView())
+		resp := n.ConfigView()
+		resp.ConfigInfo = ConfigInfo{Version: doc.Version, Hash: doc.Hash, Author: doc.Author, Time: doc.Time, Services: len(req.Services)}
+		resp.Services = nonNil(req.Services)
+		reply(w, http.StatusOK, resp)
 	})
 	mux.HandleFunc("POST /v1/drain", func(w http.ResponseWriter, r *http.Request) {
 		var req DrainRequest
@@ -361,13 +368,21 @@ func (n *Node) configInfo() ConfigInfo {
 	return ci
 }
 
-// ConfigView is the applied cluster config.
+// ConfigView is the newest cluster config here (see ConfigResponse).
 func (n *Node) ConfigView() ConfigResponse {
 	ci := n.configInfo()
 	n.mu.Lock()
 	services := n.services
 	n.mu.Unlock()
-	return ConfigResponse{ConfigInfo: ci, Services: nonNil(services)}
+	resp := ConfigResponse{ConfigInfo: ci, AppliedVersion: ci.Version, Services: nonNil(services)}
+	if doc := n.cl.Document(); !doc.IsZero() && (doc.Version != ci.Version || doc.Hash != ci.Hash) {
+		if ss, err := doc.Decode(); err == nil {
+			resp.ConfigInfo = ConfigInfo{Version: doc.Version, Hash: doc.Hash, Author: doc.Author, Time: doc.Time,
+				Services: len(ss), Error: ci.Error}
+			resp.Services = nonNil(ss)
+		}
+	}
+	return resp
 }
 
 // StatusView is this director's state.

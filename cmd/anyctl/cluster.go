@@ -100,9 +100,9 @@ Exit code 1 if a member is unhealthy, runs another config, or is not alive.`,
 			return nil
 		})
 	status := readCmd(c, "status", "Show this director: role, health checks, config, VIPs, routing peers",
-		"Shows this director's state. Exit code 1 if it is unhealthy (does not announce).",
+		"Shows this director's state. Exit code 1 if it is unhealthy, behind the cluster's config or drained.",
 		"/v1/status", renderStatus, func(s director.StatusResponse) error {
-			if !s.Eligible {
+			if !s.Eligible || s.Reason != "" {
 				return &exitError{code: exitFailed, err: fmt.Errorf("this director does not announce: %s", s.Reason)}
 			}
 			return nil

@@ -1,0 +1,100 @@
+package main
+
+import (
+	"bytes"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/anycastd/anycastd/cluster"
+	"github.com/anycastd/anycastd/director"
+	"github.com/anycastd/anycastd/health"
+	"github.com/anycastd/anycastd/routing"
+)
+
+var now = time.Date(2026, 11, 25, 3, 0, 0, 0, time.UTC)
+
+func TestRenderMembersGolden(t *testing.T) {
+	r := director.MembersResponse{Self: "d1", MaxActive: 2, Members: []director.MemberView{
+		{Name: "d1", Self: true, Addr: "10.0.0.1:7946", State: "alive", Role: "active", Healthy: true, Priority: 100,
+			ConfigVersion: 7, ConfigHash: "3f2a1b9c0d4e", Announced: []string{"198.51.100.1/32", "198.51.100.2/32"},
+			Announcing: 2, PeersUp: 2, Peers: 2, Started: now.Add(-50 * time.Hour)},
+		{Name: "d2", Addr: "10.0.0.2:7946", State: "alive", Role: "active", Healthy: true, Priority: 100,
+			ConfigVersion: 7, ConfigHash: "3f2a1b9c0d4e", Announcing: 40, PeersUp: 1, Peers: 2, Started: now.Add(-90 * time.Minute)},
+		{Name: "d3", Addr: "10.0.0.3:7946", State: "alive", Role: "standby", Healthy: true, Priority: 200,
+			ConfigVersion: 7, ConfigHash: "3f2a1b9c0d4e", PeersUp: 2, Peers: 2, Started: now.Add(-30 * time.Second)},
+		{Name: "d4", Addr: "10.0.0.4:7946", State: "alive", Role: "ineligible", Healthy: false, Reason: "unhealthy: uplink eth1: no carrier",
+			ConfigVersion: 6, ConfigHash: "aa00ff", Drained: true, Started: now.Add(-3 * time.Hour)},
+		{Name: "d5", Addr: "10.0.0.5:7946", State: "dead", Role: "ineligible", Healthy: true, ConfigVersion: 7, ConfigHash: "3f2a1b9c0d4e"},
+	}}
+	var b bytes.Buffer
+	renderMembers(&b, r, now)
+	golden(t, "members.golden", b.String())
+}
+
+func TestRenderStatusGolden(t *testing.T) {
+	s := director.StatusResponse{
+		Name: "d1", Build: "v0.3.0", Started: now.Add(-26 * time.Hour), Mode: "bgp", Dataplane: "kernel",
+		Role: "active", Eligible: true,
+		Drain:      director.DrainView{},
+		SelfChecks: []health.CheckStatus{{Name: "ipvs", OK: true}, {Name: "config", OK: true}, {Name: "uplink", OK: true}, {Name: "local-dns", OK: true}},
+		Config:     director.ConfigInfo{Version: 7, Hash: "3f2a1b9c0d4e", Author: "d3", Services: 3},
+		VIPs: []director.VIPView{
+			{VIP: netip.MustParseAddr("198.51.100.1"), Announced: true, Services: []string{"web-http", "web-https"}},
+			{VIP: netip.MustParseAddr("198.51.100.2"), Reason: "service api below quorum (1 of 2 backends up, quorum 2)", Services: []string{"api"}},
+		},
+		Peers: []routing.Peer{
+			{Address: netip.MustParseAddr("10.0.1.254"), ASN: 65000, State: "established", BFD: "up", Since: now.Add(-25 * time.Hour)},
+			{Address: netip.MustParseAddr("10.0.2.254"), ASN: 65000, State: "active", Flaps: 3, Reason: "hold timer expired", Since: now.Add(-40 * time.Second)},
+		},
+		Reconcile: director.ReconcileInfo{At: now.Add(-2 * time.Second), Duration: 1234 * time.Microsecond, Ops: 2, Draining: 1},
+		Members:   map[cluster.Role]int{"active": 2, "standby": 1},
+		Foreign:   []string{"tcp 192.0.2.99:80"},
+	}
+	var b bytes.Buffer
+	renderStatus(&b, s, now)
+	golden(t, "status.golden", b.String())
+
+	s.Eligible, s.Role = false, "ineligible"
+	s.Reason = "drained"
+	s.Drain = director.DrainView{Drained: true, Reason: "kernel upgrade", Since: now.Add(-5 * time.Minute)}
+	s.Reconcile.Errors = []string{"add service tcp 198.51.100.3:443: scheduler mh: no such file or directory"}
+	b.Reset()
+	renderStatus(&b, s, now)
+	golden(t, "status-drained.golden", b.String())
+}
+
+func TestRenderServicesGolden(t *testing.T) {
+	w := func(n int) *int { return &n }
+	r := director.ServicesResponse{Config: director.ConfigInfo{Version: 7, Hash: "3f2a1b9c0d4e"}, Services: []director.ServiceView{
+		{Name: "web-http", VIP: netip.MustParseAddr("198.51.100.1"), Protocol: "tcp", Port: 80, Scheduler: "mh", Forwarding: "dr",
+			Check: "http", Quorum: 2, Up: 2, InIPVS: true, Announced: true, Backends: []director.BackendView{
+				{Address: netip.MustParseAddr("10.1.0.11"), Port: 80, Weight: 1, IPVSWeight: w(1), Health: "up", Since: now.Add(-3 * time.Hour),
+					Detail: "HTTP 200", LatencyMS: 1.25, ActiveConns: 120, InactiveConns: 30},
+				{Address: netip.MustParseAddr("10.1.0.12"), Port: 80, Weight: 1, IPVSWeight: w(0), Health: "down", Since: now.Add(-40 * time.Second),
+					Error: "GET /healthz: HTTP 503, want 200", LatencyMS: 3.5, ActiveConns: 4},
+				{Address: netip.MustParseAddr("10.1.0.13"), Port: 80, Weight: 1, IPVSWeight: w(1), Health: "up", Since: now.Add(-3 * time.Hour), Detail: "HTTP 200"},
+			}},
+		{Name: "marked", VIP: netip.MustParseAddr("198.51.100.4"), FWMark: 100, Scheduler: "sh", Forwarding: "dr",
+			Check: "none", Quorum: 1, Up: 1, InIPVS: false, Backends: []director.BackendView{
+				{Address: netip.MustParseAddr("10.1.0.41"), Weight: 1, Health: "up"}}},
+		{Name: "web6", VIP: netip.MustParseAddr("2001:db8:100::1"), Protocol: "tcp", Port: 80, Scheduler: "mh", Forwarding: "dr",
+			Check: "tcp", Quorum: 1, Up: 0, InIPVS: true, Backends: []director.BackendView{
+				{Address: netip.MustParseAddr("2001:db8:200::11"), Port: 80, Weight: 1, IPVSWeight: w(1), Health: "unknown"}}},
+	}}
+	var b bytes.Buffer
+	renderServices(&b, r, now)
+	golden(t, "services.golden", b.String())
+}
+
+func TestAgeAndNames(t *testing.T) {
+	cases := map[time.Duration]string{0: "0s", 90 * time.Second: "90s", 5 * time.Minute: "5m", 3 * time.Hour: "3h", 72 * time.Hour: "3d", -time.Second: "0s"}
+	for d, want := range cases {
+		if got := age(now, now.Add(-d)); got != want {
+			t.Errorf("age(%v) = %q, want %q", d, got, want)
+		}
+	}
+	if age(now, time.Time{}) != "-" || cfgName(0, "") != "none" || cfgName(3, "abcdef0123") != "v3/abcdef01" {
+		t.Error("zero age or config names")
+	}
+}
