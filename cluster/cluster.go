@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/anycastd/anycastd/configs"
@@ -192,6 +193,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 	retry := time.NewTimer(0)
 	defer retry.Stop()
 	failures := 0
+	var reconnecting atomic.Bool
 	for {
 		select {
 		case <-ctx.Done():
@@ -199,12 +201,27 @@ func (c *Cluster) Run(ctx context.Context) error {
 			return nil
 		case <-retry.C:
 			if joined {
+				// Like serf's reconnect: memberlist never calls a dead
+				// member again, so a healed partition would stay split.
+				// Try the dead ones (not those that left) now and then.
+				retry.Reset(reconnectInterval)
+				if dead := c.deadAddrs(); len(dead) > 0 && reconnecting.CompareAndSwap(false, true) {
+					go func() {
+						defer reconnecting.Store(false)
+						if n, err := ml.Join(dead); n > 0 {
+							c.log.Info("reconnected to members thought dead", "reached", n)
+						} else if err != nil {
+							c.log.Debug("reconnect", "err", err)
+						}
+					}()
+				}
 				continue
 			}
 			n, err := ml.Join(c.opts.Seeds)
 			if err == nil || n > 0 {
 				joined = true
 				close(c.joined)
+				retry.Reset(reconnectInterval)
 				c.log.Info("joined the cluster", "seeds_reached", n, "members", ml.NumMembers())
 				continue
 			}
@@ -217,6 +234,29 @@ func (c *Cluster) Run(ctx context.Context) error {
 			retry.Reset(2 * time.Second)
 		}
 	}
+}
+
+// reconnectInterval is how often dead members are called again, for
+// reconnectFor after they failed (serf's reconnect_timeout).
+const (
+	reconnectInterval = 3 * time.Second
+	reconnectFor      = 24 * time.Hour
+)
+
+// deadAddrs are the addresses of members that failed (not left) within
+// reconnectFor.
+func (c *Cluster) deadAddrs() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	now := c.opts.Now()
+	for _, m := range c.members {
+		if m.State == StateDead && m.Addr.IsValid() && now.Sub(m.Since) < reconnectFor {
+			out = append(out, m.Addr.String())
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 func (c *Cluster) leave(ml *memberlist.Memberlist) {
@@ -405,8 +445,7 @@ func (c *Cluster) spread(d *Document) {
 	if ml == nil {
 		return
 	}
-	n, _ := json.Marshal(notice{Version: d.Version, Hash: d.Hash, Author: d.Author, From: c.opts.Name})
-	c.queue.QueueBroadcast(broadcast(append([]byte{msgNotice}, n...)))
+	c.queueNotice(d)
 	msg := encodeDoc(d)
 	var wg sync.WaitGroup
 	for _, nc := range c.peers() {
@@ -456,6 +495,7 @@ func (c *Cluster) consider(d *Document, via string) {
 	}
 	c.mu.Unlock()
 	c.log.Info("cluster config received", "version", d.Version, "hash", d.Short(), "author", d.Author, "via", via)
+	c.queueNotice(d)
 	c.notify()
 }
 
@@ -660,11 +700,26 @@ func (c *Cluster) observe(n *memberlist.Node, st State) {
 	c.notify()
 }
 
-type broadcast []byte
+// noticeBroadcast is a queued notice of a document. A member only
+// notices the newest document it holds, so a newer notice replaces any
+// older one still in the queue.
+type noticeBroadcast []byte
 
-func (b broadcast) Invalidates(memberlist.Broadcast) bool { return false }
-func (b broadcast) Message() []byte                       { return b }
-func (b broadcast) Finished()                             {}
+func (b noticeBroadcast) Invalidates(o memberlist.Broadcast) bool {
+	_, ok := o.(noticeBroadcast)
+	return ok
+}
+func (b noticeBroadcast) Message() []byte { return b }
+func (b noticeBroadcast) Finished()       {}
+
+// queueNotice gossips that d exists, so that members that missed it (a
+// direct send lost, a healed partition) ask for it. Every member that
+// adopts a document passes the notice on: the spread is epidemic, not
+// only from the author.
+func (c *Cluster) queueNotice(d *Document) {
+	n, _ := json.Marshal(notice{Version: d.Version, Hash: d.Hash, Author: d.Author, From: c.opts.Name})
+	c.queue.QueueBroadcast(noticeBroadcast(append([]byte{msgNotice}, n...)))
+}
 
 // logWriter turns memberlist's log lines ("[WARN] memberlist: ...") into
 // slog records at the matching level.
