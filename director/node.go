@@ -84,6 +84,7 @@ type Node struct {
 	docErr     string // why the cluster's newest document is not applied
 	behindAt   time.Time
 	hostErr    string
+	ipvsErr    string
 	lastWant   ipvs.Table
 	lastFailed map[ipvs.ServiceKey]string
 }
@@ -109,6 +110,8 @@ type ReconcileInfo struct {
 	Errors   []string      `json:"errors,omitempty"`
 	Foreign  []string      `json:"foreign,omitempty"`
 	Draining int           `json:"draining"`
+	// Loops counts the control loop's turns since start.
+	Loops uint64 `json:"loops"`
 }
 
 // New builds a director from a valid config: it opens the state dir, the
@@ -188,9 +191,14 @@ func New(o Options) (*Node, error) {
 
 	n.mon = health.NewMonitor(n.log.With("part", "health"), cfg.Health.Concurrency)
 	n.self = health.NewSelf(n.log.With("part", "self"))
-	n.self.AddCheck("ipvs", func(ctx context.Context) error {
-		if _, err := n.dp.Table(ctx); err != nil {
-			return fmt.Errorf("IPVS unreachable: %w", err)
+	// IPVS reachable: the outcome of the loop's last read of the table
+	// (every reconcile reads it), not a read of its own: with 10,000
+	// destinations a read is not free.
+	n.self.AddCheck("ipvs", func(context.Context) error {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		if n.ipvsErr != "" {
+			return errors.New("IPVS unreachable: " + n.ipvsErr)
 		}
 		return nil
 	})
@@ -484,19 +492,22 @@ func (n *Node) loop(ctx context.Context, errc <-chan error) error {
 	defer timer.Stop()
 	done := ctx.Done()
 	n.evaluateSelf(ctx)
-	for {
-		n.step(ctx)
-		n.mu.Lock()
-		wakeAt, stopping := n.snap.Desired.WakeAt, n.stopping
-		announcing := len(n.snap.Desired.Announce) > 0
-		n.mu.Unlock()
-		if stopping && !announcing {
-			n.log.Info("withdrawn; leaving the cluster")
-			return nil
+	for need := true; ; {
+		if need {
+			n.step(ctx)
+			n.mu.Lock()
+			wakeAt, stopping := n.snap.Desired.WakeAt, n.stopping
+			announcing := len(n.snap.Desired.Announce) > 0
+			n.mu.Unlock()
+			if stopping && !announcing {
+				n.log.Info("withdrawn; leaving the cluster")
+				return nil
+			}
+			if !wakeAt.IsZero() {
+				timer.Reset(max(wakeAt.Sub(n.opts.Now()), time.Millisecond))
+			}
 		}
-		if !wakeAt.IsZero() {
-			timer.Reset(max(wakeAt.Sub(n.opts.Now()), time.Millisecond))
-		}
+		need = true
 		select {
 		case <-done:
 			done = nil
@@ -513,7 +524,11 @@ func (n *Node) loop(ctx context.Context, errc <-chan error) error {
 		case <-sub.C():
 			sub.Drain()
 		case <-selfTick.C:
-			n.evaluateSelf(ctx)
+			// Self checks run every second; the loop acts only when
+			// their verdict changed.
+			if need = n.evaluateSelf(ctx); !need {
+				continue
+			}
 		case <-resync.C:
 		case <-timer.C:
 		}
@@ -543,7 +558,7 @@ func (n *Node) beginStop() {
 	n.log.Info("stopping: announcing with GRACEFUL_SHUTDOWN, then withdrawing", "hold", n.cfg.Routing.BGP.GracefulShutdown)
 }
 
-func (n *Node) evaluateSelf(ctx context.Context) {
+func (n *Node) evaluateSelf(ctx context.Context) bool {
 	st := n.self.Evaluate(ctx)
 	n.mu.Lock()
 	changed := st.Healthy != n.selfSt.Healthy || st.Reason() != n.selfSt.Reason()
@@ -556,6 +571,7 @@ func (n *Node) evaluateSelf(ctx context.Context) {
 			n.log.Warn("self health: failing", "reason", st.Reason())
 		}
 	}
+	return changed
 }
 
 // step is one turn of the loop: adopt the cluster's newest config, plan,
@@ -625,6 +641,7 @@ func (n *Node) step(ctx context.Context) {
 	n.mu.Lock()
 	prev := n.snap.Desired
 	n.lastFailed = newFailed
+	rinfo.Loops = n.snap.Reconcile.Loops + 1
 	n.snap = Snapshot{Desired: d, Reconcile: rinfo, At: now}
 	n.mu.Unlock()
 	n.logChanges(prev, d)
@@ -751,6 +768,7 @@ func (n *Node) reconcile(ctx context.Context, want ipvs.Table, now time.Time) (R
 		info.Foreign = append(info.Foreign, f.String())
 	}
 	failed := map[ipvs.ServiceKey]string{}
+	readErr := ""
 	if err != nil {
 		var errs []error
 		if j, ok := err.(interface{ Unwrap() []error }); ok {
@@ -768,6 +786,7 @@ func (n *Node) reconcile(ctx context.Context, want ipvs.Table, now time.Time) (R
 			} else {
 				// The table could not even be read or checked: every
 				// service counts as not applied.
+				readErr = e.Error()
 				for _, s := range want.Services {
 					failed[s.ServiceKey] = e.Error()
 				}
@@ -775,6 +794,12 @@ func (n *Node) reconcile(ctx context.Context, want ipvs.Table, now time.Time) (R
 		}
 		n.log.Error("IPVS reconcile", "err", err)
 	}
+	n.mu.Lock()
+	if readErr != n.ipvsErr {
+		n.ipvsErr = readErr
+		defer n.evaluateSelf(ctx)
+	}
+	n.mu.Unlock()
 	if len(res.Plan) > 0 {
 		n.log.Info("IPVS reconciled", "ops", len(res.Plan), "took", info.Duration.Round(time.Microsecond), "draining", res.Draining)
 		n.log.Debug("IPVS plan", "plan", res.Plan.String())
