@@ -85,4 +85,3 @@ func vmRSS(t *testing.T, pid int) float64 {
 	t.Fatal("no VmRSS")
 	return 0
 }
-
