@@ -206,13 +206,21 @@ func (c *Cluster) Run(ctx context.Context) error {
 				// Try the dead ones (not those that left) now and then.
 				retry.Reset(reconnectInterval)
 				if dead := c.deadAddrs(); len(dead) > 0 && reconnecting.CompareAndSwap(false, true) {
+					// One Join per address, in parallel: behind a drop
+					// (not a reject) each one waits for the TCP timeout.
 					go func() {
 						defer reconnecting.Store(false)
-						if n, err := ml.Join(dead); n > 0 {
-							c.log.Info("reconnected to members thought dead", "reached", n)
-						} else if err != nil {
-							c.log.Debug("reconnect", "err", err)
+						var wg sync.WaitGroup
+						for _, addr := range dead {
+							wg.Go(func() {
+								if n, err := ml.Join([]string{addr}); n > 0 {
+									c.log.Info("reconnected to a member thought dead", "addr", addr)
+								} else if err != nil {
+									c.log.Debug("reconnect", "addr", addr, "err", err)
+								}
+							})
 						}
+						wg.Wait()
 					}()
 				}
 				continue
@@ -239,7 +247,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 // reconnectInterval is how often dead members are called again, for
 // reconnectFor after they failed (serf's reconnect_timeout).
 const (
-	reconnectInterval = 3 * time.Second
+	reconnectInterval = time.Second
 	reconnectFor      = 24 * time.Hour
 )
 

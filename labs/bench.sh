@@ -22,8 +22,8 @@ bash labs/install-deps.sh
 echo "== lab measurements, $runs runs each -> $out/labs.txt"
 : >"$out/labs.txt"
 status=0
-for pkg in ./routing/bgp ./routing/kernel ./labs/vmlab; do
-	if ! ANYCASTD_LAB=1 ANYCASTD_MEASURE_RUNS=$runs go test -count=1 -p 1 -timeout 60m -run Lab -v "$pkg" >>"$out/labs.txt" 2>&1; then
+for pkg in ./routing/bgp ./routing/kernel ./labs/clusterlab ./labs/vmlab; do
+	if ! ANYCASTD_LAB=1 ANYCASTD_MEASURE_RUNS=$runs go test -count=1 -p 1 -timeout 60m -run 'Lab|Loopback' -v "$pkg" >>"$out/labs.txt" 2>&1; then
 		echo "lab $pkg failed; see $out/labs.txt" >&2
 		status=1
 	fi
