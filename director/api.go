@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -248,6 +249,12 @@ func (n *Node) Handler() http.Handler {
 		}
 		reply(w, http.StatusOK, n.drainView())
 	})
+	// Go's profiler, for the unix socket only (root): what an operator
+	// or a developer needs when a director uses more CPU or memory than
+	// it should (curl --unix-socket SOCK http://x/debug/pprof/heap).
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, fmt.Errorf("no such API call: %s %s", r.Method, r.URL.Path))
 	})
@@ -577,6 +584,10 @@ func tlsListener(c configs.APITCP, h http.Handler) (net.Listener, *http.Server, 
 		}
 		if !ok {
 			fail(w, http.StatusUnauthorized, errors.New("a client certificate or a bearer token is required"))
+			return
+		}
+		if strings.HasPrefix(r.URL.Path, "/debug/") {
+			fail(w, http.StatusNotFound, errors.New("the profiler is only on the unix socket"))
 			return
 		}
 		h.ServeHTTP(w, r)

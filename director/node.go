@@ -85,7 +85,6 @@ type Node struct {
 	behindAt   time.Time
 	hostErr    string
 	ipvsErr    string
-	lastWant   ipvs.Table
 	lastFailed map[ipvs.ServiceKey]string
 }
 
@@ -642,6 +641,9 @@ func (n *Node) step(ctx context.Context) {
 	prev := n.snap.Desired
 	n.lastFailed = newFailed
 	rinfo.Loops = n.snap.Reconcile.Loops + 1
+	// The table is the reconciler's now (and the kernel's); keeping a
+	// copy here would only hold 10,000 destinations twice.
+	d.Table = ipvs.Table{}
 	n.snap = Snapshot{Desired: d, Reconcile: rinfo, At: now}
 	n.mu.Unlock()
 	n.logChanges(prev, d)
