@@ -5,8 +5,9 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 # make, git: the build; iproute2, nftables: namespace labs;
 # qemu-system-x86, busybox-static, file: the VM lab with Debian's kernel.
-# bird2: the upstream router (and the directors' OSPF) in the routing labs.
-pkgs=(make git ca-certificates iproute2 nftables qemu-system-x86 busybox-static file bird2)
+# bird2: the upstream router (and the directors' OSPF) in the routing labs;
+# nginx: the real servers of the end-to-end lab; curl: its client.
+pkgs=(make git ca-certificates iproute2 nftables qemu-system-x86 busybox-static file bird2 nginx curl)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,8 +18,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
 	apt-get install -y -q --no-install-recommends "${missing[@]}"
 	# The labs start their own BIRDs in namespaces; the package's host
 	# daemon is not needed, so do not leave it running where we put it.
-	if [[ " ${missing[*]} " == *" bird2 "* ]] && command -v systemctl >/dev/null; then
-		systemctl disable --now bird.service >/dev/null 2>&1 || true
+	if command -v systemctl >/dev/null; then
+		[[ " ${missing[*]} " == *" bird2 "* ]] && { systemctl disable --now bird.service >/dev/null 2>&1 || true; }
+		[[ " ${missing[*]} " == *" nginx "* ]] && { systemctl disable --now nginx.service >/dev/null 2>&1 || true; }
 	fi
 fi
 export PATH="/usr/local/go/bin:$PATH"
