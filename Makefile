@@ -35,6 +35,10 @@ bench: build
 lab: build
 	@bash labs/demo.sh
 
+## lab-vm: the IPVS packet-path demo in a qemu VM with Debian's kernel
+lab-vm: build
+	@bash labs/demo-vm.sh
+
 ## lint: gofmt check and go vet
 lint:
 	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './labs/.cache/*')); \

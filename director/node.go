@@ -524,8 +524,13 @@ func (n *Node) loop(ctx context.Context, errc <-chan error) error {
 			sub.Drain()
 		case <-selfTick.C:
 			// Self checks run every second; the loop acts only when
-			// their verdict changed.
+			// their verdict changed. The routing sessions' state is
+			// republished (if it changed) on the same beat.
 			if need = n.evaluateSelf(ctx); !need {
+				n.mu.Lock()
+				cfg, d, doc := n.cfg, n.snap.Desired, n.appliedDoc
+				n.mu.Unlock()
+				n.publish(cfg, d, doc)
 				continue
 			}
 		case <-resync.C:

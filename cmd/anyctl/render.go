@@ -53,7 +53,9 @@ func renderMembers(w io.Writer, r director.MembersResponse, now time.Time) {
 	tw := table(w)
 	fmt.Fprintln(tw, "NAME\tADDRESS\tSTATE\tROLE\tHEALTH\tDRAINED\tCONFIG\tANNOUNCED\tPEERS\tAGE")
 	roles := map[string]int{}
-	for _, m := range r.Members {
+	members := slices.Clone(r.Members)
+	slices.SortStableFunc(members, func(a, b director.MemberView) int { return naturalCompare(a.Name, b.Name) })
+	for _, m := range members {
 		name := m.Name
 		if m.Self {
 			name += "*"
@@ -78,6 +80,11 @@ func renderMembers(w io.Writer, r director.MembersResponse, now time.Time) {
 		peers := "-"
 		if m.Peers > 0 {
 			peers = fmt.Sprintf("%d/%d", m.PeersUp, m.Peers)
+		}
+		if m.State != "alive" && m.State != "suspect" {
+			// What a dead member last said it announced is no longer
+			// true of the network.
+			ann, peers = "-", "-"
 		}
 		addr := m.Addr
 		if addr == "" {
@@ -227,4 +234,35 @@ func serviceNames(m map[string]bool) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// naturalCompare orders names as people do: d2 before d10.
+func naturalCompare(a, b string) int {
+	for a != "" && b != "" {
+		da, db := digitsPrefix(a), digitsPrefix(b)
+		if da != "" && db != "" {
+			na, nb := strings.TrimLeft(da, "0"), strings.TrimLeft(db, "0")
+			if len(na) != len(nb) {
+				return len(na) - len(nb)
+			}
+			if c := strings.Compare(na, nb); c != 0 {
+				return c
+			}
+			a, b = a[len(da):], b[len(db):]
+			continue
+		}
+		if a[0] != b[0] {
+			return int(a[0]) - int(b[0])
+		}
+		a, b = a[1:], b[1:]
+	}
+	return len(a) - len(b)
+}
+
+func digitsPrefix(s string) string {
+	i := 0
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	return s[:i]
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"slices"
 	"net/netip"
 	"testing"
 	"time"
@@ -96,5 +97,14 @@ func TestAgeAndNames(t *testing.T) {
 	}
 	if age(now, time.Time{}) != "-" || cfgName(0, "") != "none" || cfgName(3, "abcdef0123") != "v3/abcdef01" {
 		t.Error("zero age or config names")
+	}
+}
+
+func TestNaturalCompare(t *testing.T) {
+	names := []string{"d10", "d9", "d1", "lb-a2", "d02", "lb-a10", "d", "e1"}
+	slices.SortFunc(names, naturalCompare)
+	want := []string{"d", "d1", "d02", "d9", "d10", "e1", "lb-a2", "lb-a10"}
+	if !slices.Equal(names, want) {
+		t.Errorf("%v, want %v", names, want)
 	}
 }
