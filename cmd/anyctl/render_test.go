@@ -2,8 +2,8 @@ package main
 
 import (
 	"bytes"
-	"slices"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
