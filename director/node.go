@@ -614,7 +614,11 @@ func (n *Node) step(ctx context.Context) {
 		Backends: n.backendStates(), Failed: failed, Now: now,
 		GracefulShutdown: cfg.Routing.BGP.GracefulShutdown, BehindGrace: n.opts.BehindGrace,
 	}
-	if cfg.Routing.Mode == configs.ModeBGP {
+	if cfg.Routing.Mode != configs.ModeBGP {
+		// GRACEFUL_SHUTDOWN is a BGP community: elsewhere a drain
+		// withdraws at once.
+		in.GracefulShutdown = 0
+	} else {
 		in.Attrs = routing.Announcement{Communities: cfg.Routing.BGP.Communities,
 			LargeCommunities: cfg.Routing.BGP.LargeCommunities, MED: cfg.Routing.BGP.MED}
 	}

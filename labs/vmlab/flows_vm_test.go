@@ -40,6 +40,7 @@ func newFlowLab(t *testing.T) *flowLab {
 	}
 	l.dr = &drLab{t: t, ns: l.ns, self: self, kernels: map[string]*ipvs.Kernel{}}
 	sw := labtest.NewNetns(t, "fsw")
+	l.ns["sw"] = sw
 	sw.Run("ip", "link", "add", "br0", "type", "bridge")
 	sw.Run("ip", "link", "set", "br0", "up")
 	cl, r := labtest.NewNetns(t, "fcl"), labtest.NewNetns(t, "fr")

@@ -1,0 +1,233 @@
+package vmlab
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/anycastd/anycastd/ipvs"
+	"github.com/anycastd/anycastd/labs/labtest"
+)
+
+// daemon is anycastd running in a director's namespace, with the kernel's
+// IPVS.
+type daemon struct {
+	name, dir string
+	bin       string
+	cmd       *exec.Cmd
+	log       *bytes.Buffer
+}
+
+func (l *flowLab) startDaemon(i int, dir string) *daemon {
+	l.t.Helper()
+	name := fmt.Sprintf("d%d", i)
+	bin := labtest.Binaries(l.t)
+	d := &daemon{name: name, dir: dir, bin: bin, log: &bytes.Buffer{}}
+	d.cmd = exec.Command("ip", "netns", "exec", l.ns[name].Name, filepath.Join(bin, "anycastd"), "-c", filepath.Join(dir, "anycastd.yaml"))
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	if err := d.cmd.Start(); err != nil {
+		l.t.Fatal(err)
+	}
+	l.t.Cleanup(func() {
+		if d.cmd.ProcessState == nil {
+			d.cmd.Process.Kill()
+			d.cmd.Wait()
+		}
+	})
+	labtest.Eventually(l.t, 30*time.Second, name+"'s API", func() error {
+		_, err := d.anyctl("status")
+		if _, ok := err.(*exec.ExitError); ok {
+			return nil // answers (exit 1 is "unhealthy", still up)
+		}
+		return err
+	})
+	return d
+}
+
+func (d *daemon) anyctl(args ...string) (string, error) {
+	out, err := exec.Command(filepath.Join(d.bin, "anyctl"),
+		append(args, "--socket", filepath.Join(d.dir, "api.sock"))...).CombinedOutput()
+	return string(out), err
+}
+
+func (d *daemon) stop(t *testing.T) {
+	t.Helper()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- d.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("%s exited with %v\n%s", d.name, err, d.log)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s did not stop\n%s", d.name, d.log)
+	}
+}
+
+const daemonServices = `services:
+  - name: web
+    vip: 198.51.100.10
+    port: 80
+    scheduler: mh
+    flags: [mh-port]
+    quorum: 1
+    drain_timeout: 5s
+    backends: [{address: 10.1.0.11}, {address: 10.1.0.12}, {address: 10.1.0.13}%s]
+    health: {type: tcp, interval: 500ms, timeout: 400ms, rise: 1, fall: 2}
+`
+
+func daemonConfig(t *testing.T, i int) string {
+	dir := t.TempDir()
+	doc := fmt.Sprintf(`node: {name: d%[1]d, addresses: [10.1.0.%[1]d], state_dir: %[2]s/state}
+cluster: {bind: 10.1.0.%[1]d, port: 7946, seeds: [10.1.0.1], insecure: true}
+routing: {mode: kernel, kernel: {table: 100}}
+api: {socket: %[2]s/api.sock}
+`, i, dir) + fmt.Sprintf(daemonServices, "")
+	os.WriteFile(filepath.Join(dir, "anycastd.yaml"), []byte(doc), 0o600)
+	return dir
+}
+
+func (l *flowLab) table(d string) ipvs.Table {
+	l.t.Helper()
+	tb, err := l.dr.kernels[d].Table(context.Background())
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return tb
+}
+
+// TestVMDaemons runs anycastd itself on three directors with the kernel's
+// IPVS: a config applied on one director reaches the others' kernels and a
+// backend added there gets traffic through every director; a daemon
+// restarted under traffic leaves the kernel's table (and its connections)
+// alone, and no client request fails.
+func TestVMDaemons(t *testing.T) {
+	l := newFlowLab(t)
+	rs4 := labtest.NewNetns(t, "frs4")
+	l.ns["rs4"] = rs4
+	sw := l.ns["sw"]
+	sw.Run("ip", "link", "add", "p-rs4", "type", "veth", "peer", "name", "eth0", "netns", rs4.Name)
+	sw.Run("ip", "link", "set", "p-rs4", "master", "br0", "up")
+	rs4.Run("ip", "addr", "add", "10.1.0.14/24", "dev", "eth0")
+	rs4.Run("ip", "link", "set", "eth0", "up")
+	rs4.Run("ip", "route", "add", "default", "via", "10.1.0.254")
+	rs4.Run(filepath.Join(labtest.Binaries(t), "anyctl"), "realserver", "--state-dir", t.TempDir(), "up", "--vip", vip)
+	l.dr.start("rs4", "serve", "rs4", "0.0.0.0:80")
+
+	var ds []*daemon
+	for i := 1; i <= 3; i++ {
+		ds = append(ds, l.startDaemon(i, daemonConfig(t, i)))
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, d := range ds {
+				t.Logf("%s log:\n%s", d.name, d.log)
+			}
+		}
+	})
+	labtest.Eventually(t, 60*time.Second, "the service in all three kernels", func() error {
+		for i := 1; i <= 3; i++ {
+			tb := l.table(fmt.Sprintf("d%d", i))
+			if len(tb.Services) != 1 || len(tb.Services[0].Destinations) != 3 {
+				return fmt.Errorf("d%d: %+v", i, tb.Services)
+			}
+		}
+		return nil
+	})
+	out, _ := ds[0].anyctl("members")
+	t.Logf("anyctl members on d1 (inside the VM):\n%s", out)
+	l.route(1, 2, 3)
+
+	// Scenario 7: restart d1's daemon under traffic. Through d1 alone,
+	// so that every request needs d1's kernel table while the daemon is
+	// away.
+	l.route(1)
+	hold := l.dr.helperCmd("cl", "hold", vip+":80", "30")
+	stdin, _ := hold.StdinPipe()
+	stdout, _ := hold.StdoutPipe()
+	if err := hold.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); hold.Wait() }()
+	r := bufio.NewReader(stdout)
+	ready, err := r.ReadString('\n')
+	ports, ok := strings.CutPrefix(strings.TrimSpace(ready), "ready ")
+	if err != nil || !ok {
+		t.Fatalf("hold: %q %v", ready, err)
+	}
+	held := strings.Split(ports, ",")
+	before := established(t, l.ns["d1"], "10.0.0.1", held)
+	load := l.dr.helperCmd("cl", "connect", vip+":80", "400", "10.0.0.1")
+	var loadOut bytes.Buffer
+	load.Stdout = &loadOut
+	if err := load.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	ds[0].stop(t)
+	time.Sleep(300 * time.Millisecond) // requests keep coming with no daemon
+	ds[0] = l.startDaemon(1, ds[0].dir)
+	load.Wait()
+	failed := strings.Count(loadOut.String(), "ERROR")
+	served := strings.Count(loadOut.String(), "\n") - failed
+	io.WriteString(stdin, "ping\n")
+	line, _ := r.ReadString('\n')
+	after := established(t, l.ns["d1"], "10.0.0.1", held)
+	t.Logf("measure: daemon restart under traffic: %d of %d new connections served, %d failed; held connections after: %s; their IPVS connection entries on d1: %d before, %d after (a flush would drop them)",
+		served, served+failed, failed, strings.TrimSpace(line), before, after)
+	if failed > 0 || strings.TrimSpace(line) != "ok 30/30" || before != 30 || after != 30 {
+		t.Errorf("the restart disturbed traffic or the table")
+	}
+	if !strings.Contains(ds[0].log.String(), "cluster config loaded from the state dir") {
+		t.Errorf("d1 did not start from its persisted config:\n%s", ds[0].log)
+	}
+
+	// Scenario 5: anyctl apply on d2 adds rs4; every kernel gets it, and
+	// traffic through each director reaches it.
+	file := filepath.Join(t.TempDir(), "services.yaml")
+	os.WriteFile(file, []byte(fmt.Sprintf(daemonServices, ", {address: 10.1.0.14}")), 0o644)
+	start := time.Now()
+	if out, err := ds[1].anyctl("apply", "-f", file, "--yes"); err != nil {
+		t.Fatalf("apply on d2: %v\n%s", err, out)
+	}
+	labtest.Eventually(t, 30*time.Second, "rs4 in all three kernels", func() error {
+		for i := 1; i <= 3; i++ {
+			tb := l.table(fmt.Sprintf("d%d", i))
+			if len(tb.Services) != 1 || len(tb.Services[0].Destinations) != 4 {
+				return fmt.Errorf("d%d has %d destinations", i, len(tb.Services[0].Destinations))
+			}
+		}
+		return nil
+	})
+	t.Logf("measure: anyctl apply on d2 -> the new backend in all three kernels (in the VM): %v", time.Since(start).Round(time.Millisecond))
+	rs4addr := netip.MustParseAddr("10.1.0.14")
+	for i := 1; i <= 3; i++ {
+		l.route(i)
+		out := l.dr.helper("cl", "connect", vip+":80", "60", "10.0.0.1")
+		hits := strings.Count(out, " rs4\n")
+		errs := strings.Count(out, "ERROR")
+		t.Logf("through d%d: %d of 60 connections reached rs4 (%s), %d failed", i, hits, rs4addr, errs)
+		if hits == 0 || errs > 0 {
+			t.Errorf("through d%d the new backend got %d connections, %d failed", i, hits, errs)
+		}
+	}
+	l.route(1, 2, 3)
+	for _, d := range ds {
+		d.stop(t)
+	}
+	// Stopped daemons leave IPVS in place.
+	if tb := l.table("d2"); len(tb.Services) != 1 {
+		t.Errorf("d2's table after its daemon stopped: %+v", tb.Services)
+	}
+}
