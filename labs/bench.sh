@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# make bench: the Go benchmarks (5 runs each) and the labs' measurements
-# (each timed scenario repeated ANYCASTD_MEASURE_RUNS times, default 5),
-# written to labs/.cache/bench/ and summed up at the end: medians, with
-# min and max. Nothing here asserts a time; the numbers are for the README
-# and for spotting regressions by eye or with benchstat.
+# make bench: the Go benchmarks (5 runs each) and the labs' measurements,
+# written to labs/.cache/bench/ and summed up in docs/benchmarks.md:
+# medians with their range. The routing labs repeat each timed event
+# ANYCASTD_MEASURE_RUNS times (default 5) inside one run; the cluster,
+# end-to-end and VM labs are run that many times. Nothing here asserts a
+# time; the numbers are for the README and for spotting regressions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/usr/local/go/bin:$PATH"
@@ -11,24 +12,32 @@ out=labs/.cache/bench
 mkdir -p "$out"
 runs=${ANYCASTD_MEASURE_RUNS:-5}
 
-echo "== Go benchmarks (-count 5) -> $out/go.txt"
-go test -run '^$' -bench . -benchmem -count 5 ./... | tee "$out/go.txt"
+echo "== Go benchmarks (-count $runs) -> $out/go.txt"
+go test -run '^$' -bench . -benchmem -count "$runs" ./... | tee "$out/go.txt"
 
 if [ "$(id -u)" != 0 ]; then
 	echo "== skipping the lab measurements: they need root (network namespaces, qemu)"
+	go run ./labs/benchreport -go "$out/go.txt" -runs "$runs" >docs/benchmarks.md
 	exit 0
 fi
 bash labs/install-deps.sh
-echo "== lab measurements, $runs runs each -> $out/labs.txt"
+echo "== lab measurements -> $out/labs.txt"
 : >"$out/labs.txt"
 status=0
-for pkg in ./routing/bgp ./routing/kernel ./labs/clusterlab ./labs/vmlab; do
-	if ! ANYCASTD_LAB=1 ANYCASTD_MEASURE_RUNS=$runs go test -count=1 -p 1 -timeout 60m -run 'Lab|Loopback' -v "$pkg" >>"$out/labs.txt" 2>&1; then
-		echo "lab $pkg failed; see $out/labs.txt" >&2
+lab() { # lab PACKAGE COUNT MEASURE_RUNS
+	echo "   $1 (runs: $2, repetitions inside: $3)"
+	if ! ANYCASTD_LAB=1 ANYCASTD_MEASURE_RUNS=$3 go test -count="$2" -p 1 -timeout 90m -run 'Lab|Loopback' -v "$1" >>"$out/labs.txt" 2>&1; then
+		echo "lab $1 failed; see $out/labs.txt" >&2
 		status=1
 	fi
-done
+}
+lab ./routing/bgp 1 "$runs"
+lab ./routing/kernel 1 "$runs"
+lab ./labs/clusterlab "$runs" 1
+lab ./labs/e2e "$runs" 1
+lab ./labs/vmlab "$runs" 1
+go run ./labs/benchreport -go "$out/go.txt" -labs "$out/labs.txt" -runs "$runs" >docs/benchmarks.md
 echo
-echo "== measurement report"
-grep -h 'measure:' "$out/labs.txt" | sed -e 's/^ *//' -e 's/^[a-z_]*\.go:[0-9]*: measure: //' | tee "$out/report.txt"
+echo "== docs/benchmarks.md"
+cat docs/benchmarks.md
 exit $status
