@@ -7,7 +7,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 LABENV  := ANYCASTD_LAB=1
 FUZZTIME ?= 30s
 
-.PHONY: all build test unit lab-test bench lab lint fuzz clean
+.PHONY: all build test unit lab-test bench lab lab-vm lint fuzz clean
 
 all: build
 
@@ -48,6 +48,7 @@ lint:
 ## fuzz: each fuzz target for FUZZTIME
 fuzz:
 	$(GO) test ./configs -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) -fuzzminimizetime 2s
+	$(GO) test ./routing/vrrp -run '^$$' -fuzz FuzzUnmarshal -fuzztime $(FUZZTIME) -fuzzminimizetime 2s
 
 ## clean: remove build output and lab caches
 clean:

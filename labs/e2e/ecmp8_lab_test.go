@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -205,5 +204,4 @@ func TestLabECMP8(t *testing.T) {
 		}
 	}
 	e.ExpectHops(10*time.Second, "all withdrawn after SIGTERM")
-	_ = filepath.Join
 }
