@@ -6,8 +6,9 @@ export DEBIAN_FRONTEND=noninteractive
 # make, git: the build; iproute2, nftables: namespace labs;
 # qemu-system-x86, busybox-static, file: the VM lab with Debian's kernel.
 # bird2: the upstream router (and the directors' OSPF) in the routing labs;
-# nginx: the real servers of the end-to-end lab; curl: its client.
-pkgs=(make git ca-certificates iproute2 nftables qemu-system-x86 busybox-static file bird2 nginx curl)
+# nginx: the real servers of the end-to-end lab; curl: its client;
+# bind9-dnsutils: dig, the client of the DNS tests.
+pkgs=(make git ca-certificates iproute2 nftables qemu-system-x86 busybox-static file bird2 nginx curl bind9-dnsutils)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
