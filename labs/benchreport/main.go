@@ -22,7 +22,7 @@ import (
 	"time"
 )
 
-var number = regexp.MustCompile(`[0-9]+(\.[0-9]+)?`)
+var number = regexp.MustCompile(`[0-9]+(,[0-9]{3})*(\.[0-9]+)?`)
 
 // series is one kind of line (its text with the numbers taken out) and
 // the numbers each occurrence had.
@@ -30,26 +30,32 @@ type series struct {
 	shape string
 	parts []string // the text between the numbers
 	runs  [][]float64
-	first int // order of first appearance
+	raw   []string // the numbers as first written
+	first int      // order of first appearance
 }
+
+// single is labtest.Report's line for one timed event: the median, min
+// and max of one value are that value.
+var single = regexp.MustCompile(`median ([0-9.]+) ms, min [0-9.]+ ms, max [0-9.]+ ms \(1 runs\)`)
 
 // collect groups lines by shape.
 func collect(lines []string) []*series {
 	by := map[string]*series{}
 	var out []*series
 	for _, l := range lines {
+		l = single.ReplaceAllString(l, "$1 ms")
 		nums := number.FindAllString(l, -1)
 		parts := number.Split(l, -1)
 		shape := strings.Join(parts, "#")
 		s := by[shape]
 		if s == nil {
-			s = &series{shape: shape, parts: parts, first: len(out)}
+			s = &series{shape: shape, parts: parts, raw: nums, first: len(out)}
 			by[shape] = s
 			out = append(out, s)
 		}
 		var v []float64
 		for _, n := range nums {
-			f, _ := strconv.ParseFloat(n, 64)
+			f, _ := strconv.ParseFloat(strings.ReplaceAll(n, ",", ""), 64)
 			v = append(v, f)
 		}
 		s.runs = append(s.runs, v)
@@ -98,7 +104,7 @@ func (s *series) render() string {
 		}
 		lo, hi := slices.Min(col), slices.Max(col)
 		if lo == hi {
-			b.WriteString(format(lo)) // the same in every run: a setting, or a steady result
+			b.WriteString(s.raw[i]) // the same in every run: a setting, or a steady result
 			continue
 		}
 		b.WriteString("**" + format(median(col)) + "** [" + format(lo) + "-" + format(hi) + "]")

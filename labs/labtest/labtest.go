@@ -186,6 +186,10 @@ func Report(t testing.TB, what string, ds []time.Duration) {
 	ds = slices.Clone(ds)
 	slices.Sort(ds)
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	if len(ds) == 1 {
+		t.Logf("measure: %s: %.1f ms", what, ms(ds[0]))
+		return
+	}
 	t.Logf("measure: %s: median %.1f ms, min %.1f ms, max %.1f ms (%d runs)", what,
 		ms(ds[len(ds)/2]), ms(ds[0]), ms(ds[len(ds)-1]), len(ds))
 }
