@@ -66,6 +66,18 @@ func DeployECMP8(t testing.TB) *ECMP8 {
 			e.Diagnose()
 		}
 		lab.Destroy()
+		// What the lab's daemons leave on the host's file system: nginx's
+		// pid files (it was killed, not stopped) and, unless the test
+		// failed and they are evidence, the logs.
+		for r := 1; r <= 4; r++ {
+			os.Remove(fmt.Sprintf("/run/ecmp8-rs%d-nginx.pid", r))
+			if !t.Failed() {
+				os.Remove(fmt.Sprintf("/tmp/ecmp8-rs%d-nginx.log", r))
+			}
+		}
+		if !t.Failed() {
+			os.Remove("/tmp/bird-ecmp8-router.log")
+		}
 	})
 	for r := 1; r <= 4; r++ {
 		node := fmt.Sprintf("rs%d", r)
