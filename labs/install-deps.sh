@@ -7,8 +7,9 @@ export DEBIAN_FRONTEND=noninteractive
 # qemu-system-x86, busybox-static, file: the VM lab with Debian's kernel.
 # bird2: the upstream router (and the directors' OSPF) in the routing labs;
 # nginx: the real servers of the end-to-end lab; curl: its client;
-# bind9-dnsutils: dig, the client of the DNS tests.
-pkgs=(make git ca-certificates iproute2 nftables qemu-system-x86 busybox-static file bird2 nginx curl bind9-dnsutils)
+# bind9-dnsutils: dig, the client of the DNS tests; keepalived: the VRRP
+# interop lab.
+pkgs=(make git ca-certificates iproute2 nftables qemu-system-x86 busybox-static file bird2 nginx curl bind9-dnsutils keepalived)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,6 +23,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 	if command -v systemctl >/dev/null; then
 		[[ " ${missing[*]} " == *" bird2 "* ]] && { systemctl disable --now bird.service >/dev/null 2>&1 || true; }
 		[[ " ${missing[*]} " == *" nginx "* ]] && { systemctl disable --now nginx.service >/dev/null 2>&1 || true; }
+		[[ " ${missing[*]} " == *" keepalived "* ]] && { systemctl disable --now keepalived.service >/dev/null 2>&1 || true; }
 	fi
 fi
 export PATH="/usr/local/go/bin:$PATH"

@@ -149,12 +149,12 @@ func TestMachine(t *testing.T) {
 
 // net simulates routers on one segment: each advertisement reaches every
 // other router at once.
-type net struct {
+type segment struct {
 	ms    map[netip.Addr]*Machine
 	alive map[netip.Addr]bool
 }
 
-func (n *net) deliver(now time.Time, from netip.Addr, acts []Action) {
+func (n *segment) deliver(now time.Time, from netip.Addr, acts []Action) {
 	for _, a := range acts {
 		if a.Kind != Send || !n.alive[from] {
 			continue
@@ -167,7 +167,7 @@ func (n *net) deliver(now time.Time, from netip.Addr, acts []Action) {
 	}
 }
 
-func (n *net) run(from, to time.Time) {
+func (n *segment) run(from, to time.Time) {
 	for now := from; !now.After(to); now = now.Add(10 * time.Millisecond) {
 		for addr, m := range n.ms {
 			if n.alive[addr] {
@@ -177,7 +177,7 @@ func (n *net) run(from, to time.Time) {
 	}
 }
 
-func (n *net) masters() []netip.Addr {
+func (n *segment) masters() []netip.Addr {
 	var out []netip.Addr
 	for a, m := range n.ms {
 		if n.alive[a] && m.State() == Master {
@@ -193,7 +193,7 @@ func (n *net) masters() []netip.Addr {
 // back with preempt it takes the role back; exactly one master whenever
 // the segment has settled.
 func TestTwoRouters(t *testing.T) {
-	n := &net{ms: map[netip.Addr]*Machine{
+	n := &segment{ms: map[netip.Addr]*Machine{
 		ipA: NewMachine(Config{VRID: 1, Priority: 200, Interval: time.Second, Preempt: true, Self: ipA}),
 		ipB: NewMachine(Config{VRID: 1, Priority: 100, Interval: time.Second, Preempt: true, Self: ipB}),
 	}, alive: map[netip.Addr]bool{ipA: true, ipB: true}}

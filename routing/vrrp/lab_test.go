@@ -1,0 +1,247 @@
+package vrrp
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/anycastd/anycastd/configs"
+	"github.com/anycastd/anycastd/labs/labtest"
+	"github.com/anycastd/anycastd/routing"
+)
+
+func TestMain(m *testing.M) {
+	labtest.HelperMain(map[string]func([]string) error{"vrrp": vrrpHelper})
+	os.Exit(m.Run())
+}
+
+// vrrpHelper runs a Router from a config file (its routing.vrrp part),
+// wanting every VIP, and takes commands on stdin: "status" prints one line
+// of JSON; "want VIP,..." or "want -" changes what it may hold. At stdin's
+// end it stops (a master sends priority 0) and exits.
+func vrrpHelper(args []string) error {
+	cfg, err := configs.Load(args[0])
+	if err != nil {
+		return err
+	}
+	r, err := New(cfg.Routing.VRRP, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	if err != nil {
+		return err
+	}
+	want := func(vs []netip.Addr) {
+		var anns []routing.Announcement
+		for _, v := range vs {
+			anns = append(anns, routing.Announcement{Prefix: netip.PrefixFrom(v, v.BitLen())})
+		}
+		r.Set(context.Background(), anns)
+	}
+	var all []netip.Addr
+	for _, in := range cfg.Routing.VRRP.Instances {
+		all = append(all, in.VIPs...)
+	}
+	want(all)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		cmd, arg, _ := strings.Cut(strings.TrimSpace(in.Text()), " ")
+		switch cmd {
+		case "status":
+			b, _ := json.Marshal(r.Status())
+			fmt.Println(string(b))
+		case "want":
+			var vs []netip.Addr
+			if arg != "-" {
+				for _, s := range strings.Split(arg, ",") {
+					vs = append(vs, netip.MustParseAddr(s))
+				}
+			}
+			want(vs)
+			fmt.Println("ok")
+		}
+	}
+	cancel()
+	return <-done
+}
+
+const labVIP = "192.0.2.51"
+
+type vrrpLab struct {
+	t    *testing.T
+	ns   map[string]*labtest.Netns
+	self string
+	dir  string
+}
+
+func newVRRPLab(t *testing.T) *vrrpLab {
+	labtest.Require(t)
+	if _, err := exec.LookPath("keepalived"); err != nil {
+		t.Fatal("keepalived is not installed (labs/install-deps.sh installs it)")
+	}
+	self, _ := os.Executable()
+	l := &vrrpLab{t: t, ns: map[string]*labtest.Netns{}, self: self, dir: t.TempDir()}
+	sw := labtest.NewNetns(t, "vsw")
+	sw.Run("ip", "link", "add", "br0", "type", "bridge")
+	sw.Run("ip", "link", "set", "br0", "up")
+	for name, addr := range map[string]string{"ka": "10.9.0.1", "ac": "10.9.0.2"} {
+		n := labtest.NewNetns(t, "v"+name)
+		l.ns[name] = n
+		sw.Run("ip", "link", "add", "p-"+name, "type", "veth", "peer", "name", "eth0", "netns", n.Name)
+		sw.Run("ip", "link", "set", "p-"+name, "master", "br0", "up")
+		n.Run("ip", "addr", "add", addr+"/24", "dev", "eth0")
+		n.Run("ip", "link", "set", "eth0", "up")
+	}
+	return l
+}
+
+// holds reports whether node holds the VIP on eth0.
+func (l *vrrpLab) holds(node string) bool {
+	out, _ := l.ns[node].Try("ip", "-4", "addr", "show", "dev", "eth0")
+	return strings.Contains(out, labVIP+"/32")
+}
+
+// keepalived starts keepalived (VRRPv3) in ka with the given priority.
+func (l *vrrpLab) keepalived(prio int) *exec.Cmd {
+	l.t.Helper()
+	conf := filepath.Join(l.dir, "keepalived.conf")
+	os.WriteFile(conf, []byte(fmt.Sprintf(`global_defs {
+	router_id ka
+	vrrp_version 3
+}
+vrrp_instance VI_1 {
+	state BACKUP
+	interface eth0
+	virtual_router_id 51
+	priority %d
+	advert_int 1
+	virtual_ipaddress {
+		%s/32
+	}
+}
+`, prio, labVIP)), 0o644)
+	cmd := exec.Command("ip", "netns", "exec", l.ns["ka"].Name, "keepalived", "-n", "-l", "-D", "-P", "-f", conf,
+		"-p", filepath.Join(l.dir, "ka.pid"), "-r", filepath.Join(l.dir, "ka-vrrp.pid"), "-c", filepath.Join(l.dir, "ka-chk.pid"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	log, _ := os.Create(filepath.Join(l.dir, "keepalived.log"))
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		l.t.Fatal(err)
+	}
+	l.t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() })
+	return cmd
+}
+
+type ours struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	out   *strings.Builder
+}
+
+// anycastd's VRRP (the Router) in ac with the given priority.
+func (l *vrrpLab) ours(prio int) *ours {
+	l.t.Helper()
+	conf := filepath.Join(l.dir, fmt.Sprintf("ac-%d.yaml", prio))
+	os.WriteFile(conf, []byte(fmt.Sprintf(`node: {name: ac}
+cluster: {insecure: true}
+routing:
+  mode: vrrp
+  vrrp:
+    interface: eth0
+    advert_interval: 1s
+    instances:
+      - {name: vi1, vrid: 51, vips: [%s], priority: %d, preempt: true}
+`, labVIP, prio)), 0o644)
+	cmd := exec.Command("ip", "netns", "exec", l.ns["ac"].Name, l.self, conf)
+	cmd.Env = append(os.Environ(), labtest.HelperEnv+"=vrrp")
+	stdin, _ := cmd.StdinPipe()
+	o := &ours{cmd: cmd, stdin: stdin, out: &strings.Builder{}}
+	cmd.Stdout, cmd.Stderr = o.out, o.out
+	if err := cmd.Start(); err != nil {
+		l.t.Fatal(err)
+	}
+	l.t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return o
+}
+
+func (l *vrrpLab) expect(what, master string, timeout time.Duration) time.Duration {
+	l.t.Helper()
+	start := time.Now()
+	other := map[string]string{"ka": "ac", "ac": "ka"}[master]
+	labtest.Eventually(l.t, timeout, what, func() error {
+		if !l.holds(master) || l.holds(other) {
+			return fmt.Errorf("ka holds the VIP: %v, anycastd: %v", l.holds("ka"), l.holds("ac"))
+		}
+		return nil
+	})
+	return time.Since(start)
+}
+
+// TestLabVRRPKeepalived: anycastd's VRRPv3 and keepalived's in one VRID on
+// one segment, failing over both ways.
+func TestLabVRRPKeepalived(t *testing.T) {
+	l := newVRRPLab(t)
+	defer func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(l.dir, "keepalived.log"))
+			t.Logf("keepalived log:\n%s", b)
+		}
+	}()
+
+	// keepalived alone: master.
+	l.keepalived(100)
+	l.expect("keepalived master alone", "ka", 10*time.Second)
+
+	// anycastd at priority 200 with preempt takes the VIP over;
+	// keepalived hears the higher priority and releases it.
+	o := l.ours(200)
+	el := l.expect("anycastd preempts keepalived", "ac", 15*time.Second)
+	t.Logf("anycastd (200) took the VIP from keepalived (100) %v after starting", el.Round(time.Millisecond))
+
+	// kill -9: no priority 0 goes out; keepalived waits out the
+	// master-down interval (3 x 1s + skew).
+	start := time.Now()
+	o.cmd.Process.Kill()
+	o.cmd.Wait()
+	// A killed process leaves the address it added behind (as keepalived
+	// would): the host is dead in this scenario, so take it away.
+	l.ns["ac"].Try("ip", "addr", "del", labVIP+"/32", "dev", "eth0")
+	l.expect("keepalived takes over from a dead anycastd", "ka", 10*time.Second)
+	labtest.Report(t, "VRRP: anycastd killed -> keepalived holds the VIP (advert 1s)", []time.Duration{time.Since(start)})
+
+	// Back, preempting again; then a graceful stop: priority 0, and
+	// keepalived takes over after its skew time only.
+	o = l.ours(200)
+	l.expect("anycastd preempts again", "ac", 15*time.Second)
+	start = time.Now()
+	o.stdin.Close()
+	o.cmd.Wait()
+	l.expect("keepalived takes over after priority 0", "ka", 5*time.Second)
+	labtest.Report(t, "VRRP: anycastd stops (priority 0) -> keepalived holds the VIP", []time.Duration{time.Since(start)})
+
+	// The other way: anycastd below keepalived stays backup; keepalived
+	// dies; anycastd takes over.
+	o = l.ours(50)
+	time.Sleep(5 * time.Second)
+	if l.holds("ac") || !l.holds("ka") {
+		t.Fatalf("anycastd at 50 took the VIP from keepalived at 100:\n%s", o.out)
+	}
+	start = time.Now()
+	for _, p := range strings.Fields(labtest.Run(t, "ip", "netns", "pids", l.ns["ka"].Name)) {
+		exec.Command("kill", "-9", p).Run()
+	}
+	l.ns["ka"].Try("ip", "addr", "del", labVIP+"/32", "dev", "eth0")
+	l.expect("anycastd takes over from a dead keepalived", "ac", 10*time.Second)
+	labtest.Report(t, "VRRP: keepalived killed -> anycastd holds the VIP (advert 1s)", []time.Duration{time.Since(start)})
+}
