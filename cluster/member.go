@@ -26,6 +26,8 @@ type Meta struct {
 	// not fit).
 	Announced      []string `json:"a,omitempty"`
 	AnnouncedCount int      `json:"n"`
+	// StandIn are announced prefixes held for a failed peer (VRRP).
+	StandIn []string `json:"si,omitempty"`
 	// PeersUp of Peers routing sessions are established.
 	PeersUp int `json:"pu"`
 	Peers   int `json:"pt"`
@@ -46,7 +48,7 @@ func (m Meta) Encode(limit int) ([]byte, error) {
 	if err != nil || len(b) <= limit {
 		return b, err
 	}
-	m.Announced = nil
+	m.Announced, m.StandIn = nil, nil
 	if b, _ = json.Marshal(m); len(b) <= limit {
 		return b, nil
 	}

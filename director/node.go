@@ -22,7 +22,9 @@ import (
 	"github.com/anycastd/anycastd/ipvs"
 	"github.com/anycastd/anycastd/routing"
 	"github.com/anycastd/anycastd/routing/bgp"
+	"github.com/anycastd/anycastd/routing/dns"
 	"github.com/anycastd/anycastd/routing/kernel"
+	"github.com/anycastd/anycastd/routing/vrrp"
 )
 
 // Options configure a Node.
@@ -63,6 +65,7 @@ type Node struct {
 	dp      ipvs.Dataplane
 	host    *ipvs.Host
 	ann     routing.Announcer
+	dns     *dns.Server
 	started time.Time
 
 	wake  chan struct{}
@@ -169,9 +172,22 @@ func New(o Options) (*Node, error) {
 			n.ann = bgp.New(cfg.Routing.BGP, n.log.With("part", "bgp"))
 		case configs.ModeKernel:
 			n.ann = kernel.New(cfg.Routing.Kernel, n.log.With("part", "kernel-routes"))
+		case configs.ModeVRRP:
+			r, err := vrrp.New(cfg.Routing.VRRP, n.log.With("part", "vrrp"))
+			if err != nil {
+				return nil, err
+			}
+			n.ann = r
 		default:
-			return nil, fmt.Errorf("routing.mode %s is not available in this build yet (bgp and kernel are)", cfg.Routing.Mode)
+			return nil, fmt.Errorf("routing.mode %s is not available in this build yet (bgp, kernel and vrrp are; dns runs beside vrrp with routing.dns.enabled)", cfg.Routing.Mode)
 		}
+	}
+	if cfg.Routing.DNS.Enabled {
+		s, err := dns.New(cfg.Routing.DNS, n.log.With("part", "dns"))
+		if err != nil {
+			return nil, err
+		}
+		n.dns = s
 	}
 
 	keys, err := clusterKeys(cfg.Cluster.Keys)
@@ -306,6 +322,9 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	run("health", n.mon.Run)
 	run("self health", n.self.Run)
+	if n.dns != nil {
+		run("dns", n.dns.Run)
+	}
 
 	select {
 	case <-n.cl.Joined():
@@ -531,6 +550,7 @@ func (n *Node) loop(ctx context.Context, errc <-chan error) error {
 				cfg, d, doc := n.cfg, n.snap.Desired, n.appliedDoc
 				n.mu.Unlock()
 				n.publish(cfg, d, doc)
+				n.updateDNS(cfg, d, n.cl.Members())
 				continue
 			}
 		case <-resync.C:
@@ -657,6 +677,7 @@ func (n *Node) step(ctx context.Context) {
 	n.mu.Unlock()
 	n.logChanges(prev, d)
 	n.publish(cfg, d, doc)
+	n.updateDNS(cfg, d, members)
 }
 
 // keepAnnounced is what is announced now and still wanted, with the
@@ -842,6 +863,38 @@ func (n *Node) logChanges(prev, d Desired) {
 	}
 }
 
+// updateDNS gives the DNS server the VIPs that healthy directors hold now:
+// what each alive, eligible member says it announces (in vrrp mode: the
+// VIPs of the instances it is master of), this director's from its own
+// announcer, less the VIPs held only as a stand-in for a failed director
+// (so new clients go to directors that are up, not to the one doing
+// double duty). Every director computes it from the same gossip view.
+func (n *Node) updateDNS(cfg *configs.Config, d Desired, members []cluster.Member) {
+	if n.dns == nil {
+		return
+	}
+	var live []netip.Addr
+	for _, m := range members {
+		if m.Name == cfg.Node.Name || !m.Eligible() {
+			continue
+		}
+		for _, p := range m.Meta.Announced {
+			if pf, err := netip.ParsePrefix(p); err == nil && !slices.Contains(m.Meta.StandIn, p) {
+				live = append(live, pf.Addr())
+			}
+		}
+	}
+	if d.Eligible {
+		st := n.ann.Status()
+		for _, a := range st.Announced {
+			if !slices.Contains(st.StandIn, a.Prefix) {
+				live = append(live, a.Prefix.Addr())
+			}
+		}
+	}
+	n.dns.SetLive(live)
+}
+
 func (n *Node) publish(cfg *configs.Config, d Desired, doc *cluster.Document) {
 	st := n.ann.Status()
 	m := cluster.Meta{
@@ -857,6 +910,9 @@ func (n *Node) publish(cfg *configs.Config, d Desired, doc *cluster.Document) {
 	}
 	for _, a := range st.Announced {
 		m.Announced = append(m.Announced, a.Prefix.String())
+	}
+	for _, p := range st.StandIn {
+		m.StandIn = append(m.StandIn, p.String())
 	}
 	for _, p := range st.Peers {
 		m.Peers++

@@ -56,6 +56,11 @@ type Status struct {
 	Mode      string
 	Peers     []Peer
 	Announced []Announcement
+	// StandIn are announced prefixes held only in place of a router
+	// that normally holds them and is gone (VRRP): the fallback DNS
+	// leaves them out so that new clients go to the VIPs of the
+	// directors that are up.
+	StandIn []netip.Prefix
 }
 
 // Announcer announces a set of prefixes. Implementations are safe for

@@ -77,7 +77,18 @@ type Machine struct {
 	deadline time.Time     // Adver_Timer (master) or Master_Down_Timer (backup)
 	// Master is the current master's address as last heard (backup).
 	master netip.Addr
+	// heard is the priority of the master last heard as a backup;
+	// standIn is set when this router became master although that
+	// master had a higher priority (it failed or left): it holds the
+	// addresses for it.
+	heard   uint8
+	standIn bool
 }
+
+// StandIn reports whether this master holds the addresses in place of a
+// higher-priority router that failed or left (it will give them back when
+// that one returns and preempts).
+func (m *Machine) StandIn() bool { return m.state == Master && m.standIn }
 
 // NewMachine returns a machine in Initialize.
 func NewMachine(cfg Config) *Machine { return &Machine{cfg: cfg, masterIv: cfg.Interval} }
@@ -104,6 +115,7 @@ func (m *Machine) skew() time.Duration {
 func (m *Machine) MasterDownInterval() time.Duration { return 3*m.masterIv + m.skew() }
 
 func (m *Machine) becomeMaster(now time.Time) []Action {
+	m.standIn = m.heard > m.cfg.Priority
 	m.state = Master
 	m.master = m.cfg.Self
 	m.deadline = now.Add(m.cfg.Interval)
@@ -179,6 +191,7 @@ func (m *Machine) Receive(now time.Time, src netip.Addr, a Advert) []Action {
 		if !preempting || a.Priority >= m.cfg.Priority {
 			m.masterIv = a.Interval
 			m.master = src
+			m.heard = a.Priority
 			m.deadline = now.Add(m.MasterDownInterval())
 		}
 		// Else: a lower-priority master and we preempt: let the

@@ -231,3 +231,35 @@ func TestTwoRouters(t *testing.T) {
 		t.Errorf("after A's return: masters %v, want A", got)
 	}
 }
+
+func TestStandIn(t *testing.T) {
+	m := NewMachine(Config{VRID: 1, Priority: 100, Interval: time.Second, Self: ipA})
+	m.Start(t0)
+	m.Receive(t0.Add(time.Second), ipB, adv(200))
+	m.Tick(t0.Add(5 * time.Second)) // the 200 went silent
+	if m.State() != Master || !m.StandIn() {
+		t.Fatalf("state %s, stand-in %v: want a stand-in master", m.State(), m.StandIn())
+	}
+	m.Receive(t0.Add(6*time.Second), ipB, adv(200)) // it is back
+	if m.State() != Backup || m.StandIn() {
+		t.Fatalf("state %s, stand-in %v after the 200 came back", m.State(), m.StandIn())
+	}
+	// A higher-priority master that leaves cleanly (priority 0): the one
+	// that takes over stands in for it too.
+	m2 := NewMachine(Config{VRID: 1, Priority: 200, Interval: time.Second, Self: ipA})
+	m2.Start(t0)
+	m2.Receive(t0.Add(time.Second), ipB, adv(250))
+	m2.Receive(t0.Add(2*time.Second), ipB, adv(0))
+	m2.Tick(t0.Add(3 * time.Second))
+	if m2.State() != Master || !m2.StandIn() {
+		t.Errorf("after a priority-0 goodbye: state %s, stand-in %v", m2.State(), m2.StandIn())
+	}
+	// The highest priority on the segment is nobody's stand-in.
+	m3 := NewMachine(Config{VRID: 1, Priority: 200, Interval: time.Second, Preempt: true, Self: ipA})
+	m3.Start(t0)
+	m3.Receive(t0.Add(time.Second), ipB, adv(100))
+	m3.Tick(t0.Add(5 * time.Second))
+	if m3.State() != Master || m3.StandIn() {
+		t.Errorf("preempting a lower master: state %s, stand-in %v", m3.State(), m3.StandIn())
+	}
+}

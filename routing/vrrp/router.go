@@ -113,7 +113,11 @@ func (r *Router) Status() routing.Status {
 		st.Peers = append(st.Peers, routing.Peer{Address: in.masterAddr(), ASN: uint32(vrid), State: state})
 		if in.m != nil && in.m.State() == Master {
 			for _, v := range in.vips {
-				st.Announced = append(st.Announced, routing.Announcement{Prefix: netip.PrefixFrom(v, v.BitLen())})
+				p := netip.PrefixFrom(v, v.BitLen())
+				st.Announced = append(st.Announced, routing.Announcement{Prefix: p})
+				if in.m.StandIn() {
+					st.StandIn = append(st.StandIn, p)
+				}
 			}
 		}
 	}
