@@ -208,6 +208,30 @@ func TestLabFallback(t *testing.T) {
 			l.expectHolders(30*time.Second, "f2 takes its VIP back (preempt)", home)
 			l.expectDNS(15*time.Second, "DNS gives out f2's VIP again", 1, vipOf(1), vipOf(2), vipOf(3))
 
+			// Health tracking: f1 drained (as its failing self check would)
+			// advertises unhealthy_priority 0, gives its VIP up at once,
+			// and DNS stops giving it out; undrained, it takes it back.
+			sock := filepath.Join(l.dir, "f1", "api.sock")
+			anyctl := func(args ...string) {
+				t.Helper()
+				if out, err := exec.Command(filepath.Join(l.bin, "anyctl"), append(args, "--socket", sock)...).CombinedOutput(); err != nil {
+					t.Fatalf("anyctl %v: %v %s", args, err, out)
+				}
+			}
+			start = time.Now()
+			anyctl("drain", "--reason", "fallback lab")
+			labtest.Eventually(t, 10*time.Second, "f1's VIP moves to a peer when f1 is drained", func() error {
+				if h := l.holder(vipOf(1)); h != 2 && h != 3 {
+					return fmt.Errorf("%s held by f%d", vipOf(1), h)
+				}
+				return nil
+			})
+			labtest.Report(t, fmt.Sprintf("fallback: director drained (priority 0) -> its VIP on a peer (advert %v)", advert), []time.Duration{time.Since(start)})
+			l.expectDNS(15*time.Second, "DNS leaves the drained director's VIP out", 2, vipOf(2), vipOf(3))
+			anyctl("undrain")
+			l.expectHolders(30*time.Second, "f1 takes its VIP back after undrain", home)
+			l.expectDNS(15*time.Second, "DNS gives out f1's VIP again", 3, vipOf(1), vipOf(2), vipOf(3))
+
 			for i := 1; i <= 3; i++ {
 				l.d[i].Signal(syscall.SIGTERM)
 				<-l.d[i].Done()
