@@ -205,6 +205,10 @@ type API struct {
 	Socket string `mapstructure:"socket" json:"socket"`
 	// TCP is an optional remote listener; off unless Listen is set.
 	TCP APITCP `mapstructure:"tcp" json:"tcp"`
+	// Metrics is where Prometheus scrapes /metrics over plain HTTP, e.g.
+	// "127.0.0.1:9477"; off unless set. (The unix socket serves
+	// /metrics too.)
+	Metrics netip.AddrPort `mapstructure:"metrics" json:"metrics,omitzero"`
 }
 
 // APITCP is the optional TLS listener of the API.

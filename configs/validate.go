@@ -408,6 +408,9 @@ func (c *checker) api(p string, a *API) {
 	if !filepath.IsAbs(a.Socket) {
 		c.add(p+".socket", "%q is not an absolute path", a.Socket)
 	}
+	if a.Metrics.IsValid() && a.Metrics.Port() == 0 {
+		c.add(p+".metrics", "%s has no port", a.Metrics)
+	}
 	t := &a.TCP
 	tp := p + ".tcp"
 	if !t.Listen.IsValid() {

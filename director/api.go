@@ -252,6 +252,7 @@ func (n *Node) Handler() http.Handler {
 	// Go's profiler, for the unix socket only (root): what an operator
 	// or a developer needs when a director uses more CPU or memory than
 	// it should (curl --unix-socket SOCK http://x/debug/pprof/heap).
+	mux.Handle("GET /metrics", n.MetricsHandler())
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
@@ -524,9 +525,12 @@ func (n *Node) Serve(ctx context.Context) error {
 		listeners = append(listeners, tl)
 		servers = append(servers, srv)
 	}
-	errc := make(chan error, len(servers))
+	errc := make(chan error, len(servers)+1)
 	for i, srv := range servers {
 		go func() { errc <- srv.Serve(listeners[i]) }()
+	}
+	if api.Metrics.IsValid() {
+		go func() { errc <- n.serveMetrics(ctx, api.Metrics.String()) }()
 	}
 	n.log.Info("API listening", "socket", api.Socket, "tcp", api.TCP.Listen)
 	select {

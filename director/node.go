@@ -66,6 +66,7 @@ type Node struct {
 	host    *ipvs.Host
 	ann     routing.Announcer
 	dns     *dns.Server
+	metrics *metrics
 	started time.Time
 
 	wake  chan struct{}
@@ -224,6 +225,7 @@ func New(o Options) (*Node, error) {
 	if err := n.self.SetOperatorChecks(cfg.Health.Self.Checks); err != nil {
 		return nil, err
 	}
+	n.metrics = newMetrics(n)
 	if d, err := readJSON[drainState](n.statePath("drain.json")); err != nil {
 		return nil, err
 	} else if d != nil {
@@ -670,6 +672,7 @@ func (n *Node) step(ctx context.Context) {
 	prev := n.snap.Desired
 	n.lastFailed = newFailed
 	rinfo.Loops = n.snap.Reconcile.Loops + 1
+	n.metrics.loops.Inc()
 	// The table is the reconciler's now (and the kernel's); keeping a
 	// copy here would only hold 10,000 destinations twice.
 	d.Table = ipvs.Table{}
@@ -796,6 +799,10 @@ func (n *Node) reconcile(ctx context.Context, want ipvs.Table, now time.Time) (R
 	start := time.Now()
 	res, err := n.rec.Reconcile(ctx, want, now)
 	info := ReconcileInfo{At: now, Duration: time.Since(start), Ops: len(res.Plan), Draining: res.Draining}
+	n.metrics.reconcile.Observe(info.Duration.Seconds())
+	for _, op := range res.Plan {
+		n.metrics.ipvsOps.WithLabelValues(op.Kind.String()).Inc()
+	}
 	for _, f := range res.Foreign {
 		info.Foreign = append(info.Foreign, f.String())
 	}
@@ -808,6 +815,7 @@ func (n *Node) reconcile(ctx context.Context, want ipvs.Table, now time.Time) (R
 		} else {
 			errs = []error{err}
 		}
+		n.metrics.ipvsErrors.Add(float64(len(errs)))
 		for _, e := range errs {
 			info.Errors = append(info.Errors, e.Error())
 			var oe *ipvs.OpError

@@ -1,0 +1,209 @@
+package director
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/anycastd/anycastd/cluster"
+	"github.com/anycastd/anycastd/configs"
+	"github.com/anycastd/anycastd/health"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics are the director's Prometheus metrics: counters the loop keeps
+// (IPVS operations, reconcile durations) and a collector that reads the
+// rest (membership, roles, health, announcements, sessions, IPVS counters)
+// from the live state at scrape time.
+type metrics struct {
+	reg        *prometheus.Registry
+	ipvsOps    *prometheus.CounterVec
+	ipvsErrors prometheus.Counter
+	reconcile  prometheus.Histogram
+	loops      prometheus.Counter
+}
+
+func newMetrics(n *Node) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		ipvsOps: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "anycastd_ipvs_operations_total",
+			Help: "IPVS operations sent to the dataplane, by kind (add-service, add-dest, update-dest, ...)."}, []string{"op"}),
+		ipvsErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "anycastd_ipvs_errors_total",
+			Help: "IPVS operations the dataplane refused, and failed reads of the table."}),
+		reconcile: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "anycastd_reconcile_duration_seconds",
+			Help: "How long one IPVS reconcile (read, diff, apply) took.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}),
+		loops: prometheus.NewCounter(prometheus.CounterOpts{Name: "anycastd_loop_runs_total",
+			Help: "Turns of the control loop."}),
+	}
+	m.reg.MustRegister(m.ipvsOps, m.ipvsErrors, m.reconcile, m.loops,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		&stateCollector{n: n})
+	return m
+}
+
+var (
+	descMembers = prometheus.NewDesc("anycastd_members", "Members in this director's gossip view, by state.", []string{"state"}, nil)
+	descRole    = prometheus.NewDesc("anycastd_role", "This director's role (1 for the current one).", []string{"role"}, nil)
+	descHealthy = prometheus.NewDesc("anycastd_self_healthy", "1 if this director's own health checks pass.", nil, nil)
+	descCheck   = prometheus.NewDesc("anycastd_self_check_ok", "1 if the self check passes.", []string{"check"}, nil)
+	descDrained = prometheus.NewDesc("anycastd_drained", "1 if the operator drained this director.", nil, nil)
+	descEligib  = prometheus.NewDesc("anycastd_eligible", "1 if this director may be in the active set (healthy, config current).", nil, nil)
+	descConfig  = prometheus.NewDesc("anycastd_config_version", "Version of the applied cluster config.", nil, nil)
+	descVIP     = prometheus.NewDesc("anycastd_vip_announced", "1 if this director announces the VIP.", []string{"vip"}, nil)
+	descPeerUp  = prometheus.NewDesc("anycastd_routing_peer_up", "1 if the routing session is established (BGP) or this router is master (VRRP).", []string{"peer", "state"}, nil)
+	descFlaps   = prometheus.NewDesc("anycastd_routing_peer_flaps_total", "Times the session left established.", []string{"peer"}, nil)
+	descBFD     = prometheus.NewDesc("anycastd_bfd_up", "1 if the BFD session with the peer is up.", []string{"peer"}, nil)
+	descBackend = prometheus.NewDesc("anycastd_backend_up", "1 if the backend passes its health check here (rise/fall applied), 0 if down or not checked yet.", []string{"service", "backend"}, nil)
+	descLatency = prometheus.NewDesc("anycastd_backend_probe_latency_seconds", "Latency of the backend's last health probe.", []string{"service", "backend"}, nil)
+	descProbes  = prometheus.NewDesc("anycastd_backend_probes_total", "Health probes run against the backend.", []string{"service", "backend"}, nil)
+	descConns   = prometheus.NewDesc("anycastd_ipvs_connections_total", "Connections IPVS scheduled for the service (kernel counter).", []string{"service"}, nil)
+	descInPkts  = prometheus.NewDesc("anycastd_ipvs_in_packets_total", "Packets IPVS received for the service (kernel counter).", []string{"service"}, nil)
+	descInBytes = prometheus.NewDesc("anycastd_ipvs_in_bytes_total", "Bytes IPVS received for the service (kernel counter).", []string{"service"}, nil)
+	descOutPkts = prometheus.NewDesc("anycastd_ipvs_out_packets_total", "Packets IPVS sent back for the service (NAT only; DR and TUN replies bypass the director).", []string{"service"}, nil)
+	descOutByte = prometheus.NewDesc("anycastd_ipvs_out_bytes_total", "Bytes IPVS sent back for the service (NAT only).", []string{"service"}, nil)
+	descActive  = prometheus.NewDesc("anycastd_ipvs_backend_active_connections", "Active connections IPVS has to the backend.", []string{"service", "backend"}, nil)
+	descInact   = prometheus.NewDesc("anycastd_ipvs_backend_inactive_connections", "Inactive connections IPVS has to the backend.", []string{"service", "backend"}, nil)
+	descWeight  = prometheus.NewDesc("anycastd_ipvs_backend_weight", "The backend's weight in IPVS (0 while down or draining).", []string{"service", "backend"}, nil)
+)
+
+type stateCollector struct{ n *Node }
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descMembers, descRole, descHealthy, descCheck, descDrained, descEligib, descConfig, descVIP,
+		descPeerUp, descFlaps, descBFD, descBackend, descLatency, descProbes, descConns, descInPkts, descInBytes, descOutPkts, descOutByte,
+		descActive, descInact, descWeight} {
+		ch <- d
+	}
+}
+
+func gauge(d *prometheus.Desc, v float64, labels ...string) prometheus.Metric {
+	return prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+}
+
+func counter(d *prometheus.Desc, v float64, labels ...string) prometheus.Metric {
+	return prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	n := c.n
+	states := map[cluster.State]int{cluster.StateAlive: 0, cluster.StateSuspect: 0, cluster.StateDead: 0, cluster.StateLeft: 0}
+	for _, m := range n.cl.Members() {
+		states[m.State]++
+	}
+	for s, k := range states {
+		ch <- gauge(descMembers, float64(k), string(s))
+	}
+	n.mu.Lock()
+	d, selfSt, drained, doc, services := n.snap.Desired, n.selfSt, n.drain.Drained, n.appliedDoc, n.services
+	n.mu.Unlock()
+	for _, r := range []cluster.Role{cluster.RoleActive, cluster.RoleStandby, cluster.RoleIneligible} {
+		ch <- gauge(descRole, b2f(d.Role == r), string(r))
+	}
+	ch <- gauge(descHealthy, b2f(selfSt.Healthy))
+	for _, ck := range selfSt.Checks {
+		ch <- gauge(descCheck, b2f(ck.OK), ck.Name)
+	}
+	ch <- gauge(descDrained, b2f(drained))
+	ch <- gauge(descEligib, b2f(d.Eligible))
+	if doc != nil {
+		ch <- gauge(descConfig, float64(doc.Version))
+	}
+	for _, v := range d.VIPs {
+		ch <- gauge(descVIP, b2f(v.Announced), v.VIP.String())
+	}
+	st := n.ann.Status()
+	for _, p := range st.Peers {
+		peer := p.Address.String()
+		if st.Mode == configs.ModeVRRP {
+			peer = "vrid " + strconv.Itoa(int(p.ASN))
+		}
+		ch <- gauge(descPeerUp, b2f(p.Established() || p.State == "master"), peer, p.State)
+		if st.Mode == configs.ModeBGP {
+			ch <- counter(descFlaps, float64(p.Flaps), peer)
+			if p.BFD != "" {
+				ch <- gauge(descBFD, b2f(p.BFD == "up"), peer)
+			}
+		}
+	}
+	for _, s := range services {
+		if s.Health.Type == configs.CheckNone {
+			continue
+		}
+		for _, b := range s.Backends {
+			hs, ok := n.mon.Status(TargetID(s.Name, b))
+			be := b.Address.String() + ":" + strconv.Itoa(b.Port)
+			if !ok {
+				continue
+			}
+			ch <- gauge(descBackend, b2f(hs.State == health.Up), s.Name, be)
+			ch <- counter(descProbes, float64(hs.Checks), s.Name, be)
+			if hs.Checks > 0 {
+				ch <- gauge(descLatency, hs.Last.Latency.Seconds(), s.Name, be)
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	table, err := n.dp.Table(ctx)
+	if err != nil {
+		return
+	}
+	idx := table.Index()
+	for _, s := range services {
+		is, ok := idx[Service(s).ServiceKey]
+		if !ok {
+			continue
+		}
+		ch <- counter(descConns, float64(is.Stats.Conns), s.Name)
+		ch <- counter(descInPkts, float64(is.Stats.InPkts), s.Name)
+		ch <- counter(descInBytes, float64(is.Stats.InBytes), s.Name)
+		ch <- counter(descOutPkts, float64(is.Stats.OutPkts), s.Name)
+		ch <- counter(descOutByte, float64(is.Stats.OutBytes), s.Name)
+		for _, dst := range is.Destinations {
+			be := dst.DestKey.String()
+			ch <- gauge(descActive, float64(dst.ActiveConns), s.Name, be)
+			ch <- gauge(descInact, float64(dst.InactiveConns), s.Name, be)
+			ch <- gauge(descWeight, float64(dst.Weight), s.Name, be)
+		}
+	}
+}
+
+// MetricsHandler serves the metrics in Prometheus' text format.
+func (n *Node) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}
+
+// serveMetrics serves /metrics on api.metrics until ctx ends.
+func (n *Node) serveMetrics(ctx context.Context, addr string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("api.metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", n.MetricsHandler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	n.log.Info("metrics listening", "addr", l.Addr())
+	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
