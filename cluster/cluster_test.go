@@ -143,7 +143,7 @@ func TestClusterConvergesAndReplicates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	el := eventually(t, 10*time.Second, "document v1 everywhere", func() error {
+	el := eventually(t, 20*time.Second, "document v1 everywhere", func() error {
 		for _, n := range names {
 			if got := tc.nodes[n].c.Document(); got == nil || got.Hash != d.Hash {
 				return fmt.Errorf("%s has %v", n, got)
@@ -159,7 +159,7 @@ func TestClusterConvergesAndReplicates(t *testing.T) {
 	if err != nil || d2.Version != d.Version+1 {
 		t.Fatalf("second proposal: %+v %v", d2, err)
 	}
-	eventually(t, 10*time.Second, "document v2 everywhere", func() error {
+	eventually(t, 20*time.Second, "document v2 everywhere", func() error {
 		for _, n := range names {
 			if got := tc.nodes[n].c.Document(); got.Hash != d2.Hash {
 				return fmt.Errorf("%s has version %d", n, got.Version)
@@ -170,7 +170,7 @@ func TestClusterConvergesAndReplicates(t *testing.T) {
 
 	// Metadata spreads: lb3 turns unhealthy and everyone elects without it.
 	tc.nodes["lb3"].c.SetMeta(Meta{Priority: 100, Healthy: false, Reason: "uplink down"})
-	eventually(t, 5*time.Second, "lb3 ineligible everywhere", func() error {
+	eventually(t, 20*time.Second, "lb3 ineligible everywhere", func() error {
 		for _, n := range names {
 			ms := tc.nodes[n].c.Members()
 			if r := Elect(ms, 8)["lb3"]; r != RoleIneligible {
@@ -233,7 +233,7 @@ func TestClusterKeyRotation(t *testing.T) {
 	a := tc.start("lb1", [][]byte{key1}, "")
 	b := tc.start("lb2", [][]byte{key1}, "", "lb1")
 	both := func(want int) {
-		eventually(t, 10*time.Second, fmt.Sprintf("%d members", want), func() error {
+		eventually(t, 20*time.Second, fmt.Sprintf("%d members", want), func() error {
 			for _, n := range []*node{a, b} {
 				if got := alive(n.c.Members()); len(got) != want {
 					return fmt.Errorf("sees %v", got)
@@ -264,7 +264,7 @@ func TestClusterKeyRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "document on lb2", func() error {
+	eventually(t, 20*time.Second, "document on lb2", func() error {
 		if got := b.c.Document(); got == nil || got.Hash != d.Hash {
 			return fmt.Errorf("lb2 has %v", got)
 		}
@@ -290,7 +290,7 @@ func TestClusterRejectsInvalidDocument(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "good document on lb2", func() error {
+	eventually(t, 20*time.Second, "good document on lb2", func() error {
 		if got := b.c.Document(); got == nil || got.Hash != good.Hash {
 			return fmt.Errorf("lb2 has %v", got)
 		}
