@@ -74,6 +74,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		newKeygenCmd(),
 		newRealServerCmd(),
 		newProbeCmd(),
+		newImportCmd(),
 		newVersionCmd(),
 	)
 	return root

@@ -86,3 +86,20 @@ func TestKeygen(t *testing.T) {
 		t.Errorf("two keygen runs gave the same key")
 	}
 }
+
+func TestImportKeepalived(t *testing.T) {
+	out, errOut, code := runCLI("import", "keepalived", "../../configs/keepalived/testdata/lvs-dr.conf")
+	if code != exitOK || !strings.Contains(out, "mode: vrrp") || !strings.Contains(errOut, "lvs-dr.conf:line 59: sorry_server") {
+		t.Errorf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	f := filepath.Join(t.TempDir(), "imported.yaml")
+	if _, errOut, code = runCLI("import", "keepalived", "../../configs/keepalived/testdata/lvs-dr.conf", "-o", f); code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if out, _, code := runCLI("validate", f); code != exitOK {
+		t.Errorf("anyctl validate of the imported file: %d\n%s", code, out)
+	}
+	if _, errOut, code = runCLI("import", "keepalived", "testdata/does-not-exist.conf"); code != exitFailed || !strings.Contains(errOut, "no such file") {
+		t.Errorf("missing file: %d %q", code, errOut)
+	}
+}

@@ -1,0 +1,168 @@
+package keepalived
+
+import (
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/anycastd/anycastd/configs"
+)
+
+func TestParse(t *testing.T) {
+	nodes, err := Parse("a 1 2 { b 3\n c { d }\n}\n e\n \"f g\" h # comment\n!all comment\ni {\n j\n}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, n := range nodes {
+		keys = append(keys, n.Key)
+	}
+	if !slices.Equal(keys, []string{"a", "e", "f g", "i"}) || nodes[0].Line != 1 || nodes[3].Line != 7 {
+		t.Fatalf("statements %v", keys)
+	}
+	a := nodes[0]
+	if !slices.Equal(a.Args, []string{"1", "2"}) || len(a.Children) != 2 || a.Children[1].Key != "c" || a.Children[1].Children[0].Key != "d" {
+		t.Errorf("block %+v", a)
+	}
+	if nodes[2].Args[0] != "h" || len(nodes[3].Children) != 1 {
+		t.Errorf("quotes or a brace on its own line: %+v %+v", nodes[2], nodes[3])
+	}
+	for _, bad := range []string{"a {\n b\n", "}\n", "a \"b\n"} {
+		if _, err := Parse(bad); err == nil {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+}
+
+func TestImportLVSDR(t *testing.T) {
+	text, err := os.ReadFile("testdata/lvs-dr.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := Parse(string(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := Translate(nodes)
+	out, err := Render(res, "testdata/lvs-dr.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := configs.Parse([]byte("node: {name: lvs1}\n" + out))
+	if err != nil {
+		t.Fatalf("the imported config does not validate: %v\n%s", err, out)
+	}
+	byName := map[string]configs.Service{}
+	for _, s := range cfg.Services {
+		byName[s.Name] = s
+	}
+	web := byName["192.168.200.16-80"]
+	if web.Scheduler != "wrr" || web.Forwarding != "dr" || web.Persistence.Timeout != 50*time.Second || web.Persistence.Netmask != 24 ||
+		web.Quorum != 2 || len(web.Backends) != 3 || web.Backends[0].Weight != 3 || web.Backends[2].Weight != 0 ||
+		web.Health.Type != "http" || web.Health.Path != "/healthz" || !slices.Equal(web.Health.Status, []string{"200"}) ||
+		web.Health.Interval != 6*time.Second || web.Health.Timeout != 3*time.Second || web.Health.Fall != 3 {
+		t.Errorf("web service: %+v", web)
+	}
+	tls := byName["192.168.200.17-443"]
+	if tls.Health.Type != "https" || !tls.Health.Insecure || tls.Scheduler != "sh" || tls.Backends[0].Weight != 1 {
+		t.Errorf("https service: %+v", tls)
+	}
+	dns := byName["DNS"]
+	if dns.Protocol != "udp" || dns.Port != 53 || dns.Health.Type != "exec" ||
+		!slices.Equal(dns.Health.Command, []string{"/usr/local/bin/check-dns", "192.168.201.110"}) {
+		t.Errorf("dns service (from a group): %+v", dns)
+	}
+	db := byName["192.168.200.18-3306"]
+	if db.Forwarding != "nat" || db.Health.Type != "tcp" || db.Health.Port != 3306 || db.Scheduler != "lc" {
+		t.Errorf("nat service: %+v", db)
+	}
+	v := cfg.Routing.VRRP
+	if cfg.Routing.Mode != "vrrp" || v.Interface != "eth0" || v.AdvertInterval != time.Second || len(v.Instances) != 2 ||
+		v.Instances[0].VRID != 51 || v.Instances[0].Priority != 150 || !v.Instances[0].Preempt || len(v.Instances[0].VIPs) != 2 ||
+		v.Instances[1].Preempt {
+		t.Errorf("vrrp: %+v", v)
+	}
+	// Everything not translated is listed with its line.
+	want := []string{
+		"line 12: vrrp_skip_check_adv_addr",
+		"line 15: vrrp_script chk_haproxy",
+		"line 26: authentication",
+		"line 31: 192.168.200.16/32 dev eth0 label eth0:1",
+		"line 34: track_script",
+		"line 59: sorry_server",
+		"line 68: url",
+		"line 74: delay_before_retry",
+		"line 141: real_server 192.168.201.111 53: its health check differs from the one of line 135",
+	}
+	var got []string
+	for _, s := range res.Skipped {
+		got = append(got, s.String())
+	}
+	for _, w := range want {
+		if !slices.ContainsFunc(got, func(g string) bool { return strings.HasPrefix(g, w) }) {
+			t.Errorf("not reported: %q\ngot:\n%s", w, strings.Join(got, "\n"))
+		}
+	}
+	if !strings.Contains(out, "# Not translated") || !strings.Contains(out, "interval: 6s") {
+		t.Errorf("rendering:\n%s", out)
+	}
+}
+
+func importFile(t *testing.T, path string) (*configs.Config, Result, string, error) {
+	t.Helper()
+	text, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := Parse(string(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := Translate(nodes)
+	out, err := Render(res, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := configs.Parse([]byte("node: {name: lb-a}\n" + out))
+	return cfg, res, out, err
+}
+
+func TestImportUnicastIPv6(t *testing.T) {
+	cfg, res, out, err := importFile(t, "testdata/unicast-v6.conf")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	v := cfg.Routing.VRRP
+	if v.Interface != "ens5" || !slices.Equal(v.UnicastPeers, []netip.Addr{netip.MustParseAddr("10.20.0.12")}) ||
+		v.Instances[0].PreemptDelay != 30*time.Second || v.Instances[1].VIPs[0] != netip.MustParseAddr("2001:db8:20::100") {
+		t.Errorf("vrrp %+v", v)
+	}
+	s := cfg.Services[0]
+	if s.Scheduler != "mh" || s.Health.Type != "https" || s.Health.Host != "api.example.com" || s.Health.Fall != 2 ||
+		!slices.Equal(s.Health.Status, []string{"204"}) || s.Backends[0].Weight != 10 {
+		t.Errorf("https service %+v", s)
+	}
+	if s6 := cfg.Services[1]; s6.VIP != netip.MustParseAddr("2001:db8:20::100") || s6.Health.Type != "tcp" {
+		t.Errorf("IPv6 service %+v", s6)
+	}
+	if !slices.ContainsFunc(res.Skipped, func(s Skipped) bool { return s.Line == 16 && strings.HasPrefix(s.What, "unicast_src_ip") }) {
+		t.Errorf("unicast_src_ip not reported: %v", res.Skipped)
+	}
+}
+
+// keepalived's fwmark services have no VIP; anycastd announces one per
+// service: the import says so and does not make one up.
+func TestImportFWMarkNeedsAVIP(t *testing.T) {
+	nodes, _ := Parse("virtual_server fwmark 7 {\n lb_algo rr\n lb_kind DR\n real_server 10.0.0.1 0 {\n weight 1\n }\n}\n")
+	res := Translate(nodes)
+	out, _ := Render(res, "x.conf")
+	if _, err := configs.Parse([]byte("node: {name: a}\n" + out)); err == nil || !strings.Contains(err.Error(), "vip") {
+		t.Errorf("a service without a VIP validated: %v", err)
+	}
+	if !slices.ContainsFunc(res.Skipped, func(s Skipped) bool { return s.Line == 1 && strings.Contains(s.Why, "set the service's vip by hand") }) {
+		t.Errorf("not reported: %v", res.Skipped)
+	}
+}

@@ -1,0 +1,534 @@
+package keepalived
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/anycastd/anycastd/configs"
+)
+
+// Skipped is a statement that was not translated, and why.
+type Skipped struct {
+	Line int
+	What string
+	Why  string
+}
+
+func (s Skipped) String() string { return fmt.Sprintf("line %d: %s: %s", s.Line, s.What, s.Why) }
+
+// Result is a translation.
+type Result struct {
+	Services []configs.Service
+	VRRP     *configs.VRRP
+	Skipped  []Skipped
+}
+
+type tr struct {
+	res    Result
+	groups map[string][]groupEntry
+}
+
+type groupEntry struct {
+	vip    netip.Addr
+	port   int
+	fwmark uint32
+	line   int
+}
+
+func (t *tr) skip(n *Node, why string) {
+	what := n.Key
+	if len(n.Args) > 0 {
+		what += " " + strings.Join(n.Args, " ")
+	}
+	t.res.Skipped = append(t.res.Skipped, Skipped{Line: n.Line, What: what, Why: why})
+}
+
+// Translate turns keepalived statements into anycastd services and VRRP
+// instances.
+func Translate(nodes []*Node) Result {
+	t := &tr{groups: map[string][]groupEntry{}}
+	for _, n := range nodes {
+		if n.Key == "virtual_server_group" {
+			t.group(n)
+		}
+	}
+	for _, n := range nodes {
+		switch n.Key {
+		case "virtual_server_group":
+		case "virtual_server":
+			t.virtualServer(n)
+		case "vrrp_instance":
+			t.vrrpInstance(n)
+		case "global_defs":
+			for _, c := range n.Children {
+				switch c.Key {
+				case "router_id", "notification_email", "notification_email_from", "smtp_server", "smtp_connect_timeout",
+					"enable_script_security", "script_user", "vrrp_version":
+					// Identity and mail settings: anycastd has its own
+					// (node.name) or none.
+				default:
+					t.skip(c, "global setting with no anycastd equivalent")
+				}
+			}
+		case "vrrp_script":
+			t.skip(n, "vrrp_script: use health.self.checks (exec) in anycastd")
+		case "include":
+			t.skip(n, "include is not followed: import each file")
+		default:
+			t.skip(n, "not translated")
+		}
+	}
+	return t.res
+}
+
+func (t *tr) group(n *Node) {
+	if len(n.Args) != 1 {
+		t.skip(n, "a group needs one name")
+		return
+	}
+	for _, c := range n.Children {
+		switch {
+		case c.Key == "fwmark" && len(c.Args) == 1:
+			m, err := strconv.ParseUint(c.Args[0], 10, 32)
+			if err != nil {
+				t.skip(c, "not a firewall mark")
+				continue
+			}
+			t.groups[n.Args[0]] = append(t.groups[n.Args[0]], groupEntry{fwmark: uint32(m), line: c.Line})
+		case len(c.Args) == 1:
+			if strings.Contains(c.Key, "-") {
+				t.skip(c, "address ranges in groups are not supported: list the addresses")
+				continue
+			}
+			a, err := netip.ParseAddr(c.Key)
+			p, err2 := strconv.Atoi(c.Args[0])
+			if err != nil || err2 != nil {
+				t.skip(c, "not an address and port")
+				continue
+			}
+			t.groups[n.Args[0]] = append(t.groups[n.Args[0]], groupEntry{vip: a, port: p, line: c.Line})
+		default:
+			t.skip(c, "not an address and port")
+		}
+	}
+}
+
+func seconds(s string) (time.Duration, error) {
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f < 0 {
+		return 0, fmt.Errorf("not a number of seconds")
+	}
+	return time.Duration(f * float64(time.Second)), nil
+}
+
+func (t *tr) virtualServer(n *Node) {
+	var keys []groupEntry
+	name := ""
+	switch {
+	case len(n.Args) == 2 && n.Args[0] == "fwmark":
+		m, err := strconv.ParseUint(n.Args[1], 10, 32)
+		if err != nil {
+			t.skip(n, "not a firewall mark")
+			return
+		}
+		keys = []groupEntry{{fwmark: uint32(m), line: n.Line}}
+		name = "fwmark-" + n.Args[1]
+	case len(n.Args) == 2 && n.Args[0] == "group":
+		keys = t.groups[n.Args[1]]
+		if len(keys) == 0 {
+			t.skip(n, "no such virtual_server_group (or it is empty)")
+			return
+		}
+		name = n.Args[1]
+	case len(n.Args) == 2:
+		a, err := netip.ParseAddr(n.Args[0])
+		p, err2 := strconv.Atoi(n.Args[1])
+		if err != nil || err2 != nil {
+			t.skip(n, "not an address and port")
+			return
+		}
+		keys = []groupEntry{{vip: a, port: p, line: n.Line}}
+		name = fmt.Sprintf("%s-%d", a, p)
+	default:
+		t.skip(n, "virtual_server needs ADDRESS PORT, fwmark N or group NAME")
+		return
+	}
+	s := configs.Service{Protocol: configs.ProtoTCP, Scheduler: "wlc", Forwarding: configs.ForwardNAT, OnDown: configs.OnDownRemove}
+	var check *configs.Check
+	checkFrom := 0
+	var interval time.Duration
+	retries := 0
+	for _, c := range n.Children {
+		arg := ""
+		if len(c.Args) > 0 {
+			arg = c.Args[0]
+		}
+		switch c.Key {
+		case "lb_algo", "lvs_sched":
+			s.Scheduler = arg
+		case "lb_kind", "lvs_method":
+			switch strings.ToUpper(arg) {
+			case "NAT":
+				s.Forwarding = configs.ForwardNAT
+			case "DR":
+				s.Forwarding = configs.ForwardDR
+			case "TUN":
+				s.Forwarding = configs.ForwardTUN
+			default:
+				t.skip(c, "unknown forwarding method")
+			}
+		case "protocol":
+			s.Protocol = strings.ToLower(arg)
+		case "persistence_timeout":
+			d, err := seconds(arg)
+			if err != nil {
+				t.skip(c, err.Error())
+				continue
+			}
+			s.Persistence.Timeout = d
+		case "persistence_granularity":
+			m, err := netip.ParseAddr(arg)
+			if err != nil || !m.Is4() {
+				t.skip(c, "not an IPv4 netmask")
+				continue
+			}
+			b := m.As4()
+			bits := 0
+			for _, x := range b {
+				for x&0x80 != 0 {
+					bits++
+					x <<= 1
+				}
+			}
+			s.Persistence.Netmask = bits
+		case "delay_loop":
+			d, err := seconds(arg)
+			if err != nil {
+				t.skip(c, err.Error())
+				continue
+			}
+			interval = d
+		case "retry", "retries":
+			retries, _ = strconv.Atoi(arg)
+		case "quorum":
+			q, err := strconv.Atoi(arg)
+			if err != nil {
+				t.skip(c, "not a number")
+				continue
+			}
+			s.Quorum = q
+		case "ops":
+			s.Flags = append(s.Flags, "one-packet")
+		case "real_server":
+			b, ck, ok := t.realServer(c)
+			if !ok {
+				continue
+			}
+			s.Backends = append(s.Backends, b)
+			if ck != nil && check == nil {
+				check, checkFrom = ck, c.Line
+			} else if ck != nil && !sameCheck(*ck, *check) {
+				why := fmt.Sprintf("its health check differs from the one of line %d: anycastd checks every backend of a service the same way (that one is used)", checkFrom)
+				if ck.Type == configs.CheckExec {
+					why += "; an exec check finds its backend in ANYCASTD_TARGET_ADDR and ANYCASTD_TARGET_PORT"
+				}
+				t.skip(c, why)
+			}
+			if ck == nil && check != nil {
+				t.skip(c, "no health check, unlike the others: it gets the service's check")
+			}
+		case "virtualhost":
+			// Used by HTTP_GET below when given at this level.
+		case "sorry_server", "sorry_server_inhibit", "alpha", "omega", "quorum_up", "quorum_down", "hysteresis", "ha_suspend", "inhibit_on_failure":
+			if c.Key == "inhibit_on_failure" {
+				s.OnDown = configs.OnDownWeightZero
+				continue
+			}
+			t.skip(c, "no anycastd equivalent")
+		default:
+			t.skip(c, "not translated")
+		}
+	}
+	if check == nil {
+		s.Health = configs.Check{Type: configs.CheckNone}
+	} else {
+		s.Health = *check
+	}
+	if interval > 0 {
+		s.Health.Interval = interval
+	}
+	if retries > 0 && s.Health.Fall == 0 {
+		s.Health.Fall = retries
+	}
+	if s.Health.Type != configs.CheckNone && s.Health.Timeout > 0 && s.Health.Interval > 0 && s.Health.Timeout > s.Health.Interval {
+		s.Health.Timeout = s.Health.Interval
+	}
+	for _, k := range keys {
+		svc := s
+		svc.Backends = slices.Clone(s.Backends)
+		svc.Name = sanitize(name)
+		if len(keys) > 1 {
+			svc.Name = sanitize(fmt.Sprintf("%s-%s-%d", name, k.vip, k.port))
+		}
+		if k.fwmark != 0 {
+			svc.FWMark = k.fwmark
+			svc.Name = sanitize(fmt.Sprintf("%s-fwmark-%d", name, k.fwmark))
+			if len(keys) == 1 {
+				svc.Name = sanitize(name)
+			}
+			// An fwmark service still needs a VIP to announce: the
+			// first real server's family is all keepalived tells us.
+			t.res.Skipped = append(t.res.Skipped, Skipped{Line: k.line, What: fmt.Sprintf("fwmark %d", k.fwmark),
+				Why: "set the service's vip by hand: anycastd announces a VIP for every service, keepalived's fwmark services have none"})
+		} else {
+			svc.VIP, svc.Port = k.vip, k.port
+		}
+		t.res.Services = append(t.res.Services, svc)
+	}
+}
+
+func sanitize(s string) string {
+	r := strings.NewReplacer(":", "-", "/", "-", " ", "-")
+	s = r.Replace(s)
+	if len(s) > 63 {
+		s = s[:63]
+	}
+	return s
+}
+
+func sameCheck(a, b configs.Check) bool {
+	return a.Type == b.Type && a.Port == b.Port && a.Path == b.Path && slices.Equal(a.Status, b.Status) &&
+		slices.Equal(a.Command, b.Command) && a.Timeout == b.Timeout
+}
+
+func (t *tr) realServer(n *Node) (configs.Backend, *configs.Check, bool) {
+	if len(n.Args) < 1 || len(n.Args) > 2 {
+		t.skip(n, "real_server needs ADDRESS [PORT]")
+		return configs.Backend{}, nil, false
+	}
+	a, err := netip.ParseAddr(n.Args[0])
+	if err != nil {
+		t.skip(n, "not an address")
+		return configs.Backend{}, nil, false
+	}
+	b := configs.Backend{Address: a, Weight: 1}
+	if len(n.Args) == 2 {
+		if b.Port, err = strconv.Atoi(n.Args[1]); err != nil {
+			t.skip(n, "not a port")
+			return configs.Backend{}, nil, false
+		}
+	}
+	var check *configs.Check
+	for _, c := range n.Children {
+		arg := ""
+		if len(c.Args) > 0 {
+			arg = c.Args[0]
+		}
+		switch c.Key {
+		case "weight":
+			b.Weight, _ = strconv.Atoi(arg)
+		case "lvs_method", "lb_kind":
+			switch strings.ToUpper(arg) {
+			case "NAT":
+				b.Forwarding = configs.ForwardNAT
+			case "DR":
+				b.Forwarding = configs.ForwardDR
+			case "TUN":
+				b.Forwarding = configs.ForwardTUN
+			}
+		case "uthreshold":
+			v, _ := strconv.ParseUint(arg, 10, 32)
+			b.UpperThreshold = uint32(v)
+		case "lthreshold":
+			v, _ := strconv.ParseUint(arg, 10, 32)
+			b.LowerThreshold = uint32(v)
+		case "TCP_CHECK", "HTTP_GET", "SSL_GET", "MISC_CHECK", "DNS_CHECK":
+			if check != nil {
+				t.skip(c, "a second check on one real server: anycastd runs one per service")
+				continue
+			}
+			check = t.check(c)
+		case "inhibit_on_failure":
+		default:
+			t.skip(c, "not translated")
+		}
+	}
+	return b, check, true
+}
+
+func (t *tr) check(n *Node) *configs.Check {
+	ck := &configs.Check{}
+	switch n.Key {
+	case "TCP_CHECK":
+		ck.Type = configs.CheckTCP
+	case "HTTP_GET":
+		ck.Type = configs.CheckHTTP
+	case "SSL_GET":
+		ck.Type = configs.CheckHTTPS
+		ck.Insecure = true // keepalived's SSL_GET does not verify certificates
+	case "MISC_CHECK":
+		ck.Type = configs.CheckExec
+	case "DNS_CHECK":
+		ck.Type = configs.CheckDNS
+	}
+	urls := 0
+	for _, c := range n.Children {
+		arg := ""
+		if len(c.Args) > 0 {
+			arg = c.Args[0]
+		}
+		switch c.Key {
+		case "connect_port":
+			ck.Port, _ = strconv.Atoi(arg)
+		case "connect_timeout", "misc_timeout", "dns_timeout":
+			d, err := seconds(arg)
+			if err != nil {
+				t.skip(c, err.Error())
+				continue
+			}
+			ck.Timeout = d
+		case "retry", "nb_get_retry":
+			ck.Fall, _ = strconv.Atoi(arg)
+		case "delay_before_retry":
+			t.skip(c, "anycastd retries on the check's interval: fall failures in a row take a backend down")
+		case "virtualhost":
+			ck.Host = arg
+		case "url":
+			urls++
+			if urls > 1 {
+				t.skip(c, "only the first url is checked")
+				continue
+			}
+			for _, u := range c.Children {
+				ua := ""
+				if len(u.Args) > 0 {
+					ua = u.Args[0]
+				}
+				switch u.Key {
+				case "path":
+					ck.Path = ua
+				case "status_code":
+					ck.Status = append(ck.Status, ua)
+				case "digest":
+					t.skip(u, "digest of the body is not checked (use health.body, a regular expression)")
+				default:
+					t.skip(u, "not translated")
+				}
+			}
+		case "misc_path":
+			ck.Command = splitCommand(arg)
+		case "misc_dynamic":
+			t.skip(c, "dynamic weights from the exit code are not supported: exit 0 is up, anything else down")
+		case "type":
+			ck.QueryType = strings.ToUpper(arg)
+		case "name":
+			ck.Query = arg
+		case "bindto", "bind_port", "connect_ip", "warmup", "fwmark":
+			t.skip(c, "not translated")
+		default:
+			t.skip(c, "not translated")
+		}
+	}
+	return ck
+}
+
+// splitCommand splits misc_path's command line on spaces (keepalived runs
+// it without a shell unless it names one).
+func splitCommand(s string) []string { return strings.Fields(s) }
+
+func (t *tr) vrrpInstance(n *Node) {
+	if t.res.VRRP == nil {
+		t.res.VRRP = &configs.VRRP{}
+	}
+	v := t.res.VRRP
+	in := configs.VRRPInstance{Preempt: true}
+	if len(n.Args) > 0 {
+		in.Name = sanitize(n.Args[0])
+	}
+	for _, c := range n.Children {
+		arg := ""
+		if len(c.Args) > 0 {
+			arg = c.Args[0]
+		}
+		switch c.Key {
+		case "interface":
+			if v.Interface != "" && v.Interface != arg {
+				t.skip(c, fmt.Sprintf("anycastd runs VRRP on one interface (%s, from the first instance)", v.Interface))
+				continue
+			}
+			v.Interface = arg
+		case "virtual_router_id":
+			in.VRID, _ = strconv.Atoi(arg)
+		case "priority":
+			in.Priority, _ = strconv.Atoi(arg)
+		case "advert_int":
+			d, err := seconds(arg)
+			if err != nil {
+				t.skip(c, err.Error())
+				continue
+			}
+			if v.AdvertInterval != 0 && v.AdvertInterval != d {
+				t.skip(c, fmt.Sprintf("anycastd uses one advert interval (%v, from the first instance)", v.AdvertInterval))
+				continue
+			}
+			v.AdvertInterval = d
+		case "state":
+			// MASTER/BACKUP: the priorities decide in anycastd, as they do
+			// in keepalived once running.
+		case "nopreempt":
+			in.Preempt = false
+		case "preempt_delay":
+			d, err := seconds(arg)
+			if err != nil {
+				t.skip(c, err.Error())
+				continue
+			}
+			in.PreemptDelay = d
+		case "virtual_ipaddress":
+			for _, a := range c.Children {
+				p, err := netip.ParsePrefix(a.Key)
+				var addr netip.Addr
+				if err == nil {
+					addr = p.Addr()
+				} else if addr, err = netip.ParseAddr(a.Key); err != nil {
+					t.skip(a, "not an address")
+					continue
+				}
+				if len(a.Args) > 0 {
+					t.skip(a, "options after the address (dev, label, scope) are not translated: the VIP goes on routing.vrrp.interface as a host address")
+				}
+				in.VIPs = append(in.VIPs, addr)
+			}
+		case "unicast_peer":
+			for _, a := range c.Children {
+				addr, err := netip.ParseAddr(a.Key)
+				if err != nil {
+					t.skip(a, "not an address")
+					continue
+				}
+				if !slices.Contains(v.UnicastPeers, addr) {
+					v.UnicastPeers = append(v.UnicastPeers, addr)
+				}
+			}
+		case "unicast_src_ip":
+			t.skip(c, "anycastd sends from the interface's first address")
+		case "use_vmac":
+			t.skip(c, "virtual MAC is not supported yet")
+		case "authentication":
+			t.skip(c, "VRRPv3 has no authentication (RFC 5798); anycastd speaks v3")
+		case "track_script", "track_interface", "notify", "notify_master", "notify_backup", "notify_fault", "smtp_alert",
+			"garp_master_delay", "virtual_routes", "virtual_rules", "dont_track_primary", "version":
+			t.skip(c, "not translated (anycastd's own health decides the priority: health.self and unhealthy_priority)")
+		default:
+			t.skip(c, "not translated")
+		}
+	}
+	if in.Priority == 0 {
+		in.Priority = 100 // keepalived's default
+	}
+	v.Instances = append(v.Instances, in)
+}
