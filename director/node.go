@@ -72,6 +72,10 @@ type Node struct {
 	wake  chan struct{}
 	abort chan struct{}
 	once  sync.Once
+	// ready is closed after the first turn of the loop (config settled,
+	// IPVS reconciled, routing told).
+	ready     chan struct{}
+	readyOnce sync.Once
 
 	// applyMu serialises local config changes (reload, API apply).
 	applyMu sync.Mutex
@@ -138,7 +142,7 @@ func New(o Options) (*Node, error) {
 	if err := os.MkdirAll(cfg.Node.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
-	n := &Node{opts: o, log: o.Log, cfg: cfg, wake: make(chan struct{}, 1), abort: make(chan struct{}),
+	n := &Node{opts: o, log: o.Log, cfg: cfg, wake: make(chan struct{}, 1), abort: make(chan struct{}), ready: make(chan struct{}),
 		started: o.Now(), lastFailed: map[ipvs.ServiceKey]string{}}
 
 	n.dp = o.Dataplane
@@ -278,6 +282,21 @@ func (n *Node) Wake() {
 	default:
 	}
 }
+
+// Ready is closed once the director has settled its config, reconciled
+// IPVS and told routing what to announce for the first time.
+func (n *Node) Ready() <-chan struct{} { return n.ready }
+
+// Alive reports whether the control loop turned within d (it turns at
+// least every Resync): what a watchdog should check.
+func (n *Node) Alive(d time.Duration) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return !n.snap.At.IsZero() && n.opts.Now().Sub(n.snap.At) < d
+}
+
+// Resync is the loop's longest quiet time.
+func (n *Node) Resync() time.Duration { return n.opts.Resync }
 
 // Abort skips the graceful-shutdown hold of a stopping Run (a second
 // SIGTERM): withdraw now and exit.
@@ -515,6 +534,7 @@ func (n *Node) loop(ctx context.Context, errc <-chan error) error {
 	for need := true; ; {
 		if need {
 			n.step(ctx)
+			n.readyOnce.Do(func() { close(n.ready) })
 			n.mu.Lock()
 			wakeAt, stopping := n.snap.Desired.WakeAt, n.stopping
 			announcing := len(n.snap.Desired.Announce) > 0

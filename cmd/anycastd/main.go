@@ -24,6 +24,7 @@ import (
 
 	"github.com/anycastd/anycastd/configs"
 	"github.com/anycastd/anycastd/director"
+	sd "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/cobra"
 )
 
@@ -214,8 +215,10 @@ func daemon(cfg *configs.Config, load func() (*configs.Config, error), file stri
 		}
 	}()
 
+	go systemdNotify(runCtx, n, log)
 	apiDone := apiErr
 	runErr := n.Run(runCtx)
+	_, _ = sd.SdNotify(false, sd.SdNotifyStopping)
 	stopAPI()
 	if err := <-apiDone; err != nil && runErr == nil {
 		runErr = err
@@ -225,6 +228,41 @@ func daemon(cfg *configs.Config, load func() (*configs.Config, error), file stri
 	}
 	log.Info("stopped; the IPVS table is left in place")
 	return nil
+}
+
+// systemdNotify tells systemd (Type=notify) when the director is ready,
+// and, if the unit has WatchdogSec, pets the watchdog while the control
+// loop keeps turning: a hung loop gets the daemon restarted. Outside
+// systemd it does nothing.
+func systemdNotify(ctx context.Context, n *director.Node, log *slog.Logger) {
+	select {
+	case <-n.Ready():
+	case <-ctx.Done():
+		return
+	}
+	if ok, err := sd.SdNotify(false, sd.SdNotifyReady); err != nil {
+		log.Warn("systemd notify", "err", err)
+	} else if ok {
+		log.Info("told systemd: ready")
+	}
+	interval, err := sd.SdWatchdogEnabled(false)
+	if err != nil || interval == 0 {
+		return
+	}
+	t := time.NewTicker(interval / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if n.Alive(3 * n.Resync()) {
+				sd.SdNotify(false, sd.SdNotifyWatchdog)
+			} else {
+				log.Error("the control loop has not turned for a while: not petting the watchdog")
+			}
+		}
+	}
 }
 
 // fileSum is a fingerprint of the config file's content ("" unreadable),
