@@ -7,7 +7,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 LABENV  := ANYCASTD_LAB=1
 FUZZTIME ?= 30s
 
-.PHONY: all build test unit lab-test bench lab lab-vm lint fuzz clean
+.PHONY: all build test unit lab-test bench lab lab-vm lint fuzz images clean
 
 all: build
 
@@ -49,6 +49,13 @@ lint:
 fuzz:
 	$(GO) test ./configs -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) -fuzzminimizetime 2s
 	$(GO) test ./routing/vrrp -run '^$$' -fuzz FuzzUnmarshal -fuzztime $(FUZZTIME) -fuzzminimizetime 2s
+
+## images: the anycastd image and the containerlab lab images (needs docker or podman)
+images:
+	@command -v docker >/dev/null && B=docker || B=podman; \
+	$$B build -t ghcr.io/anycastd/anycastd:latest --build-arg VERSION=$(VERSION) . && \
+	$$B build -t ghcr.io/anycastd/lab-host:latest -f labs/images/lab-host.Dockerfile . && \
+	$$B build -t ghcr.io/anycastd/lab-router:latest -f labs/images/lab-router.Dockerfile .
 
 ## clean: remove build output and lab caches
 clean:

@@ -1,0 +1,7 @@
+# ghcr.io/anycastd/lab-router: the labs' upstream router (BIRD 2).
+#   docker build -t ghcr.io/anycastd/lab-router:latest -f labs/images/lab-router.Dockerfile .
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends bird2 iproute2 nftables \
+ && rm -rf /var/lib/apt/lists/*
+CMD ["sleep", "infinity"]
