@@ -95,7 +95,7 @@ func newVRRPLab(t *testing.T) *vrrpLab {
 	sw := labtest.NewNetns(t, "vsw")
 	sw.Run("ip", "link", "add", "br0", "type", "bridge")
 	sw.Run("ip", "link", "set", "br0", "up")
-	for name, addr := range map[string]string{"ka": "10.9.0.1", "ac": "10.9.0.2"} {
+	for name, addr := range map[string]string{"ka": "10.9.0.1", "ac": "10.9.0.2", "cl": "10.9.0.10"} {
 		n := labtest.NewNetns(t, "v"+name)
 		l.ns[name] = n
 		sw.Run("ip", "link", "add", "p-"+name, "type", "veth", "peer", "name", "eth0", "netns", n.Name)
@@ -103,12 +103,16 @@ func newVRRPLab(t *testing.T) *vrrpLab {
 		n.Run("ip", "addr", "add", addr+"/24", "dev", "eth0")
 		n.Run("ip", "link", "set", "eth0", "up")
 	}
+	// The client reaches the VIP on the segment (ARP), as a router on it
+	// would.
+	l.ns["cl"].Run("ip", "route", "add", labVIP+"/32", "dev", "eth0")
 	return l
 }
 
-// holds reports whether node holds the VIP on eth0.
+// holds reports whether node holds the VIP (on eth0 or its virtual MAC
+// interface).
 func (l *vrrpLab) holds(node string) bool {
-	out, _ := l.ns[node].Try("ip", "-4", "addr", "show", "dev", "eth0")
+	out, _ := l.ns[node].Try("ip", "-4", "addr", "show")
 	return strings.Contains(out, labVIP+"/32")
 }
 
@@ -150,9 +154,11 @@ type ours struct {
 }
 
 // anycastd's VRRP (the Router) in ac with the given priority.
-func (l *vrrpLab) ours(prio int) *ours {
+func (l *vrrpLab) ours(prio int) *ours { return l.oursVMAC(prio, false) }
+
+func (l *vrrpLab) oursVMAC(prio int, vmac bool) *ours {
 	l.t.Helper()
-	conf := filepath.Join(l.dir, fmt.Sprintf("ac-%d.yaml", prio))
+	conf := filepath.Join(l.dir, fmt.Sprintf("ac-%d-%v.yaml", prio, vmac))
 	os.WriteFile(conf, []byte(fmt.Sprintf(`node: {name: ac}
 cluster: {insecure: true}
 routing:
@@ -160,9 +166,10 @@ routing:
   vrrp:
     interface: eth0
     advert_interval: 1s
+    virtual_mac: %v
     instances:
       - {name: vi1, vrid: 51, vips: [%s], priority: %d, preempt: true}
-`, labVIP, prio)), 0o644)
+`, vmac, labVIP, prio)), 0o644)
 	cmd := exec.Command("ip", "netns", "exec", l.ns["ac"].Name, l.self, conf)
 	cmd.Env = append(os.Environ(), labtest.HelperEnv+"=vrrp")
 	stdin, _ := cmd.StdinPipe()
@@ -249,4 +256,55 @@ func TestLabVRRPKeepalived(t *testing.T) {
 	l.ns["ka"].Try("ip", "addr", "del", labVIP+"/32", "dev", "eth0")
 	l.expect("anycastd takes over from a dead keepalived", "ac", 10*time.Second)
 	labtest.Report(t, "VRRP: keepalived killed -> anycastd holds the VIP (advert 1s)", []time.Duration{time.Since(start)})
+}
+
+// neighbour is the MAC the client has for the VIP after talking to it.
+func (l *vrrpLab) neighbour() string {
+	l.ns["cl"].Try("ip", "neigh", "flush", "dev", "eth0")
+	l.ns["cl"].Try("curl", "-s", "--max-time", "1", "http://"+labVIP+":9/")
+	out, _ := l.ns["cl"].Try("ip", "neigh", "show", labVIP)
+	f := strings.Fields(out)
+	for i, w := range f {
+		if w == "lladdr" && i+1 < len(f) {
+			return f[i+1]
+		}
+	}
+	return ""
+}
+
+// TestLabVRRPVirtualMAC: with virtual_mac the master answers for the VIP
+// from 00:00:5e:00:01:VRID on a macvlan interface; when keepalived takes
+// over, its gratuitous ARP moves the client to keepalived's MAC; the
+// interface is gone after a stop.
+func TestLabVRRPVirtualMAC(t *testing.T) {
+	l := newVRRPLab(t)
+	l.keepalived(100)
+	o := l.oursVMAC(200, true)
+	l.expect("anycastd master", "ac", 15*time.Second)
+	out, _ := l.ns["ac"].Try("ip", "-br", "addr", "show", "dev", "vrrp.51")
+	if !strings.Contains(out, labVIP) || !strings.Contains(out, "UP") {
+		t.Fatalf("the VIP is not on the virtual MAC interface: %q\n%s", out, o.out)
+	}
+	labtest.Eventually(t, 10*time.Second, "the client reaches the VIP at the virtual MAC", func() error {
+		if mac := l.neighbour(); mac != "00:00:5e:00:01:33" {
+			return fmt.Errorf("client's neighbour entry: %q", mac)
+		}
+		return nil
+	})
+	kaMAC := strings.Fields(l.ns["ka"].Run("cat", "/sys/class/net/eth0/address"))[0]
+	o.stdin.Close()
+	o.cmd.Wait()
+	l.expect("keepalived takes over", "ka", 10*time.Second)
+	labtest.Eventually(t, 10*time.Second, "the client follows to keepalived's MAC", func() error {
+		if mac := l.neighbour(); mac != kaMAC {
+			return fmt.Errorf("client's neighbour entry %q, keepalived's MAC %s", mac, kaMAC)
+		}
+		return nil
+	})
+	if out, err := l.ns["ac"].Try("ip", "link", "show", "vrrp.51"); err == nil {
+		t.Errorf("the virtual MAC interface is left after the stop: %s", out)
+	}
+	if v := l.ns["ac"].Sysctl("net.ipv4.conf.eth0.arp_ignore"); v != "0" {
+		t.Errorf("eth0's arp_ignore not put back after the stop: %s", v)
+	}
 }

@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -42,7 +44,10 @@ type Router struct {
 	self6  netip.Addr
 	conn4  *ipv4.PacketConn
 	conn6  *ipv6.PacketConn
-	added  map[netip.Addr]bool
+	added  map[netip.Addr]int // VIP -> interface index it was added to
+	// arpIgnore is the interface's arp_ignore before virtual_mac set it
+	// to 1 ("" if untouched), put back when the router stops.
+	arpIgnore string
 }
 
 type instance struct {
@@ -50,6 +55,18 @@ type instance struct {
 	m    *Machine
 	v6   bool
 	vips []netip.Addr
+	// vmac is the instance's macvlan interface with the virtual MAC
+	// (virtual_mac), nil otherwise.
+	vmac *net.Interface
+}
+
+// VirtualMAC is the instance's virtual router MAC (RFC 5798 7.3):
+// 00-00-5E-00-01-{VRID} for IPv4, 00-00-5E-00-02-{VRID} for IPv6.
+func VirtualMAC(vrid uint8, v6 bool) net.HardwareAddr {
+	if v6 {
+		return net.HardwareAddr{0, 0, 0x5e, 0, 2, vrid}
+	}
+	return net.HardwareAddr{0, 0, 0x5e, 0, 1, vrid}
 }
 
 type event struct {
@@ -65,11 +82,8 @@ func New(cfg configs.VRRP, log *slog.Logger) (*Router, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.VirtualMAC {
-		return nil, errors.New("routing.vrrp.virtual_mac is not supported yet: the VIPs use the interface's MAC")
-	}
 	r := &Router{cfg: cfg, log: log, wanted: map[netip.Addr]bool{}, inst: map[uint8]*instance{},
-		events: make(chan event, 64), added: map[netip.Addr]bool{}}
+		events: make(chan event, 64), added: map[netip.Addr]int{}}
 	for _, ic := range cfg.Instances {
 		in := &instance{cfg: ic, vips: ic.VIPs}
 		in.v6 = ic.VIPs[0].Is6() && !ic.VIPs[0].Is4In6()
@@ -195,6 +209,28 @@ func (r *Router) Run(ctx context.Context) error {
 		}
 		defer r.conn6.Close()
 	}
+	if r.cfg.VirtualMAC {
+		// With the VIP on the macvlan, the interface itself must not
+		// answer ARP for it with its own MAC (Linux answers for any
+		// local address on any interface unless arp_ignore says no).
+		path := "/proc/sys/net/ipv4/conf/" + ifi.Name + "/arp_ignore"
+		if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == "0" {
+			if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
+				return fmt.Errorf("vrrp virtual_mac: arp_ignore on %s: %w", ifi.Name, err)
+			}
+			r.arpIgnore = "0"
+			r.log.Info("vrrp: set arp_ignore=1 on the interface for the virtual MAC (put back at stop)", "interface", ifi.Name)
+		}
+		for vrid, in := range r.inst {
+			vm, err := r.makeVMAC(vrid, in.v6)
+			if err != nil {
+				r.removeVMACs()
+				return err
+			}
+			in.vmac = vm
+		}
+		defer r.removeVMACs()
+	}
 	now := time.Now()
 	r.mu.Lock()
 	for vrid, in := range r.inst {
@@ -280,6 +316,13 @@ func (r *Router) handle(ev event) {
 
 // do carries out a machine's actions. Called with r.mu held.
 func (r *Router) do(in *instance, acts []Action) {
+	// A new master's virtual MAC interface comes up before its first
+	// advertisement, which leaves from it.
+	for _, a := range acts {
+		if a.Kind == TakeOver {
+			r.vmacUp(in, true)
+		}
+	}
 	for _, a := range acts {
 		switch a.Kind {
 		case Send:
@@ -288,8 +331,9 @@ func (r *Router) do(in *instance, acts []Action) {
 			}
 		case TakeOver:
 			r.log.Info("vrrp: master", "instance", in.cfg.Name, "vrid", in.cfg.VRID, "vips", in.vips)
+			r.vmacUp(in, true)
 			for _, v := range in.vips {
-				r.addVIP(v)
+				r.addVIP(in, v)
 			}
 			r.announce(in)
 		case Release:
@@ -297,6 +341,7 @@ func (r *Router) do(in *instance, acts []Action) {
 			for _, v := range in.vips {
 				r.delVIP(v)
 			}
+			r.vmacUp(in, false)
 		}
 	}
 }
@@ -320,8 +365,9 @@ func (r *Router) send(in *instance, prio uint8) error {
 			if err != nil {
 				return err
 			}
-			cm := &ipv6.ControlMessage{HopLimit: 255, Src: r.self6.AsSlice(), IfIndex: r.ifi.Index}
-			if _, err := r.conn6.WriteTo(b, cm, &net.IPAddr{IP: dst.AsSlice(), Zone: r.ifi.Name}); err != nil {
+			ifi := r.sendIface(in)
+			cm := &ipv6.ControlMessage{HopLimit: 255, Src: r.self6.AsSlice(), IfIndex: ifi.Index}
+			if _, err := r.conn6.WriteTo(b, cm, &net.IPAddr{IP: dst.AsSlice(), Zone: ifi.Name}); err != nil {
 				errs = append(errs, err)
 			}
 			continue
@@ -330,7 +376,7 @@ func (r *Router) send(in *instance, prio uint8) error {
 		if err != nil {
 			return err
 		}
-		cm := &ipv4.ControlMessage{TTL: 255, Src: r.self4.AsSlice(), IfIndex: r.ifi.Index}
+		cm := &ipv4.ControlMessage{TTL: 255, Src: r.self4.AsSlice(), IfIndex: r.sendIface(in).Index}
 		if _, err := r.conn4.WriteTo(b, cm, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
 			errs = append(errs, err)
 		}
@@ -422,10 +468,87 @@ func (r *Router) open6() error {
 	return nil
 }
 
-func (r *Router) link() (netlink.Link, error) { return netlink.LinkByIndex(r.ifi.Index) }
+// sendIface is where an instance's packets leave: its macvlan with the
+// virtual MAC (so the segment's switches learn where the MAC lives from
+// the master's advertisements), else the interface.
+func (r *Router) sendIface(in *instance) *net.Interface {
+	if in.vmac != nil && in.m != nil && in.m.State() == Master {
+		return in.vmac
+	}
+	return r.ifi
+}
 
-func (r *Router) addVIP(v netip.Addr) {
-	l, err := r.link()
+// makeVMAC creates the macvlan interface "vrrp.VRID" (IPv6: "vrrp6.VRID")
+// on the VRRP interface with the virtual MAC, down until the instance is
+// master: a backup must never send from the virtual MAC.
+func (r *Router) makeVMAC(vrid uint8, v6 bool) (*net.Interface, error) {
+	name := fmt.Sprintf("vrrp.%d", vrid)
+	if v6 {
+		name = fmt.Sprintf("vrrp6.%d", vrid)
+	}
+	if old, err := netlink.LinkByName(name); err == nil {
+		// Left by a crashed run: ours by name and MAC, replace it.
+		if old.Attrs().HardwareAddr.String() != VirtualMAC(vrid, v6).String() {
+			return nil, fmt.Errorf("vrrp virtual_mac: interface %s exists and is not ours", name)
+		}
+		netlink.LinkDel(old)
+	}
+	mv := &netlink.Macvlan{LinkAttrs: netlink.LinkAttrs{Name: name, ParentIndex: r.ifi.Index, HardwareAddr: VirtualMAC(vrid, v6)},
+		Mode: netlink.MACVLAN_MODE_PRIVATE}
+	if err := netlink.LinkAdd(mv); err != nil {
+		return nil, fmt.Errorf("vrrp virtual_mac: create %s on %s: %w", name, r.ifi.Name, err)
+	}
+	if !v6 {
+		// No IPv6 link-local (and so no ND or MLD) from the virtual MAC
+		// of an IPv4 instance.
+		os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1"), 0o644)
+	}
+	// Answer ARP for the VIP on this interface only, from the virtual MAC.
+	os.WriteFile("/proc/sys/net/ipv4/conf/"+name+"/arp_ignore", []byte("1"), 0o644)
+	return net.InterfaceByName(name)
+}
+
+func (r *Router) vmacUp(in *instance, up bool) {
+	if in.vmac == nil {
+		return
+	}
+	l, err := netlink.LinkByIndex(in.vmac.Index)
+	if err == nil {
+		if up {
+			err = netlink.LinkSetUp(l)
+		} else {
+			err = netlink.LinkSetDown(l)
+		}
+	}
+	if err != nil {
+		r.log.Warn("vrrp: virtual MAC interface", "name", in.vmac.Name, "up", up, "err", err)
+	}
+}
+
+func (r *Router) removeVMACs() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.arpIgnore != "" {
+		os.WriteFile("/proc/sys/net/ipv4/conf/"+r.ifi.Name+"/arp_ignore", []byte(r.arpIgnore), 0o644)
+		r.arpIgnore = ""
+	}
+	for _, in := range r.inst {
+		if in.vmac == nil {
+			continue
+		}
+		if l, err := netlink.LinkByIndex(in.vmac.Index); err == nil {
+			netlink.LinkDel(l)
+		}
+		in.vmac = nil
+	}
+}
+
+func (r *Router) addVIP(in *instance, v netip.Addr) {
+	idx := r.ifi.Index
+	if in.vmac != nil {
+		idx = in.vmac.Index
+	}
+	l, err := netlink.LinkByIndex(idx)
 	if err != nil {
 		r.log.Error("vrrp: interface", "err", err)
 		return
@@ -438,14 +561,15 @@ func (r *Router) addVIP(v netip.Addr) {
 		r.log.Error("vrrp: add VIP", "vip", v, "err", err)
 		return
 	}
-	r.added[v] = true
+	r.added[v] = idx
 }
 
 func (r *Router) delVIP(v netip.Addr) {
-	if !r.added[v] {
+	idx, ok := r.added[v]
+	if !ok {
 		return
 	}
-	l, err := r.link()
+	l, err := netlink.LinkByIndex(idx)
 	if err == nil {
 		a := &netlink.Addr{IPNet: &net.IPNet{IP: v.AsSlice(), Mask: net.CIDRMask(v.BitLen(), v.BitLen())}}
 		err = netlink.AddrDel(l, a)
@@ -460,8 +584,12 @@ func (r *Router) delVIP(v netip.Addr) {
 // each IPv4 VIP, an unsolicited neighbour advertisement (override) for
 // each IPv6 one.
 func (r *Router) announce(in *instance) {
+	ifi := r.ifi
+	if in.vmac != nil {
+		ifi = in.vmac
+	}
 	if in.v6 {
-		c, _, err := ndp.Listen(r.ifi, ndp.LinkLocal)
+		c, _, err := ndp.Listen(ifi, ndp.LinkLocal)
 		if err != nil {
 			r.log.Warn("vrrp: neighbour advertisements", "err", err)
 			return
@@ -469,21 +597,21 @@ func (r *Router) announce(in *instance) {
 		defer c.Close()
 		for _, v := range in.vips {
 			na := &ndp.NeighborAdvertisement{Override: true, TargetAddress: v,
-				Options: []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Target, Addr: r.ifi.HardwareAddr}}}
+				Options: []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Target, Addr: ifi.HardwareAddr}}}
 			if err := c.WriteTo(na, nil, netip.MustParseAddr("ff02::1")); err != nil {
 				r.log.Warn("vrrp: neighbour advertisement", "vip", v, "err", err)
 			}
 		}
 		return
 	}
-	c, err := arp.Dial(r.ifi)
+	c, err := arp.Dial(ifi)
 	if err != nil {
 		r.log.Warn("vrrp: gratuitous ARP", "err", err)
 		return
 	}
 	defer c.Close()
 	for _, v := range in.vips {
-		p, err := arp.NewPacket(arp.OperationRequest, r.ifi.HardwareAddr, v, ethernet.Broadcast, v)
+		p, err := arp.NewPacket(arp.OperationRequest, ifi.HardwareAddr, v, ethernet.Broadcast, v)
 		if err == nil {
 			err = c.WriteTo(p, ethernet.Broadcast)
 		}
