@@ -4,8 +4,6 @@
 package e2e
 
 import (
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -34,13 +32,15 @@ type ECMP8 struct {
 	T   testing.TB
 	Lab *clab.Lab
 	Bin string
-	Dir string
-	Key string
-	D   map[int]*clab.Process
 }
 
-// DeployECMP8 builds the topology, prepares the real servers and starts
-// anycastd on every director. Everything is torn down when the test ends.
+// stateRoot holds the directors' state, logs and API sockets, as the
+// topology's director configs (labs/ecmp8/dN.yaml) say.
+const stateRoot = "/var/lib/anycastd-lab/ecmp8"
+
+// DeployECMP8 builds the topology; its exec commands prepare the real
+// servers and start anycastd on every director (this build, first on the
+// PATH). Everything is torn down when the test ends.
 func DeployECMP8(t testing.TB) *ECMP8 {
 	t.Helper()
 	labtest.Require(t)
@@ -54,18 +54,21 @@ func DeployECMP8(t testing.TB) *ECMP8 {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A clean slate: no state (drain flags, documents) from an earlier run.
+	os.RemoveAll(stateRoot)
+	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
 	lab, err := clab.Deploy(topo)
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := make([]byte, 32)
-	rand.Read(k)
-	e := &ECMP8{T: t, Lab: lab, Bin: bin, Dir: t.TempDir(), Key: base64.StdEncoding.EncodeToString(k), D: map[int]*clab.Process{}}
+	e := &ECMP8{T: t, Lab: lab, Bin: bin}
 	t.Cleanup(func() {
 		if t.Failed() {
 			e.Diagnose()
 		}
 		lab.Destroy()
+		os.RemoveAll(stateRoot)
+		os.Remove(filepath.Dir(stateRoot)) // if empty
 		// What the lab's daemons leave on the host's file system: nginx's
 		// pid files (it was killed, not stopped) and, unless the test
 		// failed and they are evidence, the logs.
@@ -79,81 +82,62 @@ func DeployECMP8(t testing.TB) *ECMP8 {
 			os.Remove("/tmp/bird-ecmp8-router.log")
 		}
 	})
-	for r := 1; r <= 4; r++ {
-		node := fmt.Sprintf("rs%d", r)
-		out, err := lab.Exec(node, fmt.Sprintf("%s/anyctl realserver up --vip %s --state-dir %s", bin, VIP, filepath.Join(e.Dir, node)))
-		if err != nil {
-			t.Fatalf("%s: realserver up: %v\n%s", node, err, out)
-		}
-	}
-	for i := 1; i <= Directors; i++ {
-		e.Start(i)
-	}
 	return e
 }
 
-// Config writes director i's config and returns its path.
-func (e *ECMP8) Config(i int) string {
-	prio := 100
-	if i > 8 {
-		prio = 200
-	}
-	dir := filepath.Join(e.Dir, fmt.Sprintf("d%d", i))
-	os.MkdirAll(dir, 0o700)
-	doc := fmt.Sprintf(`node: {name: d%[1]d, addresses: [10.0.%[1]d.1], state_dir: %[2]s/state, dataplane: memory}
-cluster: {bind: 10.1.0.%[1]d, port: 7946, seeds: [10.1.0.1, 10.1.0.2], keys: [%[3]q], max_active: 8, priority: %[4]d}
-routing:
-  mode: bgp
-  bgp:
-    asn: 65001
-    router_id: 10.0.%[1]d.1
-    listen_port: -1
-    graceful_shutdown: 2s
-    communities: ["65001:100"]
-    neighbors:
-      - {address: 10.0.%[1]d.0, asn: 65000, password: ecmp8-lab, hold_time: 3s, keepalive: 1s, connect_retry: 1s,
-         bfd: {enabled: true, min_tx: 100ms, min_rx: 100ms, multiplier: 3}}
-api: {socket: %[2]s/api.sock}
-health:
-  interval: 500ms
-  timeout: 400ms
-  rise: 1
-  fall: 2
-  self:
-    uplink: eth1
-    checks:
-      - {name: maintenance-file, type: exec, command: [sh, -c, "test ! -e %[2]s/fail"], interval: 300ms, timeout: 250ms, rise: 1, fall: 1}
-services:
-  - name: web
-    vip: %[5]s
-    port: 80
-    scheduler: mh
-    quorum: 2
-    backends: [{address: 10.1.0.11}, {address: 10.1.0.12}, {address: 10.1.0.13}, {address: 10.1.0.14}]
-    health: {type: http, path: /}
-`, i, dir, e.Key, prio, VIP)
-	path := filepath.Join(dir, "anycastd.yaml")
-	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
-		e.T.Fatal(err)
-	}
-	return path
-}
+func node(i int) string { return fmt.Sprintf("d%d", i) }
 
-// Start runs anycastd on director i.
+// Start starts director i's anycastd again, as the topology's exec does.
 func (e *ECMP8) Start(i int) {
 	e.T.Helper()
-	p, err := e.Lab.Start(fmt.Sprintf("d%d", i), filepath.Join(e.Bin, "anycastd"), "-c", e.Config(i), "--log-format", "json")
-	if err != nil {
-		e.T.Fatal(err)
+	ex := e.Lab.Topo.Topology.Nodes[node(i)].Exec
+	if out, err := e.Lab.Exec(node(i), ex[len(ex)-1]); err != nil {
+		e.T.Fatalf("start anycastd on d%d: %v %s", i, err, out)
 	}
-	e.D[i] = p
+}
+
+// pid is director i's anycastd process (0 if none).
+func (e *ECMP8) pid(i int) int {
+	out, _ := exec.Command("ip", "netns", "pids", e.Lab.Topo.Netns(node(i))).Output()
+	for _, f := range strings.Fields(string(out)) {
+		comm, _ := os.ReadFile("/proc/" + f + "/comm")
+		if strings.TrimSpace(string(comm)) == "anycastd" {
+			var p int
+			fmt.Sscan(f, &p)
+			return p
+		}
+	}
+	return 0
+}
+
+// Signal sends sig to director i's anycastd.
+func (e *ECMP8) Signal(i int, sig syscall.Signal) {
+	if p := e.pid(i); p > 0 {
+		syscall.Kill(p, sig)
+	}
+}
+
+// Gone waits until director i's anycastd has exited.
+func (e *ECMP8) Gone(i int, timeout time.Duration) bool {
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if e.pid(i) == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// Log is director i's log so far.
+func (e *ECMP8) Log(i int) string {
+	b, _ := os.ReadFile(filepath.Join(stateRoot, node(i), "anycastd.log"))
+	return string(b)
 }
 
 // Socket is director i's API socket.
-func (e *ECMP8) Socket(i int) string { return filepath.Join(e.Dir, fmt.Sprintf("d%d", i), "api.sock") }
+func (e *ECMP8) Socket(i int) string { return filepath.Join(stateRoot, node(i), "api.sock") }
 
 // FailFile is the file whose existence fails director i's self check.
-func (e *ECMP8) FailFile(i int) string { return filepath.Join(e.Dir, fmt.Sprintf("d%d", i), "fail") }
+func (e *ECMP8) FailFile(i int) string { return filepath.Join(stateRoot, node(i), "fail") }
 
 // Anyctl runs anyctl against director i.
 func (e *ECMP8) Anyctl(i int, args ...string) (string, error) {
@@ -230,10 +214,12 @@ func (e *ECMP8) Announcing(timeout time.Duration, what string, want ...int) {
 	})
 }
 
-// Kill sends SIGKILL to director i's anycastd.
+// Kill sends SIGKILL to director i's anycastd and waits for it to go.
 func (e *ECMP8) Kill(i int) {
-	e.D[i].Signal(syscall.SIGKILL)
-	<-e.D[i].Done()
+	e.Signal(i, syscall.SIGKILL)
+	if !e.Gone(i, 10*time.Second) {
+		e.T.Fatalf("d%d's anycastd survived SIGKILL", i)
+	}
 }
 
 // Diagnose logs what an operator would look at.
@@ -243,8 +229,8 @@ func (e *ECMP8) Diagnose() {
 	if out, err := e.Anyctl(1, "members"); err == nil || out != "" {
 		e.T.Logf("anyctl members on d1:\n%s", out)
 	}
-	for i, p := range e.D {
-		o := p.Output()
+	for i := 1; i <= Directors; i++ {
+		o := e.Log(i)
 		if len(o) > 2500 {
 			o = o[len(o)-2500:]
 		}

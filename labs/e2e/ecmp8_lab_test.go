@@ -194,12 +194,10 @@ func TestLabECMP8(t *testing.T) {
 
 	// The directors stop gracefully: GSHUT, withdraw, leave.
 	for i := 1; i <= Directors; i++ {
-		e.D[i].Signal(syscall.SIGTERM)
+		e.Signal(i, syscall.SIGTERM)
 	}
 	for i := 1; i <= Directors; i++ {
-		select {
-		case <-e.D[i].Done():
-		case <-time.After(20 * time.Second):
+		if !e.Gone(i, 20*time.Second) {
 			t.Errorf("d%d did not stop on SIGTERM", i)
 		}
 	}
