@@ -33,6 +33,7 @@ lab() { # lab PACKAGE COUNT MEASURE_RUNS
 }
 lab ./routing/bgp 1 "$runs"
 lab ./routing/kernel 1 "$runs"
+lab ./routing/vrrp "$runs" 1
 lab ./labs/clusterlab "$runs" 1
 lab ./labs/e2e "$runs" 1
 lab ./labs/vmlab "$runs" 1
