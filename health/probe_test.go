@@ -341,8 +341,10 @@ func TestDNSProbe(t *testing.T) {
 }
 
 func TestExecProbe(t *testing.T) {
+	// Forking a process can take long on a loaded CI machine: a timeout
+	// that only a hang reaches.
 	exe := func(argv ...string) configs.Check {
-		return check("exec", func(c *configs.Check) { c.Command = argv })
+		return check("exec", func(c *configs.Check) { c.Command, c.Timeout, c.Interval = argv, 5*time.Second, 10*time.Second })
 	}
 	runCases(t, []probeCase{
 		{"exit 0", exe("true"), "127.0.0.1:80", true, ""},

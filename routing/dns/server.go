@@ -106,15 +106,22 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	for _, ap := range s.listen {
-		pc, err := net.ListenPacket("udp", ap.String())
-		if err != nil {
-			return fail(fmt.Errorf("dns listen udp %s: %w", ap, err))
-		}
-		// TCP on the port UDP got (it matters when the config says 0).
-		tl, err := net.Listen("tcp", pc.LocalAddr().String())
-		if err != nil {
+		var pc net.PacketConn
+		var tl net.Listener
+		for try := 0; ; try++ {
+			var err error
+			if pc, err = net.ListenPacket("udp", ap.String()); err != nil {
+				return fail(fmt.Errorf("dns listen udp %s: %w", ap, err))
+			}
+			// TCP on the port UDP got (it matters when the config says 0,
+			// where another program may hold that port for TCP: try again).
+			if tl, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+				break
+			}
 			pc.Close()
-			return fail(fmt.Errorf("dns listen tcp %s: %w", ap, err))
+			if ap.Port() != 0 || try == 20 {
+				return fail(fmt.Errorf("dns listen tcp %s: %w", ap, err))
+			}
 		}
 		s.addrs = append(s.addrs, pc.LocalAddr())
 		servers = append(servers, &mdns.Server{PacketConn: pc, Handler: s}, &mdns.Server{Listener: tl, Handler: s})

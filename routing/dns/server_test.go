@@ -25,7 +25,11 @@ func start(t *testing.T, names []configs.DNSName) (*Server, string) {
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return s, s.Addrs()[0].String()
+	addrs := s.Addrs()
+	if len(addrs) == 0 {
+		t.Fatal("the server did not start (its error is Run's)")
+	}
+	return s, addrs[0].String()
 }
 
 func addrs(ss ...string) []netip.Addr {
