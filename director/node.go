@@ -530,6 +530,12 @@ func (n *Node) loop(ctx context.Context, errc <-chan error) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	done := ctx.Done()
+	// An announcer whose state changes on its own (VRRP mastership)
+	// wakes the loop, so the metadata and the DNS follow at once.
+	var annChanged <-chan struct{}
+	if c, ok := n.ann.(interface{ Changed() <-chan struct{} }); ok {
+		annChanged = c.Changed()
+	}
 	n.evaluateSelf(ctx)
 	for need := true; ; {
 		if need {
@@ -560,6 +566,7 @@ func (n *Node) loop(ctx context.Context, errc <-chan error) error {
 		case err := <-errc:
 			return err
 		case <-n.wake:
+		case <-annChanged:
 		case <-n.cl.Changed():
 		case <-sub.C():
 			sub.Drain()

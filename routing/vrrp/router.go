@@ -35,16 +35,17 @@ type Router struct {
 	cfg configs.VRRP
 	log *slog.Logger
 
-	mu     sync.Mutex
-	wanted map[netip.Addr]bool
-	inst   map[uint8]*instance
-	events chan event
-	ifi    *net.Interface
-	self4  netip.Addr
-	self6  netip.Addr
-	conn4  *ipv4.PacketConn
-	conn6  *ipv6.PacketConn
-	added  map[netip.Addr]int // VIP -> interface index it was added to
+	mu      sync.Mutex
+	wanted  map[netip.Addr]bool
+	inst    map[uint8]*instance
+	events  chan event
+	changed chan struct{}
+	ifi     *net.Interface
+	self4   netip.Addr
+	self6   netip.Addr
+	conn4   *ipv4.PacketConn
+	conn6   *ipv6.PacketConn
+	added   map[netip.Addr]int // VIP -> interface index it was added to
 	// arpIgnore is the interface's arp_ignore before virtual_mac set it
 	// to 1 ("" if untouched), put back when the router stops.
 	arpIgnore string
@@ -83,7 +84,7 @@ func New(cfg configs.VRRP, log *slog.Logger) (*Router, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	r := &Router{cfg: cfg, log: log, wanted: map[netip.Addr]bool{}, inst: map[uint8]*instance{},
-		events: make(chan event, 64), added: map[netip.Addr]int{}}
+		events: make(chan event, 64), changed: make(chan struct{}, 1), added: map[netip.Addr]int{}}
 	for _, ic := range cfg.Instances {
 		in := &instance{cfg: ic, vips: ic.VIPs}
 		in.v6 = ic.VIPs[0].Is6() && !ic.VIPs[0].Is4In6()
@@ -95,6 +96,17 @@ func New(cfg configs.VRRP, log *slog.Logger) (*Router, error) {
 		r.inst[uint8(ic.VRID)] = in
 	}
 	return r, nil
+}
+
+// Changed is signalled (coalesced) when an instance became master or
+// backup: what Status reports changed.
+func (r *Router) Changed() <-chan struct{} { return r.changed }
+
+func (r *Router) notify() {
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
 }
 
 // Set declares the VIPs this director may serve now.
@@ -336,12 +348,14 @@ func (r *Router) do(in *instance, acts []Action) {
 				r.addVIP(in, v)
 			}
 			r.announce(in)
+			r.notify()
 		case Release:
 			r.log.Info("vrrp: backup, releasing", "instance", in.cfg.Name, "vrid", in.cfg.VRID)
 			for _, v := range in.vips {
 				r.delVIP(v)
 			}
 			r.vmacUp(in, false)
+			r.notify()
 		}
 	}
 }
