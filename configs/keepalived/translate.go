@@ -171,14 +171,9 @@ func (t *tr) virtualServer(n *Node) {
 		case "lb_algo", "lvs_sched":
 			s.Scheduler = arg
 		case "lb_kind", "lvs_method":
-			switch strings.ToUpper(arg) {
-			case "NAT":
-				s.Forwarding = configs.ForwardNAT
-			case "DR":
-				s.Forwarding = configs.ForwardDR
-			case "TUN":
-				s.Forwarding = configs.ForwardTUN
-			default:
+			if f, ok := forwarding(arg); ok {
+				s.Forwarding = f
+			} else {
 				t.skip(c, "unknown forwarding method")
 			}
 		case "protocol":
@@ -291,6 +286,19 @@ func (t *tr) virtualServer(n *Node) {
 	}
 }
 
+// forwarding maps keepalived's lb_kind to a forwarding method.
+func forwarding(kind string) (string, bool) {
+	switch strings.ToUpper(kind) {
+	case "NAT":
+		return configs.ForwardNAT, true
+	case "DR":
+		return configs.ForwardDR, true
+	case "TUN":
+		return configs.ForwardTUN, true
+	}
+	return "", false
+}
+
 func sanitize(s string) string {
 	r := strings.NewReplacer(":", "-", "/", "-", " ", "-")
 	s = r.Replace(s)
@@ -332,13 +340,10 @@ func (t *tr) realServer(n *Node) (configs.Backend, *configs.Check, bool) {
 		case "weight":
 			b.Weight, _ = strconv.Atoi(arg)
 		case "lvs_method", "lb_kind":
-			switch strings.ToUpper(arg) {
-			case "NAT":
-				b.Forwarding = configs.ForwardNAT
-			case "DR":
-				b.Forwarding = configs.ForwardDR
-			case "TUN":
-				b.Forwarding = configs.ForwardTUN
+			if f, ok := forwarding(arg); ok {
+				b.Forwarding = f
+			} else {
+				t.skip(c, "unknown forwarding method")
 			}
 		case "uthreshold":
 			v, _ := strconv.ParseUint(arg, 10, 32)
