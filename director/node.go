@@ -680,9 +680,16 @@ func (n *Node) step(ctx context.Context) {
 
 	// 1. Withdraw first what is no longer to be announced (before IPVS
 	// entries it needs can go).
-	keep := keepAnnounced(n.ann.Status().Announced, d.Announce)
-	if err := n.ann.Set(ctx, keep); err != nil {
-		n.log.Warn("withdraw", "err", err)
+	// Not for an announcer that decides for itself what it holds (VRRP:
+	// Set says what it may hold; what it holds now is the election's):
+	// the withdraw-only set would be "what I am master of now" and make
+	// it resign, for an instant, every instance it is backup for, or one
+	// it just won.
+	if _, selfDriven := n.ann.(interface{ Changed() <-chan struct{} }); !selfDriven {
+		keep := keepAnnounced(n.ann.Status().Announced, d.Announce)
+		if err := n.ann.Set(ctx, keep); err != nil {
+			n.log.Warn("withdraw", "err", err)
+		}
 	}
 	// 2. IPVS, and the host settings it needs.
 	n.setupHost(cfg, services)

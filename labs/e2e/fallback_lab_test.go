@@ -52,6 +52,11 @@ func deployFallback(t *testing.T, advert time.Duration) *fallbackLab {
 		advert: advert, d: map[int]*clab.Process{}}
 	t.Cleanup(func() {
 		if t.Failed() {
+			for i := 1; i <= 3; i++ {
+				out, _ := exec.Command(filepath.Join(l.bin, "anyctl"), "members", "--socket", filepath.Join(l.dir, fmt.Sprintf("f%d", i), "api.sock")).CombinedOutput()
+				st, _ := exec.Command(filepath.Join(l.bin, "anyctl"), "announcements", "-o", "json", "--socket", filepath.Join(l.dir, fmt.Sprintf("f%d", i), "api.sock")).CombinedOutput()
+				t.Logf("f%d: anyctl members:\n%s\nannouncements: %s", i, out, st)
+			}
 			for i, p := range l.d {
 				o := p.Output()
 				if len(o) > 3000 {

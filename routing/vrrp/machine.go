@@ -77,10 +77,9 @@ type Machine struct {
 	deadline time.Time     // Adver_Timer (master) or Master_Down_Timer (backup)
 	// Master is the current master's address as last heard (backup).
 	master netip.Addr
-	// heard is the priority of the master last heard as a backup;
-	// standIn is set when this router became master although that
-	// master had a higher priority (it failed or left): it holds the
-	// addresses for it.
+	// heard is the highest priority heard from another router; standIn
+	// is set when this router became master below it (that router failed
+	// or left): it holds the addresses for it.
 	heard   uint8
 	standIn bool
 }
@@ -180,6 +179,10 @@ func (m *Machine) Tick(now time.Time) []Action {
 // Receive handles an advertisement from src (already checked: right VRID,
 // valid packet).
 func (m *Machine) Receive(now time.Time, src netip.Addr, a Advert) []Action {
+	// The highest priority heard from another router: while it is above
+	// ours, holding the addresses is standing in for it (even if others
+	// stood in between).
+	m.heard = max(m.heard, a.Priority)
 	switch m.state {
 	case Backup:
 		if a.Priority == PriorityStop {
@@ -191,7 +194,6 @@ func (m *Machine) Receive(now time.Time, src netip.Addr, a Advert) []Action {
 		if !preempting || a.Priority >= m.cfg.Priority {
 			m.masterIv = a.Interval
 			m.master = src
-			m.heard = a.Priority
 			m.deadline = now.Add(m.MasterDownInterval())
 		}
 		// Else: a lower-priority master and we preempt: let the
