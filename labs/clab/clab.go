@@ -377,6 +377,14 @@ func (l *Lab) Destroy() error {
 		}
 	}
 	l.created = nil
+	// BIRD killed with its node leaves its control socket and pid file;
+	// the labs name them /run/bird-LAB-NODE.{ctl,pid}.
+	for _, ext := range []string{"ctl", "pid"} {
+		matches, _ := filepath.Glob(fmt.Sprintf("/run/bird-%s-*.%s", l.Topo.Name, ext))
+		for _, m := range matches {
+			os.Remove(m)
+		}
+	}
 	return errors.Join(errs...)
 }
 
