@@ -30,6 +30,10 @@ type Daemon struct {
 	Config string
 	Socket string
 
+	// Env is added to the daemon's environment (systemd's NOTIFY_SOCKET,
+	// for example).
+	Env []string
+
 	bin    string
 	netns  string
 	cmd    *exec.Cmd
@@ -99,8 +103,14 @@ services:
 // set) and returns once its API answers.
 func Start(t testing.TB, bin, dir, name, addr, netns string) *Daemon {
 	t.Helper()
+	return StartEnv(t, bin, dir, name, addr, netns, nil)
+}
+
+// StartEnv is Start with env added to the daemon's environment.
+func StartEnv(t testing.TB, bin, dir, name, addr, netns string, env []string) *Daemon {
+	t.Helper()
 	d := &Daemon{Name: name, Addr: addr, Dir: dir, Config: filepath.Join(dir, "anycastd.yaml"),
-		Socket: filepath.Join(dir, "api.sock"), bin: bin, netns: netns}
+		Socket: filepath.Join(dir, "api.sock"), Env: env, bin: bin, netns: netns}
 	d.start(t)
 	t.Cleanup(d.Kill)
 	return d
@@ -119,6 +129,9 @@ func (d *Daemon) start(t testing.TB) {
 	d.log = lf
 	d.cmd = exec.Command(args[0], args[1:]...)
 	d.cmd.Stdout, d.cmd.Stderr = lf, lf
+	if len(d.Env) > 0 {
+		d.cmd.Env = append(os.Environ(), d.Env...)
+	}
 	// Its own process group, so that a kill reaches anycastd under
 	// `ip netns exec` too.
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
