@@ -15,7 +15,7 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}"
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ipvsadm iproute2 nftables bind9-dnsutils ca-certificates \
+ && apt-get install -y --no-install-recommends ipvsadm iproute2 nftables bind9-dnsutils procps ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/anycastd /out/anyctl /usr/local/sbin/
 ENV ANYCTL_SOCKET=/run/anycastd/anycastd.sock

@@ -50,12 +50,9 @@ fuzz:
 	$(GO) test ./configs -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) -fuzzminimizetime 2s
 	$(GO) test ./routing/vrrp -run '^$$' -fuzz FuzzUnmarshal -fuzztime $(FUZZTIME) -fuzzminimizetime 2s
 
-## images: the anycastd image and the containerlab lab images (needs docker or podman)
+## images: the anycastd image and the containerlab lab images (docker, podman or buildah)
 images:
-	@command -v docker >/dev/null && B=docker || B=podman; \
-	$$B build -t ghcr.io/anycastd/anycastd:latest --build-arg VERSION=$(VERSION) . && \
-	$$B build -t ghcr.io/anycastd/lab-host:latest -f labs/images/lab-host.Dockerfile . && \
-	$$B build -t ghcr.io/anycastd/lab-router:latest -f labs/images/lab-router.Dockerfile .
+	VERSION=$(VERSION) bash labs/images/build.sh
 
 ## clean: remove build output and lab caches
 clean:

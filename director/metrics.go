@@ -12,6 +12,7 @@ import (
 	"github.com/anycastd/anycastd/cluster"
 	"github.com/anycastd/anycastd/configs"
 	"github.com/anycastd/anycastd/health"
+	"github.com/anycastd/anycastd/routing"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -58,6 +59,8 @@ var (
 	descVIP     = prometheus.NewDesc("anycastd_vip_announced", "1 if this director announces the VIP.", []string{"vip"}, nil)
 	descPeerUp  = prometheus.NewDesc("anycastd_routing_peer_up", "1 if the routing session is established (BGP) or this router is master (VRRP).", []string{"peer", "state"}, nil)
 	descFlaps   = prometheus.NewDesc("anycastd_routing_peer_flaps_total", "Times the session left established.", []string{"peer"}, nil)
+	descVRRP    = prometheus.NewDesc("anycastd_vrrp_state", "1 for the VRRP instance's current state (initialize, backup, master).", []string{"vrid", "state"}, nil)
+	descVRRPFl  = prometheus.NewDesc("anycastd_vrrp_master_losses_total", "Times the VRRP instance left master.", []string{"vrid"}, nil)
 	descBFD     = prometheus.NewDesc("anycastd_bfd_up", "1 if the BFD session with the peer is up.", []string{"peer"}, nil)
 	descBackend = prometheus.NewDesc("anycastd_backend_up", "1 if the backend passes its health check here (rise/fall applied), 0 if down or not checked yet.", []string{"service", "backend"}, nil)
 	descLatency = prometheus.NewDesc("anycastd_backend_probe_latency_seconds", "Latency of the backend's last health probe.", []string{"service", "backend"}, nil)
@@ -76,7 +79,7 @@ type stateCollector struct{ n *Node }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descMembers, descRole, descHealthy, descCheck, descDrained, descEligib, descConfig, descVIP,
-		descPeerUp, descFlaps, descBFD, descBackend, descLatency, descProbes, descConns, descInPkts, descInBytes, descOutPkts, descOutByte,
+		descPeerUp, descFlaps, descVRRP, descVRRPFl, descBFD, descBackend, descLatency, descProbes, descConns, descInPkts, descInBytes, descOutPkts, descOutByte,
 		descActive, descInact, descWeight} {
 		ch <- d
 	}
@@ -124,20 +127,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, v := range d.VIPs {
 		ch <- gauge(descVIP, b2f(v.Announced), v.VIP.String())
 	}
-	st := n.ann.Status()
-	for _, p := range st.Peers {
-		peer := p.Address.String()
-		if st.Mode == configs.ModeVRRP {
-			peer = "vrid " + strconv.Itoa(int(p.ASN))
-		}
-		ch <- gauge(descPeerUp, b2f(p.Established() || p.State == "master"), peer, p.State)
-		if st.Mode == configs.ModeBGP {
-			ch <- counter(descFlaps, float64(p.Flaps), peer)
-			if p.BFD != "" {
-				ch <- gauge(descBFD, b2f(p.BFD == "up"), peer)
-			}
-		}
-	}
+	peerMetrics(ch, n.ann.Status())
 	for _, s := range services {
 		if s.Health.Type == configs.CheckNone {
 			continue
@@ -177,6 +167,31 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- gauge(descActive, float64(dst.ActiveConns), s.Name, be)
 			ch <- gauge(descInact, float64(dst.InactiveConns), s.Name, be)
 			ch <- gauge(descWeight, float64(dst.Weight), s.Name, be)
+		}
+	}
+}
+
+// peerMetrics are the routing sessions' series: BGP peers (state, flaps,
+// BFD) or VRRP instances (state, master losses).
+func peerMetrics(ch chan<- prometheus.Metric, st routing.Status) {
+	for _, p := range st.Peers {
+		peer := p.Address.String()
+		if st.Mode == configs.ModeVRRP {
+			peer = "vrid " + strconv.Itoa(int(p.ASN))
+		}
+		ch <- gauge(descPeerUp, b2f(p.Established() || p.State == "master"), peer, p.State)
+		if st.Mode == configs.ModeVRRP {
+			vrid := strconv.Itoa(int(p.ASN))
+			for _, s := range []string{"initialize", "backup", "master"} {
+				ch <- gauge(descVRRP, b2f(p.State == s), vrid, s)
+			}
+			ch <- counter(descVRRPFl, float64(p.Flaps), vrid)
+		}
+		if st.Mode == configs.ModeBGP {
+			ch <- counter(descFlaps, float64(p.Flaps), peer)
+			if p.BFD != "" {
+				ch <- gauge(descBFD, b2f(p.BFD == "up"), peer)
+			}
 		}
 	}
 }

@@ -11,6 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anycastd/anycastd/configs"
+	"github.com/anycastd/anycastd/routing"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 )
 
@@ -102,5 +106,79 @@ func TestMetricsScrape(t *testing.T) {
 	}
 	for _, p := range problems {
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+}
+
+// peerCollector exposes peerMetrics for one status.
+type peerCollector struct{ st routing.Status }
+
+func (c peerCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descPeerUp, descFlaps, descVRRP, descVRRPFl, descBFD} {
+		ch <- d
+	}
+}
+func (c peerCollector) Collect(ch chan<- prometheus.Metric) { peerMetrics(ch, c.st) }
+
+func TestPeerMetrics(t *testing.T) {
+	cases := []struct {
+		name string
+		st   routing.Status
+		want string
+	}{
+		{"bgp", routing.Status{Mode: configs.ModeBGP, Peers: []routing.Peer{
+			{Address: mustAddr("10.0.1.0"), ASN: 65000, State: "established", BFD: "up", Flaps: 2},
+			{Address: mustAddr("10.0.2.0"), ASN: 65000, State: "active", BFD: "down", Flaps: 5},
+			{Address: mustAddr("10.0.3.0"), ASN: 65000, State: "connect"},
+		}}, `
+# HELP anycastd_bfd_up 1 if the BFD session with the peer is up.
+# TYPE anycastd_bfd_up gauge
+anycastd_bfd_up{peer="10.0.1.0"} 1
+anycastd_bfd_up{peer="10.0.2.0"} 0
+# HELP anycastd_routing_peer_flaps_total Times the session left established.
+# TYPE anycastd_routing_peer_flaps_total counter
+anycastd_routing_peer_flaps_total{peer="10.0.1.0"} 2
+anycastd_routing_peer_flaps_total{peer="10.0.2.0"} 5
+anycastd_routing_peer_flaps_total{peer="10.0.3.0"} 0
+# HELP anycastd_routing_peer_up 1 if the routing session is established (BGP) or this router is master (VRRP).
+# TYPE anycastd_routing_peer_up gauge
+anycastd_routing_peer_up{peer="10.0.1.0",state="established"} 1
+anycastd_routing_peer_up{peer="10.0.2.0",state="active"} 0
+anycastd_routing_peer_up{peer="10.0.3.0",state="connect"} 0
+`},
+		{"vrrp", routing.Status{Mode: configs.ModeVRRP, Peers: []routing.Peer{
+			{Address: mustAddr("10.2.0.1"), ASN: 51, State: "master", Flaps: 1},
+			{Address: mustAddr("10.2.0.2"), ASN: 52, State: "backup", Flaps: 0},
+		}}, `
+# HELP anycastd_routing_peer_up 1 if the routing session is established (BGP) or this router is master (VRRP).
+# TYPE anycastd_routing_peer_up gauge
+anycastd_routing_peer_up{peer="vrid 51",state="master"} 1
+anycastd_routing_peer_up{peer="vrid 52",state="backup"} 0
+# HELP anycastd_vrrp_master_losses_total Times the VRRP instance left master.
+# TYPE anycastd_vrrp_master_losses_total counter
+anycastd_vrrp_master_losses_total{vrid="51"} 1
+anycastd_vrrp_master_losses_total{vrid="52"} 0
+# HELP anycastd_vrrp_state 1 for the VRRP instance's current state (initialize, backup, master).
+# TYPE anycastd_vrrp_state gauge
+anycastd_vrrp_state{state="backup",vrid="51"} 0
+anycastd_vrrp_state{state="backup",vrid="52"} 1
+anycastd_vrrp_state{state="initialize",vrid="51"} 0
+anycastd_vrrp_state{state="initialize",vrid="52"} 0
+anycastd_vrrp_state{state="master",vrid="51"} 1
+anycastd_vrrp_state{state="master",vrid="52"} 0
+`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := testutil.CollectAndCompare(peerCollector{tc.st}, strings.NewReader(tc.want)); err != nil {
+				t.Error(err)
+			}
+			problems, err := testutil.CollectAndLint(peerCollector{tc.st})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range problems {
+				t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+			}
+		})
 	}
 }

@@ -42,7 +42,8 @@ type Peer struct {
 	Since time.Time
 	// BFD is the BFD session state ("up", "down", "init") or "" without BFD.
 	BFD string
-	// Flaps counts the times the session left established.
+	// Flaps counts the times the session left established (BGP), or the
+	// times the instance left master (VRRP).
 	Flaps uint64
 	// Reason is why the session last went down, if known.
 	Reason string

@@ -2,6 +2,6 @@
 #   docker build -t ghcr.io/anycastd/lab-router:latest -f labs/images/lab-router.Dockerfile .
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends bird2 iproute2 nftables \
+ && apt-get install -y --no-install-recommends bird2 iproute2 nftables procps \
  && rm -rf /var/lib/apt/lists/*
 CMD ["sleep", "infinity"]

@@ -59,6 +59,8 @@ type instance struct {
 	// vmac is the instance's macvlan interface with the virtual MAC
 	// (virtual_mac), nil otherwise.
 	vmac *net.Interface
+	// flaps counts the times the instance left master (Peer.Flaps).
+	flaps uint64
 }
 
 // VirtualMAC is the instance's virtual router MAC (RFC 5798 7.3):
@@ -136,7 +138,7 @@ func (r *Router) Status() routing.Status {
 		if in.m != nil {
 			state = in.m.State().String()
 		}
-		st.Peers = append(st.Peers, routing.Peer{Address: in.masterAddr(), ASN: uint32(vrid), State: state})
+		st.Peers = append(st.Peers, routing.Peer{Address: in.masterAddr(), ASN: uint32(vrid), State: state, Flaps: in.flaps})
 		if in.m != nil && in.m.State() == Master {
 			for _, v := range in.vips {
 				p := netip.PrefixFrom(v, v.BitLen())
@@ -351,6 +353,7 @@ func (r *Router) do(in *instance, acts []Action) {
 			r.notify()
 		case Release:
 			r.log.Info("vrrp: backup, releasing", "instance", in.cfg.Name, "vrid", in.cfg.VRID)
+			in.flaps++
 			for _, v := range in.vips {
 				r.delVIP(v)
 			}
