@@ -8,8 +8,10 @@ export DEBIAN_FRONTEND=noninteractive
 # bird2: the upstream router (and the directors' OSPF) in the routing labs;
 # nginx: the real servers of the end-to-end lab; curl: its client;
 # bind9-dnsutils: dig, the client of the DNS tests; keepalived: the VRRP
-# interop lab.
-pkgs=(make git ca-certificates iproute2 nftables qemu-system-x86 busybox-static file bird2 nginx curl bind9-dnsutils keepalived)
+# interop lab; buildah, mmdebstrap (and gpg, which checks what it
+# fetches): the image test (labs/images) builds the Dockerfiles on a Debian
+# base made here, no registry needed.
+pkgs=(make git ca-certificates iproute2 nftables qemu-system-x86 busybox-static file bird2 nginx curl bind9-dnsutils keepalived buildah mmdebstrap gpg)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

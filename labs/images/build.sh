@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # Builds the anycastd image and the containerlab lab images (make images).
-# Uses docker if its engine answers, else podman, else buildah. Extra
-# arguments go to every build (for example --pull=false).
+# Uses docker if its engine answers, else podman, else buildah; BUILDER=
+# docker|podman|buildah chooses. Extra arguments go to every build (for
+# example --pull=false).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 version=${VERSION:-$(git describe --always --dirty 2>/dev/null || echo dev)}
-if docker info >/dev/null 2>&1; then
+if [ -n "${BUILDER:-}" ]; then
+	case $BUILDER in
+	docker | podman) build=("$BUILDER" build) ;;
+	buildah) build=(buildah bud) ;;
+	*) echo "BUILDER=$BUILDER: docker, podman or buildah" >&2; exit 1 ;;
+	esac
+elif docker info >/dev/null 2>&1; then
 	build=(docker build)
 elif command -v podman >/dev/null; then
 	build=(podman build)
