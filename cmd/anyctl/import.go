@@ -22,27 +22,30 @@ func newImportCmd() *cobra.Command {
 virtual_server (and group) becomes a service with its scheduler, forwarding
 method, persistence, quorum and real servers, its TCP_CHECK, HTTP_GET,
 SSL_GET or MISC_CHECK the service's health check (delay_loop, connect_timeout,
-retries); vrrp_instance blocks become routing.vrrp instances. Everything it
-cannot translate is listed with its line number (on stderr and as comments
-in the output), never dropped silently. The result is validated as anycastd
+retries); vrrp_instance blocks become routing.vrrp instances. include
+statements are followed as keepalived follows them (wildcards, {a,b},
+relative to the including file). Everything it cannot translate is listed
+with its file and line (on stderr and as comments in the output), never
+dropped silently. The result is validated as anycastd
 would load it; exit 1 if it is not valid.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			text, err := os.ReadFile(args[0])
+			nodes, skipped, err := keepalived.ParseFile(args[0])
 			if err != nil {
 				return &exitError{code: exitFailed, err: err}
 			}
-			nodes, err := keepalived.Parse(string(text))
-			if err != nil {
-				return &exitError{code: exitFailed, err: fmt.Errorf("%s: %w", args[0], err)}
-			}
 			res := keepalived.Translate(nodes)
+			res.Skipped = append(skipped, res.Skipped...)
 			doc, err := keepalived.Render(res, args[0])
 			if err != nil {
 				return &exitError{code: exitFailed, err: err}
 			}
 			for _, s := range res.Skipped {
-				fmt.Fprintf(cmd.ErrOrStderr(), "%s:%s\n", args[0], s)
+				if s.File == "" {
+					fmt.Fprintf(cmd.ErrOrStderr(), "%s:%s\n", args[0], s)
+				} else {
+					fmt.Fprintf(cmd.ErrOrStderr(), "%s\n", s)
+				}
 			}
 			if _, err := configs.Parse([]byte(doc)); err != nil {
 				configs.WriteReport(cmd.ErrOrStderr(), "the imported config", err)

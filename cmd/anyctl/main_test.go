@@ -102,4 +102,11 @@ func TestImportKeepalived(t *testing.T) {
 	if _, errOut, code = runCLI("import", "keepalived", "testdata/does-not-exist.conf"); code != exitFailed || !strings.Contains(errOut, "no such file") {
 		t.Errorf("missing file: %d %q", code, errOut)
 	}
+	// Includes are followed; what is not translated names its file.
+	out, errOut, code = runCLI("import", "keepalived", "../../configs/keepalived/testdata/split/keepalived.conf")
+	if code != exitOK || !strings.Contains(out, "virtual_mac: true") || !strings.Contains(out, "198.51.100.53") ||
+		!strings.Contains(errOut, "split/keepalived.conf:line 9: include /nonexistent/anycastd-test/*.conf: matches no file") ||
+		!strings.Contains(errOut, "split/conf.d/20-dns.conf:line 6: hysteresis 1") {
+		t.Errorf("split config: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
 }

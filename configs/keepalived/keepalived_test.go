@@ -166,3 +166,119 @@ func TestImportFWMarkNeedsAVIP(t *testing.T) {
 		t.Errorf("not reported: %v", res.Skipped)
 	}
 }
+
+// A config split over files: includes with a brace expression, a
+// wildcard, a relative include inside a block (relative to the including
+// file), and one that matches nothing; use_vmac on every instance.
+func TestImportIncludes(t *testing.T) {
+	nodes, skipped, err := ParseFile("testdata/split/keepalived.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := Translate(nodes)
+	res.Skipped = append(skipped, res.Skipped...)
+	out, err := Render(res, "testdata/split/keepalived.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := configs.Parse([]byte("node: {name: lb1}\n" + out))
+	if err != nil {
+		t.Fatalf("the imported config does not validate: %v\n%s", err, out)
+	}
+	if len(cfg.Services) != 2 {
+		t.Fatalf("services %+v", cfg.Services)
+	}
+	web, dns := cfg.Services[0], cfg.Services[1]
+	if web.VIP.String() != "198.51.100.80" || len(web.Backends) != 2 || web.Health.Type != configs.CheckHTTP ||
+		web.Health.Path != "/healthz" || web.Health.Timeout != 2*time.Second {
+		t.Errorf("web (checks from the included file): %+v", web)
+	}
+	if dns.VIP.String() != "198.51.100.53" || dns.Health.Type != configs.CheckExec {
+		t.Errorf("dns: %+v", dns)
+	}
+	if cfg.Routing.Mode != configs.ModeVRRP || len(cfg.Routing.VRRP.Instances) != 2 || !cfg.Routing.VRRP.VirtualMAC {
+		t.Errorf("vrrp (both instances use_vmac): %+v", cfg.Routing.VRRP)
+	}
+	var lines []string
+	for _, s := range res.Skipped {
+		lines = append(lines, s.String())
+	}
+	want := []string{
+		"line 9: include /nonexistent/anycastd-test/*.conf: matches no file",
+		"testdata/split/vrrp-dns.conf:line 6: use_vmac vrrp.dns: translated as virtual_mac: true, but anycastd names the interface vrrp.VRID, not vrrp.dns",
+		"testdata/split/conf.d/20-dns.conf:line 6: hysteresis 1:",
+		// Once, though the shared check is included twice.
+		"testdata/split/checks/http.conf:line 8: delay_before_retry 1:",
+	}
+	for _, w := range want {
+		found := false
+		for _, l := range lines {
+			found = found || strings.HasPrefix(l, w)
+		}
+		if !found {
+			t.Errorf("not reported: %q\nreported:\n%s", w, strings.Join(lines, "\n"))
+		}
+	}
+	if len(lines) != len(want) {
+		t.Errorf("reported %d, want %d:\n%s", len(lines), len(want), strings.Join(lines, "\n"))
+	}
+	if !strings.Contains(out, "#   testdata/split/conf.d/20-dns.conf:line 6: hysteresis 1:") {
+		t.Errorf("the output's comments should name the included file:\n%s", out)
+	}
+}
+
+func TestImportIncludeErrors(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		p := dir + "/" + name
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	cases := []struct{ name, main, want string }{
+		{"cycle", "include b.conf\n", "include cycle"},
+		{"two names", "include x.conf y.conf\n", "line 1: include x.conf y.conf: an include takes one file name"},
+		{"no name", "include\n", "an include takes one file name"},
+		{"bad file", "include bad.conf\n", "bad.conf: line 2: unterminated quote"},
+		{"unbalanced", "virtual_server 192.0.2.1 80 {\ninclude close.conf\n", "close.conf:line 2: unexpected }"},
+	}
+	write("b.conf", "include c.conf\n")
+	write("c.conf", "include b.conf\n")
+	write("bad.conf", "global_defs {\n router_id \"lb1\n}\n")
+	write("close.conf", "}\n}\n")
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := ParseFile(write("main.conf", tc.main))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+	// Mixed use_vmac is reported, not translated.
+	nodes, _, err := ParseFile(write("mixed.conf", "vrrp_instance A {\n interface eth0\n virtual_router_id 1\n use_vmac\n virtual_ipaddress {\n 192.0.2.1\n }\n}\n"+
+		"vrrp_instance B {\n interface eth0\n virtual_router_id 2\n virtual_ipaddress {\n 192.0.2.2\n }\n}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := Translate(nodes)
+	if res.VRRP.VirtualMAC || len(res.Skipped) != 1 || !strings.Contains(res.Skipped[0].String(), "line 4: use_vmac: anycastd's virtual_mac is one setting for every instance and 1 of 2") {
+		t.Errorf("mixed use_vmac: %v %v", res.VRRP.VirtualMAC, res.Skipped)
+	}
+}
+
+func TestExpandBraces(t *testing.T) {
+	cases := map[string][]string{
+		"a.conf":          {"a.conf"},
+		"x{a,b}y":         {"xay", "xby"},
+		"x{a,b{c,d}}y":    {"xay", "xbcy", "xbdy"},
+		"{a,b}/{c,d}":     {"a/c", "a/d", "b/c", "b/d"},
+		"x{a,b":           {"x{a,b"},
+		"conf.d/{,old/}*": {"conf.d/*", "conf.d/old/*"},
+	}
+	for in, want := range cases {
+		if got := expandBraces(in); !slices.Equal(got, want) {
+			t.Errorf("%q: %q, want %q", in, got, want)
+		}
+	}
+}

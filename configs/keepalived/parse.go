@@ -12,9 +12,12 @@ import (
 // Node is one statement of keepalived.conf: a keyword, its arguments, and
 // a block of statements if it has one.
 type Node struct {
-	Key      string
-	Args     []string
-	Line     int
+	Key  string
+	Args []string
+	Line int
+	// File is the included file the statement is in ("" for the file
+	// given to ParseFile or for Parse's text).
+	File     string
 	Children []*Node
 	Block    bool
 }
@@ -36,7 +39,16 @@ func Parse(text string) ([]*Node, error) {
 type token struct {
 	s    string
 	line int
-	nl   bool // a newline follows
+	file string // "" for the main file
+	nl   bool   // a newline follows
+}
+
+// where is "line N" or "FILE:line N".
+func where(file string, line int) string {
+	if file == "" {
+		return fmt.Sprintf("line %d", line)
+	}
+	return fmt.Sprintf("%s:line %d", file, line)
 }
 
 // tokenize splits into words, "{" and "}", keeping line numbers; # and !
@@ -97,7 +109,7 @@ func (p *parser) block(inner bool) ([]*Node, error) {
 		t := p.toks[p.i]
 		if t.s == "}" {
 			if !inner {
-				return nil, fmt.Errorf("line %d: unexpected }", t.line)
+				return nil, fmt.Errorf("%s: unexpected }", where(t.file, t.line))
 			}
 			p.i++
 			return nodes, nil
@@ -106,7 +118,7 @@ func (p *parser) block(inner bool) ([]*Node, error) {
 			// A bare block (keepalived allows "{" on its own line after
 			// the keyword): attach it to the previous statement.
 			if len(nodes) == 0 {
-				return nil, fmt.Errorf("line %d: { without a keyword", t.line)
+				return nil, fmt.Errorf("%s: { without a keyword", where(t.file, t.line))
 			}
 			p.i++
 			kids, err := p.block(true)
@@ -117,7 +129,7 @@ func (p *parser) block(inner bool) ([]*Node, error) {
 			last.Children, last.Block = append(last.Children, kids...), true
 			continue
 		}
-		n := &Node{Key: t.s, Line: t.line}
+		n := &Node{Key: t.s, Line: t.line, File: t.file}
 		p.i++
 		for !t.nl && p.i < len(p.toks) {
 			t = p.toks[p.i]

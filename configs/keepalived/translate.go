@@ -13,12 +13,18 @@ import (
 
 // Skipped is a statement that was not translated, and why.
 type Skipped struct {
+	// File is the included file the statement is in, "" for the main one.
+	File string
 	Line int
 	What string
 	Why  string
 }
 
-func (s Skipped) String() string { return fmt.Sprintf("line %d: %s: %s", s.Line, s.What, s.Why) }
+// String is "line N: what: why", or "FILE:line N: what: why" for a
+// statement in an included file.
+func (s Skipped) String() string {
+	return fmt.Sprintf("%s: %s: %s", where(s.File, s.Line), s.What, s.Why)
+}
 
 // Result is a translation.
 type Result struct {
@@ -30,6 +36,8 @@ type Result struct {
 type tr struct {
 	res    Result
 	groups map[string][]groupEntry
+	// vmac holds the use_vmac statements, one per instance that has one.
+	vmac []*Node
 }
 
 type groupEntry struct {
@@ -44,7 +52,11 @@ func (t *tr) skip(n *Node, why string) {
 	if len(n.Args) > 0 {
 		what += " " + strings.Join(n.Args, " ")
 	}
-	t.res.Skipped = append(t.res.Skipped, Skipped{Line: n.Line, What: what, Why: why})
+	sk := Skipped{File: n.File, Line: n.Line, What: what, Why: why}
+	// A file included twice (a shared check) would report its lines twice.
+	if !slices.Contains(t.res.Skipped, sk) {
+		t.res.Skipped = append(t.res.Skipped, sk)
+	}
 }
 
 // Translate turns keepalived statements into anycastd services and VRRP
@@ -76,13 +88,36 @@ func Translate(nodes []*Node) Result {
 			}
 		case "vrrp_script":
 			t.skip(n, "vrrp_script: use health.self.checks (exec) in anycastd")
-		case "include":
-			t.skip(n, "include is not followed: import each file")
+		case "include", "includer", "includem", "includew", "includeb":
+			// ParseFile follows includes; Parse (text alone) cannot.
+			t.skip(n, "include not followed: the text was parsed without its file")
 		default:
 			t.skip(n, "not translated")
 		}
 	}
+	t.virtualMAC()
 	return t.res
+}
+
+// virtualMAC maps use_vmac, which keepalived sets per instance, onto
+// anycastd's routing.vrrp.virtual_mac, which is one setting for all:
+// translated when every instance has it, reported otherwise.
+func (t *tr) virtualMAC() {
+	if len(t.vmac) == 0 || t.res.VRRP == nil {
+		return
+	}
+	if n := len(t.res.VRRP.Instances); len(t.vmac) < n {
+		for _, c := range t.vmac {
+			t.skip(c, fmt.Sprintf("anycastd's virtual_mac is one setting for every instance and %d of %d instances use it: left off", len(t.vmac), n))
+		}
+		return
+	}
+	t.res.VRRP.VirtualMAC = true
+	for _, c := range t.vmac {
+		if len(c.Args) > 0 {
+			t.skip(c, "translated as virtual_mac: true, but anycastd names the interface vrrp.VRID, not "+c.Args[0])
+		}
+	}
 }
 
 func (t *tr) group(n *Node) {
@@ -522,7 +557,7 @@ func (t *tr) vrrpInstance(n *Node) {
 		case "unicast_src_ip":
 			t.skip(c, "anycastd sends from the interface's first address")
 		case "use_vmac":
-			t.skip(c, "virtual MAC is not supported yet")
+			t.vmac = append(t.vmac, c)
 		case "authentication":
 			t.skip(c, "VRRPv3 has no authentication (RFC 5798); anycastd speaks v3")
 		case "track_script", "track_interface", "notify", "notify_master", "notify_backup", "notify_fault", "smtp_alert",
