@@ -533,8 +533,8 @@ func (n *Node) loop(ctx context.Context, errc <-chan error) error {
 	// An announcer whose state changes on its own (VRRP mastership)
 	// wakes the loop, so the metadata and the DNS follow at once.
 	var annChanged <-chan struct{}
-	if c, ok := n.ann.(interface{ Changed() <-chan struct{} }); ok {
-		annChanged = c.Changed()
+	if e, ok := n.ann.(routing.Elector); ok {
+		annChanged = e.Changed()
 	}
 	n.evaluateSelf(ctx)
 	for need := true; ; {
@@ -680,12 +680,9 @@ func (n *Node) step(ctx context.Context) {
 
 	// 1. Withdraw first what is no longer to be announced (before IPVS
 	// entries it needs can go).
-	// Not for an announcer that decides for itself what it holds (VRRP:
-	// Set says what it may hold; what it holds now is the election's):
-	// the withdraw-only set would be "what I am master of now" and make
-	// it resign, for an instant, every instance it is backup for, or one
-	// it just won.
-	if _, selfDriven := n.ann.(interface{ Changed() <-chan struct{} }); !selfDriven {
+	// Not for an Elector (VRRP), which must not be withdrawn from in two
+	// steps (see routing.Elector).
+	if _, elector := n.ann.(routing.Elector); !elector {
 		keep := keepAnnounced(n.ann.Status().Announced, d.Announce)
 		if err := n.ann.Set(ctx, keep); err != nil {
 			n.log.Warn("withdraw", "err", err)

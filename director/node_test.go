@@ -109,6 +109,11 @@ services:
 
 func startNode(t *testing.T, cfg *configs.Config, seeds ...*testNode) *testNode {
 	t.Helper()
+	return startNodeWith(t, cfg, &recorder{}, seeds...)
+}
+
+func startNodeWith(t *testing.T, cfg *configs.Config, ann routing.Announcer, seeds ...*testNode) *testNode {
+	t.Helper()
 	for _, s := range seeds {
 		cfg.Cluster.Seeds = append(cfg.Cluster.Seeds, s.n.Cluster().LocalAddr().String())
 	}
@@ -121,7 +126,7 @@ func startNode(t *testing.T, cfg *configs.Config, seeds ...*testNode) *testNode 
 	// several speakers in one process race (harmless, but -race says so):
 	// in-process nodes record their announcements; the real speaker runs
 	// one per process in the multi-process and lab tests.
-	n, err := New(Options{Config: cfg, Log: log, Dataplane: dp, Announcer: &recorder{}, JoinWait: 2 * time.Second,
+	n, err := New(Options{Config: cfg, Log: log, Dataplane: dp, Announcer: ann, JoinWait: 2 * time.Second,
 		Resync: 200 * time.Millisecond, BehindGrace: time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -507,11 +512,37 @@ func postJSON(t *testing.T, url string, v any) (int, string) {
 	return resp.StatusCode, sb.String()
 }
 
-// recorder is a routing.Announcer that keeps the set it was given.
+// recorder is a routing.Announcer that keeps the set it was given, and
+// every set it was given.
 type recorder struct {
-	mu  sync.Mutex
-	set []routing.Announcement
+	mu      sync.Mutex
+	set     []routing.Announcement
+	history [][]routing.Announcement
 }
+
+// sets are the sets given so far, as sorted prefix lists.
+func (r *recorder) sets() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, s := range r.history {
+		var ps []string
+		for _, a := range s {
+			ps = append(ps, a.Prefix.String())
+		}
+		slices.Sort(ps)
+		out = append(out, strings.Join(ps, ","))
+	}
+	return out
+}
+
+// electorRecorder is a recorder that is a routing.Elector.
+type electorRecorder struct {
+	recorder
+	changed chan struct{}
+}
+
+func (e *electorRecorder) Changed() <-chan struct{} { return e.changed }
 
 func (r *recorder) Run(ctx context.Context) error {
 	<-ctx.Done()
@@ -525,6 +556,7 @@ func (r *recorder) Set(_ context.Context, anns []routing.Announcement) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.set = slices.Clone(anns)
+	r.history = append(r.history, r.set)
 	return nil
 }
 
@@ -535,3 +567,39 @@ func (r *recorder) Status() routing.Status {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// A change that removes one VIP and adds another: a plain announcer
+// (BGP) is first given the withdraw-only set (what stays), then the full
+// set; an Elector (VRRP) only the full set, as a withdraw-only set would
+// make it resign what it holds for an instant.
+func TestWithdrawPhaseSkippedForElector(t *testing.T) {
+	svc := func(name, vip string) string {
+		return fmt.Sprintf("  - name: %s\n    vip: %s\n    protocol: udp\n    port: 53\n    health: {type: none}\n    backends: [{address: 10.9.9.9}]\n", name, vip)
+	}
+	for _, tc := range []struct {
+		name         string
+		ann          interface{ sets() []string }
+		withdrawOnly bool
+	}{
+		{"plain", &recorder{}, true},
+		{"elector", &electorRecorder{changed: make(chan struct{})}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := nodeConfig(t, "d1", svc("a", "192.0.2.2")+svc("b", "192.0.2.3"), "")
+			d1 := startNodeWith(t, cfg, tc.ann.(routing.Announcer))
+			waitFor(t, 10*time.Second, "announce", func() error { return expectAnnounced("192.0.2.2/32", "192.0.2.3/32")(d1) })
+			before := len(tc.ann.sets())
+			cfg2 := nodeConfig(t, "d1", svc("a", "192.0.2.2")+svc("c", "192.0.2.4"), "")
+			cfg2.Node.StateDir = cfg.Node.StateDir
+			if err := d1.n.Reload(cfg2); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 5*time.Second, "new set", func() error { return expectAnnounced("192.0.2.2/32", "192.0.2.4/32")(d1) })
+			after := tc.ann.sets()[before:]
+			got := slices.Contains(after, "192.0.2.2/32")
+			if got != tc.withdrawOnly {
+				t.Errorf("sets after the change %q: withdraw-only set given: %v, want %v", after, got, tc.withdrawOnly)
+			}
+		})
+	}
+}

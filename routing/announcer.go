@@ -79,6 +79,18 @@ type Announcer interface {
 	Status() Status
 }
 
+// Elector is an Announcer that decides for itself what it holds (VRRP):
+// Set says what it may hold, and it holds a prefix only while it wins the
+// election for it. Status reports what it holds, which changes without a
+// Set; Changed is signalled (coalesced) at each such change. A caller
+// must not withdraw from an Elector in two steps (a Set of what it holds
+// now, then the full set): the first Set would resign, for an instant,
+// what it had just won, and a peer would take it over.
+type Elector interface {
+	Announcer
+	Changed() <-chan struct{}
+}
+
 // Drain withdraws gracefully: it announces anns with GRACEFUL_SHUTDOWN for
 // hold, so that the upstream moves traffic away while the routes still
 // work, and then withdraws everything. It returns early, after

@@ -100,6 +100,9 @@ func New(cfg configs.VRRP, log *slog.Logger) (*Router, error) {
 	return r, nil
 }
 
+// The Router holds a VIP only while master: an Elector.
+var _ routing.Elector = (*Router)(nil)
+
 // Changed is signalled (coalesced) when an instance became master or
 // backup: what Status reports changed.
 func (r *Router) Changed() <-chan struct{} { return r.changed }
