@@ -811,7 +811,10 @@ func (n *Node) setupHost(cfg *configs.Config, services []configs.Service) {
 	}
 	did, err := n.host.SetupDirector(set)
 	for _, d := range did {
-		n.log.Info("host: " + d)
+		// Every turn checks every setting: only what changed is news.
+		if !strings.HasPrefix(d, "unchanged") {
+			n.log.Info("host: " + d)
+		}
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()

@@ -331,7 +331,50 @@ func (h *Host) SetupDirector(s DirectorSettings) ([]string, error) {
 			[2]string{"net.ipv6.conf.all.forwarding", "1"},
 		)
 	}
-	return h.apply(sysctls, ifname, s.VIPs)
+	out, err := h.UnbindExcept(ifname, s.VIPs)
+	if err != nil {
+		return out, err
+	}
+	more, err := h.apply(sysctls, ifname, s.VIPs)
+	return append(out, more...), err
+}
+
+// UnbindExcept removes from ifname the addresses this Host added there
+// (the journaled ones) that are not host prefixes of keep: the VIPs of
+// services that went away. An address anycastd did not add is never
+// touched.
+func (h *Host) UnbindExcept(ifname string, keep []netip.Addr) ([]string, error) {
+	var out []string
+	for _, c := range slices.Clone(h.changes) {
+		if c.Kind != "address" || c.Name != ifname || slices.ContainsFunc(keep, func(v netip.Addr) bool { return HostPrefix(v) == c.Addr }) {
+			continue
+		}
+		msg, err := h.RemoveAddress(ifname, c.Addr)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, msg)
+	}
+	return out, nil
+}
+
+// RemoveAddress takes p off ifname, if this Host added it (journaled),
+// and drops it from the journal. An address it did not add is an error:
+// it belongs to someone else.
+func (h *Host) RemoveAddress(ifname string, p netip.Prefix) (string, error) {
+	i := h.journaled("address", ifname, p)
+	if i < 0 {
+		return "", fmt.Errorf("%s on %s was not added by anycastd: left in place", p, ifname)
+	}
+	msg, err := h.undo(h.changes[i])
+	if err != nil {
+		return "", err
+	}
+	h.changes = slices.Delete(h.changes, i, i+1)
+	if err := h.save(); err != nil {
+		return "", err
+	}
+	return msg, nil
 }
 
 // RealServerMode is how a real server receives a director's packets.

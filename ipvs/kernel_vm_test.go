@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -258,6 +259,15 @@ func TestVMHostDirectorSettings(t *testing.T) {
 	}
 	if again, _ := h.SetupDirector(DirectorSettings{VIPs: []netip.Addr{addr("198.51.100.50")}, NAT: true}); strings.Contains(strings.Join(again, "\n"), "set ") {
 		t.Errorf("second setup changed something: %v", again)
+	}
+	// The service with .50 goes, one with .51 comes: .50 is unbound.
+	msgs, err = h.SetupDirector(DirectorSettings{VIPs: []netip.Addr{addr("198.51.100.51")}, NAT: true})
+	if err != nil {
+		t.Fatalf("setup with another VIP: %v\n%s", err, strings.Join(msgs, "\n"))
+	}
+	if out, _ := exec.Command("ip", "-o", "addr", "show", "dev", "lo").CombinedOutput(); strings.Contains(string(out), "198.51.100.50/32") ||
+		!strings.Contains(string(out), "198.51.100.51/32") {
+		t.Errorf("lo after the VIP changed (want .51, not .50):\n%s", out)
 	}
 	if _, err := h.ReadSysctl("net.ipv4.vs.no_such_knob"); err == nil || !strings.Contains(err.Error(), "net.ipv4.vs.no_such_knob") {
 		t.Errorf("a missing sysctl must be an error naming it, got %v", err)

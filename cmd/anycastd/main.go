@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -55,6 +56,7 @@ func run(args []string, stdout, stderr io.Writer, env func(string) (string, bool
 	var (
 		file        string
 		checkConfig bool
+		restoreHost bool
 		logLevel    string
 		logFormat   string
 		watch       time.Duration
@@ -70,6 +72,13 @@ func run(args []string, stdout, stderr io.Writer, env func(string) (string, bool
 			cfg, err := configs.Load(file, configs.WithEnv(env), configs.WithFlags(cmd.Flags(), flagKeys))
 			if checkConfig {
 				return configs.WriteReport(stdout, file, err)
+			}
+			if restoreHost {
+				if err != nil {
+					configs.WriteReport(stderr, file, err)
+					return errors.New("invalid config: its node.state_dir holds the journal, nothing restored")
+				}
+				return restore(cfg, stdout)
 			}
 			if err != nil {
 				configs.WriteReport(stderr, file, err)
@@ -91,6 +100,7 @@ func run(args []string, stdout, stderr io.Writer, env func(string) (string, bool
 	f := cmd.Flags()
 	f.StringVarP(&file, "config", "c", DefaultConfig, "config file (YAML)")
 	f.BoolVar(&checkConfig, "check-config", false, "load and validate the config (file, ANYCASTD_* environment, flags), print the result and exit")
+	f.BoolVar(&restoreHost, "restore-host", false, "undo the host changes this director made (VIPs bound, sysctls set; journaled in node.state_dir), print them and exit; with the daemon stopped, to remove anycastd. The IPVS table is left as it is")
 	f.String("node-name", "", "override node.name")
 	f.String("state-dir", "", "override node.state_dir")
 	f.String("gossip-bind", "", "override cluster.bind")
@@ -263,6 +273,26 @@ func systemdNotify(ctx context.Context, n *director.Node, log *slog.Logger) {
 			}
 		}
 	}
+}
+
+// restore is --restore-host: refused while the daemon runs (it would bind
+// the VIPs again on its next turn).
+func restore(cfg *configs.Config, stdout io.Writer) error {
+	if c, err := net.DialTimeout("unix", cfg.API.Socket, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("anycastd is running (its API answers on %s): stop it first", cfg.API.Socket)
+	}
+	done, err := director.RestoreHost(cfg)
+	for _, d := range done {
+		fmt.Fprintln(stdout, d)
+	}
+	if err != nil {
+		return fmt.Errorf("restore: %w (what failed stays in the journal; run again)", err)
+	}
+	if len(done) == 0 {
+		fmt.Fprintln(stdout, "nothing to restore")
+	}
+	return nil
 }
 
 // fileSum is a fingerprint of the config file's content ("" unreadable),
