@@ -3,14 +3,12 @@ package health
 import (
 	"context"
 	"errors"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/anycastd/anycastd/configs"
 	"github.com/anycastd/anycastd/labs/labtest"
-	"github.com/vishvananda/netns"
 )
 
 func TestSelfAggregates(t *testing.T) {
@@ -103,24 +101,9 @@ func TestLabUplinkCheck(t *testing.T) {
 	labtest.Require(t)
 	ns := labtest.NewNetns(t, "uplink")
 	ns.Run("ip", "link", "add", "up0", "type", "veth", "peer", "name", "far0")
-	check := func() error {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer orig.Close()
-		h, err := netns.GetFromName(ns.Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer h.Close()
-		if err := netns.Set(h); err != nil {
-			t.Fatal(err)
-		}
-		defer netns.Set(orig)
-		return UplinkCheck("up0")(context.Background())
+	check := func() (err error) {
+		ns.Do(func() { err = UplinkCheck("up0")(context.Background()) })
+		return err
 	}
 	if err := check(); err == nil || !strings.Contains(err.Error(), "administratively down") {
 		t.Errorf("down link: %v", err)

@@ -3,36 +3,11 @@ package ipvs
 import (
 	"net/netip"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/anycastd/anycastd/labs/labtest"
-	"github.com/vishvananda/netns"
 )
-
-// inNetns runs f on a thread inside the namespace (netlink acts on the
-// calling thread's namespace) and puts the thread back.
-func inNetns(t *testing.T, name string, f func()) {
-	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		t.Fatal(err)
-	}
-	defer netns.Set(orig)
-	f()
-}
 
 // The VIPs of services that went away are unbound; an address anycastd
 // did not add is never touched, by UnbindExcept, RemoveAddress or Restore.
@@ -51,7 +26,7 @@ func TestLabHostUnbind(t *testing.T) {
 		}
 		return strings.Join(got, " ")
 	}
-	inNetns(t, ns.Name, func() {
+	ns.Do(func() {
 		h, err := OpenHost(journal)
 		if err != nil {
 			t.Fatal(err)

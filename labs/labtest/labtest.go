@@ -18,6 +18,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netns"
 )
 
 // Require skips t unless lab tests are enabled (ANYCASTD_LAB=1, as `make
@@ -89,6 +91,30 @@ func (n *Netns) Delete() {
 func (n *Netns) Run(name string, args ...string) string {
 	n.t.Helper()
 	return Run(n.t, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
+}
+
+// Do runs f on a thread that has entered the namespace (netlink and
+// sockets act on the calling thread's namespace), then puts the thread
+// back. f must not start goroutines that expect to be in the namespace.
+func (n *Netns) Do(f func()) {
+	n.t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(n.Name)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		n.t.Fatal(err)
+	}
+	defer netns.Set(orig)
+	f()
 }
 
 // Try runs a command inside the namespace and returns its output and error.
