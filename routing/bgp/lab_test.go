@@ -1,9 +1,7 @@
 package bgp
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -27,60 +25,32 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// speakerHelper runs a Speaker from a config file and takes commands on
-// stdin, one per line, answering "ok" or "error: ...":
+// speakerHelper runs a Speaker from a config file as a
+// labtest.AnnouncerHelper (set, none, status) with the config's
+// communities on every announcement, plus
 //
-//	set PREFIX,...   announce exactly these (with the config's communities)
-//	none             withdraw everything
 //	drain DURATION   GRACEFUL_SHUTDOWN for DURATION, then withdraw
-//	status           one line of JSON
-//
-// At stdin's end it shuts down (withdrawing) and exits.
 func speakerHelper(args []string) error {
 	cfg, err := configs.Load(args[0])
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	sp := New(cfg.Routing.BGP, log)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- sp.Run(ctx) }()
-	var current []routing.Announcement
-	in := bufio.NewScanner(os.Stdin)
-	for in.Scan() {
-		cmd, arg, _ := strings.Cut(strings.TrimSpace(in.Text()), " ")
-		var err error
-		switch cmd {
-		case "set":
-			current = nil
-			for p := range strings.SplitSeq(arg, ",") {
-				current = append(current, routing.Announcement{Prefix: netip.MustParsePrefix(p),
-					Communities: cfg.Routing.BGP.Communities, LargeCommunities: cfg.Routing.BGP.LargeCommunities})
-			}
-			err = sp.Set(ctx, current)
-		case "none":
-			err = sp.Set(ctx, nil)
-		case "drain":
-			var d time.Duration
-			if d, err = time.ParseDuration(arg); err == nil {
-				err = routing.Drain(ctx, sp, current, d)
-			}
-		case "status":
-			b, _ := json.Marshal(sp.Status())
-			fmt.Println(string(b))
-			continue
-		default:
-			err = fmt.Errorf("unknown command %q", cmd)
-		}
-		if err != nil {
-			fmt.Println("error:", err)
-		} else {
-			fmt.Println("ok")
-		}
-	}
-	cancel()
-	return <-done
+	sp := New(cfg.Routing.BGP, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	return labtest.AnnouncerHelper{
+		Announcer: sp,
+		Decorate: func(a *routing.Announcement) {
+			a.Communities, a.LargeCommunities = cfg.Routing.BGP.Communities, cfg.Routing.BGP.LargeCommunities
+		},
+		Extra: map[string]func(context.Context, string, []routing.Announcement) error{
+			"drain": func(ctx context.Context, arg string, current []routing.Announcement) error {
+				d, err := time.ParseDuration(arg)
+				if err != nil {
+					return err
+				}
+				return routing.Drain(ctx, sp, current, d)
+			},
+		},
+	}.Serve()
 }
 
 const (

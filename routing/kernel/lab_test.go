@@ -1,14 +1,10 @@
 package kernel
 
 import (
-	"bufio"
-	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -19,7 +15,6 @@ import (
 	"github.com/anycastd/anycastd/configs"
 	"github.com/anycastd/anycastd/labs/clab"
 	"github.com/anycastd/anycastd/labs/labtest"
-	"github.com/anycastd/anycastd/routing"
 )
 
 func TestMain(m *testing.M) {
@@ -27,76 +22,15 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// announcerHelper runs an Announcer from a config file and takes commands
-// on stdin, one per line, answering "ok" or "error: ...":
-//
-//	set PREFIX,...   announce exactly these
-//	none             withdraw everything
-//	status           one line of JSON
-//
-// At stdin's end (or SIGTERM) it withdraws and exits.
+// announcerHelper runs an Announcer from a config file as a
+// labtest.AnnouncerHelper (set, none, status).
 func announcerHelper(args []string) error {
 	cfg, err := configs.Load(args[0])
 	if err != nil {
 		return err
 	}
 	a := New(cfg.Routing.Kernel, slog.New(slog.NewTextHandler(os.Stderr, nil)))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	lines := make(chan string)
-	go func() {
-		in := bufio.NewScanner(os.Stdin)
-		for in.Scan() {
-			lines <- in.Text()
-		}
-		close(lines)
-	}()
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, os.Interrupt)
-	for {
-		var line string
-		var ok bool
-		select {
-		case line, ok = <-lines:
-		case <-sigs:
-		}
-		if !ok {
-			break
-		}
-		cmd, arg, _ := strings.Cut(strings.TrimSpace(line), " ")
-		switch cmd {
-		case "set":
-			var anns []routing.Announcement
-			for p := range strings.SplitSeq(arg, ",") {
-				pp, perr := netip.ParsePrefix(p)
-				if perr != nil {
-					err = perr
-					break
-				}
-				anns = append(anns, routing.Announcement{Prefix: pp})
-			}
-			if err == nil {
-				err = a.Set(ctx, anns)
-			}
-		case "none":
-			err = a.Set(ctx, nil)
-		case "status":
-			b, _ := json.Marshal(a.Status())
-			fmt.Println(string(b))
-			continue
-		default:
-			err = fmt.Errorf("unknown command %q", cmd)
-		}
-		if err != nil {
-			fmt.Println("error:", err)
-			err = nil
-		} else {
-			fmt.Println("ok")
-		}
-	}
-	cancel()
-	return <-done
+	return labtest.AnnouncerHelper{Announcer: a}.Serve()
 }
 
 const vip = "198.51.100.20"

@@ -1,9 +1,6 @@
 package vrrp
 
 import (
-	"bufio"
-	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -26,10 +23,10 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// vrrpHelper runs a Router from a config file (its routing.vrrp part),
-// wanting every VIP, and takes commands on stdin: "status" prints one line
-// of JSON; "want VIP,..." or "want -" changes what it may hold. At stdin's
-// end it stops (a master sends priority 0) and exits.
+// vrrpHelper runs a Router from a config file (its routing.vrrp part) as
+// a labtest.AnnouncerHelper (set, none, status), wanting every VIP from
+// the start. At stdin's end it stops (a master sends priority 0) and
+// exits.
 func vrrpHelper(args []string) error {
 	cfg, err := configs.Load(args[0])
 	if err != nil {
@@ -39,41 +36,13 @@ func vrrpHelper(args []string) error {
 	if err != nil {
 		return err
 	}
-	want := func(vs []netip.Addr) {
-		var anns []routing.Announcement
-		for _, v := range vs {
-			anns = append(anns, routing.Announcement{Prefix: netip.PrefixFrom(v, v.BitLen())})
-		}
-		r.Set(context.Background(), anns)
-	}
-	var all []netip.Addr
+	var all []routing.Announcement
 	for _, in := range cfg.Routing.VRRP.Instances {
-		all = append(all, in.VIPs...)
-	}
-	want(all)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	in := bufio.NewScanner(os.Stdin)
-	for in.Scan() {
-		cmd, arg, _ := strings.Cut(strings.TrimSpace(in.Text()), " ")
-		switch cmd {
-		case "status":
-			b, _ := json.Marshal(r.Status())
-			fmt.Println(string(b))
-		case "want":
-			var vs []netip.Addr
-			if arg != "-" {
-				for _, s := range strings.Split(arg, ",") {
-					vs = append(vs, netip.MustParseAddr(s))
-				}
-			}
-			want(vs)
-			fmt.Println("ok")
+		for _, v := range in.VIPs {
+			all = append(all, routing.Announcement{Prefix: netip.PrefixFrom(v, v.BitLen())})
 		}
 	}
-	cancel()
-	return <-done
+	return labtest.AnnouncerHelper{Announcer: r, Initial: all}.Serve()
 }
 
 const labVIP = "192.0.2.51"
