@@ -113,7 +113,7 @@ func TestMetricsScrape(t *testing.T) {
 type peerCollector struct{ st routing.Status }
 
 func (c peerCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPeerUp, descFlaps, descVRRP, descVRRPFl, descBFD} {
+	for _, d := range []*prometheus.Desc{descPeerUp, descFlaps, descVRRP, descVRRPFl, descBFD, descBFDFl} {
 		ch <- d
 	}
 }
@@ -126,10 +126,14 @@ func TestPeerMetrics(t *testing.T) {
 		want string
 	}{
 		{"bgp", routing.Status{Mode: configs.ModeBGP, Peers: []routing.Peer{
-			{Address: mustAddr("10.0.1.0"), ASN: 65000, State: "established", BFD: "up", Flaps: 2},
+			{Address: mustAddr("10.0.1.0"), ASN: 65000, State: "established", BFD: "up", Flaps: 2, BFDFlaps: 1},
 			{Address: mustAddr("10.0.2.0"), ASN: 65000, State: "active", BFD: "down", Flaps: 5},
 			{Address: mustAddr("10.0.3.0"), ASN: 65000, State: "connect"},
 		}}, `
+# HELP anycastd_bfd_flaps_total Times BFD brought the session with the peer down.
+# TYPE anycastd_bfd_flaps_total counter
+anycastd_bfd_flaps_total{peer="10.0.1.0"} 1
+anycastd_bfd_flaps_total{peer="10.0.2.0"} 0
 # HELP anycastd_bfd_up 1 if the BFD session with the peer is up.
 # TYPE anycastd_bfd_up gauge
 anycastd_bfd_up{peer="10.0.1.0"} 1

@@ -45,6 +45,8 @@ type Peer struct {
 	// Flaps counts the times the session left established (BGP), or the
 	// times the instance left master (VRRP).
 	Flaps uint64
+	// BFDFlaps counts the sessions that BFD brought down (BGP with BFD).
+	BFDFlaps uint64
 	// Reason is why the session last went down, if known.
 	Reason string
 }

@@ -2,6 +2,7 @@ package bgp
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -67,6 +68,32 @@ type ecmpLab struct {
 
 type speaker struct {
 	proc *clab.Process
+}
+
+// status is the speaker's routing.Status.
+func (s *speaker) status(t *testing.T) routing.Status {
+	t.Helper()
+	line, err := s.proc.Ask("status", 30*time.Second)
+	var st routing.Status
+	if err == nil {
+		err = json.Unmarshal([]byte(line), &st)
+	}
+	if err != nil {
+		t.Fatalf("speaker %s: status: %q %v", s.proc.Node, line, err)
+	}
+	return st
+}
+
+// peer is the status of the session with addr.
+func (s *speaker) peer(t *testing.T, addr string) routing.Peer {
+	t.Helper()
+	for _, p := range s.status(t).Peers {
+		if p.Address.String() == addr {
+			return p
+		}
+	}
+	t.Fatalf("speaker %s: no peer %s", s.proc.Node, addr)
+	return routing.Peer{}
 }
 
 func (s *speaker) do(t *testing.T, cmd string) {
@@ -348,10 +375,22 @@ func TestLabBGPECMP(t *testing.T) {
 		labtest.Report(t, what, ds)
 	}
 	t.Run("blackhole with BFD", func(t *testing.T) {
+		before := l.speakers["d2"].peer(t, "10.0.2.0")
 		blackhole(t, "d2", "10.0.2.1", "blackholed director (nft drop) with BFD 100ms x3 -> next hop gone", 10*time.Second)
+		// Each blackhole is one session that BFD took down.
+		after := l.speakers["d2"].peer(t, "10.0.2.0")
+		if n := uint64(labtest.MeasureRuns()); after.BFDFlaps-before.BFDFlaps != n || after.Flaps-before.Flaps != n {
+			t.Errorf("after %d blackholes: flaps %d -> %d, BFD flaps %d -> %d", n, before.Flaps, after.Flaps, before.BFDFlaps, after.BFDFlaps)
+		}
 	})
 	t.Run("blackhole without BFD", func(t *testing.T) {
+		before := l.speakers["d3"].peer(t, "10.0.3.0")
 		blackhole(t, "d3", "10.0.3.1", "blackholed director (nft drop) without BFD, hold 3s -> next hop gone", 15*time.Second)
+		// The hold timer, not BFD, took these down.
+		after := l.speakers["d3"].peer(t, "10.0.3.0")
+		if after.Flaps == before.Flaps || after.BFDFlaps != 0 {
+			t.Errorf("without BFD: flaps %d -> %d, BFD flaps %d (want 0)", before.Flaps, after.Flaps, after.BFDFlaps)
+		}
 	})
 
 	t.Run("MD5 mismatch keeps the session down with a clear log line", func(t *testing.T) {

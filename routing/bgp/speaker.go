@@ -285,20 +285,34 @@ func (s *Speaker) onPeer(ev *apiutil.WatchEventMessage_PeerEvent, t time.Time) {
 	if !ok || p.State == state {
 		return
 	}
+	reason := ""
+	if msg := ev.Peer.State.DisconnectMessage; msg != "" {
+		reason = msg
+	} else if r := ev.Peer.State.DisconnectReason; r != api.PeerState_DISCONNECT_REASON_UNSPECIFIED {
+		reason = strings.ToLower(strings.TrimPrefix(r.String(), "DISCONNECT_REASON_"))
+	}
 	if p.State == "established" {
 		p.Flaps++
-		if n, ok := s.neighbor(addr); ok && n.BFD.Enabled && s.srv != nil {
-			go s.recyclePeer(s.srv, n)
+		if n, ok := s.neighbor(addr); ok && n.BFD.Enabled {
+			if bfdReset(ev.Peer.State.DisconnectReason, reason) {
+				p.BFDFlaps++
+			}
+			if s.srv != nil {
+				go s.recyclePeer(s.srv, n)
+			}
 		}
 	}
 	p.State, p.Since = state, t
-	p.Reason = ""
-	if msg := ev.Peer.State.DisconnectMessage; msg != "" {
-		p.Reason = msg
-	} else if r := ev.Peer.State.DisconnectReason; r != api.PeerState_DISCONNECT_REASON_UNSPECIFIED {
-		p.Reason = strings.ToLower(strings.TrimPrefix(r.String(), "DISCONNECT_REASON_"))
-	}
+	p.Reason = reason
 	s.log.Info("bgp peer state changed", "peer", addr, "asn", p.ASN, "state", state, "reason", p.Reason)
+}
+
+// bfdReset tells a session that BFD brought down: GoBGP's BFD resets the
+// BGP session with a Cease / Administrative Reset notification ("BFD is
+// down" in its log; the event carries only the code). Nothing else sends
+// that here: anycastd never resets a peer itself.
+func bfdReset(r api.PeerState_DisconnectReason, reason string) bool {
+	return r == api.PeerState_DISCONNECT_REASON_NOTIFICATION_SENT && strings.Contains(reason, "administrative reset")
 }
 
 func (s *Speaker) neighbor(addr netip.Addr) (configs.Neighbor, bool) {
