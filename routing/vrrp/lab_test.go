@@ -45,13 +45,22 @@ func vrrpHelper(args []string) error {
 	return labtest.AnnouncerHelper{Announcer: r, Initial: all}.Serve()
 }
 
-const labVIP = "192.0.2.51"
+const (
+	labVIP  = "192.0.2.51"
+	labVIP6 = "2001:db8:9::51"
+)
 
 type vrrpLab struct {
 	t    *testing.T
 	ns   map[string]*labtest.Netns
 	self string
 	dir  string
+	// vip is the instance's VIP, labVIP unless a test changes it, and
+	// host its host prefix.
+	vip, host string
+	// kaExtra goes into keepalived's vrrp_instance, acExtra into
+	// anycastd's routing.vrrp.
+	kaExtra, acExtra string
 }
 
 func newVRRPLab(t *testing.T) *vrrpLab {
@@ -60,7 +69,7 @@ func newVRRPLab(t *testing.T) *vrrpLab {
 		t.Fatal("keepalived is not installed (labs/install-deps.sh installs it)")
 	}
 	self, _ := os.Executable()
-	l := &vrrpLab{t: t, ns: map[string]*labtest.Netns{}, self: self, dir: t.TempDir()}
+	l := &vrrpLab{t: t, ns: map[string]*labtest.Netns{}, self: self, dir: t.TempDir(), vip: labVIP, host: labVIP + "/32"}
 	sw := labtest.NewNetns(t, "vsw")
 	sw.Run("ip", "link", "add", "br0", "type", "bridge")
 	sw.Run("ip", "link", "set", "br0", "up")
@@ -81,8 +90,8 @@ func newVRRPLab(t *testing.T) *vrrpLab {
 // holds reports whether node holds the VIP (on eth0 or its virtual MAC
 // interface).
 func (l *vrrpLab) holds(node string) bool {
-	out, _ := l.ns[node].Try("ip", "-4", "addr", "show")
-	return strings.Contains(out, labVIP+"/32")
+	out, _ := l.ns[node].Try("ip", "addr", "show")
+	return strings.Contains(out, " "+l.host+" ")
 }
 
 // keepalived starts keepalived (VRRPv3) in ka with the given priority.
@@ -100,10 +109,10 @@ vrrp_instance VI_1 {
 	priority %d
 	advert_int 1
 	virtual_ipaddress {
-		%s/32
+		%s
 	}
-}
-`, prio, labVIP)), 0o644)
+%s}
+`, prio, l.host, l.kaExtra)), 0o644)
 	cmd := exec.Command("ip", "netns", "exec", l.ns["ka"].Name, "keepalived", "-n", "-l", "-D", "-P", "-f", conf,
 		"-p", filepath.Join(l.dir, "ka.pid"), "-r", filepath.Join(l.dir, "ka-vrrp.pid"), "-c", filepath.Join(l.dir, "ka-chk.pid"))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -136,9 +145,9 @@ routing:
     interface: eth0
     advert_interval: 1s
     virtual_mac: %v
-    instances:
+%s    instances:
       - {name: vi1, vrid: 51, vips: [%s], priority: %d, preempt: true}
-`, vmac, labVIP, prio)), 0o644)
+`, vmac, l.acExtra, l.vip, prio)), 0o644)
 	cmd := exec.Command("ip", "netns", "exec", l.ns["ac"].Name, l.self, conf)
 	cmd.Env = append(os.Environ(), labtest.HelperEnv+"=vrrp")
 	stdin, _ := cmd.StdinPipe()
@@ -192,7 +201,7 @@ func TestLabVRRPKeepalived(t *testing.T) {
 	o.cmd.Wait()
 	// A killed process leaves the address it added behind (as keepalived
 	// would): the host is dead in this scenario, so take it away.
-	l.ns["ac"].Try("ip", "addr", "del", labVIP+"/32", "dev", "eth0")
+	l.ns["ac"].Try("ip", "addr", "del", l.host, "dev", "eth0")
 	l.expect("keepalived takes over from a dead anycastd", "ka", 10*time.Second)
 	labtest.Report(t, "VRRP: anycastd killed -> keepalived holds the VIP (advert 1s)", []time.Duration{time.Since(start)})
 
@@ -222,9 +231,93 @@ func TestLabVRRPKeepalived(t *testing.T) {
 	for _, p := range strings.Fields(labtest.Run(t, "ip", "netns", "pids", l.ns["ka"].Name)) {
 		exec.Command("kill", "-9", p).Run()
 	}
-	l.ns["ka"].Try("ip", "addr", "del", labVIP+"/32", "dev", "eth0")
+	l.ns["ka"].Try("ip", "addr", "del", l.host, "dev", "eth0")
 	l.expect("anycastd takes over from a dead keepalived", "ac", 10*time.Second)
 	labtest.Report(t, "VRRP: keepalived killed -> anycastd holds the VIP (advert 1s)", []time.Duration{time.Since(start)})
+}
+
+// TestLabVRRPKeepalivedIPv6: the same over IPv6 (VRRPv3 from link-local
+// sources, the IPv6 pseudo-header checksum, unsolicited neighbour
+// advertisements): keepalived master alone, anycastd preempting it, a
+// clean stop handing back, anycastd below keepalived staying backup and
+// taking over when keepalived dies.
+func TestLabVRRPKeepalivedIPv6(t *testing.T) {
+	l := newVRRPLab(t)
+	l.vip, l.host = labVIP6, labVIP6+"/128"
+	defer func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(l.dir, "keepalived.log"))
+			t.Logf("keepalived log:\n%s", b)
+		}
+	}()
+	// Link-local addresses first (DAD), as a host on a segment has them.
+	for _, n := range []string{"ka", "ac"} {
+		ns := l.ns[n]
+		labtest.Eventually(t, 10*time.Second, n+": link-local address ready", func() error {
+			out, _ := ns.Try("ip", "-6", "addr", "show", "dev", "eth0", "scope", "link")
+			if !strings.Contains(out, "fe80::") || strings.Contains(out, "tentative") {
+				return fmt.Errorf("%s", out)
+			}
+			return nil
+		})
+	}
+
+	l.keepalived(100)
+	l.expect("keepalived master alone", "ka", 10*time.Second)
+	o := l.ours(200)
+	l.expect("anycastd preempts keepalived over IPv6", "ac", 15*time.Second)
+	o.stdin.Close()
+	o.cmd.Wait()
+	l.expect("keepalived takes over after anycastd's priority 0", "ka", 5*time.Second)
+
+	o = l.ours(50)
+	time.Sleep(5 * time.Second)
+	if l.holds("ac") || !l.holds("ka") {
+		t.Fatalf("anycastd at 50 took the VIP from keepalived at 100:\n%s", o.out)
+	}
+	if b, err := os.ReadFile(filepath.Join(l.dir, "ka-vrrp.pid")); err == nil {
+		exec.Command("kill", "-9", strings.TrimSpace(string(b))).Run()
+	}
+	for _, p := range strings.Fields(labtest.Run(t, "ip", "netns", "pids", l.ns["ka"].Name)) {
+		exec.Command("kill", "-9", p).Run()
+	}
+	l.ns["ka"].Try("ip", "addr", "del", l.host, "dev", "eth0")
+	l.expect("anycastd takes over from a dead keepalived over IPv6", "ac", 10*time.Second)
+}
+
+// TestLabVRRPKeepalivedUnicast: both sides send their advertisements to
+// each other's address, with multicast VRRP dropped on both hosts (so
+// only unicast can work): preempt, hand back on a clean stop, stay backup
+// below keepalived.
+func TestLabVRRPKeepalivedUnicast(t *testing.T) {
+	l := newVRRPLab(t)
+	l.kaExtra = "\tunicast_src_ip 10.9.0.1\n\tunicast_peer {\n\t\t10.9.0.2\n\t}\n"
+	l.acExtra = "    unicast_peers: [10.9.0.1]\n"
+	for _, n := range []string{"ka", "ac"} {
+		l.ns[n].Run("nft", "add table inet nomc { chain out { type filter hook output priority 0; ip daddr 224.0.0.18 counter drop; }; }")
+	}
+	defer func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(l.dir, "keepalived.log"))
+			t.Logf("keepalived log:\n%s", b)
+		}
+	}()
+	l.keepalived(100)
+	l.expect("keepalived master alone", "ka", 10*time.Second)
+	o := l.ours(200)
+	l.expect("anycastd preempts keepalived by unicast", "ac", 15*time.Second)
+	o.stdin.Close()
+	o.cmd.Wait()
+	l.expect("keepalived takes over after anycastd's priority 0, by unicast", "ka", 5*time.Second)
+	o = l.ours(50)
+	time.Sleep(5 * time.Second)
+	if l.holds("ac") || !l.holds("ka") {
+		t.Fatalf("anycastd at 50 took the VIP from keepalived at 100 (it does not hear its unicast adverts):\n%s", o.out)
+	}
+	// anycastd sent nothing by multicast: unicast carried it all.
+	if out := l.ns["ac"].Run("nft", "list", "table", "inet", "nomc"); !strings.Contains(out, "counter packets 0 ") {
+		t.Errorf("anycastd sent VRRP to 224.0.0.18 with unicast peers set:\n%s", out)
+	}
 }
 
 // neighbour is the MAC the client has for the VIP after talking to it.
