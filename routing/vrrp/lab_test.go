@@ -81,6 +81,13 @@ func newVRRPLab(t *testing.T) *vrrpLab {
 		n.Run("ip", "addr", "add", addr+"/24", "dev", "eth0")
 		n.Run("ip", "link", "set", "eth0", "up")
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			if b, err := os.ReadFile(filepath.Join(l.dir, "keepalived.log")); err == nil {
+				t.Logf("keepalived log:\n%s", b)
+			}
+		}
+	})
 	// The client reaches the VIP on the segment (ARP), as a router on it
 	// would.
 	l.ns["cl"].Run("ip", "route", "add", labVIP+"/32", "dev", "eth0")
@@ -173,16 +180,51 @@ func (l *vrrpLab) expect(what, master string, timeout time.Duration) time.Durati
 	return time.Since(start)
 }
 
+// preemptAndHandBack: keepalived (100) master alone, anycastd (200)
+// preempting it, then stopping cleanly (priority 0) and keepalived taking
+// the VIP back.
+func (l *vrrpLab) preemptAndHandBack() {
+	l.t.Helper()
+	l.keepalived(100)
+	l.expect("keepalived master alone", "ka", 10*time.Second)
+	o := l.ours(200)
+	l.expect("anycastd preempts keepalived", "ac", 15*time.Second)
+	o.stdin.Close()
+	o.cmd.Wait()
+	l.expect("keepalived takes over after anycastd's priority 0", "ka", 5*time.Second)
+}
+
+// backupBelowKeepalived starts anycastd at priority 50, below keepalived's
+// 100, and checks that it stays backup: it hears keepalived.
+func (l *vrrpLab) backupBelowKeepalived() *ours {
+	l.t.Helper()
+	o := l.ours(50)
+	time.Sleep(5 * time.Second)
+	if l.holds("ac") || !l.holds("ka") {
+		l.t.Fatalf("anycastd at 50 took the VIP from keepalived at 100:\n%s", o.out)
+	}
+	return o
+}
+
+// killKeepalived kills keepalived -9, its VRRP process first (killed after
+// its parent it would notice and leave cleanly, with priority 0, which is
+// not the failure wanted), and takes away the address a dead host would
+// not answer for.
+func (l *vrrpLab) killKeepalived() {
+	l.t.Helper()
+	if b, err := os.ReadFile(filepath.Join(l.dir, "ka-vrrp.pid")); err == nil {
+		exec.Command("kill", "-9", strings.TrimSpace(string(b))).Run()
+	}
+	for _, p := range strings.Fields(labtest.Run(l.t, "ip", "netns", "pids", l.ns["ka"].Name)) {
+		exec.Command("kill", "-9", p).Run()
+	}
+	l.ns["ka"].Try("ip", "addr", "del", l.host, "dev", "eth0")
+}
+
 // TestLabVRRPKeepalived: anycastd's VRRPv3 and keepalived's in one VRID on
 // one segment, failing over both ways.
 func TestLabVRRPKeepalived(t *testing.T) {
 	l := newVRRPLab(t)
-	defer func() {
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(l.dir, "keepalived.log"))
-			t.Logf("keepalived log:\n%s", b)
-		}
-	}()
 
 	// keepalived alone: master.
 	l.keepalived(100)
@@ -217,21 +259,9 @@ func TestLabVRRPKeepalived(t *testing.T) {
 
 	// The other way: anycastd below keepalived stays backup; keepalived
 	// dies; anycastd takes over.
-	o = l.ours(50)
-	time.Sleep(5 * time.Second)
-	if l.holds("ac") || !l.holds("ka") {
-		t.Fatalf("anycastd at 50 took the VIP from keepalived at 100:\n%s", o.out)
-	}
-	// Its VRRP process first: killed after its parent it would notice
-	// and leave cleanly (priority 0), which is not the failure we time.
+	l.backupBelowKeepalived()
 	start = time.Now()
-	if b, err := os.ReadFile(filepath.Join(l.dir, "ka-vrrp.pid")); err == nil {
-		exec.Command("kill", "-9", strings.TrimSpace(string(b))).Run()
-	}
-	for _, p := range strings.Fields(labtest.Run(t, "ip", "netns", "pids", l.ns["ka"].Name)) {
-		exec.Command("kill", "-9", p).Run()
-	}
-	l.ns["ka"].Try("ip", "addr", "del", l.host, "dev", "eth0")
+	l.killKeepalived()
 	l.expect("anycastd takes over from a dead keepalived", "ac", 10*time.Second)
 	labtest.Report(t, "VRRP: keepalived killed -> anycastd holds the VIP (advert 1s)", []time.Duration{time.Since(start)})
 }
@@ -244,12 +274,6 @@ func TestLabVRRPKeepalived(t *testing.T) {
 func TestLabVRRPKeepalivedIPv6(t *testing.T) {
 	l := newVRRPLab(t)
 	l.vip, l.host = labVIP6, labVIP6+"/128"
-	defer func() {
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(l.dir, "keepalived.log"))
-			t.Logf("keepalived log:\n%s", b)
-		}
-	}()
 	// Link-local addresses first (DAD), as a host on a segment has them.
 	for _, n := range []string{"ka", "ac"} {
 		ns := l.ns[n]
@@ -262,26 +286,10 @@ func TestLabVRRPKeepalivedIPv6(t *testing.T) {
 		})
 	}
 
-	l.keepalived(100)
-	l.expect("keepalived master alone", "ka", 10*time.Second)
-	o := l.ours(200)
-	l.expect("anycastd preempts keepalived over IPv6", "ac", 15*time.Second)
-	o.stdin.Close()
-	o.cmd.Wait()
-	l.expect("keepalived takes over after anycastd's priority 0", "ka", 5*time.Second)
+	l.preemptAndHandBack()
 
-	o = l.ours(50)
-	time.Sleep(5 * time.Second)
-	if l.holds("ac") || !l.holds("ka") {
-		t.Fatalf("anycastd at 50 took the VIP from keepalived at 100:\n%s", o.out)
-	}
-	if b, err := os.ReadFile(filepath.Join(l.dir, "ka-vrrp.pid")); err == nil {
-		exec.Command("kill", "-9", strings.TrimSpace(string(b))).Run()
-	}
-	for _, p := range strings.Fields(labtest.Run(t, "ip", "netns", "pids", l.ns["ka"].Name)) {
-		exec.Command("kill", "-9", p).Run()
-	}
-	l.ns["ka"].Try("ip", "addr", "del", l.host, "dev", "eth0")
+	l.backupBelowKeepalived()
+	l.killKeepalived()
 	l.expect("anycastd takes over from a dead keepalived over IPv6", "ac", 10*time.Second)
 }
 
@@ -296,24 +304,8 @@ func TestLabVRRPKeepalivedUnicast(t *testing.T) {
 	for _, n := range []string{"ka", "ac"} {
 		l.ns[n].Run("nft", "add table inet nomc { chain out { type filter hook output priority 0; ip daddr 224.0.0.18 counter drop; }; }")
 	}
-	defer func() {
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(l.dir, "keepalived.log"))
-			t.Logf("keepalived log:\n%s", b)
-		}
-	}()
-	l.keepalived(100)
-	l.expect("keepalived master alone", "ka", 10*time.Second)
-	o := l.ours(200)
-	l.expect("anycastd preempts keepalived by unicast", "ac", 15*time.Second)
-	o.stdin.Close()
-	o.cmd.Wait()
-	l.expect("keepalived takes over after anycastd's priority 0, by unicast", "ka", 5*time.Second)
-	o = l.ours(50)
-	time.Sleep(5 * time.Second)
-	if l.holds("ac") || !l.holds("ka") {
-		t.Fatalf("anycastd at 50 took the VIP from keepalived at 100 (it does not hear its unicast adverts):\n%s", o.out)
-	}
+	l.preemptAndHandBack()
+	l.backupBelowKeepalived()
 	// anycastd sent nothing by multicast: unicast carried it all.
 	if out := l.ns["ac"].Run("nft", "list", "table", "inet", "nomc"); !strings.Contains(out, "counter packets 0 ") {
 		t.Errorf("anycastd sent VRRP to 224.0.0.18 with unicast peers set:\n%s", out)
