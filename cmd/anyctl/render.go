@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -169,7 +170,11 @@ func renderStatus(w io.Writer, s director.StatusResponse, now time.Time) {
 		tw = table(w)
 		fmt.Fprintln(tw, "  ADDRESS\tASN\tSTATE\tBFD\tFLAPS\tSINCE\tREASON")
 		for _, p := range s.Peers {
-			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%d\t%s\t%s\n", p.Address, p.ASN, p.State, orDash(p.BFD), p.Flaps, age(now, p.Since), p.Reason)
+			flaps := strconv.FormatUint(p.Flaps, 10)
+			if p.BFDFlaps > 0 {
+				flaps += fmt.Sprintf(" (%d by BFD)", p.BFDFlaps)
+			}
+			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t%s\t%s\n", p.Address, p.ASN, p.State, orDash(p.BFD), flaps, age(now, p.Since), p.Reason)
 		}
 		tw.Flush()
 	}

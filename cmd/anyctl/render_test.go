@@ -45,7 +45,7 @@ func TestRenderStatusGolden(t *testing.T) {
 			{VIP: netip.MustParseAddr("198.51.100.2"), Reason: "service api below quorum (1 of 2 backends up, quorum 2)", Services: []string{"api"}},
 		},
 		Peers: []routing.Peer{
-			{Address: netip.MustParseAddr("10.0.1.254"), ASN: 65000, State: "established", BFD: "up", Since: now.Add(-25 * time.Hour)},
+			{Address: netip.MustParseAddr("10.0.1.254"), ASN: 65000, State: "established", BFD: "up", Flaps: 2, BFDFlaps: 2, Since: now.Add(-25 * time.Hour)},
 			{Address: netip.MustParseAddr("10.0.2.254"), ASN: 65000, State: "active", Flaps: 3, Reason: "hold timer expired", Since: now.Add(-40 * time.Second)},
 		},
 		Reconcile: director.ReconcileInfo{At: now.Add(-2 * time.Second), Duration: 1234 * time.Microsecond, Ops: 2, Draining: 1},
