@@ -58,7 +58,11 @@ type Monitor struct {
 }
 
 type entry struct {
-	spec    Spec
+	id     string
+	target Target
+	// check is shared by the entries that have an equal check (every
+	// backend of a service): with 10,000 targets a copy each is megabytes.
+	check   *configs.Check
 	probe   Probe
 	damp    Dampener
 	status  Status
@@ -88,24 +92,28 @@ func NewMonitor(log *slog.Logger, concurrency int) *Monitor {
 func (m *Monitor) Set(specs []Spec) error {
 	type built struct {
 		spec  Spec
+		check *configs.Check
 		probe Probe
 	}
 	var errs []error
 	var add []built
 	seen := map[string]bool{}
+	// An entry's id, target and check never change: reading them outside
+	// the lock is safe.
 	m.mu.Lock()
-	current := make(map[string]Spec, len(m.targets))
+	current := make(map[string]*entry, len(m.targets))
 	for id, e := range m.targets {
-		current[id] = e.spec
+		current[id] = e
 	}
 	m.mu.Unlock()
+	var shared *configs.Check
 	for _, s := range specs {
 		if seen[s.ID] {
 			errs = append(errs, fmt.Errorf("target %s: listed twice", s.ID))
 			continue
 		}
 		seen[s.ID] = true
-		if old, ok := current[s.ID]; ok && reflect.DeepEqual(old, s) {
+		if old, ok := current[s.ID]; ok && old.target == s.Target && reflect.DeepEqual(*old.check, s.Check) {
 			continue
 		}
 		p, err := m.newProbe(s.Check, s.Target)
@@ -113,7 +121,13 @@ func (m *Monitor) Set(specs []Spec) error {
 			errs = append(errs, fmt.Errorf("target %s: %w", s.ID, err))
 			continue
 		}
-		add = append(add, built{s, p})
+		// Consecutive specs with equal checks (a service's backends)
+		// share one copy.
+		if shared == nil || !reflect.DeepEqual(*shared, s.Check) {
+			c := s.Check
+			shared = &c
+		}
+		add = append(add, built{s, shared, p})
 	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)
@@ -132,11 +146,11 @@ func (m *Monitor) Set(specs []Spec) error {
 		if old, ok := m.targets[b.spec.ID]; ok {
 			m.drop(old)
 		}
-		e := &entry{spec: b.spec, probe: b.probe, index: -1,
-			damp:   Dampener{Rise: b.spec.Check.Rise, Fall: b.spec.Check.Fall},
+		e := &entry{id: b.spec.ID, target: b.spec.Target, check: b.check, probe: b.probe, index: -1,
+			damp:   Dampener{Rise: b.check.Rise, Fall: b.check.Fall},
 			status: Status{ID: b.spec.ID, Target: b.spec.Target}}
 		// Spread first runs over one interval.
-		if iv := b.spec.Check.Interval; iv > 0 {
+		if iv := b.check.Interval; iv > 0 {
 			e.next = now.Add(time.Duration(m.rnd.Int64N(int64(iv))))
 		} else {
 			e.next = now
@@ -172,7 +186,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			for e := range work {
-				r := Run(ctx, e.probe, e.spec.Check.Timeout)
+				r := Run(ctx, e.probe, e.check.Timeout)
 				m.finish(e, r)
 			}
 		}()
@@ -239,13 +253,13 @@ func (m *Monitor) finish(e *entry, r Result) {
 			if r.Err != nil {
 				reason = r.Err.Error()
 			}
-			m.log.Info("backend health changed", "target", e.spec.ID, "state", st.State.String(), "reason", reason)
+			m.log.Info("backend health changed", "target", e.id, "state", st.State.String(), "reason", reason)
 		}
 		for s := range m.subs {
 			s.push(*st)
 		}
 	}
-	e.next = now.Add(e.spec.Check.Interval)
+	e.next = now.Add(e.check.Interval)
 	heap.Push(&m.queue, e)
 	m.signal()
 }
