@@ -6,10 +6,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -58,6 +61,38 @@ func (d *daemon) anyctl(args ...string) (string, error) {
 	out, err := exec.Command(filepath.Join(d.bin, "anyctl"),
 		append(args, "--socket", filepath.Join(d.dir, "api.sock"))...).CombinedOutput()
 	return string(out), err
+}
+
+// metrics scrapes the daemon's /metrics on its API socket.
+func (d *daemon) metrics(t *testing.T) string {
+	t.Helper()
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var dl net.Dialer
+			return dl.DialContext(ctx, "unix", filepath.Join(d.dir, "api.sock"))
+		}}}
+	resp, err := c.Get("http://anycastd/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("metrics: %s %v", resp.Status, err)
+	}
+	return string(b)
+}
+
+// metricValue is the value of the sample series (name{labels}) in a
+// Prometheus text exposition.
+func metricValue(text, series string) (float64, bool) {
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
 }
 
 func (d *daemon) stop(t *testing.T) {
@@ -191,6 +226,34 @@ func TestVMDaemons(t *testing.T) {
 	}
 	if !strings.Contains(ds[0].log.String(), "cluster config loaded from the state dir") {
 		t.Errorf("d1 did not start from its persisted config:\n%s", ds[0].log)
+	}
+
+	// The per-service metrics are the kernel's IPVS counters: read
+	// between two reads of the kernel's table, they lie between them.
+	webStats := func() ipvs.Stats {
+		for _, s := range l.table("d1").Services {
+			if s.Addr.String() == vip && s.Port == 80 {
+				return s.Stats
+			}
+		}
+		t.Fatalf("no service %s:80 in d1's kernel table", vip)
+		return ipvs.Stats{}
+	}
+	kBefore := webStats()
+	metrics := ds[0].metrics(t)
+	kAfter := webStats()
+	for _, m := range []struct {
+		series        string
+		before, after uint64
+	}{
+		{`anycastd_ipvs_connections_total{service="web"}`, kBefore.Conns, kAfter.Conns},
+		{`anycastd_ipvs_in_packets_total{service="web"}`, kBefore.InPkts, kAfter.InPkts},
+		{`anycastd_ipvs_in_bytes_total{service="web"}`, kBefore.InBytes, kAfter.InBytes},
+	} {
+		v, ok := metricValue(metrics, m.series)
+		if !ok || m.before == 0 || uint64(v) < m.before || uint64(v) > m.after {
+			t.Errorf("%s = %v (found %v), kernel %d..%d", m.series, v, ok, m.before, m.after)
+		}
 	}
 
 	// Scenario 5: anyctl apply on d2 adds rs4; every kernel gets it, and
