@@ -58,6 +58,15 @@ type client struct {
 	token string
 }
 
+// call connects (socket or --server) and makes one API call.
+func (c *conn) call(ctx context.Context, method, path string, body, out any) error {
+	cl, err := c.client()
+	if err != nil {
+		return err
+	}
+	return cl.call(ctx, method, path, body, out)
+}
+
 func (c *conn) client() (*client, error) {
 	if c.server == "" {
 		sock := c.socket

@@ -45,12 +45,8 @@ func readCmd[T any](c *conn, use, short, long, path string, render func(io.Write
 			if err := o.check(); err != nil {
 				return err
 			}
-			cl, err := c.client()
-			if err != nil {
-				return err
-			}
 			var v T
-			if err := cl.call(cmd.Context(), http.MethodGet, path, nil, &v); err != nil {
+			if err := c.call(cmd.Context(), http.MethodGet, path, nil, &v); err != nil {
 				return err
 			}
 			if o.format == "json" {
@@ -128,12 +124,8 @@ withdraws them; a standby takes its place. IPVS entries stay, so existing
 connections continue. The flag survives a restart; undrain clears it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, err := c.client()
-			if err != nil {
-				return err
-			}
 			var d director.DrainView
-			if err := cl.call(cmd.Context(), http.MethodPost, "/v1/drain", director.DrainRequest{Reason: reason}, &d); err != nil {
+			if err := c.call(cmd.Context(), http.MethodPost, "/v1/drain", director.DrainRequest{Reason: reason}, &d); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "drained (%s); watch `anyctl status` until the VIPs are withdrawn\n", orDash(d.Reason))
@@ -146,11 +138,7 @@ connections continue. The flag survives a restart; undrain clears it.`,
 		Short: "Put this director back in service",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, err := c.client()
-			if err != nil {
-				return err
-			}
-			if err := cl.call(cmd.Context(), http.MethodPost, "/v1/undrain", nil, nil); err != nil {
+			if err := c.call(cmd.Context(), http.MethodPost, "/v1/undrain", nil, nil); err != nil {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), "undrained; it announces again once healthy and in the active set")
@@ -166,12 +154,8 @@ func newConfigCmd(c *conn) *cobra.Command {
 		Short: "Print the cluster's applied services config (JSON)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, err := c.client()
-			if err != nil {
-				return err
-			}
 			var cur director.ConfigResponse
-			if err := cl.call(cmd.Context(), http.MethodGet, "/v1/config", nil, &cur); err != nil {
+			if err := c.call(cmd.Context(), http.MethodGet, "/v1/config", nil, &cur); err != nil {
 				return err
 			}
 			return writeJSON(cmd.OutOrStdout(), cur)
@@ -210,12 +194,8 @@ director only proposes its file's services when the file itself changes.`,
 				configs.WriteReport(cmd.ErrOrStderr(), file, err)
 				return &exitError{code: exitFailed, err: fmt.Errorf("%s is invalid; nothing applied", file)}
 			}
-			cl, err := c.client()
-			if err != nil {
-				return err
-			}
 			var cur director.ConfigResponse
-			if err := cl.call(cmd.Context(), http.MethodGet, "/v1/config", nil, &cur); err != nil {
+			if err := c.call(cmd.Context(), http.MethodGet, "/v1/config", nil, &cur); err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()
@@ -233,7 +213,7 @@ director only proposes its file's services when the file itself changes.`,
 			}
 			var res director.ConfigResponse
 			req := director.ApplyRequest{BaseVersion: cur.Version, BaseHash: cur.Hash, Services: services}
-			if err := cl.call(cmd.Context(), http.MethodPost, "/v1/config", req, &res); err != nil {
+			if err := c.call(cmd.Context(), http.MethodPost, "/v1/config", req, &res); err != nil {
 				return err
 			}
 			fmt.Fprintf(out, "applied: cluster config is now %s (was %s); it is spreading to every director, see `anyctl members`\n",
