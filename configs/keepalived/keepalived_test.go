@@ -282,3 +282,48 @@ func TestExpandBraces(t *testing.T) {
 		}
 	}
 }
+
+// A number that does not parse is reported, never turned into 0 (weight
+// 0 would take the real server out of service without a word).
+func TestImportBadNumbers(t *testing.T) {
+	nodes, err := Parse(`virtual_server 192.0.2.1 80 {
+    lb_kind DR
+    real_server 10.0.0.1 80 {
+        weight ten
+        TCP_CHECK {
+            connect_port 99999
+            retry -1
+        }
+    }
+}
+vrrp_instance V {
+    interface eth0
+    virtual_router_id 300
+    priority high
+    virtual_ipaddress {
+        192.0.2.1
+    }
+}
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := Translate(nodes)
+	var got []string
+	for _, s := range res.Skipped {
+		got = append(got, s.String())
+	}
+	want := []string{
+		`line 4: weight ten: "ten" is not a number (0 to 2147483647)`,
+		`line 6: connect_port 99999: "99999" is not a number (0 to 65535)`,
+		`line 7: retry -1: "-1" is not a number (0 to 2147483647)`,
+		`line 13: virtual_router_id 300: "300" is not a number (0 to 255)`,
+		`line 14: priority high: "high" is not a number (0 to 255)`,
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("reported:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if w := res.Services[0].Backends[0].Weight; w != 1 {
+		t.Errorf("weight %d, want keepalived's default 1 kept", w)
+	}
+}

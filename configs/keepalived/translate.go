@@ -152,6 +152,18 @@ func (t *tr) group(n *Node) {
 	}
 }
 
+// number parses a statement's argument as an unsigned integer of at most
+// bits bits; anything else is reported, not translated (a weight that
+// silently became 0 would take a real server out of service).
+func (t *tr) number(c *Node, arg string, bits int) (int, bool) {
+	v, err := strconv.ParseUint(arg, 10, bits)
+	if err != nil {
+		t.skip(c, fmt.Sprintf("%q is not a number (0 to %d)", arg, uint64(1)<<bits-1))
+		return 0, false
+	}
+	return int(v), true
+}
+
 func seconds(s string) (time.Duration, error) {
 	f, err := strconv.ParseFloat(s, 64)
 	if err != nil || f < 0 {
@@ -243,7 +255,9 @@ func (t *tr) virtualServer(n *Node) {
 			}
 			interval = d
 		case "retry", "retries":
-			retries, _ = strconv.Atoi(arg)
+			if v, ok := t.number(c, arg, 31); ok {
+				retries = v
+			}
 		case "quorum":
 			q, err := strconv.Atoi(arg)
 			if err != nil {
@@ -373,7 +387,9 @@ func (t *tr) realServer(n *Node) (configs.Backend, *configs.Check, bool) {
 		}
 		switch c.Key {
 		case "weight":
-			b.Weight, _ = strconv.Atoi(arg)
+			if v, ok := t.number(c, arg, 31); ok {
+				b.Weight = v
+			}
 		case "lvs_method", "lb_kind":
 			if f, ok := forwarding(arg); ok {
 				b.Forwarding = f
@@ -381,11 +397,13 @@ func (t *tr) realServer(n *Node) (configs.Backend, *configs.Check, bool) {
 				t.skip(c, "unknown forwarding method")
 			}
 		case "uthreshold":
-			v, _ := strconv.ParseUint(arg, 10, 32)
-			b.UpperThreshold = uint32(v)
+			if v, ok := t.number(c, arg, 32); ok {
+				b.UpperThreshold = uint32(v)
+			}
 		case "lthreshold":
-			v, _ := strconv.ParseUint(arg, 10, 32)
-			b.LowerThreshold = uint32(v)
+			if v, ok := t.number(c, arg, 32); ok {
+				b.LowerThreshold = uint32(v)
+			}
 		case "TCP_CHECK", "HTTP_GET", "SSL_GET", "MISC_CHECK", "DNS_CHECK":
 			if check != nil {
 				t.skip(c, "a second check on one real server: anycastd runs one per service")
@@ -423,7 +441,9 @@ func (t *tr) check(n *Node) *configs.Check {
 		}
 		switch c.Key {
 		case "connect_port":
-			ck.Port, _ = strconv.Atoi(arg)
+			if v, ok := t.number(c, arg, 16); ok {
+				ck.Port = v
+			}
 		case "connect_timeout", "misc_timeout", "dns_timeout":
 			d, err := seconds(arg)
 			if err != nil {
@@ -432,7 +452,9 @@ func (t *tr) check(n *Node) *configs.Check {
 			}
 			ck.Timeout = d
 		case "retry", "nb_get_retry":
-			ck.Fall, _ = strconv.Atoi(arg)
+			if v, ok := t.number(c, arg, 31); ok {
+				ck.Fall = v
+			}
 		case "delay_before_retry":
 			t.skip(c, "anycastd retries on the check's interval: fall failures in a row take a backend down")
 		case "virtualhost":
@@ -502,9 +524,13 @@ func (t *tr) vrrpInstance(n *Node) {
 			}
 			v.Interface = arg
 		case "virtual_router_id":
-			in.VRID, _ = strconv.Atoi(arg)
+			if v, ok := t.number(c, arg, 8); ok {
+				in.VRID = v
+			}
 		case "priority":
-			in.Priority, _ = strconv.Atoi(arg)
+			if v, ok := t.number(c, arg, 8); ok {
+				in.Priority = v
+			}
 		case "advert_int":
 			d, err := seconds(arg)
 			if err != nil {
