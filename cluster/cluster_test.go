@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/anycastd/anycastd/configs"
+	"github.com/anycastd/anycastd/labs/labtest"
 )
 
 // node is one in-process member on loopback.
@@ -92,16 +93,7 @@ func (n *node) kill() {
 // eventually polls cond until it holds or the deadline passes.
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) time.Duration {
 	t.Helper()
-	start := time.Now()
-	var err error
-	for time.Since(start) < timeout {
-		if err = cond(); err == nil {
-			return time.Since(start)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Fatalf("timed out after %v waiting for %s: %v", timeout, what, err)
-	return 0
+	return labtest.Poll(t, 5*time.Millisecond, timeout, what, cond)
 }
 
 func alive(ms []Member) []string {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/anycastd/anycastd/configs"
 	"github.com/anycastd/anycastd/ipvs"
+	"github.com/anycastd/anycastd/labs/labtest"
 	"github.com/anycastd/anycastd/routing"
 )
 
@@ -145,16 +146,7 @@ func startNodeWith(t *testing.T, cfg *configs.Config, ann routing.Announcer, see
 
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error) time.Duration {
 	t.Helper()
-	start := time.Now()
-	var err error
-	for time.Since(start) < timeout {
-		if err = cond(); err == nil {
-			return time.Since(start)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("timed out after %v waiting for %s: %v", timeout, what, err)
-	return 0
+	return labtest.Poll(t, 10*time.Millisecond, timeout, what, cond)
 }
 
 func announced(tn *testNode) []string {

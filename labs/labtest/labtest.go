@@ -172,22 +172,32 @@ func RepoRoot() string {
 	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
 }
 
-// Eventually polls cond every interval until it returns nil or timeout
-// passes; then it fails the test with what was awaited and the last error.
-func Eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
+// Eventually polls cond every 20 ms until it returns nil, and fails the
+// test with what was awaited and the last error if timeout passes first.
+// It returns how long it waited.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() error) time.Duration {
 	t.Helper()
+	return Poll(t, 20*time.Millisecond, timeout, what, cond)
+}
+
+// Poll is Eventually with another interval (in-process tests that
+// measure how fast something converges poll faster).
+func Poll(t testing.TB, every, timeout time.Duration, what string, cond func() error) time.Duration {
+	t.Helper()
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	tick := time.NewTicker(20 * time.Millisecond)
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	var last error
 	for {
 		if last = cond(); last == nil {
-			return
+			return time.Since(start)
 		}
 		select {
 		case <-ctx.Done():
 			t.Fatalf("timed out after %s waiting for %s: %v", timeout, what, last)
+			return 0
 		case <-tick.C:
 		}
 	}
