@@ -775,12 +775,7 @@ func (n *Node) healthSpecs(services []configs.Service) []health.Spec {
 			continue
 		}
 		for _, b := range s.Backends {
-			port := b.Port
-			if s.Health.Port != 0 {
-				port = s.Health.Port
-			}
-			specs = append(specs, health.Spec{ID: TargetID(s.Name, b), Check: s.Health,
-				Target: health.Target{Addr: netip.AddrPortFrom(b.Address, uint16(port)), VIP: s.VIP}})
+			specs = append(specs, health.Spec{ID: TargetID(s.Name, b), Check: s.Health, Target: CheckTarget(s, b)})
 		}
 	}
 	return specs

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/anycastd/anycastd/configs"
-	"github.com/anycastd/anycastd/health"
+	"github.com/anycastd/anycastd/director"
 	"github.com/spf13/cobra"
 )
 
@@ -66,7 +66,7 @@ succeeded, 1 when one failed, 2 for bad usage.`,
 			type job struct {
 				service string
 				check   configs.Check
-				target  health.Target
+				target  director.ProbeTarget
 			}
 			var jobs []job
 			if cfgFile != "" || service != "" {
@@ -90,11 +90,7 @@ succeeded, 1 when one failed, 2 for bad usage.`,
 					if backend != "" && b.Address.String() != backend && netip.AddrPortFrom(b.Address, uint16(b.Port)).String() != backend {
 						continue
 					}
-					port := b.Port
-					if s.Health.Port != 0 {
-						port = s.Health.Port
-					}
-					jobs = append(jobs, job{s.Name, s.Health, health.Target{Addr: netip.AddrPortFrom(b.Address, uint16(port)), VIP: s.VIP}})
+					jobs = append(jobs, job{s.Name, s.Health, director.CheckTarget(s, b)})
 				}
 				if len(jobs) == 0 {
 					return usage("service %s has no backend %q", service, backend)
@@ -116,7 +112,7 @@ succeeded, 1 when one failed, 2 for bad usage.`,
 					}
 					return usage("%s", strings.Join(msgs, "; "))
 				}
-				t := health.Target{Addr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())}
+				t := director.ProbeTarget{Addr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())}
 				if vipS != "" {
 					v, err := netip.ParseAddr(vipS)
 					if err != nil {
@@ -138,11 +134,10 @@ succeeded, 1 when one failed, 2 for bad usage.`,
 					time.Sleep(interval)
 				}
 				for _, j := range jobs {
-					p, err := health.New(j.check, j.target)
+					r, err := director.Probe(ctx, j.check, j.target)
 					if err != nil {
 						return &exitError{code: exitFailed, err: err}
 					}
-					r := health.Run(ctx, p, j.check.Timeout)
 					run := probeRun{Service: j.service, Type: j.check.Type, Target: j.target.Addr.String(), OK: r.OK,
 						LatencyMS: float64(r.Latency.Microseconds()) / 1000, Detail: r.Detail, Output: r.Output, latency: r.Latency}
 					if r.Err != nil {

@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 
 	"github.com/anycastd/anycastd/configs"
-	"github.com/anycastd/anycastd/ipvs"
+	"github.com/anycastd/anycastd/director"
 	"github.com/spf13/cobra"
 )
 
@@ -42,15 +42,10 @@ lo and all. Idempotent: what is already set is reported unchanged.`,
 				}
 				addrs = append(addrs, a.Unmap())
 			}
-			m := ipvs.RealServerMode(mode)
-			if m != ipvs.RealServerDR && m != ipvs.RealServerTUN {
+			if mode != "dr" && mode != "tun" {
 				return &exitError{code: exitUsage, err: fmt.Errorf("--mode %q: want dr or tun", mode)}
 			}
-			h, err := ipvs.OpenHost(journal())
-			if err != nil {
-				return &exitError{code: exitFailed, err: err}
-			}
-			msgs, err := h.SetupRealServer(m, addrs)
+			msgs, err := director.RealServerUp(journal(), mode, addrs)
 			for _, msg := range msgs {
 				fmt.Fprintln(cmd.OutOrStdout(), msg)
 			}
@@ -68,15 +63,11 @@ lo and all. Idempotent: what is already set is reported unchanged.`,
 		Short: "Undo everything 'realserver up' changed",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			h, err := ipvs.OpenHost(journal())
-			if err != nil {
-				return &exitError{code: exitFailed, err: err}
-			}
-			if len(h.Changes()) == 0 {
+			msgs, err := director.RealServerDown(journal())
+			if err == nil && len(msgs) == 0 {
 				fmt.Fprintln(cmd.OutOrStdout(), "nothing to undo")
 				return nil
 			}
-			msgs, err := h.Restore()
 			for _, msg := range msgs {
 				fmt.Fprintln(cmd.OutOrStdout(), msg)
 			}
