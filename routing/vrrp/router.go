@@ -424,26 +424,13 @@ func (r *Router) open4() error {
 		}
 	}
 	r.conn4 = p
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, cm, src, err := p.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			// RFC 5798 7.1: TTL must be 255 (it never crossed a
-			// router), and only our interface counts.
-			if cm == nil || cm.IfIndex != r.ifi.Index || cm.TTL != 255 {
-				continue
-			}
-			s, _ := netip.AddrFromSlice(src.(*net.IPAddr).IP)
-			d, _ := netip.AddrFromSlice(cm.Dst)
-			if s.Unmap() == r.self4 {
-				continue
-			}
-			r.events <- event{src: s.Unmap(), dst: d.Unmap(), b: slices.Clone(buf[:n]), at: time.Now()}
+	go r.receive(func(b []byte) (int, int, int, net.Addr, net.IP, error) {
+		n, cm, src, err := p.ReadFrom(b)
+		if cm == nil {
+			return n, 0, 0, src, nil, err
 		}
-	}()
+		return n, cm.IfIndex, cm.TTL, src, cm.Dst, err
+	}, false)
 	return nil
 }
 
@@ -467,25 +454,41 @@ func (r *Router) open6() error {
 		}
 	}
 	r.conn6 = p
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, cm, src, err := p.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			if cm == nil || cm.IfIndex != r.ifi.Index || cm.HopLimit != 255 {
-				continue
-			}
-			s, _ := netip.AddrFromSlice(src.(*net.IPAddr).IP)
-			d, _ := netip.AddrFromSlice(cm.Dst)
-			if s == r.self6 {
-				continue
-			}
-			r.events <- event{src: s, dst: d, b: slices.Clone(buf[:n]), v6: true, at: time.Now()}
+	go r.receive(func(b []byte) (int, int, int, net.Addr, net.IP, error) {
+		n, cm, src, err := p.ReadFrom(b)
+		if cm == nil {
+			return n, 0, 0, src, nil, err
 		}
-	}()
+		return n, cm.IfIndex, cm.HopLimit, src, cm.Dst, err
+	}, true)
 	return nil
+}
+
+// receive reads advertisements from one raw socket until it closes and
+// queues those that count: RFC 5798 7.1, TTL (hop limit) 255, so it never
+// crossed a router; our interface only; not our own.
+func (r *Router) receive(read func([]byte) (n, ifIndex, ttl int, src net.Addr, dst net.IP, err error), v6 bool) {
+	buf := make([]byte, 1500)
+	for {
+		n, ifIndex, ttl, src, dst, err := read(buf)
+		if err != nil {
+			return
+		}
+		if ifIndex != r.ifi.Index || ttl != 255 {
+			continue
+		}
+		s, _ := netip.AddrFromSlice(src.(*net.IPAddr).IP)
+		d, _ := netip.AddrFromSlice(dst)
+		s, d = s.Unmap(), d.Unmap()
+		self := r.self4
+		if v6 {
+			self = r.self6
+		}
+		if s == self {
+			continue
+		}
+		r.events <- event{src: s, dst: d, b: slices.Clone(buf[:n]), v6: v6, at: time.Now()}
+	}
 }
 
 // sendIface is where an instance's packets leave: its macvlan with the
