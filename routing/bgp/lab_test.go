@@ -104,12 +104,19 @@ func (s *speaker) do(t *testing.T, cmd string) {
 	}
 }
 
+// birdLog is where labs/ecmp3/router-bird.conf has the router log.
+const birdLog = "/tmp/bird-ecmp3-router.log"
+
 func deployECMP3(t *testing.T) *ecmpLab {
 	labtest.Require(t)
 	topo, err := clab.Load(filepath.Join(labtest.RepoRoot(), "labs", "ecmp3.clab.yml"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The router's BIRD appends to this log (the path is in
+	// labs/ecmp3/router-bird.conf, for containerlab too): start each run
+	// with an empty one, so a failure's diagnosis shows this run only.
+	os.Remove(birdLog)
 	lab, err := clab.Deploy(topo)
 	if err != nil {
 		t.Fatal(err)
@@ -121,6 +128,7 @@ func deployECMP3(t *testing.T) *ecmpLab {
 			l.diagnose()
 		}
 		lab.Destroy()
+		os.Remove(birdLog)
 	})
 	return l
 }
@@ -139,7 +147,7 @@ func (l *ecmpLab) diagnose() {
 		}
 		l.t.Logf("speaker %s log (tail):\n%s", name, out)
 	}
-	if b, err := os.ReadFile("/tmp/bird-ecmp3-router.log"); err == nil {
+	if b, err := os.ReadFile(birdLog); err == nil {
 		if len(b) > 3000 {
 			b = b[len(b)-3000:]
 		}
@@ -358,7 +366,12 @@ func TestLabBGPECMP(t *testing.T) {
 		labtest.Report(t, "BGP speaker SIGKILL -> next hop gone", ds)
 	})
 
-	blackhole := func(t *testing.T, node, hop, what string, timeout time.Duration) {
+	// blackhole drops everything on node until the router has taken its
+	// next hop out (the measure) and the director has lost its session
+	// too: lifting it earlier races the router's queued Cease against the
+	// director's own detection, and the session would count as lost by a
+	// notification instead of by the director's BFD or hold timer.
+	blackhole := func(t *testing.T, node, peer, hop, what string, timeout time.Duration) {
 		var ds []time.Duration
 		for range labtest.MeasureRuns() {
 			start := time.Now()
@@ -369,6 +382,12 @@ func TestLabBGPECMP(t *testing.T) {
 			}
 			l.waitHops(t, vip+"/32", without(all3, hop), timeout)
 			ds = append(ds, time.Since(start))
+			labtest.Eventually(t, timeout, node+"'s own session to "+peer+" down", func() error {
+				if p := l.speakers[node].peer(t, peer); p.Established() {
+					return fmt.Errorf("still established")
+				}
+				return nil
+			})
 			l.lab.Exec(node, "nft delete table inet blackhole")
 			l.waitHops(t, vip+"/32", all3, 30*time.Second)
 		}
@@ -376,7 +395,7 @@ func TestLabBGPECMP(t *testing.T) {
 	}
 	t.Run("blackhole with BFD", func(t *testing.T) {
 		before := l.speakers["d2"].peer(t, "10.0.2.0")
-		blackhole(t, "d2", "10.0.2.1", "blackholed director (nft drop) with BFD 100ms x3 -> next hop gone", 10*time.Second)
+		blackhole(t, "d2", "10.0.2.0", "10.0.2.1", "blackholed director (nft drop) with BFD 100ms x3 -> next hop gone", 10*time.Second)
 		// Each blackhole is one session that BFD took down.
 		after := l.speakers["d2"].peer(t, "10.0.2.0")
 		if n := uint64(labtest.MeasureRuns()); after.BFDFlaps-before.BFDFlaps != n || after.Flaps-before.Flaps != n {
@@ -385,7 +404,7 @@ func TestLabBGPECMP(t *testing.T) {
 	})
 	t.Run("blackhole without BFD", func(t *testing.T) {
 		before := l.speakers["d3"].peer(t, "10.0.3.0")
-		blackhole(t, "d3", "10.0.3.1", "blackholed director (nft drop) without BFD, hold 3s -> next hop gone", 15*time.Second)
+		blackhole(t, "d3", "10.0.3.0", "10.0.3.1", "blackholed director (nft drop) without BFD, hold 3s -> next hop gone", 15*time.Second)
 		// The hold timer, not BFD, took these down.
 		after := l.speakers["d3"].peer(t, "10.0.3.0")
 		if after.Flaps == before.Flaps || after.BFDFlaps != 0 {
