@@ -19,6 +19,7 @@ import (
 	"github.com/anycastd/anycastd/routing"
 	"github.com/osrg/gobgp/v4/api"
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	"github.com/osrg/gobgp/v4/pkg/config/oc"
 	gobgp "github.com/osrg/gobgp/v4/pkg/packet/bgp"
 	"github.com/osrg/gobgp/v4/pkg/server"
 )
@@ -74,6 +75,13 @@ func (s *Speaker) Run(ctx context.Context) error {
 		Asn:        s.cfg.ASN,
 		RouterId:   s.cfg.RouterID.String(),
 		ListenPort: int32(s.cfg.ListenPort),
+		// Only the families a director announces: without a list GoBGP
+		// builds its two RIBs for every family it knows (2,048-shard
+		// tables each, ~9 MB of heap for tables that stay empty).
+		Families: []uint32{
+			uint32(oc.AfiSafiTypeToIntMap[oc.AFI_SAFI_TYPE_IPV4_UNICAST]),
+			uint32(oc.AfiSafiTypeToIntMap[oc.AFI_SAFI_TYPE_IPV6_UNICAST]),
+		},
 	}})
 	startMu.Unlock()
 	if err != nil {
