@@ -273,9 +273,11 @@ func healthyBackends(in Input, s configs.Service) int {
 // zero a live table while its first probes run, and it announces nothing
 // before quorum is seen up anyway.
 func table(in Input) ipvs.Table {
-	var t ipvs.Table
+	// Sized up front: a turn builds this for every service and backend.
+	t := ipvs.Table{Services: make([]ipvs.Service, 0, len(in.Services))}
 	for _, s := range in.Services {
 		svc := Service(s)
+		svc.Destinations = make([]ipvs.Destination, 0, len(s.Backends))
 		for _, b := range s.Backends {
 			dst := destination(s, b)
 			if backendUp(in, s, b) == health.Down {
