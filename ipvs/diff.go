@@ -108,24 +108,24 @@ func Diff(have, want Table) Plan {
 			edits = append(edits, Op{Kind: UpdateService, Service: settings})
 		}
 
-		wantDest := make(map[DestKey]*Destination, len(ws.Destinations))
-		for j := range ws.Destinations {
-			wantDest[ws.Destinations[j].DestKey] = &ws.Destinations[j]
-		}
-		haveDest := make(map[DestKey]*Destination, len(hs.Destinations))
+		wantDest := newDestIndex(ws.Destinations)
+		haveDest := newDestIndex(hs.Destinations)
 		var kept []DestKey // have's destinations that stay, in have's order
+		order := OrderSensitive(ws.Scheduler)
+		if order {
+			kept = make([]DestKey, 0, len(hs.Destinations))
+		}
 		for j := range hs.Destinations {
 			d := &hs.Destinations[j]
-			haveDest[d.DestKey] = d
-			if _, ok := wantDest[d.DestKey]; ok {
-				kept = append(kept, d.DestKey)
-			} else {
+			if wantDest.get(d.DestKey) == nil {
 				dels = append(dels, Op{Kind: DelDest, Service: settings, Dest: *d})
+			} else if order {
+				kept = append(kept, d.DestKey)
 			}
 		}
 
-		readd := map[DestKey]bool{}
-		if OrderSensitive(ws.Scheduler) {
+		var readd map[DestKey]bool
+		if order {
 			// The kept destinations must be a prefix of want's order;
 			// everything of them after the common prefix goes again.
 			p := 0
@@ -133,14 +133,17 @@ func Diff(have, want Table) Plan {
 				p++
 			}
 			for _, k := range kept[p:] {
+				if readd == nil {
+					readd = map[DestKey]bool{}
+				}
 				readd[k] = true
-				dests = append(dests, Op{Kind: DelDest, Service: settings, Dest: *haveDest[k], Reorder: true})
+				dests = append(dests, Op{Kind: DelDest, Service: settings, Dest: *haveDest.get(k), Reorder: true})
 			}
 		}
 		for _, d := range ws.Destinations {
-			hd, exists := haveDest[d.DestKey]
+			hd := haveDest.get(d.DestKey)
 			switch {
-			case !exists:
+			case hd == nil:
 				dests = append(dests, Op{Kind: AddDest, Service: settings, Dest: d})
 			case readd[d.DestKey]:
 				dests = append(dests, Op{Kind: AddDest, Service: settings, Dest: d, Reorder: true})
@@ -158,4 +161,39 @@ func Diff(have, want Table) Plan {
 		}
 	}
 	return slices.Concat(adds, dests, edits, dels, svcDels)
+}
+
+// destIndex finds a service's destinations by key. A loop turn diffs every
+// service, so the usual handful of destinations is scanned (nothing
+// allocated); only a large service gets a map.
+type destIndex struct {
+	ds []Destination
+	m  map[DestKey]*Destination
+}
+
+// destScanMax is the most destinations looked up by scanning.
+const destScanMax = 32
+
+func newDestIndex(ds []Destination) destIndex {
+	x := destIndex{ds: ds}
+	if len(ds) > destScanMax {
+		x.m = make(map[DestKey]*Destination, len(ds))
+		for j := range ds {
+			x.m[ds[j].DestKey] = &ds[j]
+		}
+	}
+	return x
+}
+
+// get returns the destination with key k, or nil.
+func (x destIndex) get(k DestKey) *Destination {
+	if x.m != nil {
+		return x.m[k]
+	}
+	for j := range x.ds {
+		if x.ds[j].DestKey == k {
+			return &x.ds[j]
+		}
+	}
+	return nil
 }

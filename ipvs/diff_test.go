@@ -147,7 +147,13 @@ func randomTable(r *rand.Rand, n int) Table {
 			continue
 		}
 		seen[s.ServiceKey] = true
-		perm := r.Perm(8)
+		// Some services are large: destIndex and repeatedDest switch
+		// from scanning to a map beyond destScanMax destinations.
+		pool := 8
+		if r.IntN(4) == 0 {
+			pool = destScanMax + 16
+		}
+		perm := r.Perm(pool)
 		for _, i := range perm[:r.IntN(len(perm))] {
 			d := dst(fmt.Sprintf("10.0.0.%d", i+1), r.IntN(3))
 			if r.IntN(6) == 0 {
@@ -215,11 +221,30 @@ func TestDiffApplyConverges(t *testing.T) {
 	}
 }
 
+func manyDests(n int) []Destination {
+	var ds []Destination
+	for i := range n {
+		ds = append(ds, dst(fmt.Sprintf("10.0.%d.%d", i/250, i%250+1), 1))
+	}
+	return ds
+}
+
 func TestTableCheck(t *testing.T) {
+	good := []Table{
+		tbl(svc("198.51.100.1", 80, "mh", manyDests(3)...)),
+		tbl(svc("198.51.100.1", 80, "mh", manyDests(destScanMax)...)),
+		tbl(svc("198.51.100.1", 80, "mh", manyDests(destScanMax+8)...)),
+	}
+	for i, g := range good {
+		if err := g.Check(); err != nil {
+			t.Errorf("table %d: %v", i, err)
+		}
+	}
 	bad := []Table{
 		tbl(svc("198.51.100.1", 80, "mh"), svc("198.51.100.1", 80, "rr")),
 		tbl(svc("198.51.100.1", 80, "")),
 		tbl(svc("198.51.100.1", 80, "mh", dst("10.0.0.1", 1), dst("10.0.0.1", 2))),
+		tbl(svc("198.51.100.1", 80, "mh", append(manyDests(destScanMax+8), dst("10.0.0.7", 2))...)),
 		tbl(svc("198.51.100.1", 80, "mh", dst("2001:db8::1", 1))),
 	}
 	for i, b := range bad {

@@ -309,16 +309,37 @@ func (t Table) Check() error {
 		if s.FWMark == 0 && (!s.Addr.IsValid() || FamilyOf(s.Addr) != s.Family) {
 			return fmt.Errorf("service %s: address does not match family %d", s.ServiceKey, s.Family)
 		}
-		dseen := map[DestKey]bool{}
+		if d, ok := repeatedDest(s.Destinations); ok {
+			return fmt.Errorf("service %s: destination %s appears twice", s.ServiceKey, d)
+		}
 		for _, d := range s.Destinations {
-			if dseen[d.DestKey] {
-				return fmt.Errorf("service %s: destination %s appears twice", s.ServiceKey, d.DestKey)
-			}
-			dseen[d.DestKey] = true
 			if !d.Addr.IsValid() || FamilyOf(d.Addr) != s.Family {
 				return fmt.Errorf("service %s: destination %s is not of the service's family", s.ServiceKey, d.DestKey)
 			}
 		}
 	}
 	return nil
+}
+
+// repeatedDest returns a destination key that ds holds twice: by scanning
+// the usual handful (Check runs on every loop turn), with a map beyond.
+func repeatedDest(ds []Destination) (DestKey, bool) {
+	if len(ds) > destScanMax {
+		seen := make(map[DestKey]bool, len(ds))
+		for _, d := range ds {
+			if seen[d.DestKey] {
+				return d.DestKey, true
+			}
+			seen[d.DestKey] = true
+		}
+		return DestKey{}, false
+	}
+	for i := range ds {
+		for j := range i {
+			if ds[j].DestKey == ds[i].DestKey {
+				return ds[i].DestKey, true
+			}
+		}
+	}
+	return DestKey{}, false
 }
