@@ -782,12 +782,7 @@ func (n *Node) healthSpecs(services []configs.Service) []health.Spec {
 }
 
 func (n *Node) backendStates() map[string]health.State {
-	snap := n.mon.Snapshot()
-	out := make(map[string]health.State, len(snap))
-	for _, s := range snap {
-		out[s.ID] = s.State
-	}
-	return out
+	return n.mon.States()
 }
 
 // setupHost binds the VIPs and sets the sysctls IPVS needs (kernel

@@ -100,7 +100,15 @@ type VIPState struct {
 
 // TargetID is the health monitor's ID of a service's backend.
 func TargetID(service string, b configs.Backend) string {
-	return service + "/" + netip.AddrPortFrom(b.Address, uint16(b.Port)).String()
+	return string(appendTargetID(nil, service, b))
+}
+
+// appendTargetID appends TargetID(service, b) to buf: Plan looks every
+// backend up by it on every turn, through a reused buffer.
+func appendTargetID(buf []byte, service string, b configs.Backend) []byte {
+	buf = append(buf, service...)
+	buf = append(buf, '/')
+	return netip.AddrPortFrom(b.Address, uint16(b.Port)).AppendTo(buf)
 }
 
 // Behind reports whether a live member has applied a newer config than
@@ -138,7 +146,8 @@ func Behind(self string, version uint64, hash string, members []cluster.Member) 
 // GRACEFUL_SHUTDOWN for GracefulShutdown, then withdraws.
 func Plan(in Input) Desired {
 	var d Desired
-	d.Table = table(in)
+	var key []byte // lookup keys of in.Backends
+	d.Table = table(&in, &key)
 
 	// This director's standing.
 	behind := !in.Local.BehindSince.IsZero()
@@ -190,10 +199,11 @@ func Plan(in Input) Desired {
 		}
 	}
 
-	// Each VIP on its own.
-	byVIP := map[netip.Addr][]configs.Service{}
-	for _, s := range in.Services {
-		byVIP[s.VIP] = append(byVIP[s.VIP], s)
+	// Each VIP on its own (its services by index in in.Services).
+	byVIP := map[netip.Addr][]int{}
+	for i := range in.Services {
+		v := in.Services[i].VIP
+		byVIP[v] = append(byVIP[v], i)
 	}
 	vips := make([]netip.Addr, 0, len(byVIP))
 	for v := range byVIP {
@@ -203,12 +213,13 @@ func Plan(in Input) Desired {
 	for _, v := range vips {
 		st := VIPState{VIP: v}
 		var vwhy []string
-		for _, s := range byVIP[v] {
+		for _, i := range byVIP[v] {
+			s := &in.Services[i]
 			st.Services = append(st.Services, s.Name)
-			if r, ok := in.Failed[serviceKey(s)]; ok {
+			if r, ok := in.Failed[serviceKey(*s)]; ok {
 				vwhy = append(vwhy, fmt.Sprintf("service %s not in IPVS: %s", s.Name, r))
 			}
-			if up := healthyBackends(in, s); up < s.Quorum {
+			if up := healthyBackends(&in, s, &key); up < s.Quorum {
 				vwhy = append(vwhy, fmt.Sprintf("service %s below quorum (%d of %d backends up, quorum %d)", s.Name, up, len(s.Backends), s.Quorum))
 			}
 		}
@@ -248,17 +259,19 @@ func earliest(a, b time.Time) time.Time {
 }
 
 // backendUp is a backend's health for Plan: checked with none, always up.
-func backendUp(in Input, s configs.Service, b configs.Backend) health.State {
+// key is scratch space for the lookup (no string built per backend).
+func backendUp(in *Input, s *configs.Service, b *configs.Backend, key *[]byte) health.State {
 	if s.Health.Type == configs.CheckNone {
 		return health.Up
 	}
-	return in.Backends[TargetID(s.Name, b)]
+	*key = appendTargetID((*key)[:0], s.Name, *b)
+	return in.Backends[string(*key)]
 }
 
-func healthyBackends(in Input, s configs.Service) int {
+func healthyBackends(in *Input, s *configs.Service, key *[]byte) int {
 	n := 0
-	for _, b := range s.Backends {
-		if b.Weight > 0 && backendUp(in, s, b) == health.Up {
+	for i := range s.Backends {
+		if b := &s.Backends[i]; b.Weight > 0 && backendUp(in, s, b, key) == health.Up {
 			n++
 		}
 	}
@@ -272,15 +285,17 @@ func healthyBackends(in Input, s configs.Service) int {
 // health is not known yet keeps its weight: a restarted director must not
 // zero a live table while its first probes run, and it announces nothing
 // before quorum is seen up anyway.
-func table(in Input) ipvs.Table {
+func table(in *Input, key *[]byte) ipvs.Table {
 	// Sized up front: a turn builds this for every service and backend.
 	t := ipvs.Table{Services: make([]ipvs.Service, 0, len(in.Services))}
-	for _, s := range in.Services {
-		svc := Service(s)
+	for i := range in.Services {
+		s := &in.Services[i]
+		svc := Service(*s)
 		svc.Destinations = make([]ipvs.Destination, 0, len(s.Backends))
-		for _, b := range s.Backends {
-			dst := destination(s, b)
-			if backendUp(in, s, b) == health.Down {
+		for j := range s.Backends {
+			b := &s.Backends[j]
+			dst := destination(*s, *b)
+			if backendUp(in, s, b, key) == health.Down {
 				if s.OnDown == configs.OnDownRemove {
 					continue
 				}

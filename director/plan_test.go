@@ -17,7 +17,7 @@ import (
 
 // services parses a services section through configs, so defaults are
 // filled as in a real document.
-func services(t *testing.T, yaml string) []configs.Service {
+func services(t testing.TB, yaml string) []configs.Service {
 	t.Helper()
 	cfg, err := configs.Parse([]byte("node: {name: d1}\ncluster: {insecure: true}\nrouting: {mode: kernel, kernel: {table: 100}}\nservices:\n" + yaml))
 	if err != nil {
@@ -421,5 +421,31 @@ func TestBehind(t *testing.T) {
 	view[1].Meta.ConfigVersion, view[1].Meta.ConfigHash = 0, ""
 	if b, w := Behind("d1", 3, "aaaa", view); b {
 		t.Errorf("behind %s", w)
+	}
+}
+
+// BenchmarkPlan1000x10 is the pure part of one loop turn for the memory
+// goal's size: 1,000 services, 10,000 backends, all up.
+func BenchmarkPlan1000x10(b *testing.B) {
+	var sb strings.Builder
+	for i := range 1000 {
+		fmt.Fprintf(&sb, "  - {name: s%d, vip: 10.200.%d.%d, port: 80, scheduler: mh, quorum: 1, backends: [", i, i/250, i%250+1)
+		for j := range 10 {
+			fmt.Fprintf(&sb, "{address: 10.1.%d.%d},", (i*10+j)/250, (i*10+j)%250+1)
+		}
+		sb.WriteString("]}\n")
+	}
+	ss := services(b, sb.String())
+	in := Input{
+		Self: "d1", Services: ss, Members: members(8, nil), MaxActive: 8,
+		Local:    Local{Priority: 100, Healthy: true},
+		Backends: allUp(ss),
+		Now:      t0,
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if d := Plan(in); len(d.Announce) != 1000 {
+			b.Fatalf("%d announcements", len(d.Announce))
+		}
 	}
 }

@@ -276,6 +276,18 @@ func (m *Monitor) Snapshot() []Status {
 	return out
 }
 
+// States returns every target's state by ID: what a loop turn needs,
+// without copying (and sorting) each target's whole status.
+func (m *Monitor) States() map[string]State {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]State, len(m.targets))
+	for id, e := range m.targets {
+		out[id] = e.status.State
+	}
+	return out
+}
+
 // Status returns one target's status.
 func (m *Monitor) Status(id string) (Status, bool) {
 	m.mu.Lock()

@@ -158,9 +158,16 @@ func TestMonitorLimitsConcurrency(t *testing.T) {
 		if p := peak.Load(); p != 3 {
 			t.Errorf("peak in flight %d, want the limit 3", p)
 		}
+		states := m.States()
+		if len(states) != 50 {
+			t.Errorf("States has %d targets, want 50", len(states))
+		}
 		for _, st := range m.Snapshot() {
 			if st.Checks == 0 {
 				t.Errorf("%s never ran: the limit must delay probes, not starve them", st.ID)
+			}
+			if s, ok := states[st.ID]; !ok || s != st.State {
+				t.Errorf("%s: state %s, States says %s (present %v)", st.ID, st.State, s, ok)
 			}
 		}
 	})
