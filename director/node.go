@@ -660,7 +660,7 @@ func (n *Node) step(ctx context.Context) {
 		Local: Local{Priority: cfg.Cluster.Priority, Healthy: selfSt.Healthy, Reason: selfSt.Reason(),
 			Drained: drain.Drained, DrainedAt: drain.Since, BehindSince: behindAt,
 			Applied: fmt.Sprintf("v%d/%s", ver, hash), Newest: newest},
-		Backends: n.backendStates(), Failed: failed, Now: now,
+		Backends: n.mon.States(), Failed: failed, Now: now,
 		GracefulShutdown: cfg.Routing.BGP.GracefulShutdown, BehindGrace: n.opts.BehindGrace,
 	}
 	if cfg.Routing.Mode != configs.ModeBGP {
@@ -779,10 +779,6 @@ func (n *Node) healthSpecs(services []configs.Service) []health.Spec {
 		}
 	}
 	return specs
-}
-
-func (n *Node) backendStates() map[string]health.State {
-	return n.mon.States()
 }
 
 // setupHost binds the VIPs and sets the sysctls IPVS needs (kernel

@@ -21,7 +21,10 @@ func TestDaemonReload(t *testing.T) {
 	bin := labtest.Binaries(t)
 	dir := t.TempDir()
 	spec := Spec{Name: "r1", Addr: "127.0.0.51", Port: 7946, MaxActive: 8, Priority: 100, Services: baseServices}
-	path, _ := WriteConfig(dir, spec)
+	path, err := WriteConfig(dir, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
 	d := Start(t, bin, dir, "r1", spec.Addr, "")
 	vips := func() (string, error) {
 		var st director.StatusResponse
