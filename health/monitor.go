@@ -57,6 +57,9 @@ type Monitor struct {
 	newProbe func(configs.Check, Target) (Probe, error)
 }
 
+// entry is one target's state. It is kept small (a daemon watches tens of
+// thousands): the Status callers see is built from it on demand, the
+// rise/fall state living only in damp.
 type entry struct {
 	id     string
 	target Target
@@ -65,11 +68,19 @@ type entry struct {
 	check   *configs.Check
 	probe   Probe
 	damp    Dampener
-	status  Status
+	checks  uint64
+	last    Result
 	next    time.Time
 	index   int // in queue; -1 while running or removed
 	running bool
 	removed bool
+}
+
+func (e *entry) status() Status {
+	st := Status{ID: e.id, Target: e.target, Checks: e.checks, Last: e.last}
+	st.State, st.Since = e.damp.State()
+	st.Successes, st.Failures = e.damp.Counts()
+	return st
 }
 
 // NewMonitor returns a monitor with at most concurrency probes in flight.
@@ -147,8 +158,7 @@ func (m *Monitor) Set(specs []Spec) error {
 			m.drop(old)
 		}
 		e := &entry{id: b.spec.ID, target: b.spec.Target, check: b.check, probe: b.probe, index: -1,
-			damp:   Dampener{Rise: b.check.Rise, Fall: b.check.Fall},
-			status: Status{ID: b.spec.ID, Target: b.spec.Target}}
+			damp: Dampener{Rise: b.check.Rise, Fall: b.check.Fall}}
 		// Spread first runs over one interval.
 		if iv := b.check.Interval; iv > 0 {
 			e.next = now.Add(time.Duration(m.rnd.Int64N(int64(iv))))
@@ -178,23 +188,15 @@ func (m *Monitor) signal() {
 
 // Run probes until ctx ends; it returns after every probe it started has
 // returned.
+//
+// Each probe runs in a goroutine of its own, started when it is due; a
+// semaphore of Concurrency slots bounds them. A fixed pool of that many
+// workers would park 1,024 goroutines (about 7 MB of stacks) in a daemon
+// whose probes mostly take microseconds.
 func (m *Monitor) Run(ctx context.Context) error {
-	work := make(chan *entry)
+	slots := make(chan struct{}, m.workers)
 	var wg sync.WaitGroup
-	for range m.workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for e := range work {
-				r := Run(ctx, e.probe, e.check.Timeout)
-				m.finish(e, r)
-			}
-		}()
-	}
-	defer func() {
-		close(work)
-		wg.Wait()
-	}()
+	defer wg.Wait()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -212,12 +214,20 @@ func (m *Monitor) Run(ctx context.Context) error {
 		}
 		m.mu.Unlock()
 
-		for _, e := range due {
+		for i, e := range due {
 			select {
-			case work <- e: // blocks while every worker is busy
+			case slots <- struct{}{}: // blocks while every slot is taken
 			case <-ctx.Done():
+				m.unclaim(due[i:])
 				return nil
 			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r := Run(ctx, e.probe, e.check.Timeout)
+				<-slots
+				m.finish(e, r)
+			}()
 		}
 		if len(due) > 0 {
 			continue // time has passed while handing out work
@@ -233,6 +243,19 @@ func (m *Monitor) Run(ctx context.Context) error {
 	}
 }
 
+// unclaim puts entries taken off the queue but never started back on it,
+// so that a later Run probes them.
+func (m *Monitor) unclaim(es []*entry) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, e := range es {
+		e.running = false
+		if !e.removed {
+			heap.Push(&m.queue, e)
+		}
+	}
+}
+
 func (m *Monitor) finish(e *entry, r Result) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -242,12 +265,20 @@ func (m *Monitor) finish(e *entry, r Result) {
 	}
 	now := time.Now()
 	changed := e.damp.Observe(r.OK, now)
-	st := &e.status
-	st.State, st.Since = e.damp.State()
-	st.Successes, st.Failures = e.damp.Counts()
-	st.Checks++
-	st.Last = r
+	if r.Err != nil {
+		// Only the message is ever read; a dial error's chain (OpError,
+		// SyscallError, addresses) is several times its size, kept for
+		// every target that is down.
+		if e.last.Err != nil && e.last.Err.Error() == r.Err.Error() {
+			r.Err = e.last.Err
+		} else {
+			r.Err = errors.New(r.Err.Error())
+		}
+	}
+	e.checks++
+	e.last = r
 	if changed {
+		st := e.status()
 		if m.log != nil {
 			reason := ""
 			if r.Err != nil {
@@ -256,7 +287,7 @@ func (m *Monitor) finish(e *entry, r Result) {
 			m.log.Info("backend health changed", "target", e.id, "state", st.State.String(), "reason", reason)
 		}
 		for s := range m.subs {
-			s.push(*st)
+			s.push(st)
 		}
 	}
 	e.next = now.Add(e.check.Interval)
@@ -270,7 +301,7 @@ func (m *Monitor) Snapshot() []Status {
 	defer m.mu.Unlock()
 	out := make([]Status, 0, len(m.targets))
 	for _, e := range m.targets {
-		out = append(out, e.status)
+		out = append(out, e.status())
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
@@ -283,7 +314,7 @@ func (m *Monitor) States() map[string]State {
 	defer m.mu.Unlock()
 	out := make(map[string]State, len(m.targets))
 	for id, e := range m.targets {
-		out[id] = e.status.State
+		out[id], _ = e.damp.State()
 	}
 	return out
 }
@@ -296,7 +327,7 @@ func (m *Monitor) Status(id string) (Status, bool) {
 	if !ok {
 		return Status{}, false
 	}
-	return e.status, true
+	return e.status(), true
 }
 
 // Subscribe returns a subscription to state changes. Nothing is lost: the

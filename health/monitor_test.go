@@ -264,3 +264,58 @@ func TestMonitorAgainstRealServerFlapping(t *testing.T) {
 	srv.start()
 	waitState(Up)
 }
+
+// A probe runs in a goroutine of its own only while it runs: a stopped
+// Run hands back the targets still waiting for a slot, and the next Run
+// probes them.
+func TestMonitorRunStopsAndResumes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := NewMonitor(nil, 1)
+		var inflight, peak atomic.Int32
+		m.newProbe = func(configs.Check, Target) (Probe, error) {
+			return &scripted{script: "u", hold: time.Second, inflight: &inflight, peak: &peak}, nil
+		}
+		// Both are due at once (first runs spread over 1ns) and the one
+		// slot serialises them.
+		a, b := spec("a", time.Nanosecond, 1, 1), spec("b", time.Nanosecond, 1, 1)
+		a.Check.Timeout, b.Check.Timeout = 2*time.Second, 2*time.Second
+		if err := m.Set([]Spec{a, b}); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error)
+		go func() { done <- m.Run(ctx) }()
+		time.Sleep(500 * time.Millisecond)
+		synctest.Wait()
+		cancel() // one probe is running, the other waits for the slot
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if n := inflight.Load(); n != 0 {
+			t.Fatalf("Run returned with %d probes in flight", n)
+		}
+		checked := func() (n int) {
+			for _, st := range m.Snapshot() {
+				if st.Checks > 0 {
+					n++
+				}
+			}
+			return n
+		}
+		if c := checked(); c != 1 {
+			t.Fatalf("%d targets probed before the stop, want 1", c)
+		}
+		ctx, cancel = context.WithCancel(t.Context())
+		go func() { done <- m.Run(ctx) }()
+		time.Sleep(1500 * time.Millisecond)
+		synctest.Wait()
+		if c := checked(); c != 2 {
+			t.Errorf("%d targets probed after the restart, want 2 (the waiting one was lost)", c)
+		}
+		if p := peak.Load(); p != 1 {
+			t.Errorf("peak in flight %d, want 1", p)
+		}
+		cancel()
+		<-done
+	})
+}
