@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/anycastd/anycastd/configs"
@@ -115,6 +116,13 @@ func (d *Document) Decode() ([]configs.Service, error) {
 	}
 	if err := configs.ValidateServices(ss); err != nil {
 		return nil, fmt.Errorf("config document version %d from %s is invalid: %w", d.Version, d.Author, err)
+	}
+	// encoding/json grows slices by doubling: 10 backends end up in room
+	// for 16. The decoded services are held for as long as the document
+	// is applied, so they are copied into slices of their exact length.
+	ss = slices.Clone(ss)
+	for i := range ss {
+		ss[i].Backends = slices.Clone(ss[i].Backends)
 	}
 	return ss, nil
 }

@@ -80,12 +80,20 @@ type Node struct {
 	// applyMu serialises local config changes (reload, API apply).
 	applyMu sync.Mutex
 
-	mu       sync.Mutex
-	cfg      *configs.Config
-	drain    drainState
-	stopping bool
-	snap     Snapshot
-	selfSt   health.SelfStatus
+	mu sync.Mutex
+	// cfg is the local config without its services: those live in the
+	// cluster's document (services, below) once settled, and in memory
+	// only once.
+	cfg *configs.Config
+	// fileServices are the config file's services until settleServices
+	// has decided what to do with them; fileHash is their hash, kept to
+	// tell whether a reload changed them.
+	fileServices []configs.Service
+	fileHash     string
+	drain        drainState
+	stopping     bool
+	snap         Snapshot
+	selfSt       health.SelfStatus
 	// services and the document they came from, as applied.
 	services   []configs.Service
 	appliedDoc *cluster.Document
@@ -142,7 +150,15 @@ func New(o Options) (*Node, error) {
 	if err := os.MkdirAll(cfg.Node.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
-	n := &Node{opts: o, log: o.Log, cfg: cfg, wake: make(chan struct{}, 1), abort: make(chan struct{}), ready: make(chan struct{}),
+	hash, err := cluster.ServicesHash(cfg.Services)
+	if err != nil {
+		return nil, err
+	}
+	local := *cfg
+	local.Services = nil
+	o.Config = nil // held once, as n.cfg
+	n := &Node{opts: o, log: o.Log, cfg: &local, fileServices: cfg.Services, fileHash: hash,
+		wake: make(chan struct{}, 1), abort: make(chan struct{}), ready: make(chan struct{}),
 		started: o.Now(), lastFailed: map[ipvs.ServiceKey]string{}}
 
 	n.dp = o.Dataplane
@@ -367,12 +383,9 @@ func (n *Node) Run(ctx context.Context) error {
 // cluster must not bring the old services back.
 func (n *Node) settleServices() error {
 	n.mu.Lock()
-	file := n.cfg.Services
+	file, hash := n.fileServices, n.fileHash
+	n.fileServices = nil
 	n.mu.Unlock()
-	hash, err := cluster.ServicesHash(file)
-	if err != nil {
-		return err
-	}
 	recorded, err := os.ReadFile(n.statePath("file-services.sha256"))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("state: %w", err)
@@ -422,7 +435,6 @@ func (n *Node) Reload(cfg *configs.Config) error {
 		return fmt.Errorf("cluster.keys: %w", err)
 	}
 	merged := *old
-	merged.Services = cfg.Services
 	merged.Health = cfg.Health
 	merged.Cluster.Keys = cfg.Cluster.Keys
 	merged.Cluster.MaxActive, merged.Cluster.Priority = cfg.Cluster.MaxActive, cfg.Cluster.Priority
@@ -431,13 +443,16 @@ func (n *Node) Reload(cfg *configs.Config) error {
 	bgpCfg.GracefulShutdown = cfg.Routing.BGP.GracefulShutdown
 	merged.Routing.BGP = bgpCfg
 
-	oldHash, _ := cluster.ServicesHash(old.Services)
 	newHash, err := cluster.ServicesHash(cfg.Services)
 	if err != nil {
 		return err
 	}
 	n.mu.Lock()
-	n.cfg = &merged
+	oldHash := n.fileHash
+	n.cfg, n.fileHash = &merged, newHash
+	if n.fileServices != nil {
+		n.fileServices = cfg.Services // not settled yet: settle these
+	}
 	n.mu.Unlock()
 	if newHash != oldHash {
 		if doc := n.cl.Document(); doc.IsZero() || doc.Hash != newHash {
