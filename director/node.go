@@ -86,10 +86,11 @@ type Node struct {
 	// only once.
 	cfg *configs.Config
 	// fileServices are the config file's services until settleServices
-	// has decided what to do with them; fileHash is their hash, kept to
-	// tell whether a reload changed them.
+	// has decided what to do with them (settled); fileHash is their hash,
+	// kept to tell whether a reload changed them.
 	fileServices []configs.Service
 	fileHash     string
+	settled      bool
 	drain        drainState
 	stopping     bool
 	snap         Snapshot
@@ -384,7 +385,7 @@ func (n *Node) Run(ctx context.Context) error {
 func (n *Node) settleServices() error {
 	n.mu.Lock()
 	file, hash := n.fileServices, n.fileHash
-	n.fileServices = nil
+	n.fileServices, n.settled = nil, true
 	n.mu.Unlock()
 	recorded, err := os.ReadFile(n.statePath("file-services.sha256"))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -450,8 +451,8 @@ func (n *Node) Reload(cfg *configs.Config) error {
 	n.mu.Lock()
 	oldHash := n.fileHash
 	n.cfg, n.fileHash = &merged, newHash
-	if n.fileServices != nil {
-		n.fileServices = cfg.Services // not settled yet: settle these
+	if !n.settled {
+		n.fileServices = cfg.Services // settleServices has not run yet: these are the file's now
 	}
 	n.mu.Unlock()
 	if newHash != oldHash {

@@ -34,7 +34,9 @@ type Status struct {
 	Successes, Failures int
 	// Checks is how many probes have run.
 	Checks uint64
-	// Last is the most recent result.
+	// Last is the most recent result. Its Err keeps the failure's
+	// message, not the probe's error value (a dial error's chain would be
+	// kept for every target that is down).
 	Last Result
 }
 
