@@ -193,8 +193,8 @@ func (m *Monitor) signal() {
 //
 // Each probe runs in a goroutine of its own, started when it is due; a
 // semaphore of Concurrency slots bounds them. A fixed pool of that many
-// workers would park 1,024 goroutines (about 7 MB of stacks) in a daemon
-// whose probes mostly take microseconds.
+// workers would park them all (at the default 1,024, about 7 MB of
+// stacks) in a daemon whose probes mostly take microseconds.
 func (m *Monitor) Run(ctx context.Context) error {
 	slots := make(chan struct{}, m.workers)
 	var wg sync.WaitGroup

@@ -265,9 +265,8 @@ func TestMonitorAgainstRealServerFlapping(t *testing.T) {
 	waitState(Up)
 }
 
-// A probe runs in a goroutine of its own only while it runs: a stopped
-// Run hands back the targets still waiting for a slot, and the next Run
-// probes them.
+// Run returns only once its probes have, and a stopped Run hands back the
+// targets still waiting for a slot: the next Run probes them.
 func TestMonitorRunStopsAndResumes(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		m := NewMonitor(nil, 1)
