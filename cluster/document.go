@@ -114,6 +114,7 @@ func (d *Document) Decode() ([]configs.Service, error) {
 	if err := dec.Decode(&ss); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
+	configs.CanonicalizeServices(ss)
 	if err := configs.ValidateServices(ss); err != nil {
 		return nil, fmt.Errorf("config document version %d from %s is invalid: %w", d.Version, d.Author, err)
 	}

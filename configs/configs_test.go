@@ -1,6 +1,7 @@
 package configs
 
 import (
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -215,6 +216,16 @@ func TestInvalid(t *testing.T) {
 			[]string{"cluster.port: a list is not a valid integer"}},
 		{"duplicate service", map[string]string{"services": webService + webService},
 			[]string{"services[1]: tcp 198.51.100.10:80 is also services[0]", `services[1].name: "web" is also services[0]`}},
+		{"same vip spelled ipv4-mapped", map[string]string{"services": webService + `  - name: web6
+    vip: '::ffff:198.51.100.10'
+    port: 80
+    backends: [{address: 10.0.2.11}]
+`}, []string{"services[1]: tcp 198.51.100.10:80 is also services[0]"}},
+		{"same backend spelled ipv4-mapped", map[string]string{"services": `  - name: web
+    vip: 198.51.100.10
+    port: 80
+    backends: [{address: 10.0.2.12}, {address: '::ffff:10.0.2.12'}]
+`}, []string{"services[0].backends[1]: 10.0.2.12 port 80 is also backends[0]"}},
 		{"family mismatch", map[string]string{"services": `  - name: web
     vip: "2001:db8::10"
     port: 80
@@ -577,3 +588,38 @@ services:
 		t.Errorf("errors not reported with their paths: %v", err)
 	}
 }
+
+func TestAddressesCanonicalAtLoad(t *testing.T) {
+	c, err := Parse(doc(map[string]string{"services": `  - name: web
+    vip: '::ffff:198.51.100.10'
+    port: 80
+    backends: [{address: '::ffff:10.0.2.11'}]
+`, "node": "  name: t1\n  addresses: ['::ffff:10.0.1.1']\n"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := c.Services[0]
+	if s.VIP.String() != "198.51.100.10" || s.Backends[0].Address.String() != "10.0.2.11" || c.Node.Addresses[0].String() != "10.0.1.1" {
+		t.Errorf("addresses not canonical: vip %s backend %s node %s", s.VIP, s.Backends[0].Address, c.Node.Addresses[0])
+	}
+}
+
+func TestValidateServicesComparesUnmapped(t *testing.T) {
+	// A Config built in code (not through Load) with two spellings.
+	mk := func(vip string) Service {
+		c, err := Parse(doc(map[string]string{"services": webService}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := c.Services[0]
+		s.VIP = netipMust(vip)
+		return s
+	}
+	a, b := mk("198.51.100.10"), mk("::ffff:198.51.100.10")
+	b.Name = "web6"
+	if err := ValidateServices([]Service{a, b}); err == nil || !strings.Contains(err.Error(), "is also services[0]") {
+		t.Errorf("want the repeated service refused, got %v", err)
+	}
+}
+
+func netipMust(s string) netip.Addr { return netip.MustParseAddr(s) }

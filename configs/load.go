@@ -120,6 +120,7 @@ func parse(data []byte, opts ...Option) (cfg *Config, err error) {
 	for _, k := range md.Keys {
 		set[k] = true
 	}
+	Canonicalize(&c)
 	applyDefaults(&c, func(p string) bool { return set[p] })
 
 	// A field that could not be decoded is left zero; don't report it a

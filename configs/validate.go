@@ -525,7 +525,10 @@ func (c *checker) services(ss []Service) {
 				c.add(p+".port", "%d is not a port (1..65535); set port or fwmark", s.Port)
 			}
 			if s.VIP.IsValid() {
-				k := vkey{s.VIP, s.Protocol, s.Port}
+				// Compared unmapped: ::ffff:198.51.100.10 is
+				// 198.51.100.10 to the kernel (Load canonicalizes;
+				// a Config built in code may not be).
+				k := vkey{s.VIP.Unmap(), s.Protocol, s.Port}
 				if j, ok := vkeys[k]; ok {
 					c.add(p, "%s %s:%d is also services[%d]", s.Protocol, s.VIP, s.Port, j)
 				}
@@ -586,10 +589,10 @@ func (c *checker) services(ss []Service) {
 					c.add(bp+".address", "%s is not a unicast address", b.Address)
 				case s.VIP.IsValid() && family(b.Address) != family(s.VIP):
 					c.add(bp+".address", "%s is not of the VIP's address family (%s)", b.Address, s.VIP)
-				case fwd == ForwardNAT && b.Address == s.VIP:
+				case fwd == ForwardNAT && b.Address.Unmap() == s.VIP.Unmap():
 					c.add(bp+".address", "%s is the VIP itself: a NAT backend must be another host", b.Address)
 				}
-				ap := netip.AddrPortFrom(b.Address, uint16(max(0, min(b.Port, 65535))))
+				ap := netip.AddrPortFrom(b.Address.Unmap(), uint16(max(0, min(b.Port, 65535))))
 				if k, ok := seen[ap]; ok {
 					c.add(bp, "%s port %d is also backends[%d]", b.Address, b.Port, k)
 				}

@@ -103,6 +103,11 @@ type Node struct {
 	hostErr    string
 	ipvsErr    string
 	lastFailed map[ipvs.ServiceKey]string
+	// ipvsReadFailing is when reads of the IPVS table began to fail
+	// (zero: the last one worked); retryAt wakes the loop to read again.
+	ipvsReadFailing time.Time
+	retryAt         time.Time
+	lastIPVSErr     string
 }
 
 type drainState struct {
@@ -124,8 +129,11 @@ type ReconcileInfo struct {
 	Duration time.Duration `json:"duration_ns"`
 	Ops      int           `json:"ops"`
 	Errors   []string      `json:"errors,omitempty"`
-	Foreign  []string      `json:"foreign,omitempty"`
-	Draining int           `json:"draining"`
+	// SaveError is why the IPVS ownership record could not be saved
+	// (retried every turn; the table itself was reconciled).
+	SaveError string   `json:"save_error,omitempty"`
+	Foreign   []string `json:"foreign,omitempty"`
+	Draining  int      `json:"draining"`
 	// Loops counts the control loop's turns since start.
 	Loops uint64 `json:"loops"`
 }
@@ -559,6 +567,9 @@ func (n *Node) loop(ctx context.Context, errc <-chan error) error {
 			n.readyOnce.Do(func() { close(n.ready) })
 			n.mu.Lock()
 			wakeAt, stopping := n.snap.Desired.WakeAt, n.stopping
+			if !n.retryAt.IsZero() {
+				wakeAt = earliest(wakeAt, n.retryAt)
+			}
 			announcing := len(n.snap.Desired.Announce) > 0
 			n.mu.Unlock()
 			if stopping && !announcing {
@@ -831,6 +842,18 @@ func (n *Node) setupHost(cfg *configs.Config, services []configs.Service) {
 	}
 }
 
+// ipvsReadGrace is how long reads of the IPVS table may fail before IPVS
+// counts as unreachable (the "ipvs" self check fails and the director
+// withdraws): one failed read is not a verdict (fail static), a table
+// that stays unreadable is.
+const ipvsReadGrace = 3 * time.Second
+
+// reconcile makes the dataplane hold want and says which services it
+// does not hold as wanted (their VIPs are not announced). Each kind of
+// failure counts as what it is: a refused service costs its own VIP; a
+// failed read keeps the last verdicts (nothing was applied) until reads
+// have failed for ipvsReadGrace; a failed save of the ownership record is
+// reported and retried, and costs no VIP.
 func (n *Node) reconcile(ctx context.Context, want ipvs.Table, now time.Time) (ReconcileInfo, map[ipvs.ServiceKey]string) {
 	start := time.Now()
 	res, err := n.rec.Reconcile(ctx, want, now)
@@ -842,40 +865,55 @@ func (n *Node) reconcile(ctx context.Context, want ipvs.Table, now time.Time) (R
 	for _, f := range res.Foreign {
 		info.Foreign = append(info.Foreign, f.String())
 	}
-	failed := map[ipvs.ServiceKey]string{}
-	readErr := ""
-	if err != nil {
-		var errs []error
-		if j, ok := err.(interface{ Unwrap() []error }); ok {
-			errs = j.Unwrap()
-		} else {
-			errs = []error{err}
-		}
-		n.metrics.ipvsErrors.Add(float64(len(errs)))
-		for _, e := range errs {
-			info.Errors = append(info.Errors, e.Error())
-			var oe *ipvs.OpError
-			if errors.As(e, &oe) {
-				if _, ok := failed[oe.Op.Service.ServiceKey]; !ok && !errors.Is(oe.Err, ipvs.ErrSkipped) {
-					failed[oe.Op.Service.ServiceKey] = oe.Err.Error()
-				}
-			} else {
-				// The table could not even be read or checked: every
-				// service counts as not applied.
-				readErr = e.Error()
-				for _, s := range want.Services {
-					failed[s.ServiceKey] = e.Error()
-				}
-			}
-		}
-		n.log.Error("IPVS reconcile", "err", err)
+	n.metrics.ipvsErrors.Add(float64(len(res.Errs)))
+	for _, e := range res.Errs {
+		info.Errors = append(info.Errors, e.Error())
 	}
+	failed := make(map[ipvs.ServiceKey]string, len(res.Failed))
+	for k, e := range res.Failed {
+		var oe *ipvs.OpError
+		if errors.As(e, &oe) {
+			failed[k] = oe.Err.Error()
+		} else {
+			failed[k] = e.Error()
+		}
+	}
+	if res.SaveErr != nil {
+		info.SaveError = res.SaveErr.Error()
+	}
+
 	n.mu.Lock()
-	if readErr != n.ipvsErr {
-		n.ipvsErr = readErr
+	if res.ReadErr != nil {
+		// Nothing was applied: what the dataplane held, it holds, and
+		// the last verdicts on its services stand.
+		failed = n.lastFailed
+		if n.ipvsReadFailing.IsZero() {
+			n.ipvsReadFailing = now
+		}
+		n.retryAt = now.Add(time.Second)
+	} else {
+		n.ipvsReadFailing, n.retryAt = time.Time{}, time.Time{}
+	}
+	ipvsErr := ""
+	if res.ReadErr != nil && now.Sub(n.ipvsReadFailing) >= ipvsReadGrace {
+		ipvsErr = fmt.Sprintf("%v (failing for %s)", res.ReadErr, now.Sub(n.ipvsReadFailing).Round(time.Second))
+	}
+	if (ipvsErr == "") != (n.ipvsErr == "") {
 		defer n.evaluateSelf(ctx)
 	}
+	n.ipvsErr = ipvsErr
+	logErr := err != nil && (err.Error() != n.lastIPVSErr)
+	n.lastIPVSErr = ""
+	if err != nil {
+		n.lastIPVSErr = err.Error()
+	}
 	n.mu.Unlock()
+	if logErr {
+		// Logged when it changes: a service the kernel refuses is
+		// refused again on every turn.
+		n.log.Error("IPVS reconcile", "err", err, "services_failed", len(failed),
+			"read_failed", res.ReadErr != nil, "save_failed", res.SaveErr != nil)
+	}
 	if len(res.Plan) > 0 {
 		n.log.Info("IPVS reconciled", "ops", len(res.Plan), "took", info.Duration.Round(time.Microsecond), "draining", res.Draining)
 		n.log.Debug("IPVS plan", "plan", res.Plan.String())

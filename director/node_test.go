@@ -115,10 +115,17 @@ func startNode(t *testing.T, cfg *configs.Config, seeds ...*testNode) *testNode 
 
 func startNodeWith(t *testing.T, cfg *configs.Config, ann routing.Announcer, seeds ...*testNode) *testNode {
 	t.Helper()
+	return startNodeDP(t, cfg, ann, ipvs.NewMemory(), seeds...)
+}
+
+// startNodeDP starts a node on dp, a Memory or a wrapper of one (which
+// then stands in for it as the dataplane).
+func startNodeDP(t *testing.T, cfg *configs.Config, ann routing.Announcer, dpi ipvs.Dataplane, seeds ...*testNode) *testNode {
+	t.Helper()
 	for _, s := range seeds {
 		cfg.Cluster.Seeds = append(cfg.Cluster.Seeds, s.n.Cluster().LocalAddr().String())
 	}
-	dp := ipvs.NewMemory()
+	dp, _ := dpi.(*ipvs.Memory)
 	log := slog.New(slog.DiscardHandler)
 	if testing.Verbose() && os.Getenv("ANYCASTD_TEST_LOG") != "" {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", cfg.Node.Name)
@@ -127,7 +134,7 @@ func startNodeWith(t *testing.T, cfg *configs.Config, ann routing.Announcer, see
 	// several speakers in one process race (harmless, but -race says so):
 	// in-process nodes record their announcements; the real speaker runs
 	// one per process in the multi-process and lab tests.
-	n, err := New(Options{Config: cfg, Log: log, Dataplane: dp, Announcer: ann, JoinWait: 2 * time.Second,
+	n, err := New(Options{Config: cfg, Log: log, Dataplane: dpi, Announcer: ann, JoinWait: 2 * time.Second,
 		Resync: 200 * time.Millisecond, BehindGrace: time.Second})
 	if err != nil {
 		t.Fatal(err)

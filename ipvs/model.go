@@ -8,7 +8,9 @@ package ipvs
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -293,32 +295,61 @@ func (t Table) Sorted() Table {
 	return out
 }
 
-// Check reports a table that cannot be applied: repeated services or
-// destinations, mixed families, missing scheduler.
-func (t Table) Check() error {
-	seen := map[ServiceKey]bool{}
+// Problems reports the services of t that cannot be applied, each with
+// its reason: a key that repeats (every copy of it), no scheduler, an
+// address not of the service's family, a destination that repeats or is of
+// another family. The rest of t can be applied without them: one bad
+// service costs that service, not the table. nil when t is sound.
+func (t Table) Problems() map[ServiceKey]error {
+	var out map[ServiceKey]error
+	bad := func(k ServiceKey, format string, args ...any) {
+		if out == nil {
+			out = map[ServiceKey]error{}
+		}
+		if _, ok := out[k]; !ok {
+			out[k] = fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
+		}
+	}
+	seen := make(map[ServiceKey]bool, len(t.Services))
 	for i := range t.Services {
 		s := &t.Services[i]
 		if seen[s.ServiceKey] {
-			return fmt.Errorf("service %s appears twice", s.ServiceKey)
+			bad(s.ServiceKey, "service %s appears twice", s.ServiceKey)
+			continue
 		}
 		seen[s.ServiceKey] = true
 		if s.Scheduler == "" {
-			return fmt.Errorf("service %s has no scheduler", s.ServiceKey)
+			bad(s.ServiceKey, "service %s has no scheduler", s.ServiceKey)
 		}
 		if s.FWMark == 0 && (!s.Addr.IsValid() || FamilyOf(s.Addr) != s.Family) {
-			return fmt.Errorf("service %s: address does not match family %d", s.ServiceKey, s.Family)
+			bad(s.ServiceKey, "service %s: address does not match family %d", s.ServiceKey, s.Family)
 		}
 		if d, ok := repeatedDest(s.Destinations); ok {
-			return fmt.Errorf("service %s: destination %s appears twice", s.ServiceKey, d)
+			bad(s.ServiceKey, "service %s: destination %s appears twice", s.ServiceKey, d)
 		}
 		for _, d := range s.Destinations {
 			if !d.Addr.IsValid() || FamilyOf(d.Addr) != s.Family {
-				return fmt.Errorf("service %s: destination %s is not of the service's family", s.ServiceKey, d.DestKey)
+				bad(s.ServiceKey, "service %s: destination %s is not of the service's family", s.ServiceKey, d.DestKey)
+				break
 			}
 		}
 	}
-	return nil
+	return out
+}
+
+// ErrInvalid is the reason of a service that Problems refuses.
+var ErrInvalid = errors.New("invalid service")
+
+// Check reports a table that cannot be applied whole: Problems, joined
+// in key order (nil when t is sound).
+func (t Table) Check() error {
+	p := t.Problems()
+	keys := slices.SortedFunc(maps.Keys(p), ServiceKey.Compare)
+	errs := make([]error, 0, len(keys))
+	for _, k := range keys {
+		errs = append(errs, p[k])
+	}
+	return errors.Join(errs...)
 }
 
 // repeatedDest returns a destination key that ds holds twice: by scanning

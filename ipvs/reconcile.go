@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -26,9 +27,15 @@ type Reconciler struct {
 	drain     *Drainer
 	statePath string
 	owned     map[ServiceKey]bool
+	// dirty: owned differs from the record on disk (a save failed).
+	dirty bool
 }
 
-// Result is what one Reconcile did.
+// Result is what one Reconcile did. Its failures are kept apart because
+// they mean different things to the director: a failed service costs that
+// service's VIP; a failed read means nothing was applied this time; a
+// failed save of the ownership record costs nothing now (the dataplane
+// holds the wanted table) and is retried.
 type Result struct {
 	// Plan is what was applied (or tried).
 	Plan Plan
@@ -36,6 +43,33 @@ type Result struct {
 	Foreign []ServiceKey
 	// Draining is how many destinations are kept at weight 0 to drain.
 	Draining int
+	// Failed are the wanted services that the dataplane does not hold as
+	// wanted, each with its reason: refused by Table.Problems (ErrInvalid;
+	// whatever the dataplane holds for that key is left as it is) or by
+	// the dataplane (an *OpError with the kernel's reason, or the reason
+	// the apply stopped). The other services were applied.
+	Failed map[ServiceKey]error
+	// ReadErr is why the dataplane could not be read: nothing was applied.
+	ReadErr error
+	// SaveErr is why the ownership record could not be saved (the next
+	// Reconcile tries again); the dataplane was reconciled all the same.
+	SaveErr error
+	// Errs are every failure, for logs and counters: the dataplane's
+	// (each *OpError, skipped operations included), the read and the
+	// save.
+	Errs []error
+}
+
+// Err joins every failure (nil when Reconcile did all it was asked).
+func (r Result) Err() error { return errors.Join(r.Errs...) }
+
+func (r *Result) fail(k ServiceKey, err error) {
+	if r.Failed == nil {
+		r.Failed = map[ServiceKey]error{}
+	}
+	if _, ok := r.Failed[k]; !ok {
+		r.Failed[k] = err
+	}
 }
 
 // NewReconciler returns a Reconciler over dp that records the services it
@@ -75,27 +109,45 @@ func (r *Reconciler) Owned() []ServiceKey {
 }
 
 // Reconcile reads the dataplane, computes the plan to want (with removed
-// destinations drained) and applies it. A want that fails Check changes
-// nothing. Operations the kernel refuses are returned joined as *OpError
-// along with the Result; the rest of the plan is still applied.
+// destinations drained) and applies it. A wanted service that fails
+// Table.Problems is left as the dataplane holds it, and the rest of want is
+// applied; an operation the dataplane refuses costs its service only. See
+// Result for how failures are reported; the error is Result.Err.
 func (r *Reconciler) Reconcile(ctx context.Context, want Table, now time.Time) (Result, error) {
-	if err := want.Check(); err != nil {
-		return Result{}, fmt.Errorf("wanted IPVS table is invalid, nothing applied: %w", err)
+	var res Result
+	invalid := want.Problems()
+	if len(invalid) > 0 {
+		keep := Table{Services: make([]Service, 0, len(want.Services))}
+		for _, s := range want.Services {
+			if invalid[s.ServiceKey] == nil {
+				keep.Services = append(keep.Services, s)
+			}
+		}
+		want = keep
+		for _, k := range slices.SortedFunc(maps.Keys(invalid), ServiceKey.Compare) {
+			res.fail(k, invalid[k])
+			res.Errs = append(res.Errs, invalid[k])
+		}
 	}
 	have, err := r.dp.Table(ctx)
 	if err != nil {
-		return Result{}, err
+		res.ReadErr = fmt.Errorf("read the IPVS table: %w", err)
+		res.Errs = append(res.Errs, res.ReadErr)
+		return res, res.Err()
 	}
-	wantKeys := map[ServiceKey]bool{}
+	wantKeys := make(map[ServiceKey]bool, len(want.Services))
 	for _, s := range want.Services {
 		wantKeys[s.ServiceKey] = true
 	}
 	var ours Table
-	var res Result
 	for _, s := range have.Services {
-		if wantKeys[s.ServiceKey] || r.owned[s.ServiceKey] {
+		switch {
+		case invalid[s.ServiceKey] != nil:
+			// Wanted but refused: neither changed nor deleted, and
+			// not foreign either.
+		case wantKeys[s.ServiceKey] || r.owned[s.ServiceKey]:
 			ours.Services = append(ours.Services, s)
-		} else {
+		default:
 			res.Foreign = append(res.Foreign, s.ServiceKey)
 		}
 	}
@@ -104,24 +156,45 @@ func (r *Reconciler) Reconcile(ctx context.Context, want Table, now time.Time) (
 	res.Plan = Diff(ours, adjusted)
 	applyErr := r.dp.Apply(ctx, res.Plan)
 
-	// Ours now: everything wanted, and what we failed to delete.
+	// Ours now: everything wanted (refused or not) and what we failed to
+	// delete.
 	owned := map[ServiceKey]bool{}
 	for k := range wantKeys {
 		owned[k] = true
 	}
-	var oe *OpError
+	for k := range invalid {
+		owned[k] = true
+	}
 	for _, e := range unjoin(applyErr) {
-		if errors.As(e, &oe) && oe.Op.Kind == DelService {
-			owned[oe.Op.Service.ServiceKey] = true
+		res.Errs = append(res.Errs, e)
+		var oe *OpError
+		if !errors.As(e, &oe) {
+			// The apply stopped (its context ended): whatever was
+			// not reached is not applied.
+			for k := range wantKeys {
+				res.fail(k, e)
+			}
+			continue
+		}
+		k := oe.Op.Service.ServiceKey
+		if oe.Op.Kind == DelService {
+			owned[k] = true
+		}
+		if wantKeys[k] && !errors.Is(oe.Err, ErrSkipped) {
+			res.fail(k, oe)
 		}
 	}
-	if !mapsEqual(owned, r.owned) {
+	if r.dirty || !mapsEqual(owned, r.owned) {
 		r.owned = owned
 		if err := r.save(); err != nil {
-			applyErr = errors.Join(applyErr, err)
+			r.dirty = true
+			res.SaveErr = fmt.Errorf("save the IPVS ownership record: %w", err)
+			res.Errs = append(res.Errs, res.SaveErr)
+		} else {
+			r.dirty = false
 		}
 	}
-	return res, applyErr
+	return res, res.Err()
 }
 
 func (r *Reconciler) save() error {

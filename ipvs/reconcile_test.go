@@ -170,17 +170,88 @@ func TestReconcileIsolatesRefusedService(t *testing.T) {
 	}
 }
 
-func TestReconcileRefusesInvalidWant(t *testing.T) {
+func TestReconcileRefusesOnlyTheInvalidService(t *testing.T) {
 	ctx := context.Background()
 	m := NewMemory()
+	twice := svc("198.51.100.1", 80, "mh", dst("10.0.0.1", 1))
+	other := svc("198.51.100.2", 80, "mh", dst("10.0.0.2", 1))
+	// What an earlier turn left for the service now wanted twice: kept.
+	if err := m.Apply(ctx, Diff(Table{}, tbl(twice))); err != nil {
+		t.Fatal(err)
+	}
 	r, _ := NewReconciler(m, "")
-	s := svc("198.51.100.1", 80, "mh")
-	if _, err := r.Reconcile(ctx, tbl(s, s), time.Now()); err == nil {
-		t.Fatal("a table with a repeated service must be refused")
+	changed := twice
+	changed.Destinations = []Destination{dst("10.0.0.9", 1)}
+	res, err := r.Reconcile(ctx, tbl(changed, other, changed), time.Now())
+	if err == nil || !errors.Is(res.Failed[twice.ServiceKey], ErrInvalid) {
+		t.Fatalf("the repeated service must be refused on its own: failed %v, err %v", res.Failed, err)
 	}
-	if m.Ops() != 0 {
-		t.Errorf("an invalid table changed the dataplane: %d ops", m.Ops())
+	if len(res.Failed) != 1 || res.ReadErr != nil || res.SaveErr != nil {
+		t.Errorf("only the repeated service may fail: %+v", res)
 	}
+	got, _ := m.Table(ctx)
+	idx := got.Index()
+	if s := idx[other.ServiceKey]; s == nil || len(s.Destinations) != 1 {
+		t.Errorf("the valid service must be applied: %+v", got)
+	}
+	if s := idx[twice.ServiceKey]; s == nil || s.Destinations[0].Addr != addr("10.0.0.1") {
+		t.Errorf("the refused service must be left as the dataplane held it: %+v", got)
+	}
+	if !slices.Contains(r.Owned(), twice.ServiceKey) || len(res.Foreign) != 0 {
+		t.Errorf("a refused service stays ours: owned %v, foreign %v", r.Owned(), res.Foreign)
+	}
+}
+
+// failingTable is a dataplane whose reads fail.
+type failingTable struct{ *Memory }
+
+func (failingTable) Table(context.Context) (Table, error) { return Table{}, syscall.EIO }
+
+func TestReconcileKeepsReadSaveAndServiceFailuresApart(t *testing.T) {
+	ctx := context.Background()
+	m := NewMemory()
+	m.Schedulers = []string{"mh"}
+	good := svc("198.51.100.1", 80, "mh", dst("10.0.0.1", 1))
+	refused := svc("198.51.100.2", 80, "lblcr", dst("10.0.0.1", 1))
+
+	res, _ := mustReconciler(t, failingTable{m}, "").Reconcile(ctx, tbl(good), time.Now())
+	if !errors.Is(res.ReadErr, syscall.EIO) || res.SaveErr != nil || len(res.Failed) != 0 || m.Ops() != 0 {
+		t.Errorf("a failed read: %+v, ops %d", res, m.Ops())
+	}
+
+	// The record's path is a directory for a while: the save fails, the
+	// table is applied all the same, and the save is retried.
+	state := filepath.Join(t.TempDir(), "owned.json")
+	r := mustReconciler(t, m, state)
+	if err := os.Mkdir(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	res, err := r.Reconcile(ctx, tbl(good, refused), time.Now())
+	if res.SaveErr == nil || res.ReadErr != nil || err == nil {
+		t.Fatalf("want a save error only: %+v", res)
+	}
+	if len(res.Failed) != 1 || res.Failed[refused.ServiceKey] == nil {
+		t.Errorf("only the refused service fails: %v", res.Failed)
+	}
+	if got, _ := m.Table(ctx); len(got.Services) != 1 {
+		t.Errorf("a failed save must not stop the apply: %+v", got)
+	}
+	os.Remove(state)
+	if res, _ = r.Reconcile(ctx, tbl(good), time.Now()); res.SaveErr != nil {
+		t.Fatal(res.SaveErr)
+	}
+	if b, err := os.ReadFile(state); err != nil || !strings.Contains(string(b), "198.51.100.1") {
+		t.Errorf("the save was not retried: %q, %v", b, err)
+	}
+}
+
+func mustReconciler(t *testing.T, dp Dataplane, state string) *Reconciler {
+	t.Helper()
+	r, err := NewReconciler(dp, state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
 
 func TestCorruptStateIsAnError(t *testing.T) {

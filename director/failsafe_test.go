@@ -1,0 +1,138 @@
+package director
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/anycastd/anycastd/ipvs"
+)
+
+// Tests of the fail-safe rules (DESIGN.md, "Failure principles"): a fault
+// on one part costs that part, and the control plane's uncertainty is not
+// a reason to withdraw.
+
+const twoUDPVIPs = `
+  - name: dns
+    vip: 192.0.2.2
+    protocol: udp
+    port: 53
+    health: {type: none}
+    backends: [{address: 10.9.9.9}]
+  - name: ntp
+    vip: 192.0.2.3
+    protocol: udp
+    port: 123
+    health: {type: none}
+    backends: [{address: 10.9.9.11}]
+`
+
+// flakyReads is a dataplane whose reads fail while failing is set.
+type flakyReads struct {
+	*ipvs.Memory
+	failing atomic.Bool
+}
+
+func (f *flakyReads) Table(ctx context.Context) (ipvs.Table, error) {
+	if f.failing.Load() {
+		return ipvs.Table{}, fmt.Errorf("netlink: %w", syscall.ENOBUFS)
+	}
+	return f.Memory.Table(ctx)
+}
+
+// withdrawnSince reports a set given to the announcer since the n-th that
+// lacks one of want.
+func withdrawnSince(r *recorder, n int, want ...string) error {
+	sets := r.sets()
+	for i, s := range sets[min(n, len(sets)):] {
+		for _, w := range want {
+			if !slices.Contains(strings.Split(s, ","), w) {
+				return fmt.Errorf("set %d withdrew %s: %q", n+i, w, s)
+			}
+		}
+	}
+	return nil
+}
+
+// Case 5 of the fail-safe issue: a failed save of the IPVS ownership
+// record was joined with read errors and read as "IPVS unreachable", and
+// one failed read withdrew every VIP. Now a save failure costs nothing but
+// a report (and is retried), and reads must fail for a while before the
+// director withdraws.
+func TestIPVSSaveAndReadFailuresDoNotWithdraw(t *testing.T) {
+	cfg := nodeConfig(t, "d1", twoUDPVIPs, "")
+	dp := &flakyReads{Memory: ipvs.NewMemory()}
+	rec := &recorder{}
+	d1 := startNodeDP(t, cfg, rec, dp)
+	both := []string{"192.0.2.2/32", "192.0.2.3/32"}
+	waitFor(t, 10*time.Second, "announce", func() error { return expectAnnounced(both...)(d1) })
+	mark := len(rec.sets())
+
+	// The ownership record cannot be written (its path is a directory):
+	// a change of services must still be applied and announced.
+	owned := filepath.Join(cfg.Node.StateDir, "ipvs-owned.json")
+	os.Remove(owned)
+	if err := os.Mkdir(owned, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	doc := d1.n.Cluster().Document()
+	more := nodeConfig(t, "d1", twoUDPVIPs+`  - name: syslog
+    vip: 192.0.2.4
+    protocol: udp
+    port: 514
+    health: {type: none}
+    backends: [{address: 10.9.9.12}]
+`, "").Services
+	if _, err := d1.n.Apply(doc.Version, doc.Hash, more); err != nil {
+		t.Fatal(err)
+	}
+	all3 := append(slices.Clone(both), "192.0.2.4/32")
+	waitFor(t, 5*time.Second, "the new service announced despite the failed save", func() error {
+		if err := expectAnnounced(all3...)(d1); err != nil {
+			return err
+		}
+		if st := d1.n.StatusView(); st.Reconcile.SaveError == "" {
+			return fmt.Errorf("the save error is not reported: %+v", st.Reconcile)
+		}
+		return nil
+	})
+	os.Remove(owned)
+	waitFor(t, 5*time.Second, "the save retried", func() error {
+		b, err := os.ReadFile(owned)
+		if err != nil || !strings.Contains(string(b), "192.0.2.4") {
+			return fmt.Errorf("record %q: %v", b, err)
+		}
+		return nil
+	})
+	if err := withdrawnSince(rec, mark, both...); err != nil {
+		t.Fatal(err)
+	}
+
+	// Reads fail for a moment: nothing is withdrawn.
+	mark = len(rec.sets())
+	loops := d1.n.StatusView().Reconcile.Loops
+	dp.failing.Store(true)
+	waitFor(t, 5*time.Second, "a turn with a failed read", func() error {
+		if st := d1.n.StatusView(); st.Reconcile.Loops < loops+2 {
+			return fmt.Errorf("loops %d", st.Reconcile.Loops)
+		}
+		return nil
+	})
+	dp.failing.Store(false)
+	if err := withdrawnSince(rec, mark, all3...); err != nil {
+		t.Fatal(err)
+	}
+
+	// Reads that keep failing are a verdict: this director withdraws.
+	dp.failing.Store(true)
+	waitFor(t, 10*time.Second, "withdrawn once IPVS stays unreadable", func() error { return expectAnnounced()(d1) })
+	dp.failing.Store(false)
+	waitFor(t, 10*time.Second, "announced again", func() error { return expectAnnounced(all3...)(d1) })
+}
