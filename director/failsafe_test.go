@@ -136,3 +136,53 @@ func TestIPVSSaveAndReadFailuresDoNotWithdraw(t *testing.T) {
 	dp.failing.Store(false)
 	waitFor(t, 10*time.Second, "announced again", func() error { return expectAnnounced(all3...)(d1) })
 }
+
+// Case 2 of the fail-safe issue: a change of only a check's settings made
+// every backend of the service Unknown on every director at once (the
+// document reaches all within milliseconds), so the VIP went below quorum
+// everywhere until the next probes.
+func TestCheckSettingsChangeKeepsVIP(t *testing.T) {
+	b := newBackend(t)
+	_, port, _ := strings.Cut(b.addr, ":")
+	svc := func(timeout string) string {
+		return fmt.Sprintf(`
+  - name: web
+    vip: 192.0.2.1
+    port: %s
+    forwarding: nat
+    quorum: 1
+    backends: [{address: 127.0.0.1, port: %s}]
+    health: {type: tcp, interval: 3s, timeout: %s}
+`, port, port, timeout)
+	}
+	cfg := nodeConfig(t, "d1", svc("1s"), "")
+	rec := &recorder{}
+	d1 := startNodeWith(t, cfg, rec)
+	waitFor(t, 10*time.Second, "announce", func() error { return expectAnnounced("192.0.2.1/32")(d1) })
+	mark := len(rec.sets())
+	doc := d1.n.Cluster().Document()
+	if _, err := d1.n.Apply(doc.Version, doc.Hash, nodeConfig(t, "d1", svc("2s"), "").Services); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the new document applied", func() error {
+		if v := d1.n.ConfigView().Version; v != doc.Version+1 {
+			return fmt.Errorf("version %d", v)
+		}
+		return nil
+	})
+	// The next probe is up to 3 s away: let the loop turn a few times on
+	// the new document before it.
+	loops := d1.n.StatusView().Reconcile.Loops
+	waitFor(t, 2*time.Second, "three turns", func() error {
+		if l := d1.n.StatusView().Reconcile.Loops; l < loops+3 {
+			return fmt.Errorf("loops %d", l)
+		}
+		return nil
+	})
+	if err := withdrawnSince(rec, mark, "192.0.2.1/32"); err != nil {
+		t.Fatal(err)
+	}
+	if err := expectAnnounced("192.0.2.1/32")(d1); err != nil {
+		t.Fatal(err)
+	}
+}

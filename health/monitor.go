@@ -99,9 +99,12 @@ func NewMonitor(log *slog.Logger, concurrency int) *Monitor {
 }
 
 // Set makes specs the set of watched targets. A target whose spec is
-// unchanged keeps its probe, schedule and status; a new or changed one
-// starts Unknown; one not in specs is dropped. If any spec cannot be built
-// into a probe, Set changes nothing and returns every such error.
+// unchanged keeps its probe, schedule and status; one whose check changed
+// but whose target did not keeps its status (state, rise/fall counts,
+// last result) and takes the new check in place, as a changed timeout or
+// interval is no news about the backend; a new target starts Unknown; one
+// not in specs is dropped. If any spec cannot be built into a probe, Set
+// changes nothing and returns every such error.
 func (m *Monitor) Set(specs []Spec) error {
 	type built struct {
 		spec  Spec
@@ -111,12 +114,19 @@ func (m *Monitor) Set(specs []Spec) error {
 	var errs []error
 	var add []built
 	seen := map[string]bool{}
-	// An entry's id, target and check never change: reading them outside
-	// the lock is safe.
+	// An entry's id and target never change, and its check changes only
+	// under the lock: reading them under it is safe.
 	m.mu.Lock()
 	current := make(map[string]*entry, len(m.targets))
 	for id, e := range m.targets {
 		current[id] = e
+	}
+	same := func(e *entry, s Spec) bool { return e.target == s.Target && reflect.DeepEqual(*e.check, s.Check) }
+	unchanged := make(map[string]bool, len(specs))
+	for _, s := range specs {
+		if old, ok := current[s.ID]; ok && same(old, s) {
+			unchanged[s.ID] = true
+		}
 	}
 	m.mu.Unlock()
 	var shared *configs.Check
@@ -126,7 +136,7 @@ func (m *Monitor) Set(specs []Spec) error {
 			continue
 		}
 		seen[s.ID] = true
-		if old, ok := current[s.ID]; ok && old.target == s.Target && reflect.DeepEqual(*old.check, s.Check) {
+		if unchanged[s.ID] {
 			continue
 		}
 		p, err := m.newProbe(s.Check, s.Target)
@@ -156,7 +166,20 @@ func (m *Monitor) Set(specs []Spec) error {
 		}
 	}
 	for _, b := range add {
-		if old, ok := m.targets[b.spec.ID]; ok {
+		if old, ok := m.targets[b.spec.ID]; ok && old.target == b.spec.Target {
+			// Same backend, new check: the status stays.
+			interval := old.check.Interval
+			old.check, old.probe = b.check, b.probe
+			old.damp.Rise, old.damp.Fall = b.check.Rise, b.check.Fall
+			if old.index >= 0 && b.check.Interval < interval {
+				// Not later than the new interval from now.
+				if due := now.Add(b.check.Interval); old.next.After(due) {
+					old.next = due
+					heap.Fix(&m.queue, old.index)
+				}
+			}
+			continue
+		} else if ok {
 			m.drop(old)
 		}
 		e := &entry{id: b.spec.ID, target: b.spec.Target, check: b.check, probe: b.probe, index: -1,
@@ -204,11 +227,13 @@ func (m *Monitor) Run(ctx context.Context) error {
 	for {
 		m.mu.Lock()
 		now := time.Now()
-		var due []*entry
+		var due []job
 		for m.queue.Len() > 0 && !m.queue[0].next.After(now) {
 			e := heap.Pop(&m.queue).(*entry)
 			e.running = true
-			due = append(due, e)
+			// Set may give the entry a new check meanwhile: the
+			// probe runs with the one it was due with.
+			due = append(due, job{e, e.probe, e.check.Timeout})
 		}
 		wait := time.Hour
 		if m.queue.Len() > 0 {
@@ -226,9 +251,9 @@ func (m *Monitor) Run(ctx context.Context) error {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				r := Run(ctx, e.probe, e.check.Timeout)
+				r := Run(ctx, e.probe, e.timeout)
 				<-slots
-				m.finish(e, r)
+				m.finish(e.entry, r)
 			}()
 		}
 		if len(due) > 0 {
@@ -245,15 +270,22 @@ func (m *Monitor) Run(ctx context.Context) error {
 	}
 }
 
+// job is a due entry with the probe it runs.
+type job struct {
+	*entry
+	probe   Probe
+	timeout time.Duration
+}
+
 // unclaim puts entries taken off the queue but never started back on it,
 // so that a later Run probes them.
-func (m *Monitor) unclaim(es []*entry) {
+func (m *Monitor) unclaim(es []job) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, e := range es {
 		e.running = false
 		if !e.removed {
-			heap.Push(&m.queue, e)
+			heap.Push(&m.queue, e.entry)
 		}
 	}
 }

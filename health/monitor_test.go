@@ -204,8 +204,25 @@ func TestMonitorSetKeepsUnchanged(t *testing.T) {
 		if after.Checks < before.Checks || after.State != Up {
 			t.Errorf("unchanged target lost its status: %+v -> %+v", before, after)
 		}
-		if st, _ := m.Status("b"); st.State != Unknown || st.Checks != 0 {
-			t.Errorf("changed target should start over: %+v", st)
+		// A changed check on the same backend is no news about the
+		// backend: b keeps its state (it would go Unknown everywhere at
+		// once, and its VIP below quorum on every director).
+		if st, _ := m.Status("b"); st.State != Up || st.Checks == 0 {
+			t.Errorf("a target whose check changed lost its status: %+v", st)
+		}
+		// ... and is probed with the new check from then on.
+		m.newProbe = func(configs.Check, Target) (Probe, error) { return &scripted{script: "d"}, nil }
+		b3 := b2
+		b3.Check.Timeout = 100 * time.Millisecond
+		if err := m.Set([]Spec{a, b3, c}); err != nil {
+			t.Fatal(err)
+		}
+		if st, _ := m.Status("b"); st.State != Up {
+			t.Errorf("b lost its state on a timeout change: %+v", st)
+		}
+		time.Sleep(2 * time.Second)
+		if st, _ := m.Status("b"); st.State != Down {
+			t.Errorf("b not probed with its new check (fall 1, probe fails): %+v", st)
 		}
 
 		// A spec that cannot be built changes nothing.
