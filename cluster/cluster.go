@@ -80,16 +80,23 @@ type Cluster struct {
 	log   *slog.Logger
 	queue *memberlist.TransmitLimitedQueue
 
-	mu       sync.Mutex
-	ml       *memberlist.Memberlist
-	local    netip.AddrPort // our gossip address, read once at start
-	aborted  bool
-	keyring  *memberlist.Keyring
-	meta     Meta
-	members  map[string]*Member
-	doc      *Document
-	clock    uint64          // highest version seen (Lamport clock)
-	rejected map[string]bool // version/hash already rejected (log once)
+	mu      sync.Mutex
+	ml      *memberlist.Memberlist
+	local   netip.AddrPort // our gossip address, read once at start
+	aborted bool
+	keyring *memberlist.Keyring
+	meta    Meta
+	members map[string]*Member
+	doc     *Document
+	clock   uint64 // highest version seen (Lamport clock)
+	// rejected are documents already judged bad (logged once, not asked
+	// for again): by version/hash when invalid, with the tag as well when
+	// not authentic (a copy signed with another key may be). Only
+	// verdicts go here, never an I/O failure; a key change empties it.
+	rejected map[string]bool
+	// saveErr is why the current document is not on disk yet (it is
+	// applied all the same; Run retries the save).
+	saveErr error
 
 	changed chan struct{}
 	ready   chan struct{}
@@ -136,12 +143,25 @@ func New(o Options) (*Cluster, error) {
 	}
 	if o.StateDir != "" {
 		d, err := LoadDocument(o.StateDir, o.Keys)
+		if errors.Is(err, ErrUnauthenticated) {
+			// This director wrote it, into a directory only root can
+			// write: a tag that fails means the keys changed while it
+			// was down (a rotation), not a forgery. Refusing to start
+			// would brick every director restarted after a rotation.
+			// Serve it, and sign it with the key in use now.
+			c.log.Warn("the saved cluster config is signed with a key no longer configured (keys rotated while this director was down?): serving it and re-signing it", "err", err)
+			d, err = LoadDocument(o.StateDir, nil, withoutVerify)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("last applied cluster config: %w", err)
 		}
 		if d != nil {
+			if err := c.checkRoomLocked(d); err != nil {
+				return nil, fmt.Errorf("last applied cluster config: %w", err)
+			}
 			c.doc, c.clock = d, d.Version
 			c.log.Info("cluster config loaded from the state dir", "version", d.Version, "hash", d.Short(), "author", d.Author)
+			c.resignLocked()
 		}
 	}
 	return c, nil
@@ -200,6 +220,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 			c.leave(ml)
 			return nil
 		case <-retry.C:
+			c.retrySave()
 			if joined {
 				// Like serf's reconnect: memberlist never calls a dead
 				// member again, so a healed partition would stay split.
@@ -411,6 +432,10 @@ func (c *Cluster) propose(services []configs.Service, check func(cur *Document) 
 			return nil, err
 		}
 	}
+	if c.clock >= MaxVersion {
+		c.mu.Unlock()
+		return nil, fmt.Errorf("the cluster config version is at its ceiling (%d): no newer version can be made", MaxVersion)
+	}
 	var primary []byte
 	if c.keyring != nil {
 		primary = c.keyring.GetPrimaryKey()
@@ -420,10 +445,19 @@ func (c *Cluster) propose(services []configs.Service, check func(cur *Document) 
 		c.mu.Unlock()
 		return nil, err
 	}
-	if err := c.adoptLocked(d); err != nil {
+	if err := c.checkRoomLocked(d); err != nil {
 		c.mu.Unlock()
 		return nil, err
 	}
+	if c.opts.StateDir != "" {
+		// A change made here is saved before anyone sees it, or not
+		// made: the operator is told, and nothing changed.
+		if err := SaveDocument(c.opts.StateDir, d); err != nil {
+			c.mu.Unlock()
+			return nil, err
+		}
+	}
+	c.doc, c.clock, c.saveErr = d, max(c.clock, d.Version), nil
 	c.mu.Unlock()
 	c.log.Info("cluster config changed here", "version", d.Version, "hash", d.Short())
 	c.spread(d)
@@ -431,16 +465,46 @@ func (c *Cluster) propose(services []configs.Service, check func(cur *Document) 
 	return d, nil
 }
 
-// adoptLocked makes d current and saves it.
+// adoptLocked makes d current and saves it. A failed save does not stop
+// the adoption: the document is checked and the cluster's, so this
+// director serves it (a director that cannot write its state dir for a
+// moment must not fall behind the cluster and withdraw); the error is
+// returned, kept in saveErr, and Run retries the save.
 func (c *Cluster) adoptLocked(d *Document) error {
+	c.doc = d
+	c.clock = max(c.clock, d.Version)
+	c.saveErr = nil
 	if c.opts.StateDir != "" {
 		if err := SaveDocument(c.opts.StateDir, d); err != nil {
+			c.saveErr = err
 			return err
 		}
 	}
-	c.doc = d
-	c.clock = max(c.clock, d.Version)
 	return nil
+}
+
+// retrySave saves the current document if its last save failed.
+func (c *Cluster) retrySave() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.saveErr == nil || c.doc == nil {
+		return
+	}
+	if err := SaveDocument(c.opts.StateDir, c.doc); err != nil {
+		c.saveErr = err
+		return
+	}
+	c.saveErr = nil
+	c.log.Info("cluster config saved to the state dir after an earlier failure", "version", c.doc.Version)
+	c.notify() // never blocks
+}
+
+// SaveError is why the applied document is not saved in the state dir
+// (nil when it is). It is retried every second.
+func (c *Cluster) SaveError() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.saveErr
 }
 
 // spread sends d to every other member over TCP (a document may be far
@@ -480,7 +544,8 @@ func (c *Cluster) consider(d *Document, via string) {
 		return
 	}
 	key := fmt.Sprintf("%d/%s", d.Version, d.Hash)
-	if c.rejected[key] {
+	authKey := fmt.Sprintf("%s/%x", key, d.Tag)
+	if c.rejected[key] || c.rejected[authKey] {
 		c.mu.Unlock()
 		return
 	}
@@ -488,23 +553,48 @@ func (c *Cluster) consider(d *Document, via string) {
 	if c.keyring != nil {
 		keys = c.keyring.GetKeys()
 	}
-	err := d.Verify(keys)
-	if err == nil {
-		_, err = d.Decode()
+	if err := d.Verify(keys); err != nil {
+		c.rejected[authKey] = true
+		c.mu.Unlock()
+		c.log.Error("cluster config rejected, not applied", "version", d.Version, "hash", d.Short(), "author", d.Author, "via", via, "err", err)
+		return
 	}
-	if err == nil {
-		err = c.adoptLocked(d)
-	}
-	if err != nil {
+	if err := c.checkDocLocked(d); err != nil {
 		c.rejected[key] = true
 		c.mu.Unlock()
 		c.log.Error("cluster config rejected, not applied", "version", d.Version, "hash", d.Short(), "author", d.Author, "via", via, "err", err)
 		return
 	}
-	c.mu.Unlock()
+	if err := c.adoptLocked(d); err != nil {
+		c.mu.Unlock()
+		c.log.Error("cluster config applied but not saved (retried)", "version", d.Version, "err", err)
+	} else {
+		c.mu.Unlock()
+	}
 	c.log.Info("cluster config received", "version", d.Version, "hash", d.Short(), "author", d.Author, "via", via)
 	c.queueNotice(d)
 	c.notify()
+}
+
+// MaxVersion is the highest version a document may have. A Lamport clock
+// counts one a change; a version near 2^64 can only come from a bug or a
+// forged document, and would leave no room for the next change.
+const MaxVersion = 1 << 62
+
+// checkDocLocked judges a document's content: its version and services.
+func (c *Cluster) checkDocLocked(d *Document) error {
+	if err := c.checkRoomLocked(d); err != nil {
+		return err
+	}
+	_, err := d.Decode()
+	return err
+}
+
+func (c *Cluster) checkRoomLocked(d *Document) error {
+	if d.Version > MaxVersion {
+		return fmt.Errorf("%w: version %d is above the ceiling %d", ErrCorrupt, d.Version, uint64(MaxVersion))
+	}
+	return nil
 }
 
 // SetKeys rotates the gossip keys to keys (the first becomes the one that
@@ -536,7 +626,34 @@ func (c *Cluster) SetKeys(keys [][]byte) error {
 		}
 	}
 	c.opts.Keys = keys
+	// Documents refused for a missing key may pass now.
+	clear(c.rejected)
+	c.resignLocked()
 	return nil
+}
+
+// resignLocked signs the current document with the primary key if its
+// tag is not that key's (same version, content and author: a copy, not a
+// change), and saves it, so that a director that has only the new key
+// after a rotation accepts it, here after a restart and from here when it
+// joins.
+func (c *Cluster) resignLocked() {
+	if c.doc.IsZero() || c.keyring == nil {
+		return
+	}
+	primary := c.keyring.GetPrimaryKey()
+	if c.doc.Verify([][]byte{primary}) == nil {
+		return
+	}
+	d := *c.doc
+	d.Tag = d.mac(primary)
+	c.doc = &d
+	if c.opts.StateDir != "" {
+		if err := SaveDocument(c.opts.StateDir, &d); err != nil {
+			c.saveErr = err
+		}
+	}
+	c.log.Info("cluster config re-signed with the new primary key", "version", d.Version, "hash", d.Short())
 }
 
 func (c *Cluster) numMembers() int {

@@ -71,6 +71,9 @@ type ConfigInfo struct {
 	Services int       `json:"services"`
 	// Error says why the cluster's newest document is not applied here.
 	Error string `json:"error,omitempty"`
+	// SaveError says why the applied document is not saved in the state
+	// dir (retried every second; it is served all the same).
+	SaveError string `json:"save_error,omitempty"`
 }
 
 // VIPView is a VIP and whether this director announces it.
@@ -370,6 +373,9 @@ func (n *Node) configInfo() ConfigInfo {
 	doc, services, docErr := n.appliedDoc, n.services, n.docErr
 	n.mu.Unlock()
 	ci := ConfigInfo{Services: len(services), Error: docErr}
+	if err := n.cl.SaveError(); err != nil {
+		ci.SaveError = err.Error()
+	}
 	if doc != nil {
 		ci.Version, ci.Hash, ci.Author, ci.Time = doc.Version, doc.Hash, doc.Author, doc.Time
 	}

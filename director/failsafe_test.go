@@ -186,3 +186,41 @@ func TestCheckSettingsChangeKeepsVIP(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A cluster document this director cannot apply (here: a check whose CA
+// file is missing on this host) failed the "config" self check, and so
+// withdrew every VIP; on every director at once when the cause is in the
+// document. Now the director keeps serving the document it applied and
+// says why in its status.
+func TestUnappliableDocumentKeepsServingTheLastOne(t *testing.T) {
+	cfg := nodeConfig(t, "d1", twoUDPVIPs, "")
+	rec := &recorder{}
+	d1 := startNodeWith(t, cfg, rec)
+	both := []string{"192.0.2.2/32", "192.0.2.3/32"}
+	waitFor(t, 10*time.Second, "announce", func() error { return expectAnnounced(both...)(d1) })
+	mark := len(rec.sets())
+	doc := d1.n.Cluster().Document()
+	bad := nodeConfig(t, "d1", twoUDPVIPs+`  - name: web
+    vip: 192.0.2.4
+    port: 443
+    backends: [{address: 10.9.9.13}]
+    health: {type: https, ca_cert: /nonexistent/anycastd-test-ca.pem}
+`, "").Services
+	if _, err := d1.n.Apply(doc.Version, doc.Hash, bad); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the refusal reported", func() error {
+		if st := d1.n.StatusView(); st.Config.Error == "" {
+			return fmt.Errorf("no error in status: %+v", st.Config)
+		}
+		return nil
+	})
+	// Self checks run every second: give them two.
+	time.Sleep(2 * time.Second)
+	if err := withdrawnSince(rec, mark, both...); err != nil {
+		t.Fatal(err)
+	}
+	if st := d1.n.StatusView(); !st.Eligible {
+		t.Errorf("not eligible: %s", st.Reason)
+	}
+}

@@ -287,14 +287,15 @@ func (n *Node) statePath(name string) string {
 // Cluster is the node's cluster membership (for the API and tests).
 func (n *Node) Cluster() *cluster.Cluster { return n.cl }
 
-// configCheck is the "config applied" self check.
+// configCheck is the "config applied" self check: the host settings the
+// applied config needs are in place. A cluster document this director
+// cannot apply is not a failure of its own (every director would fail it
+// at once): it keeps serving the document it applied, says why in its
+// status, and withdraws only if the others did apply it (Behind).
 func (n *Node) configCheck(context.Context) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	switch {
-	case n.docErr != "":
-		return errors.New(n.docErr)
-	case n.hostErr != "":
+	if n.hostErr != "" {
 		return errors.New(n.hostErr)
 	}
 	return nil

@@ -1,0 +1,165 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// Case 3 of the fail-safe issue: the README's key rotation (add the new
+// key second, move it first, remove the old one) left every director's
+// saved document signed with the old key: a restart exited with "signed
+// with a key this director does not have", and a new director with only
+// the new key refused the cluster's document and stayed behind forever.
+func TestClusterKeyRotationThenRestartsThenJoin(t *testing.T) {
+	tc := newTestCluster(t)
+	names := []string{"lb1", "lb2", "lb3"}
+	tc.start("lb1", [][]byte{key1}, "")
+	tc.start("lb2", [][]byte{key1}, "", "lb1")
+	tc.start("lb3", [][]byte{key1}, "", "lb1")
+	d, err := tc.nodes["lb1"].c.Propose(services(t, 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	has := func(n *node) error {
+		if got := n.c.Document(); got == nil || got.Version != d.Version || got.Hash != d.Hash {
+			return fmt.Errorf("has %+v, want v%d", got, d.Version)
+		}
+		return nil
+	}
+	eventually(t, 20*time.Second, "document everywhere", func() error {
+		for _, name := range names {
+			if err := has(tc.nodes[name]); err != nil {
+				return fmt.Errorf("%s %w", name, err)
+			}
+		}
+		return nil
+	})
+	// The rotation as README's Production notes give it, each step on
+	// every director (a SIGHUP each) before the next.
+	for _, keys := range [][][]byte{{key1, key2}, {key2, key1}, {key2}} {
+		for _, name := range names {
+			if err := tc.nodes[name].c.SetKeys(keys); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Every director restarts, one by one, with only the new key.
+	for i, name := range names {
+		n := tc.nodes[name]
+		n.stop()
+		seeds := []string{names[(i+1)%len(names)]}
+		r := tc.start(name, [][]byte{key2}, n.dir, seeds...)
+		if err := has(r); err != nil {
+			t.Fatalf("%s after restart: %v", name, err)
+		}
+	}
+	// A new director with only the new key joins and takes the document.
+	n := tc.start("lb4", [][]byte{key2}, "", "lb2")
+	eventually(t, 20*time.Second, "document on the new director", func() error { return has(n) })
+}
+
+// A director restarted with only the new key after the others rotated
+// while it was down: its saved document, signed with the old key, is
+// served (and re-signed), not a reason to refuse to start.
+func TestClusterRestartAfterMissedRotation(t *testing.T) {
+	tc := newTestCluster(t)
+	a := tc.start("lb1", [][]byte{key1}, "")
+	d, err := a.c.Propose(services(t, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.stop()
+	r := tc.start("lb1", [][]byte{key2}, a.dir)
+	got := r.c.Document()
+	if got == nil || got.Hash != d.Hash || got.Verify([][]byte{key2}) != nil {
+		t.Fatalf("restarted with %+v, want v%d signed with the new key", got, d.Version)
+	}
+	if saved, err := LoadDocument(a.dir, [][]byte{key2}); err != nil || saved.Hash != d.Hash {
+		t.Errorf("the re-signed document is not saved: %v", err)
+	}
+}
+
+// Case 4: a save that failed (a full disk, for a moment) cached the
+// document as rejected for good, so the director stayed behind with its
+// VIPs withdrawn after the space was freed. Now it is applied, reported,
+// and saved once it can be; and a document refused for a missing key is
+// accepted once the key is there.
+func TestClusterSaveFailureIsRetriedNotRejected(t *testing.T) {
+	tc := newTestCluster(t)
+	a := tc.start("lb1", [][]byte{key1}, "")
+	b := tc.start("lb2", [][]byte{key1}, "", "lb1")
+	path := filepath.Join(b.dir, docFile)
+	if err := os.Mkdir(path, 0o700); err != nil { // the rename onto it fails
+		t.Fatal(err)
+	}
+	d, err := a.c.Propose(services(t, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "document applied on lb2 though not saved", func() error {
+		if got := b.c.Document(); got == nil || got.Hash != d.Hash {
+			return fmt.Errorf("lb2 has %+v", got)
+		}
+		if b.c.SaveError() == nil {
+			return errors.New("no save error reported")
+		}
+		return nil
+	})
+	os.Remove(path)
+	eventually(t, 10*time.Second, "the save retried", func() error {
+		if err := b.c.SaveError(); err != nil {
+			return err
+		}
+		saved, err := LoadDocument(b.dir, [][]byte{key1})
+		if err != nil || saved == nil || saved.Hash != d.Hash {
+			return fmt.Errorf("saved %+v, %v", saved, err)
+		}
+		return nil
+	})
+}
+
+func TestClusterRejectedForMissingKeyAcceptedOnceKeyIsThere(t *testing.T) {
+	tc := newTestCluster(t)
+	b := tc.start("lb2", [][]byte{key1}, "")
+	d, _ := NewDocument(services(t, 2), 3, "lb9", time.Now(), key2)
+	b.c.consider(d, "test")
+	if got := b.c.Document(); got != nil {
+		t.Fatalf("a document signed with a key lb2 lacks was applied: %+v", got)
+	}
+	if err := b.c.SetKeys([][]byte{key1, key2}); err != nil {
+		t.Fatal(err)
+	}
+	b.c.consider(d, "test")
+	if got := b.c.Document(); got == nil || got.Hash != d.Hash {
+		t.Fatalf("refused after the key was installed: %+v", got)
+	}
+}
+
+// Case 8: a document at version 2^64-1 made the next change overflow to
+// version 0 ("applied: cluster config is now none", exit 0) and froze
+// every later change.
+func TestClusterVersionCeiling(t *testing.T) {
+	tc := newTestCluster(t)
+	b := tc.start("lb2", [][]byte{key1}, "")
+	top, _ := NewDocument(services(t, 1), math.MaxUint64, "lb9", time.Now(), key1)
+	b.c.consider(top, "test")
+	if got := b.c.Document(); got != nil {
+		t.Fatalf("a document at version 2^64-1 was applied: %+v", got)
+	}
+	at, _ := NewDocument(services(t, 1), MaxVersion, "lb9", time.Now(), key1)
+	b.c.consider(at, "test")
+	if got := b.c.Document(); got == nil || got.Version != MaxVersion {
+		t.Fatalf("a document at the ceiling was refused: %+v", got)
+	}
+	if d, err := b.c.Propose(services(t, 2)); err == nil {
+		t.Fatalf("a change above the ceiling was made: v%d", d.Version)
+	}
+	if got := b.c.Document(); got.Version != MaxVersion || got.Hash != at.Hash {
+		t.Errorf("a refused change changed the document: %+v", got)
+	}
+}
