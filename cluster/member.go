@@ -31,6 +31,11 @@ type Meta struct {
 	// PeersUp of Peers routing sessions are established.
 	PeersUp int `json:"pu"`
 	Peers   int `json:"pt"`
+	// MaxActive is this director's configured cluster.max_active and
+	// ActiveSize the active-set size its election uses now (see
+	// director.NextActiveSize); 0 from a build without them.
+	MaxActive  int `json:"ma,omitempty"`
+	ActiveSize int `json:"as,omitempty"`
 	// Mode is the routing mode.
 	Mode    string       `json:"m,omitempty"`
 	Addrs   []netip.Addr `json:"ad,omitempty"`

@@ -62,7 +62,9 @@ type Cluster struct {
 	// Insecure must be true to run without Keys.
 	Insecure bool `mapstructure:"insecure" json:"insecure"`
 	// MaxActive is how many healthy members announce at once: the upstream
-	// switches' ECMP width. The others are warm standbys.
+	// switches' ECMP width. The others are warm standbys. It is one value
+	// for the cluster: the median of the live members' values (see
+	// director.ActiveSize).
 	MaxActive int `mapstructure:"max_active" json:"max_active"`
 	// Priority orders members for the active set: lower is preferred,
 	// ties are broken by name.

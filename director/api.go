@@ -109,8 +109,10 @@ type StatusResponse struct {
 	Peers      []routing.Peer       `json:"peers"`
 	Reconcile  ReconcileInfo        `json:"reconcile"`
 	Members    map[cluster.Role]int `json:"members"`
-	Stopping   bool                 `json:"stopping,omitempty"`
-	Foreign    []string             `json:"foreign_ipvs,omitempty"`
+	// ActiveSize is the cluster's max_active as this director applies it.
+	ActiveSize ActiveSize `json:"active_size"`
+	Stopping   bool       `json:"stopping,omitempty"`
+	Foreign    []string   `json:"foreign_ipvs,omitempty"`
 }
 
 // BackendView is a real server of a service as this director sees it.
@@ -329,8 +331,14 @@ func (n *Node) MembersView() MembersResponse {
 			members[i].Meta.Reason = d.Reason
 		}
 	}
-	roles := cluster.Elect(members, cfg.Cluster.MaxActive)
-	out := MembersResponse{Self: cfg.Node.Name, MaxActive: cfg.Cluster.MaxActive}
+	n.mu.Lock()
+	size := n.activeSize.Size
+	n.mu.Unlock()
+	if size == 0 {
+		size = cfg.Cluster.MaxActive
+	}
+	roles := cluster.Elect(members, size)
+	out := MembersResponse{Self: cfg.Node.Name, MaxActive: size}
 	for _, m := range members {
 		v := MemberView{Name: m.Name, State: string(m.State), Role: string(roles[m.Name]), Healthy: m.Meta.Healthy,
 			Reason: m.Meta.Reason, Drained: m.Meta.Drained, Priority: m.Meta.Priority,
@@ -404,7 +412,7 @@ func (n *Node) StatusView() StatusResponse {
 	st := n.ann.Status()
 	mv := n.MembersView()
 	n.mu.Lock()
-	cfg, snap, selfSt, stopping := n.cfg, n.snap, n.selfSt, n.stopping
+	cfg, snap, selfSt, stopping, size := n.cfg, n.snap, n.selfSt, n.stopping, n.activeSize
 	n.mu.Unlock()
 	counts := map[cluster.Role]int{}
 	for _, m := range mv.Members {
@@ -415,7 +423,7 @@ func (n *Node) StatusView() StatusResponse {
 		Dataplane: cfg.Node.Dataplane, Role: string(snap.Desired.Role), Eligible: snap.Desired.Eligible,
 		Reason: snap.Desired.Reason, Drain: n.drainView(), SelfChecks: nonNil(selfSt.Checks),
 		Config: n.configInfo(), VIPs: n.vipViews(), Peers: nonNil(st.Peers), Reconcile: snap.Reconcile,
-		Members: counts, Stopping: stopping, Foreign: snap.Reconcile.Foreign,
+		Members: counts, ActiveSize: size, Stopping: stopping, Foreign: snap.Reconcile.Foreign,
 	}
 }
 

@@ -50,7 +50,10 @@ type Options struct {
 	Resync time.Duration
 	// BehindGrace: see Input.BehindGrace (default 3s).
 	BehindGrace time.Duration
-	Now         func() time.Time
+	// ActiveStepHold is how long the active set holds each one-director
+	// step when max_active falls (default 5s; see ActiveSize).
+	ActiveStepHold time.Duration
+	Now            func() time.Time
 }
 
 // Node is one director: it owns the control loop that joins config,
@@ -108,6 +111,8 @@ type Node struct {
 	ipvsReadFailing time.Time
 	retryAt         time.Time
 	lastIPVSErr     string
+	// activeSize is the active set's size as last applied.
+	activeSize ActiveSize
 }
 
 type drainState struct {
@@ -153,6 +158,7 @@ func New(o Options) (*Node, error) {
 	o.Coalesce = cmp.Or(o.Coalesce, 20*time.Millisecond)
 	o.Resync = cmp.Or(o.Resync, 5*time.Second)
 	o.BehindGrace = cmp.Or(o.BehindGrace, 3*time.Second)
+	o.ActiveStepHold = cmp.Or(o.ActiveStepHold, 5*time.Second)
 	if o.Timing == (cluster.Timing{}) {
 		o.Timing = cluster.LANTiming
 	}
@@ -681,10 +687,16 @@ func (n *Node) step(ctx context.Context) {
 	}
 	behindAt := n.behindAt
 	failed := n.lastFailed
+	prevSize := n.activeSize
 	n.mu.Unlock()
+	size, sizeWake := NextActiveSize(prevSize, cfg.Node.Name, cfg.Cluster.MaxActive, members, now, n.opts.ActiveStepHold)
+	if size.Size != prevSize.Size || !slices.Equal(size.Disagree, prevSize.Disagree) {
+		n.log.Info("active set size", "size", size.Size, "was", prevSize.Size, "cluster_max_active", size.Target,
+			"configured_here", cfg.Cluster.MaxActive, "members_configured_otherwise", strings.Join(size.Disagree, " "))
+	}
 
 	in := Input{
-		Self: cfg.Node.Name, Services: services, Members: members, MaxActive: cfg.Cluster.MaxActive,
+		Self: cfg.Node.Name, Services: services, Members: members, MaxActive: size.Size,
 		Local: Local{Priority: cfg.Cluster.Priority, Healthy: selfSt.Healthy, Reason: selfSt.Reason(),
 			Drained: drain.Drained, DrainedAt: drain.Since, BehindSince: behindAt,
 			Applied: fmt.Sprintf("v%d/%s", ver, hash), Newest: newest},
@@ -705,6 +717,9 @@ func (n *Node) step(ctx context.Context) {
 	default:
 	}
 	d := Plan(in)
+	if !sizeWake.IsZero() {
+		d.WakeAt = earliest(d.WakeAt, sizeWake)
+	}
 
 	// 1. Withdraw first what is no longer to be announced (before IPVS
 	// entries it needs can go).
@@ -722,6 +737,9 @@ func (n *Node) step(ctx context.Context) {
 	if !maps2Equal(failed, newFailed) {
 		in.Failed = newFailed
 		d = Plan(in)
+		if !sizeWake.IsZero() {
+			d.WakeAt = earliest(d.WakeAt, sizeWake)
+		}
 	}
 	// 3. Announce.
 	if err := n.ann.Set(ctx, d.Announce); err != nil {
@@ -730,6 +748,7 @@ func (n *Node) step(ctx context.Context) {
 	n.mu.Lock()
 	prev := n.snap.Desired
 	n.lastFailed = newFailed
+	n.activeSize = size
 	rinfo.Loops = n.snap.Reconcile.Loops + 1
 	n.metrics.loops.Inc()
 	// The table is the reconciler's now (and the kernel's); keeping a
@@ -981,12 +1000,13 @@ func (n *Node) updateDNS(cfg *configs.Config, d Desired, members []cluster.Membe
 func (n *Node) publish(cfg *configs.Config, d Desired, doc *cluster.Document) {
 	st := n.ann.Status()
 	m := cluster.Meta{
-		Priority: cfg.Cluster.Priority, Healthy: d.Eligible, Reason: d.Reason,
+		Priority: cfg.Cluster.Priority, MaxActive: cfg.Cluster.MaxActive, Healthy: d.Eligible, Reason: d.Reason,
 		AnnouncedCount: len(st.Announced), Mode: cfg.Routing.Mode, Addrs: cfg.Node.Addresses,
 		Started: n.started.Unix(), Build: n.opts.Build,
 	}
 	n.mu.Lock()
 	m.Drained = n.drain.Drained
+	m.ActiveSize = n.activeSize.Size
 	n.mu.Unlock()
 	if doc != nil {
 		m.ConfigVersion, m.ConfigHash = doc.Version, doc.Short()

@@ -125,13 +125,29 @@ func renderStatus(w io.Writer, s director.StatusResponse, now time.Time) {
 	if c.Error != "" {
 		kv("Config error", "%s", c.Error)
 	}
+	if c.SaveError != "" {
+		kv("Config not saved", "%s (retried every second)", c.SaveError)
+	}
 	kv("Members", "%d active, %d standby, %d ineligible", s.Members["active"], s.Members["standby"], s.Members["ineligible"])
+	if as := s.ActiveSize; as.Size != 0 && (as.Size != as.Target || len(as.Disagree) > 0) {
+		line := fmt.Sprintf("%d now, cluster max_active %d", as.Size, as.Target)
+		if as.Size > as.Target {
+			line += ", stepping down one director at a time"
+		}
+		if len(as.Disagree) > 0 {
+			line += "; configured otherwise on " + strings.Join(as.Disagree, " ")
+		}
+		kv("Active set", "%s", line)
+	}
 	r := s.Reconcile
 	line := fmt.Sprintf("%s ago, %d ops in %s, %d draining", age(now, r.At), r.Ops, r.Duration.Round(time.Microsecond), r.Draining)
 	if len(r.Errors) > 0 {
 		line += fmt.Sprintf(", %d ERRORS", len(r.Errors))
 	}
 	kv("IPVS", "%s", line)
+	if r.SaveError != "" {
+		kv("IPVS record not saved", "%s (retried every turn)", r.SaveError)
+	}
 	tw.Flush()
 	for _, e := range r.Errors {
 		fmt.Fprintf(w, "  ipvs error: %s\n", e)
