@@ -547,12 +547,20 @@ func (n *Node) Serve(ctx context.Context) error {
 		go func() { errc <- n.serveMetrics(ctx, api.Metrics.String()) }()
 	}
 	n.log.Info("API listening", "socket", api.Socket, "tcp", api.TCP.Listen)
+	var failed error
 	select {
 	case <-ctx.Done():
 	case err := <-errc:
-		if !errors.Is(err, http.ErrServerClosed) {
-			n.log.Error("API server", "err", err)
+		// A listener that stops while the daemon runs (or the metrics
+		// listener that could not bind) is a failure: the caller exits
+		// non-zero, so that systemd's Restart=on-failure acts.
+		if ctx.Err() != nil {
+			break // stopping anyway
 		}
+		if err == nil || errors.Is(err, http.ErrServerClosed) {
+			err = errors.New("stopped unexpectedly")
+		}
+		failed = fmt.Errorf("API server: %w", err)
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -562,7 +570,7 @@ func (n *Node) Serve(ctx context.Context) error {
 	if api.Socket != "" {
 		_ = os.Remove(api.Socket)
 	}
-	return nil
+	return failed
 }
 
 func tlsListener(c configs.APITCP, h http.Handler) (net.Listener, *http.Server, error) {

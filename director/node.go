@@ -362,16 +362,23 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 	}()
 	clusterCtx, leave := context.WithCancel(context.Background())
-	clusterDone := make(chan error, 1)
-	go func() { clusterDone <- n.cl.Run(clusterCtx) }()
+	clusterDone := make(chan struct{})
+	var clusterErr error
+	go func() {
+		defer close(clusterDone)
+		clusterErr = n.cl.Run(clusterCtx)
+	}()
 	defer func() {
 		leave()
 		<-clusterDone
 	}()
 	select {
 	case <-n.cl.Ready():
-	case err := <-clusterDone:
-		return err
+	case <-clusterDone:
+		// Gossip could not start (its port taken): nothing else runs.
+		return clusterErr
+	case <-ctx.Done():
+		return nil
 	}
 	run("health", n.mon.Run)
 	run("self health", n.self.Run)

@@ -234,6 +234,7 @@ func daemon(cfg *configs.Config, load func() (*configs.Config, error), file stri
 		runErr = err
 	}
 	if runErr != nil {
+		log.Error("stopped on an error", "err", runErr)
 		return runErr
 	}
 	log.Info("stopped; the IPVS table is left in place")
