@@ -47,11 +47,11 @@ func TestDaemonExitsNonZeroWhenAListenerFails(t *testing.T) {
 	}
 	bin := labtest.Binaries(t)
 	cases := []struct {
-		name  string
-		addr  string
-		take  string // address:port held by the test
-		api   string // added to the api section
-		want  string
+		name string
+		addr string
+		take string // address:port held by the test
+		api  string // added to the api section
+		want string
 	}{
 		{"gossip port taken", "127.0.0.61", "127.0.0.61:7946", "", "gossip on 127.0.0.61:7946"},
 		{"metrics port taken", "127.0.0.62", "127.0.0.62:9100", "  metrics: 127.0.0.62:9100\n", "api.metrics"},
