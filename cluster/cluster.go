@@ -97,6 +97,8 @@ type Cluster struct {
 	// saveErr is why the current document is not on disk yet (it is
 	// applied all the same; Run retries the save).
 	saveErr error
+	// leaving are members that said they are leaving, and when.
+	leaving map[string]time.Time
 
 	changed chan struct{}
 	ready   chan struct{}
@@ -108,6 +110,7 @@ const (
 	msgNotice   = 'N' // {version, hash, author}: a newer document exists
 	msgDocument = 'D' // a Document
 	msgWant     = 'W' // {from}: send me your document
+	msgLeaving  = 'L' // {from}: I am leaving (memberlist tells a leave from a failure only in state it does not hand out)
 )
 
 type notice struct {
@@ -131,7 +134,7 @@ func New(o Options) (*Cluster, error) {
 	if o.Timing == (Timing{}) {
 		o.Timing = LANTiming
 	}
-	c := &Cluster{opts: o, log: o.Log, members: map[string]*Member{}, rejected: map[string]bool{},
+	c := &Cluster{opts: o, log: o.Log, members: map[string]*Member{}, rejected: map[string]bool{}, leaving: map[string]time.Time{},
 		changed: make(chan struct{}, 1), ready: make(chan struct{}), joined: make(chan struct{})}
 	c.queue = &memberlist.TransmitLimitedQueue{NumNodes: c.numMembers, RetransmitMult: 4}
 	if len(o.Keys) > 0 {
@@ -221,6 +224,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 			return nil
 		case <-retry.C:
 			c.retrySave()
+			c.prune()
 			if joined {
 				// Like serf's reconnect: memberlist never calls a dead
 				// member again, so a healed partition would stay split.
@@ -295,6 +299,17 @@ func (c *Cluster) leave(ml *memberlist.Memberlist) {
 	if aborted {
 		return
 	}
+	// Say so first, to every member directly: memberlist's NotifyLeave
+	// hands out a node record whose State is not updated (its own
+	// nodeState shadows it), so the others cannot tell this leave from a
+	// crash without it, and would redial this member for a day.
+	msg, _ := json.Marshal(notice{From: c.opts.Name})
+	msg = append([]byte{msgLeaving}, msg...)
+	var wg sync.WaitGroup
+	for _, nc := range c.peers() {
+		wg.Go(func() { _ = ml.SendReliable(&nc, msg) })
+	}
+	waitTimeout(&wg, time.Second)
 	if err := ml.Leave(2 * time.Second); err != nil {
 		c.log.Warn("leave the cluster", "err", err)
 	}
@@ -717,6 +732,24 @@ func (d *delegate) NotifyMsg(b []byte) {
 				break
 			}
 		}
+	case msgLeaving:
+		var n notice
+		if err := json.Unmarshal(b[1:], &n); err != nil || n.From == "" || n.From == c.opts.Name {
+			return
+		}
+		c.mu.Lock()
+		c.leaving[n.From] = c.opts.Now()
+		m := c.members[n.From]
+		changed := m != nil && m.State == StateDead
+		if changed {
+			// The leave overtook this notice.
+			m.State, m.Since = StateLeft, c.opts.Now()
+		}
+		c.mu.Unlock()
+		if changed {
+			c.log.Info("member left", "name", n.From)
+			c.notify()
+		}
 	case msgWant:
 		var n notice
 		if err := json.Unmarshal(b[1:], &n); err != nil {
@@ -793,14 +826,59 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 // node lock held, so the node is copied here.
 type events Cluster
 
-func (e *events) NotifyJoin(n *memberlist.Node)   { (*Cluster)(e).observe(n, StateAlive) }
+func (e *events) NotifyJoin(n *memberlist.Node) {
+	c := (*Cluster)(e)
+	c.mu.Lock()
+	delete(c.leaving, n.Name) // back: a notice from before is spent
+	c.mu.Unlock()
+	c.observe(n, StateAlive)
+}
 func (e *events) NotifyUpdate(n *memberlist.Node) { (*Cluster)(e).observe(n, StateAlive) }
 func (e *events) NotifyLeave(n *memberlist.Node) {
+	c := (*Cluster)(e)
 	st := StateDead
-	if n.State == memberlist.StateLeft {
+	c.mu.Lock()
+	if at, ok := c.leaving[n.Name]; ok && c.opts.Now().Sub(at) < leavingFor {
 		st = StateLeft
 	}
-	(*Cluster)(e).observe(n, st)
+	delete(c.leaving, n.Name)
+	c.mu.Unlock()
+	c.observe(n, st)
+}
+
+// leavingFor is how long a member's notice that it is leaving explains
+// its going; leftFor is how long a member that left stays in the view.
+const (
+	leavingFor = 30 * time.Second
+	leftFor    = 10 * time.Minute
+)
+
+// prune forgets members that left more than leftFor ago, and notices of
+// members that said they were leaving but never went.
+func (c *Cluster) prune() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.opts.Now()
+	for name, m := range c.members {
+		if m.State == StateLeft && now.Sub(m.Since) >= leftFor {
+			delete(c.members, name)
+		}
+	}
+	for name, at := range c.leaving {
+		if now.Sub(at) >= leavingFor {
+			delete(c.leaving, name)
+		}
+	}
+}
+
+// waitTimeout waits for wg, at most d.
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+	}
 }
 
 func (c *Cluster) observe(n *memberlist.Node, st State) {

@@ -163,3 +163,67 @@ func TestClusterVersionCeiling(t *testing.T) {
 		t.Errorf("a refused change changed the document: %+v", got)
 	}
 }
+
+// Case 11: a member that left gracefully showed as dead for good (and was
+// redialled for 24 h), since memberlist's NotifyLeave hands out a record
+// whose State it never updates.
+func TestClusterGracefulLeaveIsLeft(t *testing.T) {
+	tc := newTestCluster(t)
+	a := tc.start("lb1", [][]byte{key1}, "")
+	b := tc.start("lb2", [][]byte{key1}, "", "lb1")
+	eventually(t, 20*time.Second, "two members", func() error {
+		if got := alive(a.c.Members()); len(got) != 2 {
+			return fmt.Errorf("lb1 sees %v", got)
+		}
+		return nil
+	})
+	b.stop()
+	eventually(t, 20*time.Second, "lb2 left", func() error {
+		for _, m := range a.c.Members() {
+			if m.Name == "lb2" && m.State != StateLeft {
+				return fmt.Errorf("lb2 is %s", m.State)
+			}
+		}
+		return nil
+	})
+	if dead := a.c.deadAddrs(); len(dead) != 0 {
+		t.Errorf("a member that left is redialled: %v", dead)
+	}
+	// A crash is still a failure.
+	c := tc.start("lb3", [][]byte{key1}, "", "lb1")
+	eventually(t, 20*time.Second, "lb3 joined", func() error {
+		if got := alive(a.c.Members()); len(got) != 2 {
+			return fmt.Errorf("lb1 sees %v", got)
+		}
+		return nil
+	})
+	c.kill()
+	eventually(t, 20*time.Second, "lb3 dead", func() error {
+		for _, m := range a.c.Members() {
+			if m.Name == "lb3" && m.State != StateDead {
+				return fmt.Errorf("lb3 is %s", m.State)
+			}
+		}
+		return nil
+	})
+}
+
+func TestClusterPrunesLeftMembers(t *testing.T) {
+	now := time.Unix(1000, 0)
+	c, err := New(Options{Name: "lb1", Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.members["lb2"] = &Member{Name: "lb2", State: StateLeft, Since: now}
+	c.members["lb3"] = &Member{Name: "lb3", State: StateDead, Since: now}
+	now = now.Add(leftFor - time.Second)
+	c.prune()
+	if len(c.members) != 2 {
+		t.Fatalf("pruned too early: %v", c.members)
+	}
+	now = now.Add(time.Second)
+	c.prune()
+	if _, ok := c.members["lb2"]; ok || c.members["lb3"] == nil {
+		t.Errorf("after %s: want lb2 (left) pruned, lb3 (dead) kept: %v", leftFor, c.members)
+	}
+}

@@ -73,10 +73,15 @@ role (active: announces; standby: eligible beyond max_active; ineligible:
 unhealthy, drained or gone), health with the reason, drained, applied config
 version, announced VIPs, routing peers up/total and age.
 
-Exit code 1 if a member is unhealthy, runs another config, or is not alive.`,
+Exit code 1 if a member is unhealthy, runs another config, or failed
+(dead); a member that left on purpose (left) is shown for a while and is
+not a failure.`,
 		"/v1/members", renderMembers, func(r director.MembersResponse) error {
 			var bad []string
 			for _, m := range r.Members {
+				if m.State == "left" {
+					continue
+				}
 				if m.State != "alive" || !m.Healthy || m.Bad != "" {
 					bad = append(bad, m.Name)
 				}
