@@ -612,16 +612,31 @@ func (c *Cluster) checkRoomLocked(d *Document) error {
 	return nil
 }
 
-// SetKeys rotates the gossip keys to keys (the first becomes the one that
-// encrypts): keys not yet installed are installed, then the first is put
-// in use, then keys no longer listed are removed. An insecure cluster
-// cannot become encrypted (or the reverse) without a restart.
-func (c *Cluster) SetKeys(keys [][]byte) error {
+// CheckKeys reports whether SetKeys(keys) would succeed, changing nothing.
+func (c *Cluster) CheckKeys(keys [][]byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if (c.keyring == nil) != (len(keys) == 0) {
 		return errors.New("switching gossip encryption on or off needs a restart")
 	}
+	for i, k := range keys {
+		if err := memberlist.ValidateKey(k); err != nil {
+			return fmt.Errorf("key %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// SetKeys rotates the gossip keys to keys (the first becomes the one that
+// encrypts): keys not yet installed are installed, then the first is put
+// in use, then keys no longer listed are removed. An insecure cluster
+// cannot become encrypted (or the reverse) without a restart.
+func (c *Cluster) SetKeys(keys [][]byte) error {
+	if err := c.CheckKeys(keys); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.keyring == nil {
 		return nil
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anycastd/anycastd/configs"
 	"github.com/anycastd/anycastd/ipvs"
 )
 
@@ -223,4 +224,72 @@ func TestUnappliableDocumentKeepsServingTheLastOne(t *testing.T) {
 	if st := d1.n.StatusView(); !st.Eligible {
 		t.Errorf("not eligible: %s", st.Reason)
 	}
+}
+
+// Case 12: a reload whose proposal failed had already changed the local
+// settings (while logging that nothing changed) and stored the file's
+// hash, so the next SIGHUP of the same file did nothing.
+func TestReloadAllOrNothingAndRetried(t *testing.T) {
+	cfg := nodeConfig(t, "d1", twoUDPVIPs, "")
+	d1 := startNode(t, cfg)
+	waitFor(t, 10*time.Second, "announce", func() error { return expectAnnounced("192.0.2.2/32", "192.0.2.3/32")(d1) })
+	v := d1.n.ConfigView().Version
+
+	cfg2 := nodeConfig(t, "d1", twoUDPVIPs+`  - name: syslog
+    vip: 192.0.2.4
+    protocol: udp
+    port: 514
+    health: {type: none}
+    backends: [{address: 10.9.9.12}]
+`, "")
+	cfg2.Node.StateDir = cfg.Node.StateDir
+	cfg2.Cluster.MaxActive = 5
+	cfg2.Health.Self.Checks = []configs.SelfCheck{{Name: "marker", Check: configs.Check{Type: configs.CheckExec,
+		Command: []string{"true"}, Interval: time.Second, Timeout: time.Second, Rise: 1, Fall: 1}}}
+	hasMarker := func() bool {
+		for _, c := range d1.n.StatusView().SelfChecks {
+			if c.Name == "marker" {
+				return true
+			}
+		}
+		return false
+	}
+
+	// The document cannot be saved: the proposal fails, and nothing of
+	// the reload is applied.
+	doc := filepath.Join(cfg.Node.StateDir, "cluster-config.json")
+	os.Rename(doc, doc+".away")
+	if err := os.Mkdir(doc, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := d1.n.Reload(cfg2); err == nil {
+		t.Fatal("a reload whose proposal failed reported success")
+	}
+	d1.n.Wake()
+	time.Sleep(1500 * time.Millisecond) // a self-check round
+	if d1.n.ConfigView().Version != v || hasMarker() {
+		t.Fatalf("a failed reload changed something: version %d (was %d), marker check %v", d1.n.ConfigView().Version, v, hasMarker())
+	}
+	d1.n.mu.Lock()
+	maxActive := d1.n.cfg.Cluster.MaxActive
+	d1.n.mu.Unlock()
+	if maxActive != cfg.Cluster.MaxActive {
+		t.Errorf("a failed reload changed max_active to %d", maxActive)
+	}
+
+	// The same file again, once the state dir is writable: applied.
+	os.Remove(doc)
+	os.Rename(doc+".away", doc)
+	if err := d1.n.Reload(cfg2); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the retried reload applied", func() error {
+		if got := d1.n.ConfigView().Version; got != v+1 {
+			return fmt.Errorf("version %d, want %d", got, v+1)
+		}
+		if !hasMarker() {
+			return fmt.Errorf("no marker self check")
+		}
+		return expectAnnounced("192.0.2.2/32", "192.0.2.3/32", "192.0.2.4/32")(d1)
+	})
 }

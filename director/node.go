@@ -437,25 +437,56 @@ func (n *Node) settleServices() error {
 // Reload takes a new config (already loaded and valid): the services are
 // proposed to the cluster if they differ from what the file held before;
 // the local settings that can change at runtime do; the others are logged
-// as needing a restart.
+// as needing a restart. It applies all of itself or nothing: everything
+// that can fail is checked (keys, self checks) or done (the proposal)
+// before anything local changes, and a reload that failed is tried again
+// by the next one, even of the same file.
 func (n *Node) Reload(cfg *configs.Config) error {
 	n.applyMu.Lock()
 	defer n.applyMu.Unlock()
 	n.mu.Lock()
 	old := n.cfg
+	oldHash, settled := n.fileHash, n.settled
 	n.mu.Unlock()
 	if restart := needsRestart(old, cfg); len(restart) > 0 {
 		n.log.Warn("config changes that take effect only at restart (the running values are kept)", "fields", strings.Join(restart, ", "))
-	}
-	if err := n.self.SetOperatorChecks(cfg.Health.Self.Checks); err != nil {
-		return fmt.Errorf("health.self.checks: %w", err)
 	}
 	keys, err := clusterKeys(cfg.Cluster.Keys)
 	if err != nil {
 		return err
 	}
+	if err := n.cl.CheckKeys(keys); err != nil {
+		return fmt.Errorf("cluster.keys: %w", err)
+	}
+	checks, err := health.PrepareOperatorChecks(cfg.Health.Self.Checks)
+	if err != nil {
+		return fmt.Errorf("health.self.checks: %w", err)
+	}
+	newHash, err := cluster.ServicesHash(cfg.Services)
+	if err != nil {
+		return err
+	}
+	if newHash != oldHash && settled {
+		if doc := n.cl.Document(); doc.IsZero() || doc.Hash != newHash {
+			d, err := n.cl.Propose(cfg.Services)
+			if err != nil {
+				return fmt.Errorf("propose the file's services to the cluster: %w", err)
+			}
+			n.log.Info("config file's services changed: proposed to the cluster", "version", d.Version, "hash", d.Short())
+		}
+		if err := writeFileAtomic(n.statePath("file-services.sha256"), []byte(newHash+"\n")); err != nil {
+			// The proposal is made; this record only tells a restart
+			// whether the file changed while the daemon was down.
+			n.log.Warn("could not record the file's services hash (a restart may propose the file again)", "err", err)
+		}
+	}
+
+	// Nothing below fails on input that passed the checks above.
 	if err := n.cl.SetKeys(keys); err != nil {
 		return fmt.Errorf("cluster.keys: %w", err)
+	}
+	if err := n.self.SetPrepared(checks); err != nil {
+		return fmt.Errorf("health.self.checks: %w", err)
 	}
 	merged := *old
 	merged.Health = cfg.Health
@@ -465,30 +496,12 @@ func (n *Node) Reload(cfg *configs.Config) error {
 	bgpCfg.Communities, bgpCfg.LargeCommunities, bgpCfg.MED = cfg.Routing.BGP.Communities, cfg.Routing.BGP.LargeCommunities, cfg.Routing.BGP.MED
 	bgpCfg.GracefulShutdown = cfg.Routing.BGP.GracefulShutdown
 	merged.Routing.BGP = bgpCfg
-
-	newHash, err := cluster.ServicesHash(cfg.Services)
-	if err != nil {
-		return err
-	}
 	n.mu.Lock()
-	oldHash := n.fileHash
 	n.cfg, n.fileHash = &merged, newHash
 	if !n.settled {
 		n.fileServices = cfg.Services // settleServices has not run yet: these are the file's now
 	}
 	n.mu.Unlock()
-	if newHash != oldHash {
-		if doc := n.cl.Document(); doc.IsZero() || doc.Hash != newHash {
-			d, err := n.cl.Propose(cfg.Services)
-			if err != nil {
-				return err
-			}
-			n.log.Info("config file's services changed: proposed to the cluster", "version", d.Version, "hash", d.Short())
-		}
-		if err := writeFileAtomic(n.statePath("file-services.sha256"), []byte(newHash+"\n")); err != nil {
-			return err
-		}
-	}
 	n.log.Info("config reloaded")
 	n.Wake()
 	return nil

@@ -79,8 +79,25 @@ func (s *Self) AddCheck(name string, fn CheckFunc) {
 // SetOperatorChecks replaces the operator's checks (health.self.checks).
 // A check that cannot be built changes nothing and is returned.
 func (s *Self) SetOperatorChecks(checks []configs.SelfCheck) error {
-	var specs []Spec
-	var ids []string
+	p, err := PrepareOperatorChecks(checks)
+	if err != nil {
+		return err
+	}
+	return s.SetPrepared(p)
+}
+
+// OperatorChecks are operator self checks resolved and known to build
+// (PrepareOperatorChecks), ready for SetPrepared.
+type OperatorChecks struct {
+	specs []Spec
+	ids   []string
+}
+
+// PrepareOperatorChecks resolves the checks' targets and builds their
+// probes once, to report every problem before anything changes: a reload
+// checks everything first and then applies all of itself or nothing.
+func PrepareOperatorChecks(checks []configs.SelfCheck) (OperatorChecks, error) {
+	var p OperatorChecks
 	var errs []error
 	for _, c := range checks {
 		t := Target{}
@@ -92,18 +109,24 @@ func (s *Self) SetOperatorChecks(checks []configs.SelfCheck) error {
 			}
 			t.Addr = ap
 		}
+		if _, err := New(c.Check, t); err != nil {
+			errs = append(errs, fmt.Errorf("self check %s: %w", c.Name, err))
+			continue
+		}
 		id := "self/" + c.Name
-		specs = append(specs, Spec{ID: id, Check: c.Check, Target: t})
-		ids = append(ids, id)
+		p.specs = append(p.specs, Spec{ID: id, Check: c.Check, Target: t})
+		p.ids = append(p.ids, id)
 	}
-	if len(errs) > 0 {
-		return errors.Join(errs...)
-	}
-	if err := s.monitor.Set(specs); err != nil {
+	return p, errors.Join(errs...)
+}
+
+// SetPrepared makes p the operator's checks.
+func (s *Self) SetPrepared(p OperatorChecks) error {
+	if err := s.monitor.Set(p.specs); err != nil {
 		return err
 	}
 	s.mu.Lock()
-	s.operator = ids
+	s.operator = p.ids
 	s.mu.Unlock()
 	return nil
 }
