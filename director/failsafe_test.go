@@ -293,3 +293,22 @@ func TestReloadAllOrNothingAndRetried(t *testing.T) {
 		return expectAnnounced("192.0.2.2/32", "192.0.2.3/32", "192.0.2.4/32")(d1)
 	})
 }
+
+// Case 13: two daemons on one state dir overwrote each other's files.
+func TestStateDirLocked(t *testing.T) {
+	cfg := nodeConfig(t, "d1", twoUDPVIPs, "")
+	d1 := startNode(t, cfg)
+	cfg2 := nodeConfig(t, "d2", twoUDPVIPs, "")
+	cfg2.Node.StateDir = cfg.Node.StateDir
+	if _, err := New(Options{Config: cfg2, Dataplane: ipvs.NewMemory(), Announcer: &recorder{}}); err == nil ||
+		!strings.Contains(err.Error(), "in use by another anycastd (pid ") {
+		t.Fatalf("a second director on the same state dir: %v", err)
+	}
+	// Released when the first stops.
+	d1.stop()
+	n, err := New(Options{Config: cfg2, Dataplane: ipvs.NewMemory(), Announcer: &recorder{}})
+	if err != nil {
+		t.Fatalf("after the first stopped: %v", err)
+	}
+	n.lock.Close()
+}

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/anycastd/anycastd/cluster"
@@ -71,6 +72,8 @@ type Node struct {
 	dns     *dns.Server
 	metrics *metrics
 	started time.Time
+	// lock is the state dir's lock, held until Run returns.
+	lock *os.File
 
 	wake  chan struct{}
 	abort chan struct{}
@@ -165,6 +168,16 @@ func New(o Options) (*Node, error) {
 	if err := os.MkdirAll(cfg.Node.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
+	lock, err := lockStateDir(cfg.Node.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	built := false
+	defer func() {
+		if !built {
+			lock.Close()
+		}
+	}()
 	hash, err := cluster.ServicesHash(cfg.Services)
 	if err != nil {
 		return nil, err
@@ -172,7 +185,7 @@ func New(o Options) (*Node, error) {
 	local := *cfg
 	local.Services = nil
 	o.Config = nil // held once, as n.cfg
-	n := &Node{opts: o, log: o.Log, cfg: &local, fileServices: cfg.Services, fileHash: hash,
+	n := &Node{opts: o, log: o.Log, cfg: &local, fileServices: cfg.Services, fileHash: hash, lock: lock,
 		wake: make(chan struct{}, 1), abort: make(chan struct{}), ready: make(chan struct{}),
 		started: o.Now(), lastFailed: map[ipvs.ServiceKey]string{}}
 
@@ -269,7 +282,30 @@ func New(o Options) (*Node, error) {
 			n.log.Warn("starting drained, as the operator left it", "reason", d.Reason, "since", d.Since)
 		}
 	}
+	built = true
 	return n, nil
+}
+
+// lockStateDir takes the state dir's lock: two daemons on one state dir
+// overwrite each other's files (one reverted a cluster-wide apply on its
+// next start). The lock is the kernel's (flock), so it goes with the
+// process however it ends.
+func lockStateDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("state dir lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		holder, _ := os.ReadFile(f.Name())
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("state dir %s is in use by another anycastd (%s): one state dir per daemon", dir, cmp.Or(strings.TrimSpace(string(holder)), "pid unknown"))
+		}
+		return nil, fmt.Errorf("state dir lock: %w", err)
+	}
+	_ = f.Truncate(0)
+	_, _ = f.WriteAt([]byte(fmt.Sprintf("pid %d\n", os.Getpid())), 0)
+	return f, nil
 }
 
 func clusterKeys(b64 []string) ([][]byte, error) {
@@ -339,6 +375,7 @@ func (n *Node) Abort() { n.once.Do(func() { close(n.abort) }) }
 // returns. The IPVS table is left in place so that a restart drops no
 // connection.
 func (n *Node) Run(ctx context.Context) error {
+	defer n.lock.Close() // last: after everything that writes the state dir
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	bg, stopBG := context.WithCancel(context.Background())
