@@ -90,6 +90,9 @@ type DrainView struct {
 	Drained bool      `json:"drained"`
 	Reason  string    `json:"reason,omitempty"`
 	Since   time.Time `json:"since,omitzero"`
+	// SaveError says why the flag is not saved for the next start (it is
+	// in effect, and saved again on every turn).
+	SaveError string `json:"save_error,omitempty"`
 }
 
 // StatusResponse is GET /v1/status: this director.
@@ -241,14 +244,15 @@ func (n *Node) Handler() http.Handler {
 			fail(w, http.StatusBadRequest, err)
 			return
 		}
-		if err := n.Drain(true, strings.TrimSpace(req.Reason)); err != nil {
+		// Not saved is still done: the view says so (save_error).
+		if err := n.Drain(true, strings.TrimSpace(req.Reason)); err != nil && !errors.Is(err, ErrDrainNotSaved) {
 			fail(w, http.StatusInternalServerError, err)
 			return
 		}
 		reply(w, http.StatusOK, n.drainView())
 	})
 	mux.HandleFunc("POST /v1/undrain", func(w http.ResponseWriter, r *http.Request) {
-		if err := n.Drain(false, ""); err != nil {
+		if err := n.Drain(false, ""); err != nil && !errors.Is(err, ErrDrainNotSaved) {
 			fail(w, http.StatusInternalServerError, err)
 			return
 		}
@@ -362,7 +366,7 @@ func (n *Node) MembersView() MembersResponse {
 func (n *Node) drainView() DrainView {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return DrainView{Drained: n.drain.Drained, Reason: n.drain.Reason, Since: n.drain.Since}
+	return DrainView{Drained: n.drain.Drained, Reason: n.drain.Reason, Since: n.drain.Since, SaveError: n.drainSaveErr}
 }
 
 func (n *Node) vipViews() []VIPView {

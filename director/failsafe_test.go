@@ -2,6 +2,7 @@ package director
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -311,4 +312,35 @@ func TestStateDirLocked(t *testing.T) {
 		t.Fatalf("after the first stopped: %v", err)
 	}
 	n.lock.Close()
+}
+
+// Case 14: a drain whose file could not be written failed and left the
+// director undrained. The operator's intent takes effect at once; the
+// save is reported and retried.
+func TestDrainTakesEffectWhenItCannotBeSaved(t *testing.T) {
+	cfg := nodeConfig(t, "d1", twoUDPVIPs, "")
+	d1 := startNode(t, cfg)
+	waitFor(t, 10*time.Second, "announce", func() error { return expectAnnounced("192.0.2.2/32", "192.0.2.3/32")(d1) })
+	path := filepath.Join(cfg.Node.StateDir, "drain.json")
+	if err := os.Mkdir(path, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := d1.n.Drain(true, "maintenance"); !errors.Is(err, ErrDrainNotSaved) {
+		t.Fatalf("want ErrDrainNotSaved, got %v", err)
+	}
+	if v := d1.n.drainView(); !v.Drained || v.SaveError == "" {
+		t.Errorf("drain view %+v: want drained, with the save error", v)
+	}
+	waitFor(t, 5*time.Second, "withdrawn after the GSHUT hold", func() error { return expectAnnounced()(d1) })
+	os.Remove(path)
+	waitFor(t, 10*time.Second, "the drain saved once it can be", func() error {
+		b, err := os.ReadFile(path)
+		if err != nil || !strings.Contains(string(b), `"drained":true`) {
+			return fmt.Errorf("drain.json %q, %v", b, err)
+		}
+		if v := d1.n.drainView(); v.SaveError != "" {
+			return fmt.Errorf("still reports %s", v.SaveError)
+		}
+		return nil
+	})
 }

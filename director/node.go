@@ -98,6 +98,11 @@ type Node struct {
 	fileHash     string
 	settled      bool
 	drain        drainState
+	// drainUnsaved is the operator's drain change still to be saved, and
+	// drainSaveErr why the last save failed; drainSaveMu orders saves.
+	drainUnsaved *drainState
+	drainSaveErr string
+	drainSaveMu  sync.Mutex
 	stopping     bool
 	snap         Snapshot
 	selfSt       health.SelfStatus
@@ -568,22 +573,22 @@ func needsRestart(a, b *configs.Config) []string {
 	return out
 }
 
+// ErrDrainNotSaved is Drain's error when the drain took effect but could
+// not be saved for the next start (it is saved again on every turn).
+var ErrDrainNotSaved = errors.New("in effect, but not saved")
+
 // Drain sets or clears the operator's drain flag (kept across restarts).
+// The flag takes effect at once, whatever the disk says: when it cannot be
+// saved, Drain returns ErrDrainNotSaved (wrapped) and the loop saves it
+// again on every turn until it can.
 func (n *Node) Drain(drained bool, reason string) error {
 	n.mu.Lock()
 	if n.drain.Drained == drained {
 		n.mu.Unlock()
-		return nil
+		return n.saveDrain()
 	}
 	d := drainState{Drained: drained, Reason: reason, Since: n.opts.Now()}
-	path := filepath.Join(n.cfg.Node.StateDir, "drain.json")
-	n.mu.Unlock()
-	b, _ := json.Marshal(d)
-	if err := writeFileAtomic(path, b); err != nil {
-		return err
-	}
-	n.mu.Lock()
-	n.drain = d
+	n.drain, n.drainUnsaved = d, &d
 	n.mu.Unlock()
 	if drained {
 		n.log.Warn("drained by the operator", "reason", reason)
@@ -591,6 +596,38 @@ func (n *Node) Drain(drained bool, reason string) error {
 		n.log.Info("undrained by the operator")
 	}
 	n.Wake()
+	return n.saveDrain()
+}
+
+// saveDrain writes the operator's last drain change if it is not saved
+// yet. The drain of a stopping daemon is not the operator's and is never
+// saved.
+func (n *Node) saveDrain() error {
+	n.drainSaveMu.Lock()
+	defer n.drainSaveMu.Unlock()
+	n.mu.Lock()
+	d := n.drainUnsaved
+	path := filepath.Join(n.cfg.Node.StateDir, "drain.json")
+	n.mu.Unlock()
+	if d == nil {
+		return nil
+	}
+	b, _ := json.Marshal(d)
+	err := writeFileAtomic(path, b)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.drainUnsaved != d {
+		return nil // a newer change is on its way
+	}
+	if err != nil {
+		msg := fmt.Sprintf("%v: %v", ErrDrainNotSaved, err)
+		if n.drainSaveErr != msg {
+			n.log.Error("the drain flag could not be saved; it is in effect and saved again on every turn", "err", err)
+		}
+		n.drainSaveErr = msg
+		return fmt.Errorf("%w: %v", ErrDrainNotSaved, err)
+	}
+	n.drainUnsaved, n.drainSaveErr = nil, ""
 	return nil
 }
 
@@ -723,6 +760,7 @@ func (n *Node) evaluateSelf(ctx context.Context) bool {
 func (n *Node) step(ctx context.Context) {
 	now := n.opts.Now()
 	n.adoptDocument()
+	_ = n.saveDrain() // a drain the disk refused earlier (reported in status)
 
 	n.mu.Lock()
 	cfg, services, doc := n.cfg, n.services, n.appliedDoc

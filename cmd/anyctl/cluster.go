@@ -134,6 +134,7 @@ connections continue. The flag survives a restart; undrain clears it.`,
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "drained (%s); watch `anyctl status` until the VIPs are withdrawn\n", orDash(d.Reason))
+			warnNotSaved(cmd, d)
 			return nil
 		},
 	}
@@ -143,10 +144,12 @@ connections continue. The flag survives a restart; undrain clears it.`,
 		Short: "Put this director back in service",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := c.call(cmd.Context(), http.MethodPost, "/v1/undrain", nil, nil); err != nil {
+			var d director.DrainView
+			if err := c.call(cmd.Context(), http.MethodPost, "/v1/undrain", nil, &d); err != nil {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), "undrained; it announces again once healthy and in the active set")
+			warnNotSaved(cmd, d)
 			return nil
 		},
 	}
@@ -280,4 +283,12 @@ func writeServicesDiff(w io.Writer, cur director.ConfigResponse, next []configs.
 		}
 	}
 	return changed
+}
+
+// warnNotSaved tells the operator that a drain change is in effect but
+// would not survive a restart yet.
+func warnNotSaved(cmd *cobra.Command, d director.DrainView) {
+	if d.SaveError != "" {
+		fmt.Fprintf(cmd.ErrOrStderr(), "WARNING: %s; a restart before it is saved would forget it (the director retries the save)\n", d.SaveError)
+	}
 }
