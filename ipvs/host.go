@@ -76,9 +76,17 @@ func OpenHost(statePath string) (*Host, error) {
 // Changes returns what the journal holds, oldest first.
 func (h *Host) Changes() []HostChange { return slices.Clone(h.changes) }
 
+// record journals c; the change may be made only if it returns nil. A
+// change whose record could not be saved is not kept in memory either:
+// the next attempt records it again instead of making the change with
+// nothing on disk to undo it by.
 func (h *Host) record(c HostChange) error {
 	h.changes = append(h.changes, c)
-	return h.save()
+	if err := h.save(); err != nil {
+		h.changes = h.changes[:len(h.changes)-1]
+		return err
+	}
+	return nil
 }
 
 func (h *Host) save() error {
