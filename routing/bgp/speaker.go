@@ -60,11 +60,17 @@ func (s *Speaker) Run(ctx context.Context) error {
 	lvl.Set(slog.LevelWarn) // GoBGP logs every FSM step at Info
 	srv := server.NewBgpServer(server.LoggerOption(s.log.With("component", "gobgp"), lvl))
 	go srv.Serve()
+	// Stop stops the BGP part (StopBgp), BFD and the API server; calling
+	// StopBgp before it made it log "BGP server is not running" at Error
+	// on every stop.
 	stop := func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.StopBgp(sctx, &api.StopBgpRequest{})
-		srv.Stop()
+		done := make(chan struct{})
+		go func() { srv.Stop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			s.log.Warn("the BGP server did not stop within 5s; leaving it")
+		}
 	}
 
 	// GoBGP v4.8.0's StartBgp writes package-level route selection
@@ -85,6 +91,9 @@ func (s *Speaker) Run(ctx context.Context) error {
 	}})
 	startMu.Unlock()
 	if err != nil {
+		// Nothing started to stop: Stop's own StopBgp would log that
+		// at Error, under the real error returned here.
+		lvl.Set(slog.LevelError + 1)
 		srv.Stop()
 		return fmt.Errorf("start BGP (AS %d, router id %s, port %d): %w", s.cfg.ASN, s.cfg.RouterID, s.cfg.ListenPort, err)
 	}

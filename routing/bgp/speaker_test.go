@@ -1,11 +1,13 @@
 package bgp
 
 import (
+	"bytes"
 	"context"
-	"io"
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -149,7 +151,8 @@ func TestPeerConfig(t *testing.T) {
 // nothing.
 func TestSpeakerLocalRIB(t *testing.T) {
 	cfg := configs.BGP{ASN: 65001, RouterID: netip.MustParseAddr("192.0.2.1"), ListenPort: -1}
-	s := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	var logs syncBuffer
+	s := New(cfg, slog.New(slog.NewTextHandler(&logs, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	// Set before Run is kept and announced once the server is up.
@@ -212,4 +215,27 @@ func TestSpeakerLocalRIB(t *testing.T) {
 	if st := s.Status(); len(st.Announced) != 0 {
 		t.Errorf("after shutdown still announced: %v", st.Announced)
 	}
+	// Case 16 of the fail-safe issue: every stop logged
+	// "ERROR failed to stop BGP server: BGP server is not running".
+	if strings.Contains(logs.String(), "level=ERROR") {
+		t.Errorf("a clean stop logged an error:\n%s", logs.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the speaker's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
