@@ -220,6 +220,7 @@ func (n *Node) Handler() http.Handler {
 			fail(w, http.StatusBadRequest, err)
 			return
 		}
+		configs.CanonicalizeServices(req.Services)
 		if err := configs.ValidateServices(req.Services); err != nil {
 			fail(w, http.StatusUnprocessableEntity, err)
 			return
@@ -312,6 +313,13 @@ func reply(w http.ResponseWriter, code int, v any) {
 
 func fail(w http.ResponseWriter, code int, err error) {
 	resp := ErrorResponse{Error: err.Error()}
+	// Only a config's field errors are "an invalid config"; FieldErrors
+	// would dress up any error as one (a 401, a 404, a bad drain body).
+	var fe *configs.FieldError
+	if !errors.As(err, &fe) {
+		reply(w, code, resp)
+		return
+	}
 	if fes := configs.FieldErrors(err); len(fes) > 0 {
 		resp.Error = fmt.Sprintf("invalid services config (%d problems)", len(fes))
 		for _, fe := range fes {

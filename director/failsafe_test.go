@@ -2,8 +2,10 @@ package director
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -343,4 +345,34 @@ func TestDrainTakesEffectWhenItCannotBeSaved(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Case 22: every API error came back as "invalid services config (1
+// problems)".
+func TestAPIErrorsSayWhatTheyAre(t *testing.T) {
+	cfg := nodeConfig(t, "d1", twoUDPVIPs, "")
+	d1 := startNode(t, cfg)
+	h := d1.n.Handler()
+	cases := []struct {
+		method, path, body string
+		code               int
+		want               string
+	}{
+		{"POST", "/v1/drain", `{"reason": 5}`, 400, "request body: json: cannot unmarshal number"},
+		{"POST", "/v1/drain", `{"why": "x"}`, 400, `request body: json: unknown field "why"`},
+		{"GET", "/v1/nope", "", 404, "no such API call: GET /v1/nope"},
+		{"POST", "/v1/config", `{"services": [{"name": "a"}]}`, 422, "invalid services config"},
+	}
+	for _, tc := range cases {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(tc.method, tc.path, strings.NewReader(tc.body)))
+		var resp ErrorResponse
+		json.Unmarshal(rec.Body.Bytes(), &resp)
+		if rec.Code != tc.code || !strings.HasPrefix(resp.Error, tc.want) {
+			t.Errorf("%s %s %s: %d %q, want %d %q", tc.method, tc.path, tc.body, rec.Code, resp.Error, tc.code, tc.want)
+		}
+		if !strings.HasPrefix(tc.want, "invalid services config") && len(resp.Problems) > 0 {
+			t.Errorf("%s %s: not a config error, but problems %v", tc.method, tc.path, resp.Problems)
+		}
+	}
 }
