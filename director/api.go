@@ -25,6 +25,7 @@ import (
 	"github.com/anycastd/anycastd/health"
 	"github.com/anycastd/anycastd/ipvs"
 	"github.com/anycastd/anycastd/routing"
+	"golang.org/x/net/netutil"
 )
 
 // The local API: JSON over HTTP on a unix socket (and, if configured, TCP
@@ -538,7 +539,7 @@ func (n *Node) Serve(ctx context.Context) error {
 			return fmt.Errorf("api.socket: %w", err)
 		}
 		listeners = append(listeners, l)
-		servers = append(servers, &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second})
+		servers = append(servers, &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute})
 	}
 	if api.TCP.Listen.IsValid() {
 		tl, srv, err := tlsListener(api.TCP, h)
@@ -621,6 +622,8 @@ func tlsListener(c configs.APITCP, h http.Handler) (net.Listener, *http.Server, 
 			ok = found && subtle.ConstantTimeCompare([]byte(got), token) == 1
 		}
 		if !ok {
+			// No keep-alive for a client that is not one of ours.
+			w.Header().Set("Connection", "close")
 			fail(w, http.StatusUnauthorized, errors.New("a client certificate or a bearer token is required"))
 			return
 		}
@@ -634,5 +637,19 @@ func tlsListener(c configs.APITCP, h http.Handler) (net.Listener, *http.Server, 
 	if err != nil {
 		return nil, nil, fmt.Errorf("api.tcp.listen: %w", err)
 	}
-	return tls.NewListener(l, tc), &http.Server{Handler: authed, ReadHeaderTimeout: 10 * time.Second, TLSConfig: tc}, nil
+	// Whoever reaches the port can open connections before anyone knows
+	// who they are: bound how many, and how long each may idle.
+	l = netutil.LimitListener(l, apiTCPMaxConns)
+	srv := &http.Server{Handler: authed, TLSConfig: tc,
+		ReadHeaderTimeout: 5 * time.Second,  // also bounds the TLS handshake
+		ReadTimeout:       30 * time.Second, // a body of up to 16 MiB
+		WriteTimeout:      2 * time.Minute,  // a large services answer
+		IdleTimeout:       30 * time.Second, // between keep-alive requests
+		MaxHeaderBytes:    64 << 10,
+	}
+	return tls.NewListener(l, tc), srv, nil
 }
+
+// apiTCPMaxConns bounds the remote API's open connections (anyctl opens
+// one per command).
+const apiTCPMaxConns = 64

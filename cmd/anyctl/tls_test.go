@@ -1,7 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net/http"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -116,5 +121,37 @@ services: []
 	os.WriteFile(filepath.Join(p.dir, "wrong"), []byte("not-the-token-0123456789"), 0o600)
 	if out, code := call("--token-file", filepath.Join(p.dir, "wrong")); code != exitFailed {
 		t.Errorf("wrong token: %d %s", code, out)
+	}
+
+	// Case 20 of the fail-safe issue: unauthenticated clients held
+	// keep-alive connections forever (400 for 40 s, +400 fds). After a
+	// 401 the server closes; a connection that never sends a request is
+	// closed after the header timeout.
+	pool := x509.NewCertPool()
+	caPEM, _ := os.ReadFile(caCrt)
+	pool.AppendCertsFromPEM(caPEM)
+	dial := func() *tls.Conn {
+		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	c := dial()
+	fmt.Fprintf(c, "GET /v1/members HTTP/1.1\r\nHost: x\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != http.StatusUnauthorized || !resp.Close {
+		t.Fatalf("unauthenticated request: %v %+v; want 401 and Connection: close", err, resp)
+	}
+	io.Copy(io.Discard, resp.Body)
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Errorf("connection kept open after a 401: %v", err)
+	}
+	idle := dial()
+	idle.SetReadDeadline(time.Now().Add(15 * time.Second))
+	if _, err := idle.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Errorf("an idle unauthenticated connection was not closed by the server: %v", err)
 	}
 }
