@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/anycastd/anycastd/cluster"
@@ -521,6 +522,9 @@ func (n *Node) Serve(ctx context.Context) error {
 		if err := os.MkdirAll(filepath.Dir(api.Socket), 0o755); err != nil {
 			return fmt.Errorf("api.socket: %w", err)
 		}
+		if err := checkSocketDir(filepath.Dir(api.Socket)); err != nil {
+			return fmt.Errorf("api.socket %s: %w", api.Socket, err)
+		}
 		// A socket left by a crashed daemon is in the way; one that
 		// answers belongs to a running daemon.
 		if c, err := net.DialTimeout("unix", api.Socket, time.Second); err == nil {
@@ -653,3 +657,43 @@ func tlsListener(c configs.APITCP, h http.Handler) (net.Listener, *http.Server, 
 // apiTCPMaxConns bounds the remote API's open connections (anyctl opens
 // one per command).
 const apiTCPMaxConns = 64
+
+// checkSocketDir refuses a socket directory that another user could
+// replace the socket in (and so capture `anyctl drain` and apply): the
+// directory and every one above it must belong to root or to this
+// process's user, and must not be writable by others, unless sticky (as
+// /tmp is: then others cannot rename or remove what is not theirs).
+func checkSocketDir(dir string) error {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	euid := uint32(os.Geteuid())
+	for d, first := dir, true; ; d, first = filepath.Dir(d), false {
+		fi, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			return nil // not a Unix file system: nothing to check
+		}
+		mode := fi.Mode()
+		switch {
+		case st.Uid != 0 && st.Uid != euid:
+			return fmt.Errorf("directory %s belongs to uid %d, not root: its owner could replace the socket; use a directory only root can write (e.g. /run/anycastd)", d, st.Uid)
+		case mode.Perm()&0o022 != 0 && (first || mode&os.ModeSticky == 0):
+			return fmt.Errorf("directory %s is writable by others (mode %04o): another user could replace the socket; use a directory only root can write (e.g. /run/anycastd)", d, mode.Perm()|stickyBits(mode))
+		}
+		if d == filepath.Dir(d) {
+			return nil
+		}
+	}
+}
+
+func stickyBits(m os.FileMode) os.FileMode {
+	if m&os.ModeSticky != 0 {
+		return 0o1000
+	}
+	return 0
+}

@@ -376,3 +376,34 @@ func TestAPIErrorsSayWhatTheyAre(t *testing.T) {
 		}
 	}
 }
+
+// Case 21: a directory above the API socket that others can write let
+// another user replace the socket and capture `anyctl drain`.
+func TestSocketDirMustBeRootOnly(t *testing.T) {
+	base := t.TempDir()
+	open := filepath.Join(base, "open")
+	os.Mkdir(open, 0o755)
+	os.Chmod(open, 0o777)
+	under := filepath.Join(open, "run")
+	os.Mkdir(under, 0o755)
+	sticky := filepath.Join(base, "sticky")
+	os.Mkdir(sticky, 0o755)
+	os.Chmod(sticky, 0o1777|os.ModeSticky)
+	safeUnderSticky := filepath.Join(sticky, "run")
+	os.Mkdir(safeUnderSticky, 0o700)
+	for _, tc := range []struct {
+		dir  string
+		want string
+	}{
+		{open, "is writable by others (mode 0777)"},
+		{under, "directory " + open + " is writable by others"},
+		{sticky, "is writable by others (mode 1777)"}, // the socket's own directory: sticky is not enough
+		{safeUnderSticky, ""},
+		{base, ""},
+	} {
+		err := checkSocketDir(tc.dir)
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%s: %v, want %q", tc.dir, err, tc.want)
+		}
+	}
+}
