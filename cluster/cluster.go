@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -99,6 +101,8 @@ type Cluster struct {
 	saveErr error
 	// leaving are members that said they are leaving, and when.
 	leaving map[string]time.Time
+	// peersMu orders saves of the known members.
+	peersMu sync.Mutex
 
 	changed chan struct{}
 	ready   chan struct{}
@@ -209,7 +213,17 @@ func (c *Cluster) Run(ctx context.Context) error {
 		c.log.Warn("cluster gossip is NOT encrypted or authenticated (cluster.insecure: true): anyone who reaches the gossip port can join and change the config")
 	}
 
-	joined := len(c.opts.Seeds) == 0
+	// The seeds, and the members this director knew when it last ran
+	// (serf's snapshot): a member that left is never called again by the
+	// others, so after a restart it must find them itself, even when its
+	// seeds are down or are only itself.
+	seeds := slices.Clone(c.opts.Seeds)
+	for _, a := range c.knownPeers() {
+		if a != c.local.String() && !slices.Contains(seeds, a) {
+			seeds = append(seeds, a)
+		}
+	}
+	joined := len(seeds) == 0
 	if joined {
 		close(c.joined)
 	}
@@ -250,7 +264,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 				}
 				continue
 			}
-			n, err := ml.Join(c.opts.Seeds)
+			n, err := ml.Join(seeds)
 			if err == nil || n > 0 {
 				joined = true
 				close(c.joined)
@@ -262,7 +276,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 			// Alone is a valid state (the first director, or all seeds
 			// down): keep serving and keep trying, quietly after a while.
 			if failures == 1 || failures%30 == 0 {
-				c.log.Warn("no seed answers; running alone until one does", "seeds", c.opts.Seeds, "err", err)
+				c.log.Warn("no seed answers; running alone until one does", "seeds", seeds, "err", err)
 			}
 			retry.Reset(2 * time.Second)
 		}
@@ -905,11 +919,18 @@ func (c *Cluster) observe(n *memberlist.Node, st State) {
 	}
 	m.Meta = meta
 	c.mu.Lock()
-	if old, ok := c.members[n.Name]; ok && old.State == st {
+	old, ok := c.members[n.Name]
+	if ok && old.State == st {
 		m.Since = old.Since
 	}
 	c.members[n.Name] = &m
+	// The known members are saved when one comes, goes or moves (not on
+	// every metadata update).
+	save := !ok || old.State != st || old.Addr != m.Addr
 	c.mu.Unlock()
+	if save {
+		c.saveKnownPeers()
+	}
 	if st != StateAlive {
 		c.log.Info("member "+string(st), "name", n.Name, "addr", m.Addr)
 	} else if _, err := json.Marshal(meta); err == nil {
@@ -970,4 +991,54 @@ func SeedAddrs(seeds []string, port int) []string {
 		out = append(out, net.JoinHostPort(s, strconv.Itoa(port)))
 	}
 	return out
+}
+
+// peersFile keeps the addresses of the live members, for the next start.
+const peersFile = "members.json"
+
+// knownPeers are the member addresses saved by the last run (none if the
+// file is missing or unreadable: they are only a hint).
+func (c *Cluster) knownPeers() []string {
+	if c.opts.StateDir == "" {
+		return nil
+	}
+	b, err := os.ReadFile(filepath.Join(c.opts.StateDir, peersFile))
+	if err != nil {
+		return nil
+	}
+	var addrs []string
+	if err := json.Unmarshal(b, &addrs); err != nil {
+		c.log.Warn("saved member list unreadable; joining by the seeds only", "err", err)
+		return nil
+	}
+	return addrs
+}
+
+// maxKnownPeers bounds the saved list: a few live members are enough to
+// find the cluster again.
+const maxKnownPeers = 32
+
+func (c *Cluster) saveKnownPeers() {
+	if c.opts.StateDir == "" {
+		return
+	}
+	c.peersMu.Lock()
+	defer c.peersMu.Unlock()
+	c.mu.Lock()
+	var addrs []string
+	for _, m := range c.members {
+		if m.Name != c.opts.Name && (m.State == StateAlive || m.State == StateSuspect) && m.Addr.IsValid() {
+			addrs = append(addrs, m.Addr.String())
+		}
+	}
+	c.mu.Unlock()
+	if len(addrs) == 0 {
+		return // alone: keep what the file says, for the next start
+	}
+	slices.Sort(addrs)
+	addrs = addrs[:min(len(addrs), maxKnownPeers)]
+	b, _ := json.Marshal(addrs)
+	if err := writeFileAtomic(filepath.Join(c.opts.StateDir, peersFile), b); err != nil {
+		c.log.Debug("save the member list", "err", err)
+	}
 }

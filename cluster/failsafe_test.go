@@ -227,3 +227,34 @@ func TestClusterPrunesLeftMembers(t *testing.T) {
 		t.Errorf("after %s: want lb2 (left) pruned, lb3 (dead) kept: %v", leftFor, c.members)
 	}
 }
+
+// A member that left is never called again (case 11), so a director that
+// restarts (SIGTERM, start) must find the cluster itself, even when its
+// seeds are only itself: it joins the members it knew when it stopped.
+func TestClusterRestartedSeedRejoins(t *testing.T) {
+	tc := newTestCluster(t)
+	a := tc.start("lb1", [][]byte{key1}, "")
+	tc.start("lb2", [][]byte{key1}, "", "lb1")
+	tc.start("lb3", [][]byte{key1}, "", "lb1")
+	all3 := func(n *node) func() error {
+		return func() error {
+			if got := alive(n.c.Members()); len(got) != 3 {
+				return fmt.Errorf("sees %v", got)
+			}
+			return nil
+		}
+	}
+	eventually(t, 20*time.Second, "three members", all3(a))
+	a.stop()
+	eventually(t, 20*time.Second, "lb1 left", func() error {
+		for _, m := range tc.nodes["lb2"].c.Members() {
+			if m.Name == "lb1" && m.State != StateLeft {
+				return fmt.Errorf("lb1 is %s", m.State)
+			}
+		}
+		return nil
+	})
+	r := tc.start("lb1", [][]byte{key1}, a.dir) // no seeds, as before
+	eventually(t, 20*time.Second, "the restarted lb1 back with both", all3(r))
+	eventually(t, 20*time.Second, "lb2 sees lb1 again", all3(tc.nodes["lb2"]))
+}
