@@ -923,8 +923,9 @@ func (n *Node) healthSpecs(services []configs.Service) []health.Spec {
 	return specs
 }
 
-// setupHost binds the VIPs and sets the sysctls IPVS needs (kernel
-// dataplane only), when the set of VIPs changed.
+// setupHost takes the VIPs as local (local routes, so that an address on
+// lo stays the kernel announcer's) and sets the sysctls IPVS needs
+// (kernel dataplane only).
 func (n *Node) setupHost(cfg *configs.Config, services []configs.Service) {
 	if n.host == nil {
 		return

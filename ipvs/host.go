@@ -20,11 +20,12 @@ import (
 // HostChange is one change anycastd made to the host, recorded before it
 // was made so that Restore can undo it.
 type HostChange struct {
-	// Kind is "sysctl", "address" or "link-up".
+	// Kind is "sysctl", "address", "local-route" or "link-up".
 	Kind string `json:"kind"`
 	// Name is the sysctl (net.ipv4.vs.sloppy_tcp) or the interface.
 	Name string `json:"name"`
-	// Addr is the address added, for Kind "address".
+	// Addr is the address added, for Kind "address", or the destination
+	// of the local route, for Kind "local-route".
 	Addr netip.Prefix `json:"addr,omitzero"`
 	// Before and After are a sysctl's values.
 	Before string `json:"before,omitempty"`
@@ -37,6 +38,8 @@ func (c HostChange) String() string {
 		return fmt.Sprintf("sysctl %s %s -> %s", c.Name, c.Before, c.After)
 	case "address":
 		return fmt.Sprintf("address %s on %s", c.Addr, c.Name)
+	case "local-route":
+		return fmt.Sprintf("local route %s dev %s", c.Addr, c.Name)
 	default:
 		return fmt.Sprintf("link %s up", c.Name)
 	}
@@ -178,6 +181,62 @@ func (h *Host) AddAddress(ifname string, p netip.Prefix) (string, error) {
 	return fmt.Sprintf("added %s to %s", p, ifname), nil
 }
 
+// LocalRouteProtocol marks the local routes a director adds (rtm_protocol
+// 251; routing/kernel's routes default to 250).
+const LocalRouteProtocol = 251
+
+// AddLocalRoute makes the host accept packets to p as its own, with a
+// route of type local in the local table (ip route add local P dev IF
+// table local), not an interface address: IPVS sees them, while the
+// addresses of the interface stay free for a routing daemon to advertise
+// (BIRD's protocol direct exports addresses, not routes), so that a
+// withdrawal removes the route upstream while this host still takes the
+// flows that ECMP keeps sending it meanwhile. The host does not answer ARP
+// for p either way (arp_ignore=1).
+func (h *Host) AddLocalRoute(ifname string, p netip.Prefix) (string, error) {
+	link, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return "", fmt.Errorf("interface %s: %w", ifname, err)
+	}
+	has, err := hasLocalRoute(p)
+	if err != nil {
+		return "", err
+	}
+	if has {
+		return fmt.Sprintf("unchanged: local route %s", p), nil
+	}
+	if h.journaled("local-route", ifname, p) < 0 {
+		if err := h.record(HostChange{Kind: "local-route", Name: ifname, Addr: p}); err != nil {
+			return "", err
+		}
+	}
+	// Appended: beside the kernel's own local route of an address p on
+	// an interface (proto kernel), which goes when that address does.
+	if err := netlink.RouteAppend(localRoute(link.Attrs().Index, p)); err != nil && !errors.Is(err, syscall.EEXIST) {
+		return "", fmt.Errorf("add local route %s dev %s: %w", p, ifname, err)
+	}
+	return fmt.Sprintf("added local route %s dev %s", p, ifname), nil
+}
+
+func localRoute(ifindex int, p netip.Prefix) *netlink.Route {
+	return &netlink.Route{Dst: prefixNet(p), LinkIndex: ifindex, Table: syscall.RT_TABLE_LOCAL,
+		Type: syscall.RTN_LOCAL, Scope: netlink.SCOPE_HOST, Protocol: LocalRouteProtocol}
+}
+
+// hasLocalRoute reports whether the local table has our local route to p.
+func hasLocalRoute(p netip.Prefix) (bool, error) {
+	fam := netlink.FAMILY_V4
+	if p.Addr().Is6() {
+		fam = netlink.FAMILY_V6
+	}
+	rs, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: syscall.RT_TABLE_LOCAL, Protocol: LocalRouteProtocol, Dst: prefixNet(p)},
+		netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_DST)
+	if err != nil {
+		return false, fmt.Errorf("list local routes: %w", err)
+	}
+	return len(rs) > 0, nil
+}
+
 // LinkUp sets an interface up.
 func (h *Host) LinkUp(ifname string) (string, error) {
 	link, err := netlink.LinkByName(ifname)
@@ -248,15 +307,35 @@ func (h *Host) undo(c HostChange) (string, error) {
 			}
 			return "", fmt.Errorf("interface %s: %w", c.Name, err)
 		}
-		if has, err := hasAddress(link, c.Addr); err != nil {
+		has, label, err := addressOn(link, c.Addr)
+		if err != nil {
 			return "", err
-		} else if !has {
+		}
+		if !has {
 			return fmt.Sprintf("unchanged: %s not on %s", c.Addr, c.Name), nil
+		}
+		if label != "" && label != c.Name {
+			// Someone else's now (routing/kernel labels its own
+			// IF:vip): not ours to remove.
+			return fmt.Sprintf("left: %s on %s has label %s, not ours", c.Addr, c.Name, label), nil
 		}
 		if err := netlink.AddrDel(link, &netlink.Addr{IPNet: prefixNet(c.Addr)}); err != nil {
 			return "", fmt.Errorf("remove %s from %s: %w", c.Addr, c.Name, err)
 		}
 		return fmt.Sprintf("removed %s from %s", c.Addr, c.Name), nil
+	case "local-route":
+		has, err := hasLocalRoute(c.Addr)
+		if err != nil {
+			return "", err
+		}
+		if !has {
+			return fmt.Sprintf("unchanged: no local route %s", c.Addr), nil
+		}
+		r := localRoute(0, c.Addr)
+		if err := netlink.RouteDel(r); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return "", fmt.Errorf("remove local route %s: %w", c.Addr, err)
+		}
+		return fmt.Sprintf("removed local route %s", c.Addr), nil
 	case "link-up":
 		link, err := netlink.LinkByName(c.Name)
 		if err != nil {
@@ -271,13 +350,19 @@ func (h *Host) undo(c HostChange) (string, error) {
 }
 
 func hasAddress(link netlink.Link, p netip.Prefix) (bool, error) {
+	has, _, err := addressOn(link, p)
+	return has, err
+}
+
+// addressOn reports whether link has p, and its label (IPv4 only).
+func addressOn(link netlink.Link, p netip.Prefix) (bool, string, error) {
 	fam := netlink.FAMILY_V4
 	if p.Addr().Is6() {
 		fam = netlink.FAMILY_V6
 	}
 	addrs, err := netlink.AddrList(link, fam)
 	if err != nil {
-		return false, fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
+		return false, "", fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
 	}
 	for _, a := range addrs {
 		ip, ok := netip.AddrFromSlice(a.IP)
@@ -286,10 +371,10 @@ func hasAddress(link netlink.Link, p netip.Prefix) (bool, error) {
 		}
 		ones, _ := a.Mask.Size()
 		if ip.Unmap() == p.Addr() && ones == p.Bits() {
-			return true, nil
+			return true, a.Label, nil
 		}
 	}
-	return false, nil
+	return false, "", nil
 }
 
 func prefixNet(p netip.Prefix) *net.IPNet {
@@ -308,20 +393,24 @@ func HostPrefix(vip netip.Addr) netip.Prefix {
 
 // DirectorSettings says what a director needs of its host.
 type DirectorSettings struct {
-	// VIPs to bind locally so IPVS sees their packets.
+	// VIPs to take as local (local routes) so IPVS sees their packets.
 	VIPs []netip.Addr
-	// Interface gets the VIPs; "lo" by default.
+	// Interface is the local routes' device; "lo" by default.
 	Interface string
 	// NAT: some service forwards by NAT (conntrack, forwarding).
 	NAT bool
 }
 
-// SetupDirector binds the VIPs and sets the IPVS sysctls a director needs:
+// SetupDirector makes the host accept the VIPs' packets (a local route
+// each: see AddLocalRoute) and sets the IPVS sysctls a director needs:
 // sloppy_tcp and sloppy_sctp (pick up flows mid-way after an ECMP change),
 // expire_nodest_conn and expire_quiescent_template (drop state of removed
-// servers), arp_ignore/arp_announce so the host does not answer ARP for the
-// VIPs it binds, and conntrack and forwarding only for NAT. It stops at the
-// first error, after journaling what it did.
+// servers), arp_ignore/arp_announce so the host does not answer ARP for
+// the VIPs, and conntrack and forwarding only for NAT. The local routes of
+// VIPs no longer listed go, after the new ones are in; so do the VIP
+// addresses that earlier versions bound on the interface (journaled), as
+// the address is the routing daemon's to add and remove in kernel mode.
+// It stops at the first error, after journaling what it did.
 func (h *Host) SetupDirector(s DirectorSettings) ([]string, error) {
 	ifname := cmp.Or(s.Interface, "lo")
 	sysctls := [][2]string{
@@ -339,12 +428,49 @@ func (h *Host) SetupDirector(s DirectorSettings) ([]string, error) {
 			[2]string{"net.ipv6.conf.all.forwarding", "1"},
 		)
 	}
-	out, err := h.UnbindExcept(ifname, s.VIPs)
+	var out []string
+	for _, v := range s.VIPs {
+		msg, err := h.AddLocalRoute(ifname, HostPrefix(v))
+		if err != nil {
+			return out, err
+		}
+		out = append(out, msg)
+	}
+	more, err := h.unrouteExcept(ifname, s.VIPs)
+	out = append(out, more...)
 	if err != nil {
 		return out, err
 	}
-	more, err := h.apply(sysctls, ifname, s.VIPs)
+	more, err = h.UnbindExcept(ifname, nil)
+	out = append(out, more...)
+	if err != nil {
+		return out, err
+	}
+	more, err = h.apply(sysctls, ifname, nil)
 	return append(out, more...), err
+}
+
+// unrouteExcept removes the journaled local routes on ifname that are not
+// host prefixes of keep.
+func (h *Host) unrouteExcept(ifname string, keep []netip.Addr) ([]string, error) {
+	var out []string
+	for _, c := range slices.Clone(h.changes) {
+		if c.Kind != "local-route" || c.Name != ifname || slices.ContainsFunc(keep, func(v netip.Addr) bool { return HostPrefix(v) == c.Addr }) {
+			continue
+		}
+		msg, err := h.undo(c)
+		if err != nil {
+			return out, err
+		}
+		i := h.journaled("local-route", ifname, c.Addr)
+		h.changes = slices.Delete(h.changes, i, i+1)
+		if err := h.save(); err != nil {
+			h.changes = slices.Insert(h.changes, i, c)
+			return out, err
+		}
+		out = append(out, msg)
+	}
+	return out, nil
 }
 
 // UnbindExcept removes from ifname the addresses this Host added there

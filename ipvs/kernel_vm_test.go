@@ -265,9 +265,12 @@ func TestVMHostDirectorSettings(t *testing.T) {
 	if err != nil {
 		t.Fatalf("setup with another VIP: %v\n%s", err, strings.Join(msgs, "\n"))
 	}
-	if out, _ := exec.Command("ip", "-o", "addr", "show", "dev", "lo").CombinedOutput(); strings.Contains(string(out), "198.51.100.50/32") ||
-		!strings.Contains(string(out), "198.51.100.51/32") {
-		t.Errorf("lo after the VIP changed (want .51, not .50):\n%s", out)
+	if out, _ := exec.Command("ip", "route", "show", "table", "local", "proto", "251").CombinedOutput(); strings.Contains(string(out), "198.51.100.50 ") ||
+		!strings.Contains(string(out), "local 198.51.100.51 dev lo") {
+		t.Errorf("local routes after the VIP changed (want .51, not .50):\n%s", out)
+	}
+	if out, _ := exec.Command("ip", "-o", "addr", "show", "dev", "lo").CombinedOutput(); strings.Contains(string(out), "198.51.100.5") {
+		t.Errorf("a VIP is an address on lo (the routing daemon's in kernel mode):\n%s", out)
 	}
 	if _, err := h.ReadSysctl("net.ipv4.vs.no_such_knob"); err == nil || !strings.Contains(err.Error(), "net.ipv4.vs.no_such_knob") {
 		t.Errorf("a missing sysctl must be an error naming it, got %v", err)
