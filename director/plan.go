@@ -312,6 +312,11 @@ func table(in *Input, key *[]byte) ipvs.Table {
 // its IPVS form, without destinations.
 func Service(s configs.Service) ipvs.Service {
 	flags, _ := ipvs.ParseSchedFlags(s.Scheduler, s.Flags) // validated by configs
+	// A down backend is at weight 0; for mh and sh that costs new
+	// connections unless they fall back (see ipvs.Fallback). Always on,
+	// and not written into the config: a document of an earlier version
+	// gets it too, and so does one that an earlier version can read.
+	flags |= ipvs.Fallback(s.Scheduler)
 	svc := ipvs.Service{
 		ServiceKey:   serviceKey(s),
 		Scheduler:    s.Scheduler,

@@ -319,11 +319,14 @@ func TestPlanTable(t *testing.T) {
 		return ipvs.ServiceKey{Family: ipvs.IPv4, Protocol: p, Addr: v4(vip), Port: port}
 	}
 	want := ipvs.Table{Services: []ipvs.Service{
-		{ServiceKey: key("192.0.2.1", ipvs.TCP, 80), Scheduler: "mh", DrainTimeout: ss[0].DrainTimeout, Destinations: []ipvs.Destination{
+		// mh with no flags in the config: fallback all the same (case 24
+		// of the fail-safe issue: a down backend must not cost new
+		// connections).
+		{ServiceKey: key("192.0.2.1", ipvs.TCP, 80), Scheduler: "mh", Flags: ipvs.SchedFlag1, DrainTimeout: ss[0].DrainTimeout, Destinations: []ipvs.Destination{
 			dst("10.0.0.1", 80, 1, ipvs.DR), dst("10.0.0.2", 80, 0, ipvs.DR), dst("10.0.0.3", 80, 1, ipvs.DR)}},
-		{ServiceKey: key("192.0.2.1", ipvs.TCP, 443), Scheduler: ss[1].Scheduler, DrainTimeout: ss[1].DrainTimeout, Destinations: []ipvs.Destination{
+		{ServiceKey: key("192.0.2.1", ipvs.TCP, 443), Scheduler: ss[1].Scheduler, Flags: ipvs.Fallback(ss[1].Scheduler), DrainTimeout: ss[1].DrainTimeout, Destinations: []ipvs.Destination{
 			dst("10.0.0.2", 443, 1, ipvs.DR)}},
-		{ServiceKey: key("192.0.2.2", ipvs.UDP, 53), Scheduler: ss[2].Scheduler, DrainTimeout: ss[2].DrainTimeout, Destinations: []ipvs.Destination{
+		{ServiceKey: key("192.0.2.2", ipvs.UDP, 53), Scheduler: ss[2].Scheduler, Flags: ipvs.Fallback(ss[2].Scheduler), DrainTimeout: ss[2].DrainTimeout, Destinations: []ipvs.Destination{
 			dst("10.0.1.1", 53, 1, ipvs.DR)}},
 		{ServiceKey: key("192.0.2.3", ipvs.TCP, 443), Scheduler: "wlc", Timeout: 300, PersistBits: 24, DrainTimeout: ss[3].DrainTimeout, Destinations: []ipvs.Destination{
 			{DestKey: ipvs.DestKey{Addr: v4("10.0.2.1"), Port: 8443}, Weight: 200, Forward: ipvs.NAT, UpperThreshold: 100},

@@ -23,8 +23,12 @@ const HelperEnv = "ANYCASTD_HELPER"
 //	serve NAME ADDR            answer each TCP connection with NAME, then echo
 //	connect TARGET N SRC,...   N connections one after another, round robin
 //	                           over the sources; print "SRC SERVER" each
-//	hold TARGET N              keep N connections; print "ready PORT,..."; on
-//	                           each stdin line check they all echo ("ok K/N")
+//	hold TARGET N [SRC,...]    keep N connections; print "ready PORT,..."; on
+//	                           each stdin line check they all echo ("ok K/N").
+//	                           With sources (round robin) the ready line adds
+//	                           the servers ("ready PORT,... SERVER,...") and
+//	                           a check the servers of those that failed
+//	                           ("ok K/N failed:SERVER,...")
 //
 // extra adds helpers of the calling package.
 func HelperMain(extra map[string]func(args []string) error) {
@@ -42,7 +46,11 @@ func HelperMain(extra map[string]func(args []string) error) {
 		err = connect(args[0], n, strings.Split(args[2], ","))
 	case "hold":
 		n, _ := strconv.Atoi(args[1])
-		err = hold(args[0], n)
+		var srcs []string
+		if len(args) > 2 {
+			srcs = strings.Split(args[2], ",")
+		}
+		err = hold(args[0], n, srcs)
 	default:
 		f, ok := extra[name]
 		if !ok {
@@ -105,35 +113,45 @@ func connect(target string, n int, srcs []string) error {
 	return nil
 }
 
-func hold(target string, n int) error {
+func hold(target string, n int, srcs []string) error {
 	type held struct {
-		c net.Conn
-		r *bufio.Reader
+		c      net.Conn
+		r      *bufio.Reader
+		server string
 	}
 	var conns []held
-	for range n {
-		c, err := dial(target, "")
+	for i := range n {
+		src := ""
+		if len(srcs) > 0 {
+			src = srcs[i%len(srcs)]
+		}
+		c, err := dial(target, src)
 		if err != nil {
 			return err
 		}
 		r := bufio.NewReader(c)
 		c.SetReadDeadline(time.Now().Add(3 * time.Second))
-		if _, err := r.ReadString('\n'); err != nil {
+		name, err := r.ReadString('\n')
+		if err != nil {
 			return err
 		}
-		conns = append(conns, held{c, r})
+		conns = append(conns, held{c, r, strings.TrimSpace(name)})
 	}
-	var ports []string
+	var ports, servers []string
 	for _, h := range conns {
 		ports = append(ports, strconv.Itoa(h.c.LocalAddr().(*net.TCPAddr).Port))
+		servers = append(servers, h.server)
 	}
-	fmt.Println("ready", strings.Join(ports, ","))
+	if len(srcs) > 0 {
+		fmt.Println("ready", strings.Join(ports, ","), strings.Join(servers, ","))
+	} else {
+		fmt.Println("ready", strings.Join(ports, ","))
+	}
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
-		var ok int
-		var mu sync.Mutex
+		alive := make([]bool, len(conns))
 		var wg sync.WaitGroup
-		for _, h := range conns {
+		for i, h := range conns {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -142,14 +160,25 @@ func hold(target string, n int) error {
 					return
 				}
 				if l, err := h.r.ReadString('\n'); err == nil && l == "ping\n" {
-					mu.Lock()
-					ok++
-					mu.Unlock()
+					alive[i] = true
 				}
 			}()
 		}
 		wg.Wait()
-		fmt.Printf("ok %d/%d\n", ok, len(conns))
+		ok := 0
+		var failed []string
+		for i, a := range alive {
+			if a {
+				ok++
+			} else {
+				failed = append(failed, conns[i].server)
+			}
+		}
+		if len(srcs) > 0 && len(failed) > 0 {
+			fmt.Printf("ok %d/%d failed:%s\n", ok, len(conns), strings.Join(failed, ","))
+		} else {
+			fmt.Printf("ok %d/%d\n", ok, len(conns))
+		}
 	}
 	return nil
 }

@@ -1,15 +1,19 @@
 package vmlab
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/anycastd/anycastd/director"
+	"github.com/anycastd/anycastd/ipvs"
 	"github.com/anycastd/anycastd/labs/labtest"
 )
 
@@ -102,5 +106,115 @@ api: {socket: %[1]s/api.sock}
 		}
 		return nil
 	})
+	d.stop(t)
+}
+
+// TestVMDownBackendCostsNoConnections is case 24 of the fail-safe issue:
+// with the default scheduler (mh, no flags) a backend that failed kept its
+// slots in mh's table at weight 0, and every new connection hashing to it
+// was refused. Through anycastd on the kernel dataplane, with one of three
+// real servers stopped: new connections from many source addresses are
+// all served, and the held connections of the healthy servers go on.
+func TestVMDownBackendCostsNoConnections(t *testing.T) {
+	l := newFlowLab(t)
+	var srcs []string
+	for i := 1; i <= 40; i++ {
+		a := fmt.Sprintf("10.0.0.%d", i)
+		srcs = append(srcs, a)
+		if i > 1 {
+			l.ns["cl"].Run("ip", "addr", "add", a+"/24", "dev", "c0")
+		}
+	}
+	dir := t.TempDir()
+	doc := fmt.Sprintf(`node: {name: d1, addresses: [10.1.0.1], state_dir: %[1]s/state}
+cluster: {bind: 10.1.0.1, port: 7946, insecure: true}
+routing: {mode: kernel, kernel: {table: 100}}
+api: {socket: %[1]s/api.sock}
+services:
+  - name: web
+    vip: %[2]s
+    port: 80
+    backends: [{address: 10.1.0.11}, {address: 10.1.0.12}, {address: 10.1.0.13}]
+    health: {type: tcp, interval: 300ms, timeout: 250ms, rise: 1, fall: 1}
+`, dir, vip)
+	os.WriteFile(filepath.Join(dir, "anycastd.yaml"), []byte(doc), 0o600)
+	d := l.startDaemon(1, dir)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("d1 log:\n%s", d.log)
+		}
+	})
+	dest := func(addr string) (weight int, ok bool) {
+		tb := l.table("d1")
+		if len(tb.Services) != 1 {
+			return 0, false
+		}
+		for _, x := range tb.Services[0].Destinations {
+			if x.Addr.String() == addr {
+				return x.Weight, true
+			}
+		}
+		return 0, false
+	}
+	labtest.Eventually(t, 60*time.Second, "the default service in d1's kernel", func() error {
+		tb := l.table("d1")
+		if len(tb.Services) != 1 || len(tb.Services[0].Destinations) != 3 {
+			return fmt.Errorf("table %+v", tb.Services)
+		}
+		if s := tb.Services[0]; s.Scheduler != "mh" || s.Flags&ipvs.Fallback("mh") == 0 {
+			return fmt.Errorf("scheduler %s flags %#x: want mh with fallback", s.Scheduler, s.Flags)
+		}
+		return nil
+	})
+	l.route(1)
+
+	hold := l.dr.helperCmd("cl", "hold", vip+":80", "40", strings.Join(srcs, ","))
+	stdin, _ := hold.StdinPipe()
+	stdout, _ := hold.StdoutPipe()
+	if err := hold.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); hold.Wait() }()
+	r := bufio.NewReader(stdout)
+	ready, err := r.ReadString('\n')
+	f := strings.Fields(ready)
+	if err != nil || len(f) != 3 || f[0] != "ready" {
+		t.Fatalf("hold: %q %v", ready, err)
+	}
+	servers := strings.Split(f[2], ",")
+	onRS2 := strings.Count(f[2], "rs2")
+	t.Logf("held connections by real server: rs1 %d, rs2 %d, rs3 %d", strings.Count(f[2], "rs1"), onRS2, strings.Count(f[2], "rs3"))
+
+	// rs2's server stops: its checks fail, it goes to weight 0.
+	pids, _ := exec.Command("ip", "netns", "pids", l.ns["rs2"].Name).Output()
+	for _, p := range strings.Fields(string(pids)) {
+		exec.Command("kill", "-9", p).Run()
+	}
+	labtest.Eventually(t, 30*time.Second, "rs2 at weight 0 in d1's kernel", func() error {
+		if w, ok := dest("10.1.0.12"); !ok || w != 0 {
+			return fmt.Errorf("rs2 weight %d (present %v)", w, ok)
+		}
+		return nil
+	})
+
+	out := l.dr.helper("cl", "connect", vip+":80", "200", strings.Join(srcs, ","))
+	failed := strings.Count(out, "ERROR")
+	t.Logf("measure: one of three real servers down, default scheduler: %d of 200 new connections from 40 sources failed (rs1 %d, rs3 %d, rs2 %d)",
+		failed, strings.Count(out, " rs1\n"), strings.Count(out, " rs3\n"), strings.Count(out, " rs2\n"))
+	if failed > 0 {
+		t.Errorf("%d of 200 new connections failed while one backend was down", failed)
+	}
+
+	io.WriteString(stdin, "ping\n")
+	line, _ := r.ReadString('\n')
+	line = strings.TrimSpace(line)
+	var ok, total int
+	fmt.Sscanf(line, "ok %d/%d", &ok, &total)
+	if total != len(servers) || ok != total-onRS2 {
+		t.Errorf("held connections after rs2 stopped: %q; want every one not on rs2 (%d of %d) to echo", line, total-onRS2, total)
+	}
+	if _, lost, found := strings.Cut(line, "failed:"); found && strings.Trim(strings.ReplaceAll(lost, "rs2", ""), ",") != "" {
+		t.Errorf("connections of healthy backends were broken: %s", lost)
+	}
 	d.stop(t)
 }
