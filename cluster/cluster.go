@@ -103,6 +103,11 @@ type Cluster struct {
 	leaving map[string]time.Time
 	// peersMu orders saves of the known members.
 	peersMu sync.Mutex
+	// closed: Run has returned; nothing is written any more.
+	closed bool
+	// state is this member's State; states are the others', by name.
+	state  MemberState
+	states map[string]MemberState
 
 	changed chan struct{}
 	ready   chan struct{}
@@ -114,6 +119,8 @@ const (
 	msgNotice   = 'N' // {version, hash, author}: a newer document exists
 	msgDocument = 'D' // a Document
 	msgWant     = 'W' // {from}: send me your document
+	msgState    = 'S' // stateMsg: a member's MemberState
+	msgWantSt   = 'Q' // {from}: send me your State
 	msgLeaving  = 'L' // {from}: I am leaving (memberlist tells a leave from a failure only in state it does not hand out)
 )
 
@@ -138,7 +145,7 @@ func New(o Options) (*Cluster, error) {
 	if o.Timing == (Timing{}) {
 		o.Timing = LANTiming
 	}
-	c := &Cluster{opts: o, log: o.Log, members: map[string]*Member{}, rejected: map[string]bool{}, leaving: map[string]time.Time{},
+	c := &Cluster{opts: o, log: o.Log, members: map[string]*Member{}, rejected: map[string]bool{}, leaving: map[string]time.Time{}, states: map[string]MemberState{},
 		changed: make(chan struct{}, 1), ready: make(chan struct{}), joined: make(chan struct{})}
 	c.queue = &memberlist.TransmitLimitedQueue{NumNodes: c.numMembers, RetransmitMult: 4}
 	if len(o.Keys) > 0 {
@@ -235,6 +242,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			c.leave(ml)
+			c.close()
 			return nil
 		case <-retry.C:
 			c.retrySave()
@@ -333,6 +341,17 @@ func (c *Cluster) leave(ml *memberlist.Memberlist) {
 	c.log.Info("left the cluster")
 }
 
+// close ends every write to the state dir: memberlist may still call back
+// while it shuts down, and nothing may be written after Run returns (the
+// next owner of the state dir, a restarted daemon, is starting).
+func (c *Cluster) close() {
+	c.peersMu.Lock()
+	defer c.peersMu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+}
+
 // Ready is closed once the gossip listener is up.
 func (c *Cluster) Ready() <-chan struct{} { return c.ready }
 
@@ -372,13 +391,26 @@ func (c *Cluster) abort() {
 }
 
 // SetMeta publishes this director's state. It returns at once; the
-// update spreads with the next gossip.
+// metadata spreads with the next gossip, the state (Reason, Announced,
+// StandIn) is sent to every member at once, whole.
 func (c *Cluster) SetMeta(m Meta) {
+	st := MemberState{Reason: m.Reason, Announced: slices.Clone(m.Announced), StandIn: slices.Clone(m.StandIn)}
 	c.mu.Lock()
+	stateChanged := !st.same(c.state) || c.state.Seq == 0
+	if stateChanged {
+		// Grows across restarts too (a restarted member's first state
+		// must beat what the others kept of its last run).
+		st.Seq = max(c.state.Seq+1, uint64(c.opts.Now().UnixNano()))
+		c.state = st
+	}
+	m.StateSeq = c.state.Seq
 	same := metaEqual(c.meta, m)
 	c.meta = m
 	ml := c.ml
 	c.mu.Unlock()
+	if stateChanged {
+		c.sendState(nil)
+	}
 	if same || ml == nil {
 		return
 	}
@@ -387,6 +419,51 @@ func (c *Cluster) SetMeta(m Meta) {
 			c.log.Debug("metadata update", "err", err)
 		}
 	}()
+}
+
+// stateMsg carries a member's State.
+type stateMsg struct {
+	Name  string      `json:"n"`
+	State MemberState `json:"s"`
+}
+
+// sendState sends this member's state to the members named, or to every
+// live member (nil), over TCP: it may be far larger than a gossip packet.
+func (c *Cluster) sendState(to []string) {
+	c.mu.Lock()
+	ml := c.ml
+	b, _ := json.Marshal(stateMsg{Name: c.opts.Name, State: c.state})
+	c.mu.Unlock()
+	if ml == nil {
+		return
+	}
+	msg := append([]byte{msgState}, b...)
+	for _, nc := range c.peers() {
+		if to != nil && !slices.Contains(to, nc.Name) {
+			continue
+		}
+		go func() {
+			if err := ml.SendReliable(&nc, msg); err != nil {
+				c.log.Debug("send member state", "to", nc.Name, "err", err)
+			}
+		}()
+	}
+}
+
+// mergeState keeps st as name's state if it is newer than the one held.
+func (c *Cluster) mergeState(name string, st MemberState) {
+	if name == "" || name == c.opts.Name {
+		return
+	}
+	c.mu.Lock()
+	newer := st.Seq > c.states[name].Seq
+	if newer {
+		c.states[name] = st
+	}
+	c.mu.Unlock()
+	if newer {
+		c.notify()
+	}
 }
 
 func metaEqual(a, b Meta) bool {
@@ -402,7 +479,15 @@ func (c *Cluster) Members() []Member {
 	defer c.mu.Unlock()
 	out := make([]Member, 0, len(c.members)+1)
 	for _, m := range c.members {
-		out = append(out, *m)
+		mm := *m
+		st, ok := c.states[m.Name]
+		if m.Name == c.opts.Name {
+			st, ok = c.state, true
+		}
+		if ok {
+			mm.Meta.Reason, mm.Meta.Announced, mm.Meta.StandIn = st.Reason, st.Announced, st.StandIn
+		}
+		out = append(out, mm)
 	}
 	if _, ok := c.members[c.opts.Name]; !ok {
 		// Before Run: only ourselves.
@@ -503,7 +588,7 @@ func (c *Cluster) adoptLocked(d *Document) error {
 	c.doc = d
 	c.clock = max(c.clock, d.Version)
 	c.saveErr = nil
-	if c.opts.StateDir != "" {
+	if c.opts.StateDir != "" && !c.closed {
 		if err := SaveDocument(c.opts.StateDir, d); err != nil {
 			c.saveErr = err
 			return err
@@ -516,7 +601,7 @@ func (c *Cluster) adoptLocked(d *Document) error {
 func (c *Cluster) retrySave() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.saveErr == nil || c.doc == nil {
+	if c.saveErr == nil || c.doc == nil || c.closed {
 		return
 	}
 	if err := SaveDocument(c.opts.StateDir, c.doc); err != nil {
@@ -761,6 +846,18 @@ func (d *delegate) NotifyMsg(b []byte) {
 				break
 			}
 		}
+	case msgState:
+		var sm stateMsg
+		if err := json.Unmarshal(b[1:], &sm); err != nil {
+			return
+		}
+		c.mergeState(sm.Name, sm.State)
+	case msgWantSt:
+		var n notice
+		if err := json.Unmarshal(b[1:], &n); err != nil || n.From == "" {
+			return
+		}
+		c.sendState([]string{n.From})
 	case msgLeaving:
 		var n notice
 		if err := json.Unmarshal(b[1:], &n); err != nil || n.From == "" || n.From == c.opts.Name {
@@ -825,16 +922,34 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 	return d.queue.GetBroadcasts(overhead, limit)
 }
 
-// LocalState is the push/pull payload: our document.
+// pushPull is the push/pull payload: the document (its fields at the top
+// level, as earlier builds sent and read it) and every member state held
+// (anti-entropy for a state message that was lost).
+type pushPull struct {
+	Document
+	States map[string]MemberState `json:"member_states,omitempty"`
+}
+
+// LocalState is the push/pull payload.
 func (d *delegate) LocalState(join bool) []byte {
 	c := (*Cluster)(d)
 	c.mu.Lock()
-	doc := c.doc
+	var pp pushPull
+	if !c.doc.IsZero() {
+		pp.Document = *c.doc
+	}
+	pp.States = make(map[string]MemberState, len(c.states)+1)
+	for name, st := range c.states {
+		pp.States[name] = st
+	}
+	if c.state.Seq != 0 {
+		pp.States[c.opts.Name] = c.state
+	}
 	c.mu.Unlock()
-	if doc.IsZero() {
+	if pp.Document.IsZero() && len(pp.States) == 0 {
 		return nil
 	}
-	b, _ := json.Marshal(doc)
+	b, _ := json.Marshal(pp)
 	return b
 }
 
@@ -843,12 +958,18 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	if len(buf) == 0 {
 		return
 	}
-	var doc Document
-	if err := json.Unmarshal(buf, &doc); err != nil {
-		c.log.Warn("undecodable config document in a state exchange", "err", err)
+	var pp pushPull
+	if err := json.Unmarshal(buf, &pp); err != nil {
+		c.log.Warn("undecodable state exchange", "err", err)
 		return
 	}
-	c.consider(&doc, "push/pull")
+	for name, st := range pp.States {
+		c.mergeState(name, st)
+	}
+	if !pp.Document.IsZero() {
+		doc := pp.Document
+		c.consider(&doc, "push/pull")
+	}
 }
 
 // events implements memberlist.EventDelegate; memberlist calls it with its
@@ -891,6 +1012,7 @@ func (c *Cluster) prune() {
 	for name, m := range c.members {
 		if m.State == StateLeft && now.Sub(m.Since) >= leftFor {
 			delete(c.members, name)
+			delete(c.states, name)
 		}
 	}
 	for name, at := range c.leaving {
@@ -927,7 +1049,16 @@ func (c *Cluster) observe(n *memberlist.Node, st State) {
 	// The known members are saved when one comes, goes or moves (not on
 	// every metadata update).
 	save := !ok || old.State != st || old.Addr != m.Addr
+	// Its metadata says it has a newer state than the one held here (a
+	// state message lost, or this member just joined): ask for it.
+	stale := st == StateAlive && meta.StateSeq > c.states[n.Name].Seq && n.Name != c.opts.Name
+	ml := c.ml
 	c.mu.Unlock()
+	if stale && ml != nil {
+		w, _ := json.Marshal(notice{From: c.opts.Name})
+		node := memberlist.Node{Name: n.Name, Addr: slices.Clone(n.Addr), Port: n.Port}
+		go ml.SendReliable(&node, append([]byte{msgWantSt}, w...))
+	}
 	if save {
 		c.saveKnownPeers()
 	}
@@ -1025,6 +1156,10 @@ func (c *Cluster) saveKnownPeers() {
 	c.peersMu.Lock()
 	defer c.peersMu.Unlock()
 	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
 	var addrs []string
 	for _, m := range c.members {
 		if m.Name != c.opts.Name && (m.State == StateAlive || m.State == StateSuspect) && m.Addr.IsValid() {

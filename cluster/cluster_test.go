@@ -72,6 +72,9 @@ func (tc *testCluster) start(name string, keys [][]byte, dir string, seeds ...st
 	}
 	c.SetMeta(Meta{Priority: 100, Healthy: true})
 	tc.nodes[name] = n
+	// Stopped before its state dir is removed (cleanups run last first):
+	// a running member writes there (its known members).
+	tc.t.Cleanup(n.stop)
 	return n
 }
 

@@ -6,6 +6,8 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -257,4 +259,60 @@ func TestClusterRestartedSeedRejoins(t *testing.T) {
 	r := tc.start("lb1", [][]byte{key1}, a.dir) // no seeds, as before
 	eventually(t, 20*time.Second, "the restarted lb1 back with both", all3(r))
 	eventually(t, 20*time.Second, "lb2 sees lb1 again", all3(tc.nodes["lb2"]))
+}
+
+// Case 18: with 100 VIPs a director's announced list did not fit the
+// 512-byte metadata and was dropped, so the others' DNS left its VIPs
+// out. Every member sees all 100 of every other, including a member
+// that joins after they were announced.
+func TestClusterHundredVIPsPerDirector(t *testing.T) {
+	tc := newTestCluster(t)
+	vips := func(d int) []string {
+		var out []string
+		for i := range 100 {
+			out = append(out, fmt.Sprintf("10.%d.%d.%d/32", d, i/250, i%250+1))
+		}
+		return out
+	}
+	publish := func(n *node, d int) {
+		a := vips(d)
+		n.c.SetMeta(Meta{Priority: 100, Healthy: true, Announced: a, AnnouncedCount: len(a),
+			Reason: strings.Repeat("a long reason; ", 50)})
+	}
+	a := tc.start("lb1", [][]byte{key1}, "")
+	b := tc.start("lb2", [][]byte{key1}, "", "lb1")
+	publish(a, 1)
+	publish(b, 2)
+	c := tc.start("lb3", [][]byte{key1}, "", "lb2") // joins after
+	publish(c, 3)
+	sees := func(n *node) func() error {
+		return func() error {
+			for _, m := range n.c.Members() {
+				d := map[string]int{"lb1": 1, "lb2": 2, "lb3": 3}[m.Name]
+				if !slices.Equal(m.Meta.Announced, vips(d)) {
+					return fmt.Errorf("%s sees %d of %s's 100 announced prefixes", n.c.opts.Name, len(m.Meta.Announced), m.Name)
+				}
+				if len(m.Meta.Reason) != 50*len("a long reason; ") {
+					return fmt.Errorf("%s sees %s's reason cut to %d bytes", n.c.opts.Name, m.Name, len(m.Meta.Reason))
+				}
+			}
+			if len(n.c.Members()) != 3 {
+				return fmt.Errorf("%d members", len(n.c.Members()))
+			}
+			return nil
+		}
+	}
+	for _, n := range []*node{a, b, c} {
+		eventually(t, 20*time.Second, "every member's 100 VIPs", sees(n))
+	}
+	// A change reaches the others whole.
+	a.c.SetMeta(Meta{Priority: 100, Healthy: true, Announced: vips(1)[:50], AnnouncedCount: 50})
+	eventually(t, 20*time.Second, "lb1's change on lb3", func() error {
+		for _, m := range c.c.Members() {
+			if m.Name == "lb1" && len(m.Meta.Announced) != 50 {
+				return fmt.Errorf("lb3 sees %d of lb1's prefixes", len(m.Meta.Announced))
+			}
+		}
+		return nil
+	})
 }

@@ -9,25 +9,31 @@ import (
 	"time"
 )
 
-// Meta is what a director tells the others about itself. It travels in
-// memberlist's node metadata (at most 512 bytes), so a change reaches every
-// member within a gossip round or two.
+// Meta is what a director tells the others about itself. Its small,
+// fixed-size part travels in memberlist's node metadata (at most 512
+// bytes), so a change reaches every member within a gossip round or two;
+// the parts that grow with the config (the announced prefixes) and the
+// free-text reason travel as the member's state (see MemberState), whole, never
+// cut to fit.
 type Meta struct {
 	Priority int `json:"p"`
 	// Healthy is the director's self health; Reason says why not.
 	Healthy bool   `json:"h"`
-	Reason  string `json:"r,omitempty"`
+	Reason  string `json:"-"`
 	Drained bool   `json:"d,omitempty"`
 	// ConfigVersion and ConfigHash (short) are of the applied document.
 	ConfigVersion uint64 `json:"v"`
 	ConfigHash    string `json:"c,omitempty"`
 	// Announced are the prefixes the director announces now;
-	// AnnouncedCount is their number (the list is dropped when it does
-	// not fit).
-	Announced      []string `json:"a,omitempty"`
+	// AnnouncedCount is their number.
+	Announced      []string `json:"-"`
 	AnnouncedCount int      `json:"n"`
 	// StandIn are announced prefixes held for a failed peer (VRRP).
-	StandIn []string `json:"si,omitempty"`
+	StandIn []string `json:"-"`
+	// StateSeq is the sequence number of the member's state (Reason,
+	// Announced, StandIn) as it sent it last: a receiver that holds an
+	// older one knows it is stale and asks for it.
+	StateSeq uint64 `json:"q,omitempty"`
 	// PeersUp of Peers routing sessions are established.
 	PeersUp int `json:"pu"`
 	Peers   int `json:"pt"`
@@ -41,31 +47,42 @@ type Meta struct {
 	Addrs   []netip.Addr `json:"ad,omitempty"`
 	Started int64        `json:"s"`
 	Build   string       `json:"b,omitempty"`
+	// Legacy are the lists of a build that sent them in the metadata
+	// (they were dropped when they did not fit); read, never sent.
+	Legacy *legacyMeta `json:"-"`
+}
+
+// legacyMeta is what earlier builds put in the metadata beside Meta.
+type legacyMeta struct {
+	Reason    string   `json:"r,omitempty"`
+	Announced []string `json:"a,omitempty"`
+	StandIn   []string `json:"si,omitempty"`
+}
+
+// MemberState is the part of a member's Meta sent apart from memberlist's node
+// metadata, to every member over TCP and in every push/pull exchange: the
+// parts that do not fit 512 bytes (100 VIPs are 1.6 kB), under a sequence
+// number that only grows, so the newest wins wherever it arrives.
+type MemberState struct {
+	Seq       uint64   `json:"q"`
+	Reason    string   `json:"r,omitempty"`
+	Announced []string `json:"a,omitempty"`
+	StandIn   []string `json:"si,omitempty"`
+}
+
+func (s MemberState) same(o MemberState) bool {
+	return s.Reason == o.Reason && slices.Equal(s.Announced, o.Announced) && slices.Equal(s.StandIn, o.StandIn)
 }
 
 // MetaMaxSize is memberlist's limit on node metadata.
 const MetaMaxSize = 512
 
-// Encode returns m in at most limit bytes: the announced list, then the
-// reason, then the build string are shortened until it fits.
+// Encode returns m's metadata part in at most limit bytes, or an error:
+// nothing is cut to fit.
 func (m Meta) Encode(limit int) ([]byte, error) {
 	b, err := json.Marshal(m)
-	if err != nil || len(b) <= limit {
-		return b, err
-	}
-	m.Announced, m.StandIn = nil, nil
-	if b, _ = json.Marshal(m); len(b) <= limit {
-		return b, nil
-	}
-	for len(b) > limit && (m.Reason != "" || m.Build != "") {
-		over := len(b) - limit
-		if m.Reason != "" {
-			r := []rune(m.Reason)
-			m.Reason = string(r[:max(0, len(r)-over-1)])
-		} else {
-			m.Build = ""
-		}
-		b, _ = json.Marshal(m)
+	if err != nil {
+		return nil, err
 	}
 	if len(b) > limit {
 		return nil, fmt.Errorf("node metadata is %d bytes, memberlist allows %d", len(b), limit)
@@ -79,8 +96,15 @@ func DecodeMeta(b []byte) (Meta, error) {
 	if len(b) == 0 {
 		return m, fmt.Errorf("no metadata")
 	}
-	err := json.Unmarshal(b, &m)
-	return m, err
+	if err := json.Unmarshal(b, &m); err != nil {
+		return m, err
+	}
+	var l legacyMeta
+	if json.Unmarshal(b, &l) == nil && (l.Reason != "" || l.Announced != nil || l.StandIn != nil) {
+		m.Legacy = &l
+		m.Reason, m.Announced, m.StandIn = l.Reason, l.Announced, l.StandIn
+	}
+	return m, nil
 }
 
 // State is a member's liveness as memberlist sees it.
