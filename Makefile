@@ -18,9 +18,10 @@ build:
 ## test: everything CI runs: lint, unit tests, lab tests (root)
 test: lint unit lab-test
 
-## unit: the unit tests; no root, no network beyond loopback
+## unit: the unit tests, with the race detector (most packages run
+## goroutines); no root, no network beyond loopback
 unit:
-	$(GO) test -count=1 ./...
+	$(GO) test -race -count=1 ./...
 
 ## lab-test: tests in network namespaces and the qemu VM (root)
 lab-test: build

@@ -3,7 +3,7 @@
 # .ci/run and by the demo (make lab); a no-op when everything is there.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-# make, git: the build; iproute2, nftables: namespace labs;
+# make, git: the build; gcc, libc6-dev: cgo for the race detector (make unit); iproute2, nftables: namespace labs;
 # qemu-system-x86, busybox-static, file: the VM lab with Debian's kernel.
 # bird2: the upstream router (and the directors' OSPF) in the routing labs;
 # nginx: the real servers of the end-to-end lab; curl: its client;
@@ -11,7 +11,7 @@ export DEBIAN_FRONTEND=noninteractive
 # interop lab; buildah, mmdebstrap (and gpg, which checks what it
 # fetches): the image test (labs/images) builds the Dockerfiles on a Debian
 # base made here, no registry needed.
-pkgs=(make git ca-certificates iproute2 nftables qemu-system-x86 busybox-static file bird2 nginx curl bind9-dnsutils keepalived buildah mmdebstrap gpg)
+pkgs=(make gcc libc6-dev git ca-certificates iproute2 nftables qemu-system-x86 busybox-static file bird2 nginx curl bind9-dnsutils keepalived buildah mmdebstrap gpg)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
