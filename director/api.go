@@ -176,6 +176,9 @@ type ConfigResponse struct {
 	ConfigInfo
 	AppliedVersion uint64            `json:"applied_version"`
 	Services       []configs.Service `json:"services"`
+	// Pending, in the answer to an apply, are the live members that had
+	// not confirmed the change when the director stopped waiting.
+	Pending []string `json:"pending,omitempty"`
 }
 
 // ApplyRequest is POST /v1/config: make Services the cluster's config if
@@ -227,11 +230,11 @@ func (n *Node) Handler() http.Handler {
 			fail(w, http.StatusUnprocessableEntity, err)
 			return
 		}
-		doc, err := n.Apply(req.BaseVersion, req.BaseHash, req.Services)
+		doc, pending, err := n.Apply(r.Context(), req.BaseVersion, req.BaseHash, req.Services)
 		if err != nil {
 			code := http.StatusInternalServerError
-			if errors.Is(err, cluster.ErrConflict) {
-				code = http.StatusConflict
+			if errors.Is(err, cluster.ErrConflict) || errors.Is(err, ErrLost) {
+				code = http.StatusConflict // GET /v1/config shows the winner
 			}
 			fail(w, code, err)
 			return
@@ -239,6 +242,7 @@ func (n *Node) Handler() http.Handler {
 		resp := n.ConfigView()
 		resp.ConfigInfo = ConfigInfo{Version: doc.Version, Hash: doc.Hash, Author: doc.Author, Time: doc.Time, Services: len(req.Services)}
 		resp.Services = nonNil(req.Services)
+		resp.Pending = pending
 		reply(w, http.StatusOK, resp)
 	})
 	mux.HandleFunc("POST /v1/drain", func(w http.ResponseWriter, r *http.Request) {

@@ -10,11 +10,13 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/anycastd/anycastd/cluster"
 	"github.com/anycastd/anycastd/configs"
 	"github.com/anycastd/anycastd/ipvs"
 )
@@ -94,7 +96,7 @@ func TestIPVSSaveAndReadFailuresDoNotWithdraw(t *testing.T) {
     health: {type: none}
     backends: [{address: 10.9.9.12}]
 `, "").Services
-	if _, err := d1.n.Apply(doc.Version, doc.Hash, more); err != nil {
+	if _, _, err := d1.n.Apply(context.Background(), doc.Version, doc.Hash, more); err != nil {
 		t.Fatal(err)
 	}
 	all3 := append(slices.Clone(both), "192.0.2.4/32")
@@ -165,7 +167,7 @@ func TestCheckSettingsChangeKeepsVIP(t *testing.T) {
 	waitFor(t, 10*time.Second, "announce", func() error { return expectAnnounced("192.0.2.1/32")(d1) })
 	mark := len(rec.sets())
 	doc := d1.n.Cluster().Document()
-	if _, err := d1.n.Apply(doc.Version, doc.Hash, nodeConfig(t, "d1", svc("2s"), "").Services); err != nil {
+	if _, _, err := d1.n.Apply(context.Background(), doc.Version, doc.Hash, nodeConfig(t, "d1", svc("2s"), "").Services); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "the new document applied", func() error {
@@ -210,7 +212,7 @@ func TestUnappliableDocumentKeepsServingTheLastOne(t *testing.T) {
     backends: [{address: 10.9.9.13}]
     health: {type: https, ca_cert: /nonexistent/anycastd-test-ca.pem}
 `, "").Services
-	if _, err := d1.n.Apply(doc.Version, doc.Hash, bad); err != nil {
+	if _, _, err := d1.n.Apply(context.Background(), doc.Version, doc.Hash, bad); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "the refusal reported", func() error {
@@ -405,5 +407,78 @@ func TestSocketDirMustBeRootOnly(t *testing.T) {
 		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
 			t.Errorf("%s: %v, want %q", tc.dir, err, tc.want)
 		}
+	}
+}
+
+// Case 17: two applies at once on two directors with the same base both
+// returned success; the tie was settled later by hash and one change was
+// silently lost. Now exactly one succeeds and the other is told it lost,
+// with the winner, and every director runs the winner.
+func TestConcurrentAppliesOneLoses(t *testing.T) {
+	d1 := startNode(t, nodeConfig(t, "d1", twoUDPVIPs, ""))
+	d2 := startNode(t, nodeConfig(t, "d2", twoUDPVIPs, ""), d1)
+	nodes := []*testNode{d1, d2}
+	waitFor(t, 10*time.Second, "one config on both", func() error {
+		a, b := d1.n.cl.Document(), d2.n.cl.Document()
+		if a.IsZero() || b.IsZero() || a.Hash != b.Hash {
+			return fmt.Errorf("d1 %s, d2 %s", a.Short(), b.Short())
+		}
+		if len(d1.n.cl.Members()) != 2 || len(d2.n.cl.Members()) != 2 {
+			return fmt.Errorf("members")
+		}
+		return nil
+	})
+	for round := range 3 {
+		base := d1.n.cl.Document()
+		type result struct {
+			name string
+			doc  *cluster.Document
+			err  error
+		}
+		res := make(chan result, 2)
+		var start sync.WaitGroup
+		start.Add(1)
+		for i, tn := range nodes {
+			svc := nodeConfig(t, "x", twoUDPVIPs+fmt.Sprintf(`  - name: r%d-from-%d
+    vip: 192.0.2.%d
+    protocol: udp
+    port: 514
+    health: {type: none}
+    backends: [{address: 10.9.9.12}]
+`, round, i, 10+i), "").Services
+			go func() {
+				start.Wait()
+				doc, _, err := tn.n.Apply(context.Background(), base.Version, base.Hash, svc)
+				res <- result{tn.n.cfg.Node.Name, doc, err}
+			}()
+		}
+		start.Done()
+		var won, lost []result
+		for range 2 {
+			r := <-res
+			switch {
+			case r.err == nil:
+				won = append(won, r)
+			case errors.Is(r.err, ErrLost) || errors.Is(r.err, cluster.ErrConflict):
+				lost = append(lost, r)
+			default:
+				t.Fatalf("%s: %v", r.name, r.err)
+			}
+		}
+		if len(won) != 1 || len(lost) != 1 {
+			t.Fatalf("round %d: %d applies reported success, %d lost (want 1 and 1): %+v %+v", round, len(won), len(lost), won, lost)
+		}
+		w := won[0].doc
+		if lost[0].doc != nil && lost[0].doc.Hash != w.Hash {
+			t.Errorf("the loser was told of %s, the winner is %s", lost[0].doc.Short(), w.Short())
+		}
+		waitFor(t, 5*time.Second, "both on the winner", func() error {
+			for _, tn := range nodes {
+				if d := tn.n.cl.Document(); d.Hash != w.Hash {
+					return fmt.Errorf("%s runs %s, not the winner %s", tn.n.cfg.Node.Name, d.Short(), w.Short())
+				}
+			}
+			return nil
+		})
 	}
 }

@@ -54,7 +54,10 @@ type Options struct {
 	// ActiveStepHold is how long the active set holds each one-director
 	// step when max_active falls (default 5s; see ActiveSize).
 	ActiveStepHold time.Duration
-	Now            func() time.Time
+	// ApplyWait is how long Apply waits for every member to confirm a
+	// change (default 8s: anyctl waits 10s for an answer).
+	ApplyWait time.Duration
+	Now       func() time.Time
 }
 
 // Node is one director: it owns the control loop that joins config,
@@ -167,6 +170,7 @@ func New(o Options) (*Node, error) {
 	o.Resync = cmp.Or(o.Resync, 5*time.Second)
 	o.BehindGrace = cmp.Or(o.BehindGrace, 3*time.Second)
 	o.ActiveStepHold = cmp.Or(o.ActiveStepHold, 5*time.Second)
+	o.ApplyWait = cmp.Or(o.ApplyWait, 8*time.Second)
 	if o.Timing == (cluster.Timing{}) {
 		o.Timing = cluster.LANTiming
 	}
@@ -631,18 +635,79 @@ func (n *Node) saveDrain() error {
 	return nil
 }
 
+// ErrLost is Apply's error when another change won: the cluster took
+// another document of the same version (two applies at once on two
+// directors, both on the same base), or a newer one before every member
+// confirmed this one.
+var ErrLost = errors.New("another change won")
+
 // Apply makes services the cluster's config, if the cluster's config is
-// still baseVersion/baseHash (0, "": none); see cluster.ProposeIf.
-func (n *Node) Apply(baseVersion uint64, baseHash string, services []configs.Service) (*cluster.Document, error) {
+// still baseVersion/baseHash (0, "": none; see cluster.ProposeIf), and
+// waits (up to Options.ApplyWait, or ctx) until every live member runs it.
+// It returns the document and the members that have not confirmed it yet
+// (none: the cluster converged on it). When another change wins meanwhile
+// it returns that document with ErrLost: a change that lost is never
+// reported as applied.
+func (n *Node) Apply(ctx context.Context, baseVersion uint64, baseHash string, services []configs.Service) (*cluster.Document, []string, error) {
 	n.applyMu.Lock()
 	defer n.applyMu.Unlock()
 	d, err := n.cl.ProposeIf(baseVersion, baseHash, services)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	n.log.Info("cluster config applied through the API", "version", d.Version, "hash", d.Short())
 	n.Wake()
-	return d, nil
+	wait := time.NewTimer(n.opts.ApplyWait)
+	defer wait.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if cur := n.cl.Document(); cur.Version != d.Version || cur.Hash != d.Hash {
+			n.log.Warn("a change applied through the API lost", "version", d.Version, "hash", d.Short(),
+				"winner", fmt.Sprintf("v%d/%s", cur.Version, cur.Short()), "author", cur.Author)
+			how := "the same version, made at the same time"
+			if cur.Version > d.Version {
+				how = "a newer version, before every director confirmed this one"
+			}
+			return cur, nil, fmt.Errorf("%w: the cluster took v%d/%s by %s (%s)", ErrLost, cur.Version, cur.Short(), cur.Author, how)
+		}
+		pending, refusedHere := n.unconfirmed(d)
+		if len(pending) == 0 || refusedHere {
+			return d, pending, nil
+		}
+		select {
+		case <-tick.C:
+		case <-wait.C:
+			return d, pending, nil
+		case <-ctx.Done():
+			return d, pending, nil
+		}
+	}
+}
+
+// unconfirmed are the live members (this one included) that do not run
+// d; refusedHere says this director cannot apply it (there is no point in
+// waiting: its reason is in the list).
+func (n *Node) unconfirmed(d *cluster.Document) (out []string, refusedHere bool) {
+	n.mu.Lock()
+	self, applied, docErr := n.cfg.Node.Name, n.appliedDoc, n.docErr
+	n.mu.Unlock()
+	if applied == nil || applied.Version != d.Version || applied.Hash != d.Hash {
+		if strings.HasPrefix(docErr, fmt.Sprintf("cluster config v%d from ", d.Version)) {
+			out, refusedHere = append(out, self+" ("+docErr+")"), true
+		} else {
+			out = append(out, self)
+		}
+	}
+	for _, m := range n.cl.Members() {
+		if m.Name == self || (m.State != cluster.StateAlive && m.State != cluster.StateSuspect) || m.Bad != "" {
+			continue
+		}
+		if m.Meta.ConfigVersion != d.Version || m.Meta.ConfigHash != d.Short() {
+			out = append(out, m.Name)
+		}
+	}
+	return out, refusedHere
 }
 
 func (n *Node) loop(ctx context.Context, errc <-chan error) error {

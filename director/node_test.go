@@ -372,7 +372,7 @@ func TestNodeRestartKeepsClusterConfig(t *testing.T) {
 	cur := d1.n.ConfigView()
 	next := slices.Clone(cur.Services)
 	next[0].Backends = append(next[0].Backends, configs.Backend{Address: mustAddr("10.9.9.10"), Port: 53, Weight: 1})
-	doc, err := d1.n.Apply(cur.Version, cur.Hash, next)
+	doc, _, err := d1.n.Apply(context.Background(), cur.Version, cur.Hash, next)
 	if err != nil {
 		t.Fatal(err)
 	}

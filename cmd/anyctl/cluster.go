@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -222,10 +223,22 @@ director only proposes its file's services when the file itself changes.`,
 			var res director.ConfigResponse
 			req := director.ApplyRequest{BaseVersion: cur.Version, BaseHash: cur.Hash, Services: services}
 			if err := c.call(cmd.Context(), http.MethodPost, "/v1/config", req, &res); err != nil {
+				var ae *apiError
+				if errors.As(err, &ae) && ae.status == http.StatusConflict {
+					// Another change won: show it against this one.
+					var won director.ConfigResponse
+					if c.call(cmd.Context(), http.MethodGet, "/v1/config", nil, &won) == nil {
+						fmt.Fprintf(out, "NOT APPLIED: %s\nthe cluster runs %s by %s; its difference from your file:\n", ae.resp.Error, cfgName(won.Version, won.Hash), orDash(won.Author))
+						writeServicesDiff(out, won, services)
+					}
+				}
 				return err
 			}
-			fmt.Fprintf(out, "applied: cluster config is now %s (was %s); it is spreading to every director, see `anyctl members`\n",
-				cfgName(res.Version, res.Hash), cfgName(cur.Version, cur.Hash))
+			if len(res.Pending) > 0 {
+				return &exitError{code: exitFailed, err: fmt.Errorf("applied here as %s, but not confirmed yet by %s: see `anyctl members`",
+					cfgName(res.Version, res.Hash), strings.Join(res.Pending, ", "))}
+			}
+			fmt.Fprintf(out, "applied: every director runs %s now (was %s)\n", cfgName(res.Version, res.Hash), cfgName(cur.Version, cur.Hash))
 			return nil
 		},
 	}

@@ -102,7 +102,7 @@ func TestClusterCommandsAgainstADirector(t *testing.T) {
 		t.Errorf("apply without an answer: %d\n%s", code, out)
 	}
 	out, _, code = runCLI("apply", "-f", file, "--socket", sock, "--yes")
-	if code != exitOK || !strings.Contains(out, "applied: cluster config is now v2/") {
+	if code != exitOK || !strings.Contains(out, "applied: every director runs v2/") {
 		t.Errorf("apply --yes: %d\n%s", code, out)
 	}
 	out, _, code = runCLI("apply", "-f", file, "--socket", sock, "--yes")
