@@ -201,9 +201,15 @@ func (c *Cluster) Run(ctx context.Context) error {
 	conf.Keyring = c.keyring
 	conf.Delegate = (*delegate)(c)
 	conf.Events = (*events)(c)
-	conf.Logger = log.New(&logWriter{log: c.log}, "", 0)
+	conf.Logger = log.New(&logWriter{log: c.log, rate: newRateLog(c.log.With("component", "memberlist"), 10*time.Second)}, "", 0)
+	tr, port, err := newBoundedTransport(c.opts.Bind.String(), c.opts.Port, conf.Logger, newRateLog(c.log, 10*time.Second))
+	if err != nil {
+		return fmt.Errorf("gossip on %s:%d: %w", c.opts.Bind, c.opts.Port, err)
+	}
+	conf.Transport, conf.BindPort, conf.AdvertisePort = tr, port, port
 	ml, err := memberlist.Create(conf)
 	if err != nil {
+		tr.Shutdown()
 		return fmt.Errorf("gossip on %s:%d: %w", c.opts.Bind, c.opts.Port, err)
 	}
 	// memberlist hands out a pointer to its own node record, which it
@@ -558,6 +564,10 @@ func (c *Cluster) propose(services []configs.Service, check func(cur *Document) 
 	if err != nil {
 		c.mu.Unlock()
 		return nil, err
+	}
+	if len(d.Services) > MaxDocumentBytes {
+		c.mu.Unlock()
+		return nil, fmt.Errorf("the services document is %.1f MiB; the cluster carries at most %d MiB", float64(len(d.Services))/(1<<20), MaxDocumentBytes>>20)
 	}
 	if err := c.checkRoomLocked(d); err != nil {
 		c.mu.Unlock()
@@ -1092,8 +1102,13 @@ func (c *Cluster) queueNotice(d *Document) {
 }
 
 // logWriter turns memberlist's log lines ("[WARN] memberlist: ...") into
-// slog records at the matching level.
-type logWriter struct{ log *slog.Logger }
+// slog records at the matching level. Warnings and errors (most of them
+// about a packet or stream from someone: undecryptable, malformed) are
+// rate-limited by kind, so that a sender cannot flood the log.
+type logWriter struct {
+	log  *slog.Logger
+	rate *rateLog
+}
 
 func (w *logWriter) Write(p []byte) (int, error) {
 	line := strings.TrimSpace(string(p))
@@ -1105,7 +1120,15 @@ func (w *logWriter) Write(p []byte) (int, error) {
 			break
 		}
 	}
-	w.log.Log(context.Background(), lvl, strings.TrimPrefix(line, "memberlist: "), "component", "memberlist")
+	line = strings.TrimPrefix(line, "memberlist: ")
+	if lvl >= slog.LevelWarn && w.rate != nil {
+		// The kind is the text up to the first detail (": ", "from=").
+		kind, _, _ := strings.Cut(line, ": ")
+		kind, _, _ = strings.Cut(kind, " from=")
+		w.rate.print(lvl, kind, "line", line)
+		return len(p), nil
+	}
+	w.log.Log(context.Background(), lvl, line, "component", "memberlist")
 	return len(p), nil
 }
 

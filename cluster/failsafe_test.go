@@ -1,15 +1,22 @@
 package cluster
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/anycastd/anycastd/configs"
 )
 
 // Case 3 of the fail-safe issue: the README's key rotation (add the new
@@ -315,4 +322,117 @@ func TestClusterHundredVIPsPerDirector(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Case 19: anyone who reaches the gossip port could exhaust memory: each
+// TCP stream that announced an encrypted message of 20 MiB was read whole
+// before it could be checked (8 streams: ~600 MiB, 16: ~850 MiB, not
+// returned). Streams are bounded now, in number and in bytes; the member
+// keeps working through it.
+func TestClusterGossipStreamsBounded(t *testing.T) {
+	tc := newTestCluster(t)
+	a := tc.start("lb1", [][]byte{key1}, "")
+	addr := a.c.LocalAddr().String()
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		var m runtime.MemStats
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			runtime.ReadMemStats(&m)
+			if m.HeapInuse > peak.Load() {
+				peak.Store(m.HeapInuse)
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	zeros := make([]byte, 1<<20)
+	for range 16 {
+		wg.Go(func() {
+			c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			var hdr [5]byte
+			hdr[0] = 0x0a // memberlist's encryptMsg
+			binary.BigEndian.PutUint32(hdr[1:], 20<<20)
+			if _, err := c.Write(hdr[:]); err != nil {
+				return
+			}
+			for range 20 {
+				if _, err := c.Write(zeros); err != nil {
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	<-sampled
+	grew := int64(peak.Load()) - int64(before.HeapInuse)
+	t.Logf("16 streams of 20 MiB: heap in use grew by at most %d MiB", grew>>20)
+	if grew > 160<<20 {
+		t.Errorf("heap in use grew by %d MiB under 16 streams of 20 MiB (bounded: at most ~%d MiB)", grew>>20, 3*streamBudget>>20)
+	}
+	// Still a working member.
+	b := tc.start("lb2", [][]byte{key1}, "", "lb1")
+	eventually(t, 20*time.Second, "lb2 joins after the flood", func() error {
+		if got := alive(b.c.Members()); len(got) != 2 {
+			return fmt.Errorf("lb2 sees %v", got)
+		}
+		return nil
+	})
+}
+
+// manyServices is n services of 10 backends each (about 0.8 kB a service).
+func manyServices(t *testing.T, n int) []configs.Service {
+	t.Helper()
+	var sb strings.Builder
+	sb.WriteString("node: {name: t, state_dir: /tmp/x}\ncluster: {insecure: true}\nrouting: {mode: kernel, kernel: {table: 100}}\nservices:\n")
+	for i := range n {
+		fmt.Fprintf(&sb, "  - {name: s%d, vip: 10.200.%d.%d, port: 80, health: {type: http, path: /healthz}, backends: [", i, i/250, i%250+1)
+		for j := range 10 {
+			fmt.Fprintf(&sb, "{address: 10.%d.%d.%d},", 1+j, i/250, i%250+1)
+		}
+		sb.WriteString("]}\n")
+	}
+	c, err := configs.Parse([]byte(sb.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Services
+}
+
+// The bounds leave room for what a cluster needs: a document of 4,000
+// services (3 MB) reaches a member that joins later, by push/pull; one too
+// large to travel is refused when it is proposed, with its size.
+func TestClusterLargeDocumentWithinBounds(t *testing.T) {
+	tc := newTestCluster(t)
+	a := tc.start("lb1", [][]byte{key1}, "")
+	d, err := a.c.Propose(manyServices(t, 4000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("document of 4,000 services: %d bytes", len(d.Services))
+	b := tc.start("lb2", [][]byte{key1}, "", "lb1")
+	eventually(t, 20*time.Second, "the large document on lb2", func() error {
+		if got := b.c.Document(); got == nil || got.Hash != d.Hash {
+			return fmt.Errorf("lb2 has %v", got)
+		}
+		return nil
+	})
+	if _, err := a.c.Propose(manyServices(t, 7000)); err == nil || !strings.Contains(err.Error(), "the cluster carries at most 4 MiB") {
+		t.Errorf("a document too large to travel: %v", err)
+	}
 }
