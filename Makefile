@@ -49,6 +49,7 @@ lint:
 ## fuzz: each fuzz target for FUZZTIME
 fuzz:
 	$(GO) test ./configs -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) -fuzzminimizetime 2s
+	$(GO) test ./configs -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME) -fuzzminimizetime 2s
 	$(GO) test ./routing/vrrp -run '^$$' -fuzz FuzzUnmarshal -fuzztime $(FUZZTIME) -fuzzminimizetime 2s
 
 ## images: the anycastd image and the containerlab lab images (docker, podman or buildah)

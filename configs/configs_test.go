@@ -1,6 +1,7 @@
 package configs
 
 import (
+	"encoding/json"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -516,6 +517,8 @@ func TestEnvName(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	files, _ := filepath.Glob("examples/*.yaml")
 	more, _ := filepath.Glob("testdata/*.yaml")
+	bad, _ := filepath.Glob("testdata/bad/*.yaml")
+	more = append(more, bad...)
 	for _, p := range append(files, more...) {
 		if b, err := os.ReadFile(p); err == nil {
 			f.Add(b)
@@ -623,3 +626,64 @@ func TestValidateServicesComparesUnmapped(t *testing.T) {
 }
 
 func netipMust(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// FuzzLoad is the whole loader as the daemon runs it: a file, the
+// environment, the flags (none set), defaults, validation. Whatever the
+// file holds, Load returns a config or errors with messages; a config it
+// returns validates, has its addresses in canonical form, and its services
+// make a document that validates as a director receiving it would.
+func FuzzLoad(f *testing.F) {
+	for _, g := range []string{"examples/*.yaml", "testdata/*.yaml", "testdata/bad/*.yaml"} {
+		files, _ := filepath.Glob(g)
+		for _, p := range files {
+			if b, err := os.ReadFile(p); err == nil {
+				f.Add(b)
+			}
+		}
+	}
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		path := filepath.Join(dir, "anycastd.yaml")
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
+		fs.String("node-name", "", "")
+		c, err := Load(path, WithEnv(func(string) (string, bool) { return "", false }), WithFlags(fs, map[string]string{"node-name": "node.name"}))
+		if (c == nil) == (err == nil) {
+			t.Fatalf("Load must return a config or an error: %v %v", c, err)
+		}
+		if err != nil {
+			for _, fe := range FieldErrors(err) {
+				if strings.TrimSpace(fe.Msg) == "" {
+					t.Fatalf("an error without a message: %q", fe.Error())
+				}
+			}
+			return
+		}
+		if err := Validate(c); err != nil {
+			t.Fatalf("Load accepted a config Validate rejects: %v", err)
+		}
+		for _, s := range c.Services {
+			if s.VIP.Is4In6() {
+				t.Fatalf("VIP %s not canonical", s.VIP)
+			}
+			for _, b := range s.Backends {
+				if b.Address.Is4In6() {
+					t.Fatalf("backend %s not canonical", b.Address)
+				}
+			}
+		}
+		raw, err := json.Marshal(c.Services)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back []Service
+		if err := json.Unmarshal(raw, &back); err != nil {
+			t.Fatalf("the services do not decode as a director decodes a document: %v", err)
+		}
+		if err := ValidateServices(back); err != nil {
+			t.Fatalf("the services do not validate as a director validates a document: %v", err)
+		}
+	})
+}

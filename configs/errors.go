@@ -156,6 +156,9 @@ func fieldDecodeError(name string, err error) []*FieldError {
 		}
 		return out
 	}
+	if got, ok := strings.CutPrefix(msg, "source data must be an array or slice, got "); ok {
+		return []*FieldError{{Path: name, Msg: fmt.Sprintf("a %s is not a list: write it as a list (- item)", map[string]string{"map": "mapping"}[got]+map[bool]string{true: got}[got != "map"])}}
+	}
 	var pe *mapstructure.ParseError
 	if errors.As(err, &pe) {
 		return []*FieldError{{Path: name, Msg: fmt.Sprintf("%q is not a valid %s: %v",

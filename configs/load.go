@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
+	"math/big"
 	"net/netip"
 	"os"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
 
@@ -80,6 +83,14 @@ func parse(data []byte, opts ...Option) (cfg *Config, err error) {
 	for _, o := range opts {
 		o(l)
 	}
+	if problems := checkYAML(data); len(problems) > 0 {
+		sortFieldErrors(problems)
+		errs := make([]error, len(problems))
+		for i, p := range problems {
+			errs[i] = p
+		}
+		return nil, errors.Join(errs...)
+	}
 	v := viper.New()
 	v.SetConfigType("yaml")
 	if err := readYAML(v, data); err != nil {
@@ -106,6 +117,7 @@ func parse(data []byte, opts ...Option) (cfg *Config, err error) {
 		DecodeHook: mapstructure.ComposeDecodeHookFunc(
 			durationHook,
 			netipHook,
+			scalarHook,
 			mapstructure.StringToBasicTypeHookFunc(),
 		),
 	})
@@ -137,7 +149,7 @@ func parse(data []byte, opts ...Option) (cfg *Config, err error) {
 		}
 	}
 	for _, ve := range check(&c) {
-		if !under(ve.Path, decodeProblems) {
+		if !under(ve.Path, decodeProblems) && !derived(ve.Path, decodeProblems) {
 			problems = append(problems, ve)
 		}
 	}
@@ -162,6 +174,23 @@ func readYAML(v *viper.Viper, data []byte) (err error) {
 		}
 	}()
 	return v.ReadConfig(bytes.NewReader(data))
+}
+
+// derived reports a check of a value that takes its default from a field
+// that could not be decoded: the problem is that field, reported already.
+func derived(path string, problems []*FieldError) bool {
+	for _, p := range problems {
+		switch {
+		case p.Path == "cluster.insecure" && path == "cluster.keys":
+			return true
+		case strings.HasPrefix(p.Path, "services[") && strings.HasSuffix(p.Path, "].port"):
+			svc := strings.TrimSuffix(p.Path, ".port")
+			if strings.HasPrefix(path, svc+".backends[") && strings.HasSuffix(path, "].port") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func under(path string, problems []*FieldError) bool {
@@ -194,6 +223,68 @@ func durationHook(from, to reflect.Type, data any) (any, error) {
 	default:
 		return nil, fmt.Errorf("%v is not a duration: give a unit, e.g. %vs", data, data)
 	}
+}
+
+// scalarHook decodes integers and booleans with errors that say what the
+// value should be, and refuses a number its field cannot hold (mapstructure
+// would wrap 2^63 around to -2^63, and an AS number of 2^32 to 0).
+func scalarHook(from, to reflect.Type, data any) (any, error) {
+	if to == reflect.TypeFor[time.Duration]() {
+		return data, nil
+	}
+	switch to.Kind() {
+	case reflect.Bool:
+		s, ok := data.(string)
+		if !ok {
+			return data, nil
+		}
+		b, err := strconv.ParseBool(strings.TrimSpace(s))
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a boolean (true or false)", s)
+		}
+		return b, nil
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+	default:
+		return data, nil
+	}
+	var n big.Int
+	switch x := data.(type) {
+	case string:
+		if _, ok := n.SetString(strings.TrimSpace(x), 10); !ok {
+			return nil, fmt.Errorf("%q is not an integer", x)
+		}
+	case int:
+		n.SetInt64(int64(x))
+	case int64:
+		n.SetInt64(x)
+	case uint64:
+		n.SetUint64(x)
+	case float64:
+		if x != math.Trunc(x) || math.IsInf(x, 0) || math.IsNaN(x) {
+			return nil, fmt.Errorf("%v is not an integer", x)
+		}
+		big.NewFloat(x).Int(&n)
+	default:
+		return data, nil
+	}
+	out := reflect.New(to).Elem()
+	var lo, hi big.Int
+	if to.Kind() >= reflect.Uint && to.Kind() <= reflect.Uint64 {
+		hi.Lsh(big.NewInt(1), uint(to.Bits())).Sub(&hi, big.NewInt(1))
+		if n.Sign() < 0 || n.Cmp(&hi) > 0 {
+			return nil, fmt.Errorf("%s is out of range (0..%s)", n.String(), hi.String())
+		}
+		out.SetUint(n.Uint64())
+		return out.Interface(), nil
+	}
+	hi.Lsh(big.NewInt(1), uint(to.Bits()-1)).Sub(&hi, big.NewInt(1))
+	lo.Neg(&hi).Sub(&lo, big.NewInt(1))
+	if n.Cmp(&lo) < 0 || n.Cmp(&hi) > 0 {
+		return nil, fmt.Errorf("%s is out of range (%s..%s)", n.String(), lo.String(), hi.String())
+	}
+	out.SetInt(n.Int64())
+	return out.Interface(), nil
 }
 
 // netipHook decodes addresses ("10.0.0.1", "[2001:db8::1]:53") with an

@@ -157,6 +157,10 @@ func (c *checker) routing(p string, r *Routing) {
 	case ModeVRRP:
 		c.vrrp(p+".vrrp", &r.VRRP)
 	case ModeDNS:
+		// Per-director VIPs are not modelled: on its own it would give
+		// out every VIP whatever holds it. The daemon refuses it; so
+		// must validate and --check-config (the unit's ExecStartPre).
+		c.add(p+".mode", "dns on its own is not supported: use vrrp with routing.dns.enabled: true (the fallback mode)")
 	default:
 		c.add(p+".mode", "%q is not a routing mode (bgp, kernel, vrrp, dns)", r.Mode)
 	}
@@ -238,11 +242,11 @@ func (c *checker) bgp(p string, b *BGP) {
 			}
 		}
 		if n.BFD.Enabled {
-			if n.BFD.MinTx < time.Millisecond {
-				c.add(np+".bfd.min_tx", "%s is below 1ms", n.BFD.MinTx)
+			if n.BFD.MinTx < 10*time.Millisecond || n.BFD.MinTx > time.Minute {
+				c.add(np+".bfd.min_tx", "%s is out of range (10ms..1m)", n.BFD.MinTx)
 			}
-			if n.BFD.MinRx < time.Millisecond {
-				c.add(np+".bfd.min_rx", "%s is below 1ms", n.BFD.MinRx)
+			if n.BFD.MinRx < 10*time.Millisecond || n.BFD.MinRx > time.Minute {
+				c.add(np+".bfd.min_rx", "%s is out of range (10ms..1m)", n.BFD.MinRx)
 			}
 			if n.BFD.Multiplier < 1 || n.BFD.Multiplier > 255 {
 				c.add(np+".bfd.multiplier", "%d is out of range (1..255)", n.BFD.Multiplier)
@@ -432,13 +436,29 @@ func (c *checker) api(p string, a *API) {
 	}
 }
 
+// Floors and ceilings of check timing: a probe every nanosecond (which
+// was accepted) burns a core per target; one timing out after a day never
+// reports.
+const (
+	MinCheckInterval = 100 * time.Millisecond
+	MaxCheckInterval = time.Hour
+	MinCheckTimeout  = 10 * time.Millisecond
+)
+
+func (c *checker) checkTiming(p string, interval, timeout time.Duration) {
+	if interval < MinCheckInterval || interval > MaxCheckInterval {
+		c.add(p+".interval", "%s is out of range (%s..%s)", interval, MinCheckInterval, MaxCheckInterval)
+	}
+	switch {
+	case timeout < MinCheckTimeout || timeout > MaxCheckInterval:
+		c.add(p+".timeout", "%s is out of range (%s..%s)", timeout, MinCheckTimeout, MaxCheckInterval)
+	case interval >= MinCheckInterval && timeout > interval:
+		c.add(p+".timeout", "%s is longer than the interval %s", timeout, interval)
+	}
+}
+
 func (c *checker) health(p string, h *Health) {
-	if h.Interval <= 0 {
-		c.add(p+".interval", "%s must be positive", h.Interval)
-	}
-	if h.Timeout <= 0 {
-		c.add(p+".timeout", "%s must be positive", h.Timeout)
-	}
+	c.checkTiming(p, h.Interval, h.Timeout)
 	if h.Rise < 1 || h.Rise > 100 {
 		c.add(p+".rise", "%d is out of range (1..100)", h.Rise)
 	}
@@ -501,10 +521,17 @@ func (c *checker) services(ss []Service) {
 		}
 		names[s.Name] = i
 
-		if !s.VIP.IsValid() {
+		switch {
+		case !s.VIP.IsValid():
 			c.add(p+".vip", "required")
-		} else if s.VIP.IsUnspecified() || s.VIP.IsMulticast() {
+		case s.VIP.Zone() != "":
+			c.add(p+".vip", "%s has a zone: a VIP is routed, not bound to a link", s.VIP)
+		case s.VIP.IsUnspecified() || s.VIP.IsMulticast():
 			c.add(p+".vip", "%s is not a unicast address", s.VIP)
+		case s.VIP.IsLoopback():
+			c.add(p+".vip", "%s is a loopback address: it never leaves the host", s.VIP)
+		case s.VIP.IsLinkLocalUnicast():
+			c.add(p+".vip", "%s is link-local: it cannot be announced beyond the link", s.VIP)
 		}
 		switch s.Protocol {
 		case ProtoTCP, ProtoUDP, ProtoSCTP:
@@ -585,6 +612,8 @@ func (c *checker) services(ss []Service) {
 				c.add(bp+".address", "required")
 			} else {
 				switch {
+				case b.Address.Zone() != "":
+					c.add(bp+".address", "%s has a zone: IPVS takes a plain address", b.Address)
 				case b.Address.IsUnspecified() || b.Address.IsMulticast():
 					c.add(bp+".address", "%s is not a unicast address", b.Address)
 				case s.VIP.IsValid() && family(b.Address) != family(s.VIP):
@@ -731,14 +760,7 @@ func (c *checker) check(p string, k *Check, forwarding string) {
 	if k.Port < 0 || k.Port > 65535 {
 		c.add(p+".port", "%d is not a port (1..65535)", k.Port)
 	}
-	if k.Interval <= 0 {
-		c.add(p+".interval", "%s must be positive", k.Interval)
-	}
-	if k.Timeout <= 0 {
-		c.add(p+".timeout", "%s must be positive", k.Timeout)
-	} else if k.Interval > 0 && k.Timeout > k.Interval {
-		c.add(p+".timeout", "%s is longer than the interval %s", k.Timeout, k.Interval)
-	}
+	c.checkTiming(p, k.Interval, k.Timeout)
 	if k.Rise < 1 || k.Rise > 100 {
 		c.add(p+".rise", "%d is out of range (1..100)", k.Rise)
 	}
