@@ -122,6 +122,12 @@ func startNodeWith(t *testing.T, cfg *configs.Config, ann routing.Announcer, see
 // then stands in for it as the dataplane).
 func startNodeDP(t *testing.T, cfg *configs.Config, ann routing.Announcer, dpi ipvs.Dataplane, seeds ...*testNode) *testNode {
 	t.Helper()
+	return startNodeOpts(t, cfg, ann, dpi, nil, seeds...)
+}
+
+// startNodeOpts is startNodeDP with the node's options changed by opt.
+func startNodeOpts(t *testing.T, cfg *configs.Config, ann routing.Announcer, dpi ipvs.Dataplane, opt func(*Options), seeds ...*testNode) *testNode {
+	t.Helper()
 	for _, s := range seeds {
 		cfg.Cluster.Seeds = append(cfg.Cluster.Seeds, s.n.Cluster().LocalAddr().String())
 	}
@@ -134,8 +140,12 @@ func startNodeDP(t *testing.T, cfg *configs.Config, ann routing.Announcer, dpi i
 	// several speakers in one process race (harmless, but -race says so):
 	// in-process nodes record their announcements; the real speaker runs
 	// one per process in the multi-process and lab tests.
-	n, err := New(Options{Config: cfg, Log: log, Dataplane: dpi, Announcer: ann, JoinWait: 2 * time.Second,
-		Resync: 200 * time.Millisecond, BehindGrace: time.Second})
+	o := Options{Config: cfg, Log: log, Dataplane: dpi, Announcer: ann, JoinWait: 2 * time.Second,
+		Resync: 200 * time.Millisecond, BehindGrace: time.Second}
+	if opt != nil {
+		opt(&o)
+	}
+	n, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
