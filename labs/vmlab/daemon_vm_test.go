@@ -1,7 +1,6 @@
 package vmlab
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -188,20 +187,8 @@ func TestVMDaemons(t *testing.T) {
 	// so that every request needs d1's kernel table while the daemon is
 	// away.
 	l.route(1)
-	hold := l.dr.helperCmd("cl", "hold", vip+":80", "30")
-	stdin, _ := hold.StdinPipe()
-	stdout, _ := hold.StdoutPipe()
-	if err := hold.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { stdin.Close(); hold.Wait() }()
-	r := bufio.NewReader(stdout)
-	ready, err := r.ReadString('\n')
-	ports, ok := strings.CutPrefix(strings.TrimSpace(ready), "ready ")
-	if err != nil || !ok {
-		t.Fatalf("hold: %q %v", ready, err)
-	}
-	held := strings.Split(ports, ",")
+	hold := l.dr.hold(t, "cl", vip+":80", "30")
+	held := strings.Split(hold.Ready[0], ",")
 	before := established(t, l.ns["d1"], "10.0.0.1", held)
 	load := l.dr.helperCmd("cl", "connect", vip+":80", "400", "10.0.0.1")
 	var loadOut bytes.Buffer
@@ -216,8 +203,7 @@ func TestVMDaemons(t *testing.T) {
 	load.Wait()
 	failed := strings.Count(loadOut.String(), "ERROR")
 	served := strings.Count(loadOut.String(), "\n") - failed
-	io.WriteString(stdin, "ping\n")
-	line, _ := r.ReadString('\n')
+	line := hold.Check()
 	after := established(t, l.ns["d1"], "10.0.0.1", held)
 	t.Logf("measure: daemon restart under traffic: %d of %d new connections served, %d failed; held connections after: %s; their IPVS connection entries on d1: %d before, %d after (a flush would drop them)",
 		served, served+failed, failed, strings.TrimSpace(line), before, after)

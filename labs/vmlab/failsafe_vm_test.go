@@ -1,10 +1,8 @@
 package vmlab
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -168,22 +166,14 @@ services:
 	})
 	l.route(1)
 
-	hold := l.dr.helperCmd("cl", "hold", vip+":80", "40", strings.Join(srcs, ","))
-	stdin, _ := hold.StdinPipe()
-	stdout, _ := hold.StdoutPipe()
-	if err := hold.Start(); err != nil {
-		t.Fatal(err)
+	hold := l.dr.hold(t, "cl", vip+":80", "40", strings.Join(srcs, ","))
+	if len(hold.Ready) != 2 {
+		t.Fatalf("hold: %q", hold.Ready)
 	}
-	defer func() { stdin.Close(); hold.Wait() }()
-	r := bufio.NewReader(stdout)
-	ready, err := r.ReadString('\n')
-	f := strings.Fields(ready)
-	if err != nil || len(f) != 3 || f[0] != "ready" {
-		t.Fatalf("hold: %q %v", ready, err)
-	}
-	servers := strings.Split(f[2], ",")
-	onRS2 := strings.Count(f[2], "rs2")
-	t.Logf("held connections by real server: rs1 %d, rs2 %d, rs3 %d", strings.Count(f[2], "rs1"), onRS2, strings.Count(f[2], "rs3"))
+	list := hold.Ready[1]
+	servers := strings.Split(list, ",")
+	onRS2 := strings.Count(list, "rs2")
+	t.Logf("held connections by real server: rs1 %d, rs2 %d, rs3 %d", strings.Count(list, "rs1"), onRS2, strings.Count(list, "rs3"))
 
 	// rs2's server stops: its checks fail, it goes to weight 0.
 	pids, _ := exec.Command("ip", "netns", "pids", l.ns["rs2"].Name).Output()
@@ -205,9 +195,7 @@ services:
 		t.Errorf("%d of 200 new connections failed while one backend was down", failed)
 	}
 
-	io.WriteString(stdin, "ping\n")
-	line, _ := r.ReadString('\n')
-	line = strings.TrimSpace(line)
+	line := hold.Check()
 	var ok, total int
 	fmt.Sscanf(line, "ok %d/%d", &ok, &total)
 	if total != len(servers) || ok != total-onRS2 {

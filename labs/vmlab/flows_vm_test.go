@@ -1,9 +1,7 @@
 package vmlab
 
 import (
-	"bufio"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -115,22 +113,11 @@ func (l *flowLab) program(sched string, sloppy bool) {
 func (l *flowLab) survival(n int) (afterRemove, afterAdd int) {
 	l.t.Helper()
 	l.route(1, 2, 3, 4)
-	cmd := l.dr.helperCmd("cl", "hold", vip+":80", fmt.Sprint(n))
-	stdin, _ := cmd.StdinPipe()
-	stdout, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		l.t.Fatal(err)
-	}
-	defer func() { stdin.Close(); cmd.Wait() }()
-	r := bufio.NewReader(stdout)
-	if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "ready ") {
-		l.t.Fatalf("hold: %q %v", line, err)
-	}
+	h := l.dr.hold(l.t, "cl", vip+":80", fmt.Sprint(n))
+	defer h.Stop()
 	check := func() int {
-		io.WriteString(stdin, "ping\n")
-		line, _ := r.ReadString('\n')
 		var ok, total int
-		fmt.Sscanf(strings.TrimSpace(line), "ok %d/%d", &ok, &total)
+		fmt.Sscanf(h.Check(), "ok %d/%d", &ok, &total)
 		return ok
 	}
 	if ok := check(); ok != n {

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -101,6 +102,50 @@ func (l *drLab) helper(ns string, args ...string) string {
 		l.t.Fatalf("helper %v in %s: %v\n%s", args, ns, err, out)
 	}
 	return string(out)
+}
+
+// held is a running hold helper (labtest.HelperMain): connections kept
+// open from the client, checked on demand.
+type held struct {
+	// Ready are the fields of its ready line after "ready": the local
+	// ports, and the servers when it was given sources.
+	Ready []string
+	in    io.WriteCloser
+	out   *bufio.Reader
+	stop  func()
+}
+
+// Stop closes the connections and waits for the helper to end.
+func (h *held) Stop() { h.stop() }
+
+// Check asks every held connection to echo and returns the answer
+// ("ok K/N", with "failed:SERVER,..." when given sources).
+func (h *held) Check() string {
+	io.WriteString(h.in, "ping\n")
+	line, _ := h.out.ReadString('\n')
+	return strings.TrimSpace(line)
+}
+
+// hold starts the hold helper in ns (args: TARGET N [SRC,...]) and waits
+// for its connections; it is stopped when t ends.
+func (l *drLab) hold(t testing.TB, ns string, args ...string) *held {
+	t.Helper()
+	cmd := l.helperCmd(ns, append([]string{"hold"}, args...)...)
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	h := &held{in: stdin, out: bufio.NewReader(stdout), stop: func() { once.Do(func() { stdin.Close(); cmd.Wait() }) }}
+	t.Cleanup(h.Stop)
+	line, err := h.out.ReadString('\n')
+	f := strings.Fields(line)
+	if err != nil || len(f) < 2 || f[0] != "ready" {
+		t.Fatalf("hold: %q %v", line, err)
+	}
+	h.Ready = f[1:]
+	return h
 }
 
 // start runs a long-lived helper; it dies with its namespace.
@@ -242,20 +287,8 @@ func TestVMPacketPathDR(t *testing.T) {
 
 	t.Run("weight change keeps connections", func(t *testing.T) {
 		l.program("d1", service("rr", rs1, rs2))
-		cmd := l.helperCmd("cl", "hold", vip+":80", "20")
-		stdin, _ := cmd.StdinPipe()
-		stdout, _ := cmd.StdoutPipe()
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		defer func() { stdin.Close(); cmd.Wait() }()
-		r := bufio.NewReader(stdout)
-		line, err := r.ReadString('\n')
-		ports, ok := strings.CutPrefix(strings.TrimSpace(line), "ready ")
-		if err != nil || !ok {
-			t.Fatalf("hold: %q %v", line, err)
-		}
-		held := strings.Split(ports, ",")
+		hold := l.hold(t, "cl", vip+":80", "20")
+		held := strings.Split(hold.Ready[0], ",")
 		before := established(t, l.ns["d1"], "10.0.0.1", held)
 		s := service("rr", rs1, rs2)
 		s.Destinations[0].Weight = 5
@@ -274,9 +307,7 @@ func TestVMPacketPathDR(t *testing.T) {
 		if before != 20 || after != 20 {
 			t.Errorf("connection entries of the held connections: %d before, %d after, want 20 and 20", before, after)
 		}
-		io.WriteString(stdin, "ping\n")
-		line, _ = r.ReadString('\n')
-		if strings.TrimSpace(line) != "ok 20/20" {
+		if line := hold.Check(); line != "ok 20/20" {
 			t.Errorf("held connections after the weight change: %q", line)
 		}
 	})
