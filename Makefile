@@ -7,7 +7,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 LABENV  := ANYCASTD_LAB=1
 FUZZTIME ?= 30s
 
-.PHONY: all build test unit lab-test bench lab lab-vm lint fuzz images clean
+.PHONY: all build test unit lab-test bench lab lab-vm soak lint fuzz images clean
 
 all: build
 
@@ -27,6 +27,15 @@ unit:
 lab-test: build
 	@if [ "$$(id -u)" != 0 ]; then echo "lab-test needs root (network namespaces, qemu)"; exit 1; fi
 	$(LABENV) $(GO) test -count=1 -p 1 -timeout 60m -run 'Lab' ./...
+
+## soak: the whole tier on Debian's kernel under a seeded storm of faults
+## (labs/soak); SEED and DURATION choose the run, the report is printed,
+## and any invariant violation fails it. make test runs SEED=1 for 90s.
+SEED     ?= 1
+DURATION ?= 5m
+soak: build
+	@if [ "$$(id -u)" != 0 ]; then echo "soak needs root (qemu, namespaces inside the VM)"; exit 1; fi
+	SOAK_SEED=$(SEED) SOAK_DURATION=$(DURATION) $(LABENV) $(GO) test -count=1 -timeout 0 -run '^TestLabSoak$$' -v ./labs/soak
 
 ## bench: benchmarks and the lab's measurement report
 bench: build

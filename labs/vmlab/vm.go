@@ -152,7 +152,11 @@ type Spec struct {
 	// Files are copied into the initramfs: VM path -> host path
 	// (e.g. /bin/anyctl).
 	Files map[string]string
-	Tests []Test
+	// HostBinaries are dynamically linked programs of the host (Debian's
+	// BIRD, say), copied to the same path in the initramfs with the
+	// libraries ldd names.
+	HostBinaries []string
+	Tests        []Test
 	// Env is set for every test binary.
 	Env map[string]string
 	// Memory in MiB (default 1024) and CPUs (default 2).
@@ -320,6 +324,16 @@ func buildInitramfs(ctx context.Context, work string, spec Spec) (string, error)
 	}
 	for dst, src := range spec.Files {
 		copies[dst] = src
+	}
+	for _, b := range spec.HostBinaries {
+		libs, err := sharedLibs(ctx, b)
+		if err != nil {
+			return "", err
+		}
+		copies[b] = b
+		for _, l := range libs {
+			copies[l] = l
+		}
 	}
 	for _, t := range spec.Tests {
 		copies["/tests/"+t.Name] = t.Binary

@@ -1,0 +1,224 @@
+package soak
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/anycastd/anycastd/ipvs"
+)
+
+func backgroundContext() context.Context { return context.Background() }
+
+// checker holds what the invariants need between checks: since when a
+// condition has been false (a transition is allowed its bound), the last
+// config version of each director.
+type checker struct {
+	l        *lab
+	since    map[string]time.Time // condition key -> first seen false
+	versions map[string]uint64
+	noAnswer map[string]time.Time
+}
+
+func newChecker(l *lab) *checker {
+	return &checker{l: l, since: map[string]time.Time{}, versions: map[string]uint64{}, noAnswer: map[string]time.Time{}}
+}
+
+// hold reports whether condition key has been failing for longer than
+// bound; ok clears it.
+func (c *checker) hold(key string, ok bool, now time.Time, bound time.Duration) bool {
+	if ok {
+		delete(c.since, key)
+		return false
+	}
+	first, seen := c.since[key]
+	if !seen {
+		c.since[key] = now
+		return false
+	}
+	if now.Sub(first) > bound {
+		delete(c.since, key) // reported; a new episode starts over
+		return true
+	}
+	return false
+}
+
+// exempt says whether a director's state is the schedule's doing now or
+// was within settle ago: a fault on it, or on the router.
+func (c *checker) exempt(name string, now time.Time, settle time.Duration) bool {
+	for _, f := range c.l.rep.faultsAround(now, settle) {
+		if f.Target == name || f.Target == "router" {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *checker) check(s *snapshot) {
+	l, now := c.l, s.at
+	rep := l.rep
+	plain, gshut := s.announcers()
+	hops := s.hops
+	want := s.expectedHops()
+	routerFault := false
+	for _, f := range rep.faultsAround(now, boundRoute) {
+		if f.Target == "router" {
+			routerFault = true
+		}
+	}
+	rep.convergence(s)
+	rep.mu.Lock()
+	rep.checks++
+	rep.mu.Unlock()
+
+	// 1. The router's next hops are the directors that announce.
+	if !routerFault && c.hold("1", slices.Equal(hops, want), now, boundRoute) {
+		rep.violation("1", fmt.Sprintf("router next hops %v, directors announcing %v (with GRACEFUL_SHUTDOWN %v) for over %s", hops, plain, gshut, boundRoute), s)
+	}
+	// 2. Only a healthy, active, undrained director on the newest
+	// config announces, and never more than max_active.
+	for name, st := range s.status {
+		bad := ""
+		for _, v := range st.VIPs {
+			if v.VIP.String() != vip || !v.Announced || v.GracefulShutdown {
+				continue
+			}
+			switch {
+			case !st.Eligible:
+				bad = "not eligible: " + st.Reason
+			case st.Role != "active":
+				bad = "role " + st.Role
+			case st.Drain.Drained:
+				bad = "drained"
+			}
+		}
+		if c.hold("2/"+name, bad == "", now, boundAnnounce) {
+			rep.violation("2", fmt.Sprintf("%s announces while %s", name, bad), s)
+		}
+	}
+	if c.hold("2/max", len(plain) <= maxActive, now, boundAnnounce) {
+		rep.violation("2", fmt.Sprintf("%d directors announce (max_active %d): %v", len(plain), maxActive, plain), s)
+	}
+	// 3. Someone announces while a director is healthy and the services
+	// have their quorum.
+	serviceable := false
+	for _, st := range s.status {
+		if !st.Eligible {
+			continue
+		}
+		for _, v := range st.VIPs {
+			if v.VIP.String() == vip && !strings.Contains(v.Reason, "below quorum") {
+				serviceable = true
+			}
+		}
+	}
+	if !routerFault && c.hold("3", !serviceable || len(plain)+len(gshut) > 0, now, boundRoute) {
+		rep.violation("3", "a director is healthy and the services have their quorum, but nobody announces the VIP", s)
+	}
+	// 4. Every live director holds the same IPVS table.
+	var ref string
+	var refName string
+	same := true
+	var diff string
+	for _, name := range dirNames {
+		tb, ok := s.tables[name]
+		if !ok || s.down[name] || c.exempt(name, now, boundTable) {
+			continue
+		}
+		str := tableString(tb)
+		if refName == "" {
+			ref, refName = str, name
+		} else if str != ref {
+			same = false
+			diff = fmt.Sprintf("%s:\n%s\n%s:\n%s", refName, ref, name, str)
+		}
+	}
+	if c.hold("4", same, now, boundTable) {
+		rep.violation("4", "the directors' IPVS tables differ:\n"+diff, s)
+	}
+	// 5. No config version goes backwards; nobody stays behind.
+	for name, st := range s.status {
+		if st.Role == "" {
+			continue // starting: nothing applied yet (v0 is "not yet", not "older")
+		}
+		v := st.Config.Version
+		if prev := c.versions[name]; v < prev {
+			rep.violation("5", fmt.Sprintf("%s's config went from v%d back to v%d", name, prev, v), s)
+		}
+		c.versions[name] = max(c.versions[name], v)
+		behind := strings.Contains(st.Reason, "config behind")
+		if c.hold("5/"+name, !behind || c.exempt(name, now, boundBehind), now, boundBehind) {
+			rep.violation("5", fmt.Sprintf("%s has been config behind for over %s: %s", name, boundBehind, st.Reason), s)
+		}
+	}
+	// 6. A running daemon answers (its exit is watched elsewhere).
+	for _, name := range dirNames {
+		_, answered := s.status[name]
+		if c.hold("6/"+name, answered || s.down[name] || c.exempt(name, now, boundAnswer), now, boundAnswer) {
+			rep.violation("6", fmt.Sprintf("%s runs but its API has not answered for %s", name, boundAnswer), s)
+		}
+	}
+}
+
+// tableString is a table as the invariant compares it: services,
+// destinations in order, weights and forwarding.
+func tableString(t ipvs.Table) string {
+	var b strings.Builder
+	for _, s := range t.Services {
+		fmt.Fprintf(&b, "%s %s %#x:", s.ServiceKey, s.Scheduler, s.Flags)
+		for _, d := range s.Destinations {
+			fmt.Fprintf(&b, " %s w%d", d.DestKey, d.Weight)
+		}
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// Ceilings for invariant 6's "no daemon grows without bound": a director
+// of this lab holds a few kB of config; RSS beyond these is a leak.
+const (
+	maxRSSMiB     = 150
+	maxGoroutines = 2000
+)
+
+// growth reads every running daemon's resident memory and goroutines from
+// its /metrics (on the API socket).
+func (c *checker) growth() {
+	l := c.l
+	for _, name := range dirNames {
+		l.mu.Lock()
+		d := l.daemons[name]
+		l.mu.Unlock()
+		resp, err := d.client.Get("http://anycastd/metrics")
+		if err != nil {
+			continue
+		}
+		text, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		rss, _ := metricValue(string(text), "process_resident_memory_bytes")
+		gor, _ := metricValue(string(text), "go_goroutines")
+		rss /= 1 << 20
+		l.rep.mu.Lock()
+		l.rep.maxRSS, l.rep.maxGoroutines = max(l.rep.maxRSS, rss), max(l.rep.maxGoroutines, gor)
+		l.rep.mu.Unlock()
+		if rss > maxRSSMiB || gor > maxGoroutines {
+			l.rep.violation("6", fmt.Sprintf("%s: %.0f MiB resident, %.0f goroutines (limits %d MiB, %d)", name, rss, gor, maxRSSMiB, maxGoroutines))
+		}
+	}
+}
+
+// metricValue is the value of an unlabelled series in a Prometheus text
+// exposition.
+func metricValue(text, series string) (float64, bool) {
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
+}

@@ -1,0 +1,479 @@
+package soak
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/anycastd/anycastd/director"
+	"github.com/anycastd/anycastd/ipvs"
+	"github.com/anycastd/anycastd/labs/labtest"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// The soak lab, inside the VM (Debian's kernel with IPVS):
+//
+//	client cl 10.0.0.1-40 -- router r (BIRD: BGP+BFD, ECMP) --+-- br0 10.1.0.0/24
+//	                              10.0.0.254 / 10.1.0.254      +-- d1..d5 10.1.0.1-5: anycastd, kernel IPVS, BGP
+//	                                                           +-- rs1..rs4 10.1.0.11-14: DR real servers
+//
+// Five directors with max_active 4 (d5, priority 200, is the warm
+// standby), one VIP with two services (HTTP on :80, long flows on :9000),
+// mh with mh-port, sloppy_tcp. Traffic runs all the time while a seeded
+// schedule of faults plays, and the invariants are checked every 200 ms.
+
+const (
+	vip       = "198.51.100.10"
+	nDir      = 5
+	nRS       = 4
+	maxActive = 4
+)
+
+var dirNames = []string{"d1", "d2", "d3", "d4", "d5"}
+var rsNames = []string{"rs1", "rs2", "rs3", "rs4"}
+
+// Bounds the invariants allow a transition (the VM runs under software
+// emulation: generous, and stated in the report).
+const (
+	boundRoute    = 4 * time.Second  // router next hops = announcers
+	boundAnnounce = 2 * time.Second  // announcing without being allowed to
+	boundTable    = 4 * time.Second  // IPVS tables equal
+	boundBehind   = 15 * time.Second // config behind
+	boundAnswer   = 8 * time.Second  // a live daemon's API answers
+)
+
+type daemon struct {
+	name, dir string
+	cmd       *exec.Cmd
+	done      chan struct{}
+	exitErr   error
+	expected  bool // its exit is the schedule's doing
+	client    *http.Client
+}
+
+type lab struct {
+	t        *testing.T
+	seed     uint64
+	duration time.Duration
+	self     string
+	bin      string
+	ns       map[string]*labtest.Netns
+	dirs     map[string]string
+	kern     map[string]*ipvs.Kernel
+	keys     []string // the gossip key in use, then the next
+	router   *netlink.Handle
+
+	mu           sync.Mutex
+	daemons      map[string]*daemon
+	servers      map[string]*exec.Cmd
+	bird         *exec.Cmd
+	rep          *report
+	svcWeights   map[string]int // backend address -> weight in the applied config
+	checkTimeout string
+	birdLog      string
+}
+
+func newLab(t *testing.T, seed uint64, duration time.Duration) *lab {
+	labtest.RequireVM(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &lab{t: t, seed: seed, duration: duration, self: self, bin: labtest.Binaries(t),
+		ns: map[string]*labtest.Netns{}, dirs: map[string]string{}, kern: map[string]*ipvs.Kernel{},
+		daemons: map[string]*daemon{}, servers: map[string]*exec.Cmd{}, rep: newReport(seed, duration),
+		svcWeights: map[string]int{}, checkTimeout: "400ms"}
+	for _, k := range []string{"soak-key-1", "soak-key-2"} { // the lab's own, public
+		l.keys = append(l.keys, base64.StdEncoding.EncodeToString([]byte(fmt.Sprintf("%-32s", k))))
+	}
+	l.topology()
+	return l
+}
+
+func (l *lab) topology() {
+	t := l.t
+	sw := labtest.NewNetns(t, "ssw")
+	l.ns["sw"] = sw
+	sw.Run("ip", "link", "add", "br0", "type", "bridge")
+	sw.Run("ip", "link", "set", "br0", "up")
+	cl, r := labtest.NewNetns(t, "scl"), labtest.NewNetns(t, "sr")
+	l.ns["cl"], l.ns["r"] = cl, r
+	labtest.Run(t, "ip", "link", "add", "c0", "netns", cl.Name, "type", "veth", "peer", "name", "c1", "netns", r.Name)
+	for i := 1; i <= 40; i++ {
+		cl.Run("ip", "addr", "add", fmt.Sprintf("10.0.0.%d/24", i), "dev", "c0")
+	}
+	cl.Run("ip", "link", "set", "c0", "up")
+	cl.Run("ip", "route", "add", "default", "via", "10.0.0.254")
+	r.Run("ip", "addr", "add", "10.0.0.254/24", "dev", "c1")
+	r.Run("ip", "link", "set", "c1", "up")
+	r.Run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.fib_multipath_hash_policy=1")
+	lan := func(name, addr string, n *labtest.Netns) {
+		sw.Run("ip", "link", "add", "p-"+name, "type", "veth", "peer", "name", "eth0", "netns", n.Name)
+		sw.Run("ip", "link", "set", "p-"+name, "master", "br0", "up")
+		n.Run("ip", "addr", "add", addr+"/24", "dev", "eth0")
+		n.Run("ip", "link", "set", "eth0", "up")
+	}
+	lan("r", "10.1.0.254", r)
+	for i, name := range dirNames {
+		n := labtest.NewNetns(t, "s"+name)
+		l.ns[name] = n
+		lan(name, fmt.Sprintf("10.1.0.%d", i+1), n)
+		n.Run("ip", "route", "add", "default", "via", "10.1.0.254")
+		l.dirs[name] = t.TempDir()
+		k, err := ipvs.OpenKernel("/run/netns/" + n.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { k.Close() })
+		l.kern[name] = k
+	}
+	anyctl := filepath.Join(l.bin, "anyctl")
+	for i, name := range rsNames {
+		n := labtest.NewNetns(t, "s"+name)
+		l.ns[name] = n
+		lan(name, fmt.Sprintf("10.1.0.%d", 11+i), n)
+		n.Run("ip", "route", "add", "default", "via", "10.1.0.254")
+		n.Run(anyctl, "realserver", "--state-dir", t.TempDir(), "up", "--vip", vip)
+		l.startServer(name)
+	}
+	h, err := netns.GetFromName(r.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.router, err = netlink.NewHandleAt(h, syscall.NETLINK_ROUTE)
+	h.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.router.Close)
+	l.startBird()
+	for i, name := range dirNames {
+		l.writeConfig(name, i+1)
+		l.startDaemon(name)
+	}
+}
+
+// helperCmd runs this test binary as a helper inside a namespace.
+func (l *lab) helperCmd(ns string, helper string, args ...string) *exec.Cmd {
+	cmd := exec.Command("ip", append([]string{"netns", "exec", l.ns[ns].Name, l.self}, args...)...)
+	cmd.Env = append(os.Environ(), labtest.HelperEnv+"="+helper)
+	return cmd
+}
+
+func (l *lab) startServer(name string) {
+	cmd := l.helperCmd(name, "server", name)
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		l.t.Fatal(err)
+	}
+	r := bufio.NewReader(out)
+	if line, err := r.ReadString('\n'); err != nil || line != "listening\n" {
+		l.t.Fatalf("%s's server: %q %v", name, line, err)
+	}
+	go io.Copy(io.Discard, r)
+	l.mu.Lock()
+	l.servers[name] = cmd
+	l.mu.Unlock()
+	l.t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+}
+
+func (l *lab) stopServer(name string) {
+	l.mu.Lock()
+	cmd := l.servers[name]
+	delete(l.servers, name)
+	l.mu.Unlock()
+	if cmd != nil {
+		// ip netns exec runs the helper itself (exec): kill reaches it.
+		cmd.Process.Kill()
+		cmd.Wait()
+	}
+}
+
+const birdConf = `router id 10.1.0.254;
+log "%s" all;
+protocol device { scan time 1; }
+protocol kernel { ipv4 { export all; import none; }; merge paths on limit 8; }
+protocol bfd { interface "*" { min rx interval 200 ms; min tx interval 200 ms; multiplier 5; }; }
+filter directors_in { if (65535, 0) ~ bgp_community then bgp_local_pref = 0; accept; }
+template bgp dir {
+	local 10.1.0.254 as 65000;
+	hold time 3; keepalive time 1; connect retry time 1; error wait time 1, 5;
+	ipv4 { import filter directors_in; export none; };
+	bfd on;
+}
+`
+
+func (l *lab) startBird() {
+	dir := l.t.TempDir()
+	l.birdLog = filepath.Join(dir, "bird.log")
+	conf := fmt.Sprintf(birdConf, l.birdLog)
+	for i := range dirNames {
+		conf += fmt.Sprintf("protocol bgp %s from dir { neighbor 10.1.0.%d as 65001; }\n", dirNames[i], i+1)
+	}
+	path := filepath.Join(dir, "bird.conf")
+	os.WriteFile(path, []byte(conf), 0o644)
+	cmd := exec.Command("ip", "netns", "exec", l.ns["r"].Name, "/usr/sbin/bird", "-f", "-c", path,
+		"-s", filepath.Join(dir, "bird.ctl"), "-P", filepath.Join(dir, "bird.pid"))
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := cmd.Start(); err != nil {
+		l.t.Fatalf("BIRD: %v", err)
+	}
+	l.mu.Lock()
+	l.bird = cmd
+	l.mu.Unlock()
+	l.t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+}
+
+func (l *lab) stopBird() {
+	l.mu.Lock()
+	cmd := l.bird
+	l.bird = nil
+	l.mu.Unlock()
+	if cmd != nil {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}
+}
+
+// services is the services part of every director's config.
+func (l *lab) services() string {
+	var web, flows []string
+	for i := range rsNames {
+		a := fmt.Sprintf("10.1.0.%d", 11+i)
+		w := l.svcWeights[a]
+		if w == 0 {
+			w = 1
+		}
+		web = append(web, fmt.Sprintf("{address: %s, weight: %d}", a, w))
+		flows = append(flows, fmt.Sprintf("{address: %s, port: 9000, weight: %d}", a, w))
+	}
+	return fmt.Sprintf(`services:
+  - name: web
+    vip: %[1]s
+    port: 80
+    flags: [mh-port]
+    quorum: 1
+    drain_timeout: 5s
+    backends: [%[2]s]
+    health: {type: http, path: /, interval: 500ms, timeout: %[4]s, rise: 1, fall: 2}
+  - name: flows
+    vip: %[1]s
+    port: 9000
+    flags: [mh-port]
+    quorum: 1
+    drain_timeout: 5s
+    backends: [%[3]s]
+    health: {type: tcp, interval: 500ms, timeout: %[4]s, rise: 1, fall: 2}
+`, vip, strings.Join(web, ", "), strings.Join(flows, ", "), l.checkTimeout)
+}
+
+func (l *lab) writeConfig(name string, i int) {
+	prio := 100
+	if name == "d5" {
+		prio = 200
+	}
+	dir := l.dirs[name]
+	keys, _ := json.Marshal(l.keys[:1])
+	doc := fmt.Sprintf(`node: {name: %[1]s, addresses: [10.1.0.%[2]d], state_dir: %[3]s/state}
+cluster: {bind: 10.1.0.%[2]d, port: 7946, seeds: [10.1.0.1, 10.1.0.2], keys: %[4]s, max_active: %[5]d, priority: %[6]d}
+routing:
+  mode: bgp
+  bgp:
+    asn: 65001
+    router_id: 10.1.0.%[2]d
+    graceful_shutdown: 2s
+    neighbors:
+      - {address: 10.1.0.254, asn: 65000, hold_time: 3s, keepalive: 1s, connect_retry: 1s, bfd: {enabled: true, min_tx: 200ms, min_rx: 200ms, multiplier: 5}}
+api: {socket: %[3]s/api.sock}
+health: {interval: 500ms, timeout: 400ms, rise: 1, fall: 2, self: {uplink: eth0}}
+`, name, i, dir, keys, maxActive, prio) + l.services()
+	if err := os.WriteFile(filepath.Join(dir, "anycastd.yaml"), []byte(doc), 0o600); err != nil {
+		l.t.Fatal(err)
+	}
+}
+
+func (l *lab) startDaemon(name string) {
+	dir := l.dirs[name]
+	lf, err := os.OpenFile(filepath.Join(dir, "anycastd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	cmd := exec.Command("ip", "netns", "exec", l.ns[name].Name, filepath.Join(l.bin, "anycastd"), "-c", filepath.Join(dir, "anycastd.yaml"), "--watch", "0")
+	cmd.Stdout, cmd.Stderr = lf, lf
+	if err := cmd.Start(); err != nil {
+		l.t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "api.sock")
+	d := &daemon{name: name, dir: dir, cmd: cmd, done: make(chan struct{}),
+		client: &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var dl net.Dialer
+				return dl.DialContext(ctx, "unix", sock)
+			}}}}
+	go func() {
+		err := cmd.Wait()
+		lf.Close()
+		l.mu.Lock()
+		d.exitErr = err
+		expected := d.expected
+		l.mu.Unlock()
+		close(d.done)
+		if !expected {
+			l.rep.violation("6", fmt.Sprintf("%s exited unexpectedly: %v; log tail:\n%s", name, err, tailFile(filepath.Join(dir, "anycastd.log"), 15)))
+		}
+	}()
+	l.mu.Lock()
+	l.daemons[name] = d
+	l.mu.Unlock()
+	l.t.Cleanup(func() {
+		l.mu.Lock()
+		d.expected = true
+		l.mu.Unlock()
+		cmd.Process.Kill()
+		<-d.done
+	})
+}
+
+// signal sends sig to a daemon whose exit the schedule expects, and waits
+// for it to exit (up to timeout).
+func (l *lab) signal(name string, sig syscall.Signal, timeout time.Duration) {
+	l.mu.Lock()
+	d := l.daemons[name]
+	d.expected = true
+	l.mu.Unlock()
+	d.cmd.Process.Signal(sig)
+	select {
+	case <-d.done:
+	case <-time.After(timeout):
+		l.rep.violation("6", fmt.Sprintf("%s did not exit within %s of %s", name, timeout, sig))
+		d.cmd.Process.Kill()
+		<-d.done
+	}
+}
+
+func (l *lab) status(name string) (*director.StatusResponse, error) {
+	l.mu.Lock()
+	d := l.daemons[name]
+	l.mu.Unlock()
+	select {
+	case <-d.done:
+		return nil, errors.New("not running")
+	default:
+	}
+	resp, err := d.client.Get("http://anycastd/v1/status")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var st director.StatusResponse
+	return &st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+func (l *lab) anyctl(name string, args ...string) (string, error) {
+	out, err := exec.Command(filepath.Join(l.bin, "anyctl"), append(args, "--socket", filepath.Join(l.dirs[name], "api.sock"))...).CombinedOutput()
+	return string(out), err
+}
+
+// nextHops are the router's next hops for the VIP (directors' names).
+func (l *lab) nextHops() []string {
+	rs, err := l.router.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: &net.IPNet{IP: net.ParseIP(vip).To4(), Mask: net.CIDRMask(32, 32)}}, netlink.RT_FILTER_DST)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	add := func(gw net.IP) {
+		if a, ok := netip.AddrFromSlice(gw); ok {
+			b := a.Unmap().As4()
+			if b[3] >= 1 && int(b[3]) <= nDir {
+				out = append(out, dirNames[b[3]-1])
+			}
+		}
+	}
+	for _, r := range rs {
+		if r.Gw != nil {
+			add(r.Gw)
+		}
+		for _, nh := range r.MultiPath {
+			add(nh.Gw)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+func tailFile(path string, n int) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// waitUp waits until every director runs and the router has maxActive
+// next hops.
+func (l *lab) waitUp(what string, timeout time.Duration) {
+	l.t.Helper()
+	labtest.Eventually(l.t, timeout, what, func() error {
+		if h := l.nextHops(); len(h) != maxActive {
+			return fmt.Errorf("router next hops %v", h)
+		}
+		for _, name := range dirNames {
+			st, err := l.status(name)
+			if err != nil {
+				return fmt.Errorf("%s: %v", name, err)
+			}
+			if !st.Eligible {
+				return fmt.Errorf("%s: %s", name, st.Reason)
+			}
+		}
+		return nil
+	})
+}
+
+func parseSeed(s string) uint64 {
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 1
+	}
+	return n
+}
+
+func durationEnv(name string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(name)); err == nil && d > 0 {
+		return d
+	}
+	return def
+}
+
+// TestVMSoak runs the soak inside the VM: SOAK_SEED and SOAK_DURATION
+// (default 1 and 3m) choose the schedule; it prints the report and fails
+// on any invariant violation.
+func TestVMSoak(t *testing.T) {
+	seed := parseSeed(os.Getenv("SOAK_SEED"))
+	l := newLab(t, seed, durationEnv("SOAK_DURATION", 3*time.Minute))
+	l.waitUp("the tier up: every director healthy, the router with 4 next hops", 3*time.Minute)
+	rep := l.run()
+	fmt.Println(rep.String())
+	if n := len(rep.violations); n > 0 {
+		t.Fatalf("%d invariant violations (seed %d)", n, seed)
+	}
+}

@@ -1,0 +1,373 @@
+package soak
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// report gathers what the soak saw.
+type report struct {
+	mu         sync.Mutex
+	seed       uint64
+	duration   time.Duration
+	start, end time.Time
+	scheduled  int
+	faults     []*fault
+	kinds      map[string]*kindStats
+	violations []violation
+	notes      []string
+	reqOK      int
+	reqFailed  int
+	unattrReq  int
+	breaks     map[string]int // why -> count, all
+	unattrBrk  int
+	ownDown    int // flows that ended with their own real server
+	checks     int // invariant checks made
+	pending    []*pendingConv
+	// routing is each director's BGP sessions at the end; logs the
+	// routing lines of the daemons' and BIRD's logs.
+	routing, logs string
+	// maxRSS (MiB) and maxGoroutines are the most any daemon reached.
+	maxRSS        float64
+	maxGoroutines float64
+}
+
+type kindStats struct {
+	count     int
+	reqFailed int
+	breaks    map[string]int
+	conv      map[string][]time.Duration // phase -> times
+	unconv    map[string]int
+}
+
+type violation struct {
+	at        time.Duration
+	invariant string
+	detail    string
+	faults    []string
+	state     string
+}
+
+// pendingConv is a fault phase waiting for the tier to show its effect.
+type pendingConv struct {
+	f     *fault
+	phase string
+	t0    time.Time
+	done  func(*snapshot) bool
+	// seenFalse: the tier showed the phase not done yet after t0 (a
+	// phase already done then had nothing to converge: not counted).
+	seenFalse bool
+}
+
+func newReport(seed uint64, d time.Duration) *report {
+	return &report{seed: seed, duration: d, kinds: map[string]*kindStats{}, breaks: map[string]int{}}
+}
+
+func (r *report) kind(k string) *kindStats {
+	ks := r.kinds[k]
+	if ks == nil {
+		ks = &kindStats{breaks: map[string]int{}, conv: map[string][]time.Duration{}, unconv: map[string]int{}}
+		r.kinds[k] = ks
+	}
+	return ks
+}
+
+func (r *report) begin(f *fault) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.faults = append(r.faults, f)
+	r.kind(f.Kind).count++
+	r.pending = append(r.pending, &pendingConv{f: f, phase: "fault", t0: f.start, done: convergedFault(f)})
+}
+
+func (r *report) restore(f *fault) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.pending = append(r.pending, &pendingConv{f: f, phase: "restore", t0: f.restored, done: convergedRestore(f)})
+}
+
+func (r *report) note(f *fault, msg string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.notes = append(r.notes, fmt.Sprintf("%s %s: %s", since(r.start, time.Now()), f, msg))
+}
+
+// convergedFault is when a fault has taken effect where it shows.
+func convergedFault(f *fault) func(*snapshot) bool {
+	switch f.Kind {
+	case "kill9", "sigterm", "drain", "uplink":
+		return func(s *snapshot) bool { return !slices.Contains(s.hops, f.Target) && len(s.hops) > 0 }
+	case "rs_stop":
+		addr := rsAddr(f.Target)
+		return func(s *snapshot) bool { return allWeights(s, addr, func(w int) bool { return w == 0 }) }
+	case "weight":
+		addr := fmt.Sprintf("10.1.0.%d", 11+f.Arg)
+		return func(s *snapshot) bool { return allWeights(s, addr, func(w int) bool { return w == 2 || w == 0 }) }
+	case "bird_restart":
+		return func(s *snapshot) bool { return len(s.hops) == 0 }
+	}
+	return nil
+}
+
+// convergedRestore is when the tier is whole again after a restore.
+func convergedRestore(f *fault) func(*snapshot) bool {
+	whole := func(s *snapshot) bool { return len(s.hops) == maxActive && slices.Equal(s.hops, s.expectedHops()) }
+	switch f.Kind {
+	case "kill9", "sigterm", "drain", "uplink", "bird_restart":
+		return whole
+	case "rs_stop":
+		addr := rsAddr(f.Target)
+		return func(s *snapshot) bool { return allWeights(s, addr, func(w int) bool { return w > 0 }) }
+	case "weight":
+		addr := fmt.Sprintf("10.1.0.%d", 11+f.Arg)
+		return func(s *snapshot) bool { return allWeights(s, addr, func(w int) bool { return w == 1 || w == 0 }) }
+	}
+	return nil
+}
+
+func rsAddr(name string) string {
+	i := slices.Index(rsNames, name)
+	return fmt.Sprintf("10.1.0.%d", 11+i)
+}
+
+// allWeights: every running director's table gives addr a weight that ok
+// accepts (in every service).
+func allWeights(s *snapshot, addr string, ok func(int) bool) bool {
+	n := 0
+	for name, tb := range s.tables {
+		if s.down[name] {
+			continue
+		}
+		for _, svc := range tb.Services {
+			for _, d := range svc.Destinations {
+				if d.Addr.String() == addr {
+					if !ok(d.Weight) {
+						return false
+					}
+					n++
+				}
+			}
+		}
+	}
+	return n > 0
+}
+
+// convergence resolves the phases that the snapshot shows done.
+func (r *report) convergence(s *snapshot) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	keep := r.pending[:0]
+	for _, p := range r.pending {
+		if s.at.Before(p.t0) {
+			keep = append(keep, p)
+			continue
+		}
+		switch done := p.done != nil && p.done(s); {
+		case p.done == nil:
+		case done && p.seenFalse:
+			r.kind(p.f.Kind).conv[p.phase] = append(r.kind(p.f.Kind).conv[p.phase], s.at.Sub(p.t0))
+		case done:
+			// Nothing to converge (a standby drained, say).
+		case s.at.Sub(p.t0) > time.Minute:
+			r.kind(p.f.Kind).unconv[p.phase]++
+		default:
+			p.seenFalse = true
+			keep = append(keep, p)
+		}
+	}
+	r.pending = keep
+}
+
+// faultsAround are the faults active at t, or restored within settle
+// before it.
+func (r *report) faultsAround(t time.Time, settle time.Duration) []*fault {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*fault
+	for _, f := range r.faults {
+		if f.start.After(t) {
+			continue
+		}
+		if f.restored.IsZero() || t.Sub(f.restored) <= settle {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// traffic counts an event of the traffic helper, and charges failures to
+// the faults around it.
+func (r *report) traffic(e event) {
+	t := time.Unix(0, e.T)
+	around := r.faultsAround(t, 5*time.Second)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch e.Kind {
+	case "req":
+		r.reqOK += e.OK
+	case "req_fail":
+		r.reqFailed++
+		if len(around) == 0 {
+			r.unattrReq++
+		}
+		for _, k := range kindsOf(around) {
+			r.kind(k).reqFailed++
+		}
+	case "flow_break":
+		for _, f := range around {
+			if f.Kind == "rs_stop" && f.Target == e.Server && f.restored.IsZero() {
+				// Its own real server is down: the flow cannot
+				// survive that, and is not counted as broken.
+				r.ownDown++
+				return
+			}
+		}
+		r.breaks[e.Why]++
+		if len(around) == 0 {
+			r.unattrBrk++
+		}
+		for _, k := range kindsOf(around) {
+			r.kind(k).breaks[e.Why]++
+		}
+	}
+}
+
+func kindsOf(fs []*fault) []string {
+	var out []string
+	for _, f := range fs {
+		if !slices.Contains(out, f.Kind) {
+			out = append(out, f.Kind)
+		}
+	}
+	return out
+}
+
+func (r *report) violation(inv, detail string, s ...*snapshot) {
+	now := time.Now()
+	var fs []string
+	for _, f := range r.faultsAround(now, 10*time.Second) {
+		fs = append(fs, fmt.Sprintf("%s (at %s)", f, since(r.start, f.start)))
+	}
+	state := ""
+	if len(s) > 0 && s[0] != nil {
+		state = describe(s[0])
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.violations = append(r.violations, violation{at: now.Sub(r.start), invariant: inv, detail: detail, faults: fs, state: state})
+}
+
+func describe(s *snapshot) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "router next hops %v\n", s.hops)
+	for _, name := range dirNames {
+		st, ok := s.status[name]
+		switch {
+		case s.down[name]:
+			fmt.Fprintf(&b, "  %s: not running\n", name)
+		case !ok:
+			fmt.Fprintf(&b, "  %s: no answer\n", name)
+		default:
+			ann := "no"
+			for _, v := range st.VIPs {
+				if v.VIP.String() == vip && v.Announced {
+					ann = "yes"
+					if v.GracefulShutdown {
+						ann = "gshut"
+					}
+				}
+			}
+			fmt.Fprintf(&b, "  %s: role %s, eligible %v, announced %s, config v%d, reason %q\n", name, st.Role, st.Eligible, ann, st.Config.Version, st.Reason)
+		}
+	}
+	return b.String()
+}
+
+func since(start, t time.Time) string { return t.Sub(start).Round(100 * time.Millisecond).String() }
+
+func med(ds []time.Duration) (time.Duration, time.Duration) {
+	if len(ds) == 0 {
+		return 0, 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2], s[len(s)-1]
+}
+
+func (r *report) String() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var b strings.Builder
+	fmt.Fprintf(&b, "soak report: seed %d, %s planned, ran %s, %d faults played of %d scheduled\n",
+		r.seed, r.duration, r.end.Sub(r.start).Round(time.Second), len(r.faults), r.scheduled)
+	fmt.Fprintf(&b, "bounds: router = announcers within %s, announce rules %s, IPVS tables equal %s, config behind %s, API answers %s\n",
+		boundRoute, boundAnnounce, boundTable, boundBehind, boundAnswer)
+	fmt.Fprintf(&b, "daemons: at most %.0f MiB resident and %.0f goroutines (limits %d MiB, %d)\n", r.maxRSS, r.maxGoroutines, maxRSSMiB, maxGoroutines)
+	fmt.Fprintf(&b, "invariants checked %d times (every %s on average: software emulation)\n", r.checks, (r.end.Sub(r.start) / time.Duration(max(r.checks, 1))).Round(time.Millisecond))
+	fmt.Fprintf(&b, "traffic: %d requests served, %d failed (%d outside any fault); long flows broken: %s (%d outside any fault), %d more ended with their own real server\n",
+		r.reqOK, r.reqFailed, r.unattrReq, countsString(r.breaks), r.unattrBrk, r.ownDown)
+	kinds := make([]string, 0, len(r.kinds))
+	for k := range r.kinds {
+		kinds = append(kinds, k)
+	}
+	sort.Strings(kinds)
+	fmt.Fprintf(&b, "%-13s %5s %8s %-28s %-22s %-22s\n", "fault", "count", "req fail", "flows broken", "converge fault med/max", "converge restore med/max")
+	for _, k := range kinds {
+		ks := r.kinds[k]
+		fm, fx := med(ks.conv["fault"])
+		rm, rx := med(ks.conv["restore"])
+		conv := func(m, x time.Duration, n, un int) string {
+			if n == 0 && un == 0 {
+				return "-"
+			}
+			s := fmt.Sprintf("%s/%s (%d)", m.Round(10*time.Millisecond), x.Round(10*time.Millisecond), n)
+			if un > 0 {
+				s += fmt.Sprintf(" +%d never", un)
+			}
+			return s
+		}
+		fmt.Fprintf(&b, "%-13s %5d %8d %-28s %-22s %-22s\n", k, ks.count, ks.reqFailed, countsString(ks.breaks),
+			conv(fm, fx, len(ks.conv["fault"]), ks.unconv["fault"]), conv(rm, rx, len(ks.conv["restore"]), ks.unconv["restore"]))
+	}
+	fmt.Fprintf(&b, "invariant violations: %d\n", len(r.violations))
+	for _, v := range r.violations {
+		fmt.Fprintf(&b, "- at %s, invariant %s: %s\n  faults around: %s\n%s", v.at.Round(100*time.Millisecond), v.invariant, v.detail,
+			strings.Join(v.faults, ", "), indent(v.state))
+	}
+	if r.routing != "" {
+		fmt.Fprintf(&b, "routing at the end:\n%s", indent(r.routing))
+	}
+	if len(r.violations) > 0 && r.logs != "" {
+		fmt.Fprintf(&b, "logs (routing lines, last of each):\n%s", indent(r.logs))
+	}
+	if len(r.notes) > 0 {
+		fmt.Fprintf(&b, "notes:\n")
+		for _, n := range r.notes {
+			fmt.Fprintf(&b, "  %s\n", n)
+		}
+	}
+	return b.String()
+}
+
+func indent(s string) string {
+	if s == "" {
+		return ""
+	}
+	return "  " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n  ") + "\n"
+}
+
+func countsString(m map[string]int) string {
+	if len(m) == 0 {
+		return "-"
+	}
+	var parts []string
+	for k, v := range m {
+		parts = append(parts, fmt.Sprintf("%s %d", k, v))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
+}

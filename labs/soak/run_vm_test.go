@@ -1,0 +1,346 @@
+package soak
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/anycastd/anycastd/director"
+	"github.com/anycastd/anycastd/ipvs"
+)
+
+// Fault kinds. Director faults impair one director each; at most two
+// directors are impaired at once (the tier keeps max_active 4 of 5 but
+// must survive losing one of its active ones while the standby covers).
+var faultKinds = []string{"kill9", "sigterm", "drain", "uplink", "rs_stop", "weight", "check", "bird_restart"}
+
+func directorFault(kind string) bool {
+	switch kind {
+	case "kill9", "sigterm", "drain", "uplink":
+		return true
+	}
+	return false
+}
+
+// fault is one entry of the schedule.
+type fault struct {
+	At     time.Duration // after the start
+	Kind   string
+	Target string // a director, a real server, "cluster" or "router"
+	Hold   time.Duration
+	Arg    int // the backend (weight), 0..nRS-1
+
+	start, restored time.Time
+}
+
+func (f *fault) String() string { return fmt.Sprintf("%s %s", f.Kind, f.Target) }
+
+// schedule is the faults a seed plays over duration: the same seed, the
+// same schedule.
+func schedule(seed uint64, duration time.Duration) []*fault {
+	rnd := rand.New(rand.NewPCG(seed, 0x50a4))
+	busy := map[string]time.Duration{}
+	var out []*fault
+	for at := 10 * time.Second; at < duration-15*time.Second; at += time.Duration(1500+rnd.IntN(4000)) * time.Millisecond {
+		kind := faultKinds[rnd.IntN(len(faultKinds))]
+		hold := time.Duration(3000+rnd.IntN(6000)) * time.Millisecond
+		var cands []string
+		switch {
+		case directorFault(kind):
+			impaired := 0
+			for _, d := range dirNames {
+				if busy[d] > at {
+					impaired++
+				}
+			}
+			if impaired >= 2 {
+				continue
+			}
+			cands = dirNames
+		case kind == "rs_stop":
+			cands = rsNames
+		case kind == "bird_restart":
+			cands = []string{"router"}
+		default:
+			cands = []string{"cluster"}
+		}
+		var free []string
+		for _, c := range cands {
+			if busy[c] <= at {
+				free = append(free, c)
+			}
+		}
+		if len(free) == 0 {
+			continue
+		}
+		f := &fault{At: at, Kind: kind, Target: free[rnd.IntN(len(free))], Hold: hold, Arg: rnd.IntN(nRS)}
+		// A target settles for a few seconds after its restore.
+		busy[f.Target] = at + hold + 5*time.Second
+		out = append(out, f)
+	}
+	return out
+}
+
+// snapshot is the tier as one check sees it.
+type snapshot struct {
+	at     time.Time
+	status map[string]*director.StatusResponse // running daemons that answered
+	down   map[string]bool                     // daemons not running
+	hops   []string
+	tables map[string]ipvs.Table
+}
+
+func (l *lab) snap() *snapshot {
+	s := &snapshot{at: time.Now(), status: map[string]*director.StatusResponse{}, down: map[string]bool{}, tables: map[string]ipvs.Table{}}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, name := range dirNames {
+		wg.Go(func() {
+			st, err := l.status(name)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil && err.Error() == "not running" {
+				s.down[name] = true
+			} else if err == nil {
+				s.status[name] = st
+			}
+		})
+	}
+	wg.Wait()
+	s.hops = l.nextHops()
+	for _, name := range dirNames {
+		if tb, err := l.kern[name].Table(contextBG); err == nil {
+			s.tables[name] = tb.Sorted()
+		}
+	}
+	return s
+}
+
+// announcers are the directors that announce the VIP, without and with
+// GRACEFUL_SHUTDOWN.
+func (s *snapshot) announcers() (plain, gshut []string) {
+	for name, st := range s.status {
+		for _, v := range st.VIPs {
+			if v.VIP.String() == vip && v.Announced {
+				if v.GracefulShutdown {
+					gshut = append(gshut, name)
+				} else {
+					plain = append(plain, name)
+				}
+			}
+		}
+	}
+	slices.Sort(plain)
+	slices.Sort(gshut)
+	return
+}
+
+// expectedHops is what the router should use: the plain announcers, or
+// the GRACEFUL_SHUTDOWN ones when there is no other (local pref 0).
+func (s *snapshot) expectedHops() []string {
+	plain, gshut := s.announcers()
+	if len(plain) > 0 {
+		return plain
+	}
+	return gshut
+}
+
+// run plays the schedule with traffic and checks, and returns the report.
+func (l *lab) run() *report {
+	faults := schedule(l.seed, l.duration)
+	l.rep.scheduled = len(faults)
+	start := time.Now()
+	l.rep.start = start
+	traffic := l.helperCmd("cl", "traffic", vip, "10", "40", strings.Join(clientSources(), ","))
+	out, _ := traffic.StdoutPipe()
+	if err := traffic.Start(); err != nil {
+		l.t.Fatal(err)
+	}
+	defer func() { traffic.Process.Kill(); traffic.Wait() }()
+	go l.readTraffic(out)
+
+	stop := make(chan struct{})
+	checked := make(chan struct{})
+	go func() {
+		defer close(checked)
+		c := newChecker(l)
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		growth := time.NewTicker(5 * time.Second)
+		defer growth.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				c.check(l.snap())
+			case <-growth.C:
+				c.growth()
+			}
+		}
+	}()
+
+	var wg sync.WaitGroup
+	for _, f := range faults {
+		if d := time.Until(start.Add(f.At)); d > 0 {
+			time.Sleep(d)
+		}
+		wg.Go(func() { l.play(f) })
+	}
+	wg.Wait()
+	// Let the last restores settle, then the last checks.
+	if d := time.Until(start.Add(l.duration)); d > 0 {
+		time.Sleep(d)
+	}
+	close(stop)
+	<-checked
+	l.rep.end = time.Now()
+	l.rep.routing, l.rep.logs = l.routingSummary()
+	return l.rep
+}
+
+var contextBG = backgroundContext()
+
+func clientSources() []string {
+	var out []string
+	for i := 1; i <= 40; i++ {
+		out = append(out, fmt.Sprintf("10.0.0.%d", i))
+	}
+	return out
+}
+
+func (l *lab) readTraffic(out interface{ Read([]byte) (int, error) }) {
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		var e event
+		if json.Unmarshal(sc.Bytes(), &e) != nil {
+			continue
+		}
+		l.rep.traffic(e)
+	}
+}
+
+// play carries out one fault and its restore.
+func (l *lab) play(f *fault) {
+	f.start = time.Now()
+	l.rep.begin(f)
+	switch f.Kind {
+	case "kill9":
+		l.signal(f.Target, syscall.SIGKILL, 10*time.Second)
+	case "sigterm":
+		l.signal(f.Target, syscall.SIGTERM, 30*time.Second)
+	case "drain":
+		if out, err := l.anyctl(f.Target, "drain", "--reason", "soak"); err != nil {
+			l.rep.note(f, "drain: "+strings.TrimSpace(out))
+		}
+	case "uplink":
+		l.nsExec(f, "ip", "link", "set", "eth0", "down")
+	case "rs_stop":
+		l.stopServer(f.Target)
+	case "weight":
+		l.apply(f, func() { l.svcWeights[fmt.Sprintf("10.1.0.%d", 11+f.Arg)] = 2 })
+	case "check":
+		l.apply(f, func() { l.checkTimeout = "300ms" })
+	case "bird_restart":
+		l.stopBird()
+	}
+	time.Sleep(f.Hold)
+	f.restored = time.Now()
+	switch f.Kind {
+	case "kill9", "sigterm":
+		l.startDaemon(f.Target)
+	case "drain":
+		if out, err := l.anyctl(f.Target, "undrain"); err != nil {
+			l.rep.note(f, "undrain: "+strings.TrimSpace(out))
+		}
+	case "uplink":
+		l.nsExec(f, "ip", "link", "set", "eth0", "up")
+		l.nsExec(f, "ip", "route", "replace", "default", "via", "10.1.0.254")
+	case "rs_stop":
+		l.startServer(f.Target)
+	case "weight":
+		l.apply(f, func() { delete(l.svcWeights, fmt.Sprintf("10.1.0.%d", 11+f.Arg)) })
+	case "check":
+		l.apply(f, func() { l.checkTimeout = "400ms" })
+	case "bird_restart":
+		l.startBird()
+	}
+	l.rep.restore(f)
+}
+
+// apply changes the services with anyctl apply on a director that runs,
+// chosen by the fault's own random draw.
+func (l *lab) apply(f *fault, change func()) {
+	l.mu.Lock()
+	change()
+	svc := l.services()
+	l.mu.Unlock()
+	file := filepath.Join(l.t.TempDir(), "services.yaml")
+	os.WriteFile(file, []byte(svc), 0o644)
+	order := slices.Clone(dirNames)
+	rnd := rand.New(rand.NewPCG(l.seed, uint64(f.At)))
+	rnd.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+	for _, name := range order {
+		if _, err := l.status(name); err != nil {
+			continue
+		}
+		out, err := l.anyctl(name, "apply", "-f", file, "--yes")
+		if err != nil {
+			l.rep.note(f, fmt.Sprintf("anyctl apply on %s: %s", name, strings.TrimSpace(out)))
+		}
+		return
+	}
+	l.rep.note(f, "no director answered for anyctl apply")
+}
+
+// nsExec runs a command in the fault's target namespace; a failure is a
+// note (this runs beside the test's goroutine, which alone may fail it).
+func (l *lab) nsExec(f *fault, args ...string) {
+	if out, err := exec.Command("ip", append([]string{"netns", "exec", l.ns[f.Target].Name}, args...)...).CombinedOutput(); err != nil {
+		l.rep.note(f, fmt.Sprintf("%v: %v %s", args, err, strings.TrimSpace(string(out))))
+	}
+}
+
+// routingSummary says each director's BGP session at the end (state, BFD,
+// flaps) and gathers the routing lines of the logs, for the report.
+func (l *lab) routingSummary() (string, string) {
+	var st, logs strings.Builder
+	for _, name := range dirNames {
+		s, err := l.status(name)
+		if err != nil {
+			fmt.Fprintf(&st, "%s: %v\n", name, err)
+		} else {
+			for _, p := range s.Peers {
+				fmt.Fprintf(&st, "%s: %s, BFD %s, %d flaps (%d by BFD), last: %s\n", name, p.State, p.BFD, p.Flaps, p.BFDFlaps, p.Reason)
+			}
+		}
+		b, _ := os.ReadFile(filepath.Join(l.dirs[name], "anycastd.log"))
+		var lines []string
+		for _, line := range strings.Split(string(b), "\n") {
+			low := strings.ToLower(line)
+			if strings.Contains(low, "bfd") || strings.Contains(low, "peer") || strings.Contains(low, "session") {
+				lines = append(lines, line)
+			}
+		}
+		if len(lines) > 8 {
+			lines = lines[len(lines)-8:]
+		}
+		fmt.Fprintf(&logs, "%s:\n%s\n", name, strings.Join(lines, "\n"))
+	}
+	b, _ := os.ReadFile(l.birdLog)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > 20 {
+		lines = lines[len(lines)-20:]
+	}
+	fmt.Fprintf(&logs, "BIRD:\n%s\n", strings.Join(lines, "\n"))
+	return st.String(), logs.String()
+}
