@@ -89,6 +89,9 @@ type lab struct {
 	svcWeights   map[string]int // backend address -> weight in the applied config
 	checkTimeout string
 	birdLog      string
+	// initialServices is the services part of every config file.
+	initialServices string
+	files           map[string]fileState
 }
 
 func newLab(t *testing.T, seed uint64, duration time.Duration) *lab {
@@ -100,7 +103,7 @@ func newLab(t *testing.T, seed uint64, duration time.Duration) *lab {
 	l := &lab{t: t, seed: seed, duration: duration, self: self, bin: labtest.Binaries(t),
 		ns: map[string]*labtest.Netns{}, dirs: map[string]string{}, kern: map[string]*ipvs.Kernel{},
 		daemons: map[string]*daemon{}, servers: map[string]*exec.Cmd{}, rep: newReport(seed, duration),
-		svcWeights: map[string]int{}, checkTimeout: "400ms"}
+		svcWeights: map[string]int{}, checkTimeout: "400ms", files: map[string]fileState{}}
 	for _, k := range []string{"soak-key-1", "soak-key-2"} { // the lab's own, public
 		l.keys = append(l.keys, base64.StdEncoding.EncodeToString([]byte(fmt.Sprintf("%-32s", k))))
 	}
@@ -165,8 +168,12 @@ func (l *lab) topology() {
 	}
 	t.Cleanup(l.router.Close)
 	l.startBird()
-	for i, name := range dirNames {
-		l.writeConfig(name, i+1)
+	l.initialServices = l.services()
+	for _, name := range dirNames {
+		l.files[name] = fileState{keys: l.keys[:1], interval: "500ms"}
+		if err := l.writeConfig(name, l.files[name]); err != nil {
+			t.Fatal(err)
+		}
 		l.startDaemon(name)
 	}
 }
@@ -285,13 +292,24 @@ func (l *lab) services() string {
 `, vip, strings.Join(web, ", "), strings.Join(flows, ", "), l.checkTimeout)
 }
 
-func (l *lab) writeConfig(name string, i int) {
+// fileState is what a director's config file says that faults change:
+// the gossip keys (a rotation) and the health defaults' interval (an edit
+// with SIGHUP). The services part stays as the files first had it: the
+// cluster's services change by anyctl apply, and a file edit would propose
+// its own.
+type fileState struct {
+	keys     []string
+	interval string
+}
+
+func (l *lab) writeConfig(name string, fs fileState) error {
+	i := slices.Index(dirNames, name) + 1
 	prio := 100
 	if name == "d5" {
 		prio = 200
 	}
 	dir := l.dirs[name]
-	keys, _ := json.Marshal(l.keys[:1])
+	keys, _ := json.Marshal(fs.keys)
 	doc := fmt.Sprintf(`node: {name: %[1]s, addresses: [10.1.0.%[2]d], state_dir: %[3]s/state}
 cluster: {bind: 10.1.0.%[2]d, port: 7946, seeds: [10.1.0.1, 10.1.0.2], keys: %[4]s, max_active: %[5]d, priority: %[6]d}
 routing:
@@ -303,11 +321,9 @@ routing:
     neighbors:
       - {address: 10.1.0.254, asn: 65000, hold_time: 3s, keepalive: 1s, connect_retry: 1s, bfd: {enabled: true, min_tx: 200ms, min_rx: 200ms, multiplier: 5}}
 api: {socket: %[3]s/api.sock}
-health: {interval: 500ms, timeout: 400ms, rise: 1, fall: 2, self: {uplink: eth0}}
-`, name, i, dir, keys, maxActive, prio) + l.services()
-	if err := os.WriteFile(filepath.Join(dir, "anycastd.yaml"), []byte(doc), 0o600); err != nil {
-		l.t.Fatal(err)
-	}
+health: {interval: %[7]s, timeout: 400ms, rise: 1, fall: 2, self: {uplink: eth0}}
+`, name, i, dir, keys, maxActive, prio, fs.interval) + l.initialServices
+	return os.WriteFile(filepath.Join(dir, "anycastd.yaml"), []byte(doc), 0o600)
 }
 
 func (l *lab) startDaemon(name string) {

@@ -21,7 +21,7 @@ import (
 // Fault kinds. Director faults impair one director each; at most two
 // directors are impaired at once (the tier keeps max_active 4 of 5 but
 // must survive losing one of its active ones while the standby covers).
-var faultKinds = []string{"kill9", "sigterm", "drain", "uplink", "rs_stop", "weight", "check", "bird_restart"}
+var faultKinds = []string{"kill9", "sigterm", "drain", "uplink", "rs_stop", "weight", "check", "bird_restart", "keys", "sighup"}
 
 func directorFault(kind string) bool {
 	switch kind {
@@ -70,6 +70,8 @@ func schedule(seed uint64, duration time.Duration) []*fault {
 			cands = rsNames
 		case kind == "bird_restart":
 			cands = []string{"router"}
+		case kind == "sighup":
+			cands = dirNames
 		default:
 			cands = []string{"cluster"}
 		}
@@ -252,6 +254,10 @@ func (l *lab) play(f *fault) {
 		l.apply(f, func() { l.checkTimeout = "300ms" })
 	case "bird_restart":
 		l.stopBird()
+	case "keys":
+		l.rotateKeys(f)
+	case "sighup":
+		l.editFile(f, "600ms")
 	}
 	time.Sleep(f.Hold)
 	f.restored = time.Now()
@@ -273,6 +279,8 @@ func (l *lab) play(f *fault) {
 		l.apply(f, func() { l.checkTimeout = "400ms" })
 	case "bird_restart":
 		l.startBird()
+	case "sighup":
+		l.editFile(f, "500ms")
 	}
 	l.rep.restore(f)
 }
@@ -296,6 +304,9 @@ func (l *lab) apply(f *fault, change func()) {
 		out, err := l.anyctl(name, "apply", "-f", file, "--yes")
 		if err != nil {
 			l.rep.note(f, fmt.Sprintf("anyctl apply on %s: %s", name, strings.TrimSpace(out)))
+			if strings.Contains(out, "cannot reach anycastd") {
+				continue // it went down meanwhile: the next one
+			}
 		}
 		return
 	}
@@ -343,4 +354,55 @@ func (l *lab) routingSummary() (string, string) {
 	}
 	fmt.Fprintf(&logs, "BIRD:\n%s\n", strings.Join(lines, "\n"))
 	return st.String(), logs.String()
+}
+
+// rotateKeys rotates the gossip key as README's Production notes say: the
+// new key second on every director, then first, then the old one gone,
+// each step a file edit and a SIGHUP on every director (one that is down
+// starts with the file as it is then).
+func (l *lab) rotateKeys(f *fault) {
+	l.mu.Lock()
+	cur, next := l.keys[0], l.keys[1]
+	l.keys[0], l.keys[1] = next, cur
+	l.mu.Unlock()
+	for _, keys := range [][]string{{cur, next}, {next, cur}, {next}} {
+		for _, name := range dirNames {
+			l.mu.Lock()
+			fs := l.files[name]
+			fs.keys = keys
+			l.files[name] = fs
+			l.mu.Unlock()
+			if err := l.writeConfig(name, fs); err != nil {
+				l.rep.note(f, err.Error())
+			}
+			l.hup(name)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// editFile changes a director's health interval in its file and sends it
+// SIGHUP.
+func (l *lab) editFile(f *fault, interval string) {
+	l.mu.Lock()
+	fs := l.files[f.Target]
+	fs.interval = interval
+	l.files[f.Target] = fs
+	l.mu.Unlock()
+	if err := l.writeConfig(f.Target, fs); err != nil {
+		l.rep.note(f, err.Error())
+	}
+	l.hup(f.Target)
+}
+
+// hup sends SIGHUP to a running daemon.
+func (l *lab) hup(name string) {
+	l.mu.Lock()
+	d := l.daemons[name]
+	l.mu.Unlock()
+	select {
+	case <-d.done:
+	default:
+		d.cmd.Process.Signal(syscall.SIGHUP)
+	}
 }
