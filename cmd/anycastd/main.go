@@ -69,6 +69,17 @@ func run(args []string, stdout, stderr io.Writer, env func(string) (string, bool
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			var sigs chan os.Signal
+			if !checkConfig && !restoreHost {
+				// Caught from the very start to the very end: a reload
+				// (SIGHUP) or a stop that arrives while the daemon starts
+				// or finishes stopping must be handled or ignored, never
+				// kill it with the default action (systemd would see a
+				// daemon killed by a signal, a failure).
+				sigs = make(chan os.Signal, 8)
+				signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+				defer signal.Ignore(syscall.SIGHUP)
+			}
 			cfg, err := configs.Load(file, configs.WithEnv(env), configs.WithFlags(cmd.Flags(), flagKeys))
 			if checkConfig {
 				return configs.WriteReport(stdout, file, err)
@@ -91,7 +102,7 @@ func run(args []string, stdout, stderr io.Writer, env func(string) (string, bool
 			load := func() (*configs.Config, error) {
 				return configs.Load(file, configs.WithEnv(env), configs.WithFlags(cmd.Flags(), flagKeys))
 			}
-			return daemon(cfg, load, file, watch, log)
+			return daemon(cfg, load, file, watch, log, sigs)
 		},
 	}
 	cmd.SetOut(stdout)
@@ -133,8 +144,9 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: not text or json", format)
 }
 
-// daemon runs the director until SIGTERM/SIGINT.
-func daemon(cfg *configs.Config, load func() (*configs.Config, error), file string, watch time.Duration, log *slog.Logger) error {
+// daemon runs the director until a signal on sigs stops it (caught by the
+// caller since before the config was read).
+func daemon(cfg *configs.Config, load func() (*configs.Config, error), file string, watch time.Duration, log *slog.Logger, sigs <-chan os.Signal) error {
 	log = log.With("node", cfg.Node.Name)
 	n, err := director.New(director.Options{Config: cfg, Build: version, Log: log})
 	if err != nil {
@@ -146,10 +158,6 @@ func daemon(cfg *configs.Config, load func() (*configs.Config, error), file stri
 	defer stopAPI()
 	apiErr := make(chan error, 1)
 	go func() { apiErr <- n.Serve(apiCtx) }()
-
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(sigs)
 
 	var reloadMu sync.Mutex
 	lastSum := fileSum(file)

@@ -1,6 +1,8 @@
 package clusterlab
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -8,6 +10,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -81,5 +85,89 @@ func TestDaemonExitsNonZeroWhenAListenerFails(t *testing.T) {
 				t.Errorf("the error is not logged (want %q):\n%s", tc.want, tail(out, 20))
 			}
 		})
+	}
+}
+
+// SIGHUP (a reload: `systemctl reload`, a key rotation's step) that
+// arrives while the daemon starts or finishes stopping killed it with the
+// default action: the soak lab saw a director exit "signal: hangup" when a
+// rotation's SIGHUP met its graceful stop. It is caught from start to end.
+func TestDaemonSurvivesSIGHUPAtStartAndStop(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process test")
+	}
+	bin := labtest.Binaries(t)
+	dir := t.TempDir()
+	spec := Spec{Name: "h1", Addr: "127.0.0.63", Port: 7946, MaxActive: 8, Priority: 100, Services: baseServices}
+	if _, err := WriteConfig(dir, spec); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(bin, "anycastd"), "-c", filepath.Join(dir, "anycastd.yaml"), "--log-format", "json")
+	pipe, _ := cmd.StdoutPipe()
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var out bytes.Buffer
+	first := make(chan struct{})
+	lines := make(chan struct{})
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(pipe)
+		once := sync.Once{}
+		for sc.Scan() {
+			mu.Lock()
+			out.WriteString(sc.Text() + "\n")
+			mu.Unlock()
+			once.Do(func() { close(first) })
+		}
+	}()
+	logged := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return out.String()
+	}
+	done := make(chan error, 1)
+	go func() { <-lines; done <- cmd.Wait() }()
+	// A signal before the program runs at all meets the kernel's default:
+	// no program can catch that. From its first log line on (the old code
+	// logged several before it caught SIGHUP), it must.
+	select {
+	case <-first:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no log line")
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	// hup sends SIGHUP every 5 ms for d, or until the process exits
+	// (exited, with its error).
+	hup := func(d time.Duration) (exited bool, err error) {
+		end := time.Now().Add(d)
+		for time.Now().Before(end) {
+			select {
+			case err := <-done:
+				return true, err
+			default:
+			}
+			cmd.Process.Signal(syscall.SIGHUP)
+			time.Sleep(5 * time.Millisecond)
+		}
+		return false, nil
+	}
+	if exited, err := hup(1500 * time.Millisecond); exited {
+		t.Fatalf("SIGHUP while starting: exited: %v\n%s", err, tail(logged(), 20))
+	}
+	// And through a graceful stop, to the end.
+	cmd.Process.Signal(syscall.SIGTERM)
+	exited, err := hup(3 * time.Second)
+	if !exited {
+		select {
+		case err = <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("did not stop\n%s", tail(logged(), 30))
+		}
+	}
+	if err != nil {
+		t.Fatalf("the stop ended with %v, want exit 0\n%s", err, tail(logged(), 20))
 	}
 }
