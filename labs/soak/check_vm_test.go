@@ -76,7 +76,9 @@ func (c *checker) check(s *snapshot) {
 	rep.mu.Unlock()
 
 	// 1. The router's next hops are the directors that announce.
-	if !routerFault && c.hold("1", slices.Equal(hops, want), now, boundRoute) {
+	// While the router itself is down or back for less than the bound,
+	// there is nothing to compare: the condition starts over.
+	if c.hold("1", routerFault || slices.Equal(hops, want), now, boundRoute) {
 		rep.violation("1", fmt.Sprintf("router next hops %v, directors announcing %v (with GRACEFUL_SHUTDOWN %v) for over %s", hops, plain, gshut, boundRoute), s)
 	}
 	// 2. Only a healthy, active, undrained director on the newest
@@ -116,7 +118,7 @@ func (c *checker) check(s *snapshot) {
 			}
 		}
 	}
-	if !routerFault && c.hold("3", !serviceable || len(plain)+len(gshut) > 0, now, boundRoute) {
+	if c.hold("3", routerFault || !serviceable || len(plain)+len(gshut) > 0, now, boundRoute) {
 		rep.violation("3", "a director is healthy and the services have their quorum, but nobody announces the VIP", s)
 	}
 	// 4. Every live director holds the same IPVS table.

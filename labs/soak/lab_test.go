@@ -22,9 +22,9 @@ func TestLabSoak(t *testing.T) {
 	if labtest.InVM() {
 		t.Skip("already inside the VM")
 	}
-	for _, tool := range []string{"qemu-system-x86_64", "/usr/sbin/bird"} {
+	for _, tool := range []string{"qemu-system-x86_64", "/usr/sbin/bird", "/usr/sbin/nft"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("the soak lab needs %s (labs/install-deps.sh installs qemu-system-x86 and bird2)", tool)
+			t.Fatalf("the soak lab needs %s (labs/install-deps.sh installs qemu-system-x86, bird2 and nftables)", tool)
 		}
 	}
 	seed := os.Getenv("SOAK_SEED")
@@ -51,7 +51,7 @@ func TestLabSoak(t *testing.T) {
 		Kernel:       k,
 		Memory:       2048,
 		Files:        map[string]string{"/bin/anyctl": filepath.Join(bins, "anyctl"), "/bin/anycastd": filepath.Join(bins, "anycastd")},
-		HostBinaries: []string{"/usr/sbin/bird"},
+		HostBinaries: []string{"/usr/sbin/bird", "/usr/sbin/nft"},
 		Env:          map[string]string{"ANYCASTD_BIN_DIR": "/bin", "SOAK_SEED": seed, "SOAK_DURATION": dur.String()},
 		Tests: []vmlab.Test{{Name: "soak", Binary: test, Args: []string{"-test.run", "^TestVMSoak$", "-test.v", "-test.count=1",
 			"-test.timeout", (dur + 10*time.Minute).String()}}},

@@ -99,7 +99,7 @@ func (r *report) note(f *fault, msg string) {
 // convergedFault is when a fault has taken effect where it shows.
 func convergedFault(f *fault) func(*snapshot) bool {
 	switch f.Kind {
-	case "kill9", "sigterm", "drain", "uplink":
+	case "kill9", "sigterm", "drain", "uplink", "blackhole":
 		return func(s *snapshot) bool { return !slices.Contains(s.hops, f.Target) && len(s.hops) > 0 }
 	case "rs_stop":
 		addr := rsAddr(f.Target)
@@ -117,7 +117,7 @@ func convergedFault(f *fault) func(*snapshot) bool {
 func convergedRestore(f *fault) func(*snapshot) bool {
 	whole := func(s *snapshot) bool { return len(s.hops) == maxActive && slices.Equal(s.hops, s.expectedHops()) }
 	switch f.Kind {
-	case "kill9", "sigterm", "drain", "uplink", "bird_restart":
+	case "kill9", "sigterm", "drain", "uplink", "blackhole", "bird_restart":
 		return whole
 	case "rs_stop":
 		addr := rsAddr(f.Target)

@@ -16,16 +16,17 @@ import (
 
 	"github.com/anycastd/anycastd/director"
 	"github.com/anycastd/anycastd/ipvs"
+	"github.com/anycastd/anycastd/routing"
 )
 
 // Fault kinds. Director faults impair one director each; at most two
 // directors are impaired at once (the tier keeps max_active 4 of 5 but
 // must survive losing one of its active ones while the standby covers).
-var faultKinds = []string{"kill9", "sigterm", "drain", "uplink", "rs_stop", "weight", "check", "bird_restart", "keys", "sighup"}
+var faultKinds = []string{"kill9", "sigterm", "drain", "uplink", "blackhole", "rs_stop", "weight", "check", "bird_restart", "keys", "sighup"}
 
 func directorFault(kind string) bool {
 	switch kind {
-	case "kill9", "sigterm", "drain", "uplink":
+	case "kill9", "sigterm", "drain", "uplink", "blackhole":
 		return true
 	}
 	return false
@@ -128,9 +129,14 @@ func (l *lab) snap() *snapshot {
 }
 
 // announcers are the directors that announce the VIP, without and with
-// GRACEFUL_SHUTDOWN.
+// GRACEFUL_SHUTDOWN: that say so and have their BGP session up (an
+// announcement without a session reaches no router: a director cut off
+// from the network cannot know at once that it is, and claims it).
 func (s *snapshot) announcers() (plain, gshut []string) {
 	for name, st := range s.status {
+		if !slices.ContainsFunc(st.Peers, func(p routing.Peer) bool { return p.Established() }) {
+			continue
+		}
 		for _, v := range st.VIPs {
 			if v.VIP.String() == vip && v.Announced {
 				if v.GracefulShutdown {
@@ -246,6 +252,13 @@ func (l *lab) play(f *fault) {
 		}
 	case "uplink":
 		l.nsExec(f, "ip", "link", "set", "eth0", "down")
+	case "blackhole":
+		// Every packet in or out of eth0 dropped: the director is up,
+		// its link is up, and nothing reaches it.
+		l.nsExec(f, "/usr/sbin/nft", "add table inet soak; "+
+			"add chain inet soak cut_in { type filter hook input priority 0; policy accept; }; "+
+			"add chain inet soak cut_out { type filter hook output priority 0; policy accept; }; "+
+			"add rule inet soak cut_in iifname eth0 drop; add rule inet soak cut_out oifname eth0 drop")
 	case "rs_stop":
 		l.stopServer(f.Target)
 	case "weight":
@@ -268,6 +281,8 @@ func (l *lab) play(f *fault) {
 		if out, err := l.anyctl(f.Target, "undrain"); err != nil {
 			l.rep.note(f, "undrain: "+strings.TrimSpace(out))
 		}
+	case "blackhole":
+		l.nsExec(f, "/usr/sbin/nft", "delete table inet soak")
 	case "uplink":
 		l.nsExec(f, "ip", "link", "set", "eth0", "up")
 		l.nsExec(f, "ip", "route", "replace", "default", "via", "10.1.0.254")
@@ -395,11 +410,17 @@ func (l *lab) editFile(f *fault, interval string) {
 	l.hup(f.Target)
 }
 
-// hup sends SIGHUP to a running daemon.
+// hup sends SIGHUP to a daemon that is up: one whose API answers. A
+// process signalled in its first instants, before any program could catch
+// anything, dies of the kernel's default (systemd sends no reload to a
+// unit still starting); a daemon not up reads its file when it starts.
 func (l *lab) hup(name string) {
 	l.mu.Lock()
 	d := l.daemons[name]
 	l.mu.Unlock()
+	if _, err := l.status(name); err != nil {
+		return
+	}
 	select {
 	case <-d.done:
 	default:

@@ -29,7 +29,7 @@ import (
 var Modules = []string{
 	"crc32c_generic",
 	"ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_lc", "ip_vs_wlc", "ip_vs_sh", "ip_vs_dh", "ip_vs_mh", "ip_vs_sed", "ip_vs_nq",
-	"veth", "bridge", "ipip",
+	"veth", "bridge", "ipip", "nf_tables",
 }
 
 // moduleDirs are the parts of the module tree copied into the initramfs;
@@ -48,6 +48,10 @@ var moduleDirs = []string{
 	"kernel/net/ipv4/ipip.ko",
 	"kernel/net/ipv4/ip_tunnel.ko",
 	"kernel/net/ipv4/tunnel4.ko",
+	// nft in namespaces (the soak lab's blackhole): nf_tables and what it
+	// needs beside libcrc32c.
+	"kernel/net/netfilter/nf_tables.ko",
+	"kernel/net/netfilter/nfnetlink.ko",
 }
 
 // Kernel is an unpacked Debian kernel package.
