@@ -79,6 +79,11 @@ const MetaMaxSize = 512
 
 // Encode returns m's metadata part in at most limit bytes, or an error:
 // nothing is cut to fit.
+//
+// Members of earlier builds read the announced list and the reason only
+// from the metadata (their DNS feed among them): so that a rolling upgrade
+// does not take the new directors' VIPs out of their answers, the lists go
+// in as well when they fit whole. This build reads them from the state.
 func (m Meta) Encode(limit int) ([]byte, error) {
 	b, err := json.Marshal(m)
 	if err != nil {
@@ -86,6 +91,16 @@ func (m Meta) Encode(limit int) ([]byte, error) {
 	}
 	if len(b) > limit {
 		return nil, fmt.Errorf("node metadata is %d bytes, memberlist allows %d", len(b), limit)
+	}
+	if m.Reason == "" && m.Announced == nil && m.StandIn == nil {
+		return b, nil
+	}
+	type withLegacy struct {
+		Meta
+		legacyMeta
+	}
+	if full, err := json.Marshal(withLegacy{m, legacyMeta{m.Reason, m.Announced, m.StandIn}}); err == nil && len(full) <= limit {
+		return full, nil
 	}
 	return b, nil
 }

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -98,6 +99,21 @@ func TestMetaEncodeFits(t *testing.T) {
 	big := Meta{Build: strings.Repeat("x", 600)}
 	if _, err := big.Encode(MetaMaxSize); err == nil {
 		t.Error("metadata over the limit was accepted")
+	}
+	// A short list fits, and goes in for members of earlier builds (their
+	// DNS feed reads it there) during a rolling upgrade.
+	small := Meta{Healthy: true, Reason: "why", Announced: []string{"198.51.100.1/32"}, AnnouncedCount: 1, StateSeq: 3}
+	b, err = small.Encode(MetaMaxSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var earlier struct {
+		Reason    string   `json:"r"`
+		Announced []string `json:"a"`
+		Seq       uint64   `json:"q"`
+	}
+	if err := json.Unmarshal(b, &earlier); err != nil || earlier.Reason != "why" || len(earlier.Announced) != 1 || earlier.Seq != 3 {
+		t.Errorf("an earlier build reads %+v from %s (%v)", earlier, b, err)
 	}
 	// An earlier build's metadata, with its lists inside, is still read.
 	old := []byte(`{"p":100,"h":true,"r":"why","v":3,"a":["198.51.100.1/32"],"n":1,"pu":0,"pt":0,"s":1}`)
