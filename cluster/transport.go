@@ -84,9 +84,14 @@ func newBoundedTransport(bind string, port int, logger *log.Logger, rl *rateLog)
 func (t *boundedTransport) StreamCh() <-chan net.Conn { return t.streams }
 
 // Shutdown implements memberlist.Transport.
+// The inner transport first, while admit still hands its streams on:
+// its listener blocks until the stream it accepted last is taken, and
+// memberlist shuts the transport down before its own stream handler
+// (closing done first deadlocked a member's leave, seen under -race).
 func (t *boundedTransport) Shutdown() error {
+	err := t.NetTransport.Shutdown()
 	t.once.Do(func() { close(t.done) })
-	return t.NetTransport.Shutdown()
+	return err
 }
 
 func (t *boundedTransport) admit() {
