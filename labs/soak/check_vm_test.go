@@ -1,14 +1,20 @@
 package soak
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/anycastd/anycastd/director"
 	"github.com/anycastd/anycastd/ipvs"
 )
 
@@ -79,7 +85,7 @@ func (c *checker) check(s *snapshot) {
 	// While the router itself is down or back for less than the bound,
 	// there is nothing to compare: the condition starts over.
 	if c.hold("1", routerFault || slices.Equal(hops, want), now, boundRoute) {
-		rep.violation("1", fmt.Sprintf("router next hops %v, directors announcing %v (with GRACEFUL_SHUTDOWN %v) for over %s", hops, plain, gshut, boundRoute), s)
+		c.violation("1", fmt.Sprintf("router next hops %v, directors announcing %v (with GRACEFUL_SHUTDOWN %v) for over %s", hops, plain, gshut, boundRoute), s)
 	}
 	// 2. Only a healthy, active, undrained director on the newest
 	// config announces, and never more than max_active.
@@ -99,11 +105,11 @@ func (c *checker) check(s *snapshot) {
 			}
 		}
 		if c.hold("2/"+name, bad == "", now, boundAnnounce) {
-			rep.violation("2", fmt.Sprintf("%s announces while %s", name, bad), s)
+			c.violation("2", fmt.Sprintf("%s announces while %s", name, bad), s)
 		}
 	}
 	if c.hold("2/max", len(plain) <= maxActive, now, boundAnnounce) {
-		rep.violation("2", fmt.Sprintf("%d directors announce (max_active %d): %v", len(plain), maxActive, plain), s)
+		c.violation("2", fmt.Sprintf("%d directors announce (max_active %d): %v", len(plain), maxActive, plain), s)
 	}
 	// 3. Someone announces while a director is healthy and the services
 	// have their quorum.
@@ -119,7 +125,7 @@ func (c *checker) check(s *snapshot) {
 		}
 	}
 	if c.hold("3", routerFault || !serviceable || len(plain)+len(gshut) > 0, now, boundRoute) {
-		rep.violation("3", "a director is healthy and the services have their quorum, but nobody announces the VIP", s)
+		c.violation("3", "a director is healthy and the services have their quorum, but nobody announces the VIP", s)
 	}
 	// 4. Every live director holds the same IPVS table.
 	var ref string
@@ -140,7 +146,7 @@ func (c *checker) check(s *snapshot) {
 		}
 	}
 	if c.hold("4", same, now, boundTable) {
-		rep.violation("4", "the directors' IPVS tables differ:\n"+diff, s)
+		c.violation("4", "the directors' IPVS tables differ:\n"+diff, s)
 	}
 	// 5. No config version goes backwards; nobody stays behind.
 	for name, st := range s.status {
@@ -223,4 +229,90 @@ func metricValue(text, series string) (float64, bool) {
 		}
 	}
 	return 0, false
+}
+
+// violation reports an invariant violation with the evidence the lab can
+// still gather at that moment.
+func (c *checker) violation(inv, detail string, s *snapshot) {
+	c.l.rep.violationWith(inv, detail, c.l.evidence(s.at, 8*time.Second), s)
+}
+
+// evidence is what explains a violation: each running director's
+// announcements as its BGP speaker holds them (not the plan's), BIRD's
+// routes for the VIP, and every daemon's log lines of the last window.
+func (l *lab) evidence(now time.Time, window time.Duration) string {
+	var b strings.Builder
+	for _, name := range dirNames {
+		l.mu.Lock()
+		d := l.daemons[name]
+		l.mu.Unlock()
+		resp, err := d.client.Get("http://anycastd/v1/announcements")
+		if err != nil {
+			fmt.Fprintf(&b, "%s speaker: %v\n", name, err)
+			continue
+		}
+		var ar director.AnnouncementsResponse
+		err = json.NewDecoder(resp.Body).Decode(&ar)
+		resp.Body.Close()
+		if err != nil {
+			fmt.Fprintf(&b, "%s speaker: %v\n", name, err)
+			continue
+		}
+		var held, peers []string
+		for _, a := range ar.Announced {
+			h := a.Prefix.String()
+			if a.GracefulShutdown {
+				h += " (GRACEFUL_SHUTDOWN)"
+			}
+			held = append(held, h)
+		}
+		for _, p := range ar.Peers {
+			peers = append(peers, fmt.Sprintf("%s %s bfd %s", p.Address, p.State, p.BFD))
+		}
+		fmt.Fprintf(&b, "%s speaker holds %v; peers %v\n", name, held, peers)
+	}
+	l.mu.Lock()
+	ctl := l.birdCtl
+	l.mu.Unlock()
+	if out, err := exec.Command("ip", "netns", "exec", l.ns["r"].Name, "/usr/sbin/birdc", "-s", ctl,
+		"show", "route", "for", vip, "all").CombinedOutput(); err != nil {
+		fmt.Fprintf(&b, "birdc: %v: %s\n", err, out)
+	} else {
+		fmt.Fprintf(&b, "BIRD's routes for %s:\n%s", vip, indent(string(out)))
+	}
+	for _, name := range dirNames {
+		lines := logWindow(filepath.Join(l.dirs[name], "anycastd.log"), now.Add(-window), now.Add(time.Second))
+		if len(lines) > 40 {
+			lines = lines[len(lines)-40:]
+		}
+		fmt.Fprintf(&b, "%s log, %s before:\n%s", name, window, indent(strings.Join(lines, "\n")+"\n"))
+	}
+	return b.String()
+}
+
+// logWindow is the lines of a daemon's log (slog's text format) stamped
+// between from and to, without Debug.
+func logWindow(path string, from, to time.Time) []string {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		ts, ok := strings.CutPrefix(line, "time=")
+		if !ok || strings.Contains(line, " level=DEBUG ") {
+			continue
+		}
+		ts, _, _ = strings.Cut(ts, " ")
+		t, err := time.Parse(time.RFC3339Nano, ts)
+		if err != nil || t.Before(from) || t.After(to) {
+			continue
+		}
+		out = append(out, line)
+	}
+	return out
 }

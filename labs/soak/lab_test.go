@@ -55,7 +55,7 @@ func TestLabSoak(t *testing.T) {
 		Kernel:       k,
 		Memory:       2048,
 		Files:        map[string]string{"/bin/anyctl": filepath.Join(bins, "anyctl"), "/bin/anycastd": filepath.Join(bins, "anycastd")},
-		HostBinaries: []string{"/usr/sbin/bird", "/usr/sbin/nft"},
+		HostBinaries: []string{"/usr/sbin/bird", "/usr/sbin/birdc", "/usr/sbin/nft"},
 		Env:          map[string]string{"ANYCASTD_BIN_DIR": "/bin", "SOAK_SEED": seed, "SOAK_DURATION": dur.String()},
 		Tests: []vmlab.Test{{Name: "soak", Binary: test, Args: []string{"-test.run", "^TestVMSoak$", "-test.v", "-test.count=1",
 			"-test.timeout", (dur + 10*time.Minute).String()}}},

@@ -89,6 +89,7 @@ type lab struct {
 	svcWeights   map[string]int // backend address -> weight in the applied config
 	checkTimeout string
 	birdLog      string
+	birdCtl      string
 	// initialServices is the services part of every config file.
 	initialServices string
 	files           map[string]fileState
@@ -237,6 +238,9 @@ func (l *lab) startBird() {
 	}
 	path := filepath.Join(dir, "bird.conf")
 	os.WriteFile(path, []byte(conf), 0o644)
+	l.mu.Lock()
+	l.birdCtl = filepath.Join(dir, "bird.ctl")
+	l.mu.Unlock()
 	cmd := exec.Command("ip", "netns", "exec", l.ns["r"].Name, "/usr/sbin/bird", "-f", "-c", path,
 		"-s", filepath.Join(dir, "bird.ctl"), "-P", filepath.Join(dir, "bird.pid"))
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard

@@ -50,6 +50,10 @@ type violation struct {
 	detail    string
 	faults    []string
 	state     string
+	// evidence is what the lab gathered when it saw the violation: each
+	// director's announcements as its BGP speaker holds them, BIRD's
+	// routes and the daemons' log lines of the seconds before.
+	evidence string
 }
 
 // pendingConv is a fault phase waiting for the tier to show its effect.
@@ -247,6 +251,10 @@ func kindsOf(fs []*fault) []string {
 }
 
 func (r *report) violation(inv, detail string, s ...*snapshot) {
+	r.violationWith(inv, detail, "", s...)
+}
+
+func (r *report) violationWith(inv, detail, evidence string, s ...*snapshot) {
 	now := time.Now()
 	var fs []string
 	for _, f := range r.faultsAround(now, 10*time.Second) {
@@ -258,7 +266,7 @@ func (r *report) violation(inv, detail string, s ...*snapshot) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.violations = append(r.violations, violation{at: now.Sub(r.start), invariant: inv, detail: detail, faults: fs, state: state})
+	r.violations = append(r.violations, violation{at: now.Sub(r.start), invariant: inv, detail: detail, faults: fs, state: state, evidence: evidence})
 }
 
 func describe(s *snapshot) string {
@@ -337,6 +345,9 @@ func (r *report) String() string {
 	for _, v := range r.violations {
 		fmt.Fprintf(&b, "- at %s, invariant %s: %s\n  faults around: %s\n%s", v.at.Round(100*time.Millisecond), v.invariant, v.detail,
 			strings.Join(v.faults, ", "), indent(v.state))
+		if v.evidence != "" {
+			fmt.Fprintf(&b, "  evidence:\n%s", indent(indent(v.evidence)))
+		}
 	}
 	if r.routing != "" {
 		fmt.Fprintf(&b, "routing at the end:\n%s", indent(r.routing))
