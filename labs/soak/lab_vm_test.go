@@ -58,6 +58,10 @@ const (
 	boundTable    = 4 * time.Second  // IPVS tables equal
 	boundBehind   = 15 * time.Second // config behind
 	boundAnswer   = 8 * time.Second  // a live daemon's API answers
+	// boundHeal is how long after a gossip partition heals the sides
+	// may still act as two (memberlist finds the members it declared
+	// dead again by the reconnect loop, every second, then push/pull).
+	boundHeal = 10 * time.Second
 )
 
 type daemon struct {
@@ -86,7 +90,8 @@ type lab struct {
 	servers      map[string]*exec.Cmd
 	bird         *exec.Cmd
 	rep          *report
-	svcWeights   map[string]int // backend address -> weight in the applied config
+	svcWeights   map[string]int  // backend address -> weight in the applied config
+	removed      map[string]bool // backend addresses taken out of the config
 	checkTimeout string
 	birdLog      string
 	birdCtl      string
@@ -104,7 +109,7 @@ func newLab(t *testing.T, seed uint64, duration time.Duration) *lab {
 	l := &lab{t: t, seed: seed, duration: duration, self: self, bin: labtest.Binaries(t),
 		ns: map[string]*labtest.Netns{}, dirs: map[string]string{}, kern: map[string]*ipvs.Kernel{},
 		daemons: map[string]*daemon{}, servers: map[string]*exec.Cmd{}, rep: newReport(seed, duration),
-		svcWeights: map[string]int{}, checkTimeout: "400ms", files: map[string]fileState{}}
+		svcWeights: map[string]int{}, removed: map[string]bool{}, checkTimeout: "400ms", files: map[string]fileState{}}
 	for _, k := range []string{"soak-key-1", "soak-key-2"} { // the lab's own, public
 		l.keys = append(l.keys, base64.StdEncoding.EncodeToString([]byte(fmt.Sprintf("%-32s", k))))
 	}
@@ -269,6 +274,9 @@ func (l *lab) services() string {
 	var web, flows []string
 	for i := range rsNames {
 		a := fmt.Sprintf("10.1.0.%d", 11+i)
+		if l.removed[a] {
+			continue
+		}
 		w := l.svcWeights[a]
 		if w == 0 {
 			w = 1

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/anycastd/anycastd/ipvs"
 )
 
 // report gathers what the soak saw.
@@ -31,6 +33,10 @@ type report struct {
 	// routing is each director's BGP sessions at the end; logs the
 	// routing lines of the daemons' and BIRD's logs.
 	routing, logs string
+	// stalls are the moments the VM did not run this process: a short
+	// sleep that overslept by more than stallMin (software emulation
+	// on a busy host stops the whole guest).
+	stalls []stall
 	// maxRSS (MiB) and maxGoroutines are the most any daemon reached.
 	maxRSS        float64
 	maxGoroutines float64
@@ -44,12 +50,53 @@ type kindStats struct {
 	unconv    map[string]int
 }
 
+type stall struct {
+	at  time.Time // when it ended
+	lag time.Duration
+}
+
+// stallMin is the oversleep that counts as a stall of the VM.
+const stallMin = 250 * time.Millisecond
+
+// watchStalls records the VM's stalls until stop is closed.
+func (r *report) watchStalls(stop <-chan struct{}) {
+	const step = 20 * time.Millisecond
+	for {
+		t0 := time.Now()
+		select {
+		case <-stop:
+			return
+		case <-time.After(step):
+		}
+		if lag := time.Since(t0) - step; lag > stallMin {
+			r.mu.Lock()
+			r.stalls = append(r.stalls, stall{at: time.Now(), lag: lag})
+			r.mu.Unlock()
+		}
+	}
+}
+
+// stalledIn is how long the VM stood still between from and to.
+func (r *report) stalledIn(from, to time.Time) time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var d time.Duration
+	for _, s := range r.stalls {
+		if s.at.After(from) && !s.at.After(to) {
+			d += s.lag
+		}
+	}
+	return d
+}
+
 type violation struct {
 	at        time.Duration
 	invariant string
 	detail    string
 	faults    []string
 	state     string
+	// stalled is how long the VM stood still in the 10 s before.
+	stalled time.Duration
 	// evidence is what the lab gathered when it saw the violation: each
 	// director's announcements as its BGP speaker holds them, BIRD's
 	// routes and the daemons' log lines of the seconds before.
@@ -113,6 +160,9 @@ func convergedFault(f *fault) func(*snapshot) bool {
 		return func(s *snapshot) bool { return allWeights(s, addr, func(w int) bool { return w == 2 || w == 0 }) }
 	case "bird_restart":
 		return func(s *snapshot) bool { return len(s.hops) == 0 }
+	case "backend":
+		addr := fmt.Sprintf("10.1.0.%d", 11+f.Arg)
+		return func(s *snapshot) bool { return noneHas(s, addr) }
 	}
 	return nil
 }
@@ -129,8 +179,43 @@ func convergedRestore(f *fault) func(*snapshot) bool {
 	case "weight":
 		addr := fmt.Sprintf("10.1.0.%d", 11+f.Arg)
 		return func(s *snapshot) bool { return allWeights(s, addr, func(w int) bool { return w == 1 || w == 0 }) }
+	case "backend":
+		addr := fmt.Sprintf("10.1.0.%d", 11+f.Arg)
+		return func(s *snapshot) bool { return allHave(s, addr) }
 	}
 	return nil
+}
+
+// noneHas: no running director's table holds addr.
+func noneHas(s *snapshot, addr string) bool {
+	for name, tb := range s.tables {
+		if s.down[name] {
+			continue
+		}
+		for _, svc := range tb.Services {
+			for _, d := range svc.Destinations {
+				if d.Addr.String() == addr {
+					return false
+				}
+			}
+		}
+	}
+	return true
+}
+
+// allHave: every running director's table holds addr in every service.
+func allHave(s *snapshot, addr string) bool {
+	for name, tb := range s.tables {
+		if s.down[name] {
+			continue
+		}
+		for _, svc := range tb.Services {
+			if !slices.ContainsFunc(svc.Destinations, func(d ipvs.Destination) bool { return d.Addr.String() == addr }) {
+				return false
+			}
+		}
+	}
+	return len(s.tables) > 0
 }
 
 func rsAddr(name string) string {
@@ -264,9 +349,11 @@ func (r *report) violationWith(inv, detail, evidence string, s ...*snapshot) {
 	if len(s) > 0 && s[0] != nil {
 		state = describe(s[0])
 	}
+	stalled := r.stalledIn(now.Add(-10*time.Second), now)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.violations = append(r.violations, violation{at: now.Sub(r.start), invariant: inv, detail: detail, faults: fs, state: state, evidence: evidence})
+	r.violations = append(r.violations, violation{at: now.Sub(r.start), invariant: inv, detail: detail, faults: fs, state: state,
+		stalled: stalled, evidence: evidence})
 }
 
 func describe(s *snapshot) string {
@@ -316,6 +403,12 @@ func (r *report) String() string {
 		boundRoute, boundAnnounce, boundTable, boundBehind, boundAnswer)
 	fmt.Fprintf(&b, "daemons: at most %.0f MiB resident and %.0f goroutines (limits %d MiB, %d)\n", r.maxRSS, r.maxGoroutines, maxRSSMiB, maxGoroutines)
 	fmt.Fprintf(&b, "invariants checked %d times (every %s on average: software emulation)\n", r.checks, (r.end.Sub(r.start) / time.Duration(max(r.checks, 1))).Round(time.Millisecond))
+	var worst, total time.Duration
+	for _, st := range r.stalls {
+		worst, total = max(worst, st.lag), total+st.lag
+	}
+	fmt.Fprintf(&b, "VM stalls (a 20 ms sleep overslept by over %s): %d, worst %s, %s in all\n", stallMin, len(r.stalls),
+		worst.Round(time.Millisecond), total.Round(time.Millisecond))
 	fmt.Fprintf(&b, "traffic: %d requests served, %d failed (%d outside any fault); long flows broken: %s (%d outside any fault), %d more ended with their own real server\n",
 		r.reqOK, r.reqFailed, r.unattrReq, countsString(r.breaks), r.unattrBrk, r.ownDown)
 	kinds := make([]string, 0, len(r.kinds))
@@ -343,8 +436,8 @@ func (r *report) String() string {
 	}
 	fmt.Fprintf(&b, "invariant violations: %d\n", len(r.violations))
 	for _, v := range r.violations {
-		fmt.Fprintf(&b, "- at %s, invariant %s: %s\n  faults around: %s\n%s", v.at.Round(100*time.Millisecond), v.invariant, v.detail,
-			strings.Join(v.faults, ", "), indent(v.state))
+		fmt.Fprintf(&b, "- at %s, invariant %s: %s\n  faults around: %s\n  the VM stood still %s in the 10 s before\n%s", v.at.Round(100*time.Millisecond), v.invariant, v.detail,
+			strings.Join(v.faults, ", "), v.stalled.Round(time.Millisecond), indent(v.state))
 		if v.evidence != "" {
 			fmt.Fprintf(&b, "  evidence:\n%s", indent(indent(v.evidence)))
 		}

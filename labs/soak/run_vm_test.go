@@ -22,7 +22,8 @@ import (
 // Fault kinds. Director faults impair one director each; at most two
 // directors are impaired at once (the tier keeps max_active 4 of 5 but
 // must survive losing one of its active ones while the standby covers).
-var faultKinds = []string{"kill9", "sigterm", "drain", "uplink", "blackhole", "rs_stop", "weight", "check", "bird_restart", "keys", "sighup"}
+var faultKinds = []string{"kill9", "sigterm", "drain", "uplink", "blackhole", "rs_stop", "weight", "check", "bird_restart", "keys", "sighup",
+	"backend", "partition"}
 
 func directorFault(kind string) bool {
 	switch kind {
@@ -38,12 +39,23 @@ type fault struct {
 	Kind   string
 	Target string // a director, a real server, "cluster" or "router"
 	Hold   time.Duration
-	Arg    int // the backend (weight), 0..nRS-1
+	Arg    int // the backend (weight, backend), 0..nRS-1
+	// Side is a partition's smaller side: the directors cut off from
+	// the others' gossip (one or two).
+	Side []string
 
 	start, restored time.Time
 }
 
-func (f *fault) String() string { return fmt.Sprintf("%s %s", f.Kind, f.Target) }
+func (f *fault) String() string {
+	if f.Kind == "partition" {
+		return fmt.Sprintf("partition %s | others", strings.Join(f.Side, ","))
+	}
+	if f.Kind == "backend" || f.Kind == "weight" {
+		return fmt.Sprintf("%s %s", f.Kind, rsAddr(rsNames[f.Arg]))
+	}
+	return fmt.Sprintf("%s %s", f.Kind, f.Target)
+}
 
 // schedule is the faults a seed plays over duration: the same seed, the
 // same schedule.
@@ -73,6 +85,9 @@ func schedule(seed uint64, duration time.Duration) []*fault {
 			cands = []string{"router"}
 		case kind == "sighup":
 			cands = dirNames
+		case kind == "partition":
+			// Its own target: services changes may meet it.
+			cands = []string{"gossip"}
 		default:
 			cands = []string{"cluster"}
 		}
@@ -86,6 +101,12 @@ func schedule(seed uint64, duration time.Duration) []*fault {
 			continue
 		}
 		f := &fault{At: at, Kind: kind, Target: free[rnd.IntN(len(free))], Hold: hold, Arg: rnd.IntN(nRS)}
+		if kind == "partition" {
+			side := slices.Clone(dirNames)
+			rnd.Shuffle(len(side), func(i, j int) { side[i], side[j] = side[j], side[i] })
+			f.Side = side[:1+rnd.IntN(2)]
+			slices.Sort(f.Side)
+		}
 		// A target settles for a few seconds after its restore.
 		busy[f.Target] = at + hold + 5*time.Second
 		out = append(out, f)
@@ -177,6 +198,7 @@ func (l *lab) run() *report {
 	go l.readTraffic(out)
 
 	stop := make(chan struct{})
+	go l.rep.watchStalls(stop)
 	checked := make(chan struct{})
 	go func() {
 		defer close(checked)
@@ -265,6 +287,10 @@ func (l *lab) play(f *fault) {
 		l.apply(f, func() { l.svcWeights[fmt.Sprintf("10.1.0.%d", 11+f.Arg)] = 2 })
 	case "check":
 		l.apply(f, func() { l.checkTimeout = "300ms" })
+	case "backend":
+		l.apply(f, func() { l.removed[rsAddr(rsNames[f.Arg])] = true })
+	case "partition":
+		l.partition(f, true)
 	case "bird_restart":
 		l.stopBird()
 	case "keys":
@@ -292,6 +318,10 @@ func (l *lab) play(f *fault) {
 		l.apply(f, func() { delete(l.svcWeights, fmt.Sprintf("10.1.0.%d", 11+f.Arg)) })
 	case "check":
 		l.apply(f, func() { l.checkTimeout = "400ms" })
+	case "backend":
+		l.apply(f, func() { delete(l.removed, rsAddr(rsNames[f.Arg])) })
+	case "partition":
+		l.partition(f, false)
 	case "bird_restart":
 		l.startBird()
 	case "sighup":
@@ -328,6 +358,34 @@ func (l *lab) apply(f *fault, change func()) {
 	l.rep.note(f, "no director answered for anyctl apply")
 }
 
+// partition cuts (or heals) the gossip between f.Side and the other
+// directors: nft in each of Side's namespaces drops TCP and UDP to and
+// from the others' gossip port, and nothing else (BGP, health checks and
+// traffic go on).
+func (l *lab) partition(f *fault, cut bool) {
+	var others []string
+	for i, name := range dirNames {
+		if !slices.Contains(f.Side, name) {
+			others = append(others, fmt.Sprintf("10.1.0.%d", i+1))
+		}
+	}
+	set := "{ " + strings.Join(others, ", ") + " }"
+	for _, name := range f.Side {
+		g := &fault{Kind: f.Kind, Target: name}
+		if !cut {
+			l.nsExec(g, "/usr/sbin/nft", "delete table inet soakgossip")
+			continue
+		}
+		l.nsExec(g, "/usr/sbin/nft", "add table inet soakgossip; "+
+			"add chain inet soakgossip in { type filter hook input priority 0; policy accept; }; "+
+			"add chain inet soakgossip out { type filter hook output priority 0; policy accept; }; "+
+			"add rule inet soakgossip in ip saddr "+set+" meta l4proto { tcp, udp } th dport 7946 drop; "+
+			"add rule inet soakgossip in ip saddr "+set+" meta l4proto { tcp, udp } th sport 7946 drop; "+
+			"add rule inet soakgossip out ip daddr "+set+" meta l4proto { tcp, udp } th dport 7946 drop; "+
+			"add rule inet soakgossip out ip daddr "+set+" meta l4proto { tcp, udp } th sport 7946 drop")
+	}
+}
+
 // nsExec runs a command in the fault's target namespace; a failure is a
 // note (this runs beside the test's goroutine, which alone may fail it).
 func (l *lab) nsExec(f *fault, args ...string) {
@@ -350,6 +408,11 @@ func (l *lab) routingSummary() (string, string) {
 			}
 		}
 		b, _ := os.ReadFile(filepath.Join(l.dirs[name], "anycastd.log"))
+		// Churn over the whole run (a restarted daemon appends to its
+		// log): what the router and the other members saw change.
+		count := func(msg string) int { return strings.Count(string(b), " msg="+msg+" ") }
+		fmt.Fprintf(&st, "%s churn: %d routes announced, %d withdrawn, %d role changes, %d times a member declared dead, %d reconnected\n", name,
+			count(`"route announced"`), count(`"route withdrawn"`), count("role"), count(`"member dead"`), count(`"reconnected to a member thought dead"`))
 		var lines []string
 		for _, line := range strings.Split(string(b), "\n") {
 			low := strings.ToLower(line)
