@@ -37,7 +37,15 @@ lab ./routing/vrrp "$runs" 1
 lab ./labs/clusterlab "$runs" 1
 lab ./labs/e2e "$runs" 1
 lab ./labs/vmlab "$runs" 1
-go run ./labs/benchreport -go "$out/go.txt" -labs "$out/labs.txt" -runs "$runs" >docs/benchmarks.md
+# The long soak: the whole tier on the real kernel under faults, BGP, for
+# SOAK_LONG (default 30m) of seed SOAK_LONG_SEED, with 120 long flows.
+echo "   the long soak (${SOAK_LONG:-30m}, seed ${SOAK_LONG_SEED:-7}) -> $out/soak.txt"
+if ! SOAK_SEED=${SOAK_LONG_SEED:-7} SOAK_DURATION=${SOAK_LONG:-30m} SOAK_ROUTING=bgp SOAK_FLOWS=120 ANYCASTD_LAB=1 \
+	go test -count=1 -timeout 0 -run '^TestLabSoak$' -v ./labs/soak >"$out/soak.txt" 2>&1; then
+	echo "the long soak failed; see $out/soak.txt" >&2
+	status=1
+fi
+go run ./labs/benchreport -go "$out/go.txt" -labs "$out/labs.txt" -soak "$out/soak.txt" -runs "$runs" >docs/benchmarks.md
 echo
 echo "== docs/benchmarks.md"
 cat docs/benchmarks.md

@@ -164,17 +164,18 @@ func machine() string {
 func main() {
 	goFile := flag.String("go", "", "Go benchmark output")
 	labsFile := flag.String("labs", "", "lab test output (-v) with measure: lines")
+	soakFile := flag.String("soak", "", "the long soak's output (go test -v of TestLabSoak)")
 	runs := flag.Int("runs", 5, "how many runs the inputs hold (for the text)")
 	flag.Parse()
 	w := bufio.NewWriter(os.Stdout)
 	defer w.Flush()
-	if err := write(w, *goFile, *labsFile, *runs); err != nil {
+	if err := write(w, *goFile, *labsFile, *soakFile, *runs); err != nil {
 		fmt.Fprintln(os.Stderr, "benchreport:", err)
 		os.Exit(1)
 	}
 }
 
-func write(w io.Writer, goFile, labsFile string, runs int) error {
+func write(w io.Writer, goFile, labsFile, soakFile string, runs int) error {
 	fmt.Fprintf(w, "# Benchmarks\n\nWritten by `make bench` on %s; do not edit by hand.\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(w, "## The machine\n\n%s\n", machine())
 	fmt.Fprintf(w, `A number in **bold** is the median over the runs (%d), followed by the
@@ -205,6 +206,19 @@ test: these machines are noisy.
 		}
 		fmt.Fprintln(w)
 	}
+	if soakFile != "" {
+		reports, err := soakReports(soakFile)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "## The long soak (`labs/soak`)\n\n")
+		if len(reports) == 0 {
+			fmt.Fprintf(w, "No report: the soak did not run to its end (see %s).\n\n", soakFile)
+		}
+		for _, r := range reports {
+			fmt.Fprintf(w, "```\n%s```\n\n", r)
+		}
+	}
 	if goFile != "" {
 		lines, err := readLines(goFile, func(l string) (string, bool) {
 			m := benchRE.FindStringSubmatch(l)
@@ -224,6 +238,40 @@ test: these machines are noisy.
 	}
 	fmt.Fprint(w, anchors)
 	return nil
+}
+
+// soakReports are the soak reports in a TestLabSoak output: each from its
+// "soak report" line to the end of its indented block, unindented.
+func soakReports(path string) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	var cur *strings.Builder
+	indent := ""
+	for _, line := range strings.Split(string(b), "\n") {
+		if i := strings.Index(line, "soak report"); i >= 0 {
+			if cur != nil {
+				out = append(out, cur.String())
+			}
+			cur, indent = &strings.Builder{}, line[:i]
+		}
+		if cur == nil {
+			continue
+		}
+		rest, ok := strings.CutPrefix(line, indent)
+		if !ok || strings.HasPrefix(strings.TrimSpace(line), "--- ") || strings.HasPrefix(strings.TrimSpace(line), "=== ") {
+			out = append(out, cur.String())
+			cur = nil
+			continue
+		}
+		cur.WriteString(rest + "\n")
+	}
+	if cur != nil {
+		out = append(out, cur.String())
+	}
+	return out, nil
 }
 
 const anchors = `## What to compare them with

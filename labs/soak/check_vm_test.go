@@ -104,6 +104,7 @@ func (c *checker) check(s *snapshot) {
 	hops := s.hops
 	want := s.expectedHops()
 	routerFault := false
+	boundRoute := l.boundRoute()
 	for _, f := range rep.faultsAround(now, boundRoute) {
 		if f.Target == "router" {
 			routerFault = true
@@ -119,6 +120,28 @@ func (c *checker) check(s *snapshot) {
 	// there is nothing to compare: the condition starts over.
 	if c.hold("1", routerFault || slices.Equal(hops, want), now, boundRoute) {
 		c.violation("1", fmt.Sprintf("router next hops %v, directors announcing %v (with GRACEFUL_SHUTDOWN %v) for over %s", hops, plain, gshut, boundRoute), s)
+	}
+	// 1b. Kernel mode: the kernel holds the announcement exactly when
+	// the director's status says it announces.
+	if s.kernel {
+		for name, st := range s.status {
+			says := slices.ContainsFunc(st.VIPs, func(v director.VIPView) bool { return v.VIP.String() == vip && v.Announced })
+			if c.hold("1b/"+name, says == s.held[name], now, boundAnnounce) {
+				c.violation("1", fmt.Sprintf("%s's status says announced %v, its kernel holds the VIP for OSPF: %v", name, says, s.held[name]), s)
+			}
+		}
+	}
+	// A director without an answer (down, starting, or its API slow)
+	// starts its conditions over: a condition seen false before it went
+	// down is not still false after it is back.
+	for _, name := range dirNames {
+		if _, ok := s.status[name]; !ok {
+			for key := range c.since {
+				if strings.HasSuffix(key, "/"+name) {
+					delete(c.since, key)
+				}
+			}
+		}
 	}
 	// 2. Only a healthy, active, undrained director on the newest
 	// config announces, and never more than max_active.
@@ -173,6 +196,7 @@ func (c *checker) check(s *snapshot) {
 	// gossip is split, every director of the same side: a change made
 	// on one side reaches the other at the heal).
 	same, diff := true, ""
+	var pair [2]string
 	for _, group := range groups {
 		var ref, refName string
 		for _, name := range group {
@@ -180,17 +204,18 @@ func (c *checker) check(s *snapshot) {
 			if !ok || s.down[name] || c.exempt(name, now, boundTable) {
 				continue
 			}
-			str := tableString(tb)
+			str := scheduling(tb)
 			if refName == "" {
 				ref, refName = str, name
 			} else if str != ref {
 				same = false
-				diff = fmt.Sprintf("%s:\n%s\n%s:\n%s", refName, ref, name, str)
+				diff = fmt.Sprintf("%s:\n%s\n%s:\n%s", refName, tableString(s.tables[refName]), name, tableString(tb))
+				pair = [2]string{refName, name}
 			}
 		}
 	}
 	if c.hold("4", same, now, boundTable) {
-		c.violation("4", "the directors' IPVS tables differ:\n"+diff, s)
+		c.violation("4", "the directors' IPVS tables differ:\n"+diff+l.probeDiff(pair, s), s)
 	}
 	// 5. No config version goes backwards; nobody stays behind.
 	for name, st := range s.status {
@@ -216,14 +241,27 @@ func (c *checker) check(s *snapshot) {
 	}
 }
 
-// tableString is a table as the invariant compares it: services,
-// destinations in order, weights and forwarding.
-func tableString(t ipvs.Table) string {
+// tableString is a table as it is shown: services, destinations in
+// order, weights.
+func tableString(t ipvs.Table) string { return tableText(t, true) }
+
+// scheduling is a table as invariant 4 compares it: the same, without
+// the destinations at weight 0. Those get no new connection from any
+// scheduler (mh gives them no slot: its table is the same with them or
+// without them), and a backend removed from the config stays at weight 0
+// on a director only while that director still has connections to it
+// (up to the service's drain_timeout), so directors differ there by
+// design.
+func scheduling(t ipvs.Table) string { return tableText(t, false) }
+
+func tableText(t ipvs.Table, zero bool) string {
 	var b strings.Builder
 	for _, s := range t.Services {
 		fmt.Fprintf(&b, "%s %s %#x:", s.ServiceKey, s.Scheduler, s.Flags)
 		for _, d := range s.Destinations {
-			fmt.Fprintf(&b, " %s w%d", d.DestKey, d.Weight)
+			if d.Weight > 0 || zero {
+				fmt.Fprintf(&b, " %s w%d", d.DestKey, d.Weight)
+			}
 		}
 		b.WriteByte('\n')
 	}
@@ -359,4 +397,52 @@ func logWindow(path string, from, to time.Time) []string {
 		out = append(out, line)
 	}
 	return out
+}
+
+// probeDiff probes, from each of the two directors whose tables differ,
+// every destination whose weight differs between them, with the check
+// the services use (anyctl probe, 400 ms as the checks and 2 s): it tells
+// a director whose checks fail for a reason of its own from a real server
+// that one director cannot reach.
+func (l *lab) probeDiff(pair [2]string, s *snapshot) string {
+	if pair[0] == "" {
+		return ""
+	}
+	weights := func(name string) map[string]int {
+		w := map[string]int{}
+		for _, svc := range s.tables[name].Services {
+			for _, d := range svc.Destinations {
+				w[d.DestKey.String()] = d.Weight
+			}
+		}
+		return w
+	}
+	wa, wb := weights(pair[0]), weights(pair[1])
+	var dests []string
+	for k, w := range wa {
+		if wb[k] != w {
+			dests = append(dests, k)
+		}
+	}
+	for k := range wb {
+		if _, ok := wa[k]; !ok {
+			dests = append(dests, k)
+		}
+	}
+	slices.Sort(dests)
+	var b strings.Builder
+	for _, dst := range dests {
+		typ := "tcp"
+		if strings.HasSuffix(dst, ":80") {
+			typ = "http"
+		}
+		for _, name := range pair {
+			for _, timeout := range []string{"400ms", "2s"} {
+				out, err := exec.Command("ip", "netns", "exec", l.ns[name].Name, filepath.Join(l.bin, "anyctl"), "probe",
+					"--type", typ, "--target", dst, "--timeout", timeout).CombinedOutput()
+				fmt.Fprintf(&b, "probe %s %s from %s (timeout %s): %s (%v)\n", typ, dst, name, timeout, strings.TrimSpace(string(out)), err)
+			}
+		}
+	}
+	return b.String()
 }

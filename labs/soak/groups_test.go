@@ -2,8 +2,11 @@ package soak
 
 import (
 	"fmt"
+	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/anycastd/anycastd/ipvs"
 )
 
 // While the gossip is split, invariants 2 (how many announce) and 4 (equal
@@ -24,13 +27,35 @@ func TestCheckerGroups(t *testing.T) {
 			{Kind: "partition", Side: []string{"d1", "d3"}, start: now.Add(-time.Second)},
 		}, "[[d1 d3] [d2] [d4 d5]]"},
 	} {
-		rep := newReport(1, time.Minute)
+		rep := newReport(modeBGP, 1, time.Minute)
 		for _, f := range tc.faults {
 			rep.begin(f)
 		}
 		c := &checker{l: &lab{rep: rep}}
 		if got := fmt.Sprint(c.groups(now)); got != tc.want {
 			t.Errorf("%v: groups %s, want %s", tc.faults, got, tc.want)
+		}
+	}
+}
+
+// Invariant 4 compares what schedules: a destination at weight 0 (a
+// removed backend still draining on one director) is the same as none;
+// any other difference is not.
+func TestSchedulingTable(t *testing.T) {
+	d := func(last byte, w int) ipvs.Destination {
+		return ipvs.Destination{DestKey: ipvs.DestKey{Addr: netip.AddrFrom4([4]byte{10, 1, 0, last}), Port: 80}, Weight: w}
+	}
+	tb := func(ds ...ipvs.Destination) ipvs.Table {
+		return ipvs.Table{Services: []ipvs.Service{{ServiceKey: ipvs.ServiceKey{Protocol: 6, Addr: netip.MustParseAddr(vip), Port: 80},
+			Scheduler: "mh", Destinations: ds}}}
+	}
+	draining, gone := tb(d(11, 1), d(13, 0), d(14, 1)), tb(d(11, 1), d(14, 1))
+	if scheduling(draining) != scheduling(gone) {
+		t.Errorf("a draining weight-0 destination counts:\n%s\n%s", scheduling(draining), scheduling(gone))
+	}
+	for _, other := range []ipvs.Table{tb(d(11, 1), d(13, 1), d(14, 1)), tb(d(14, 1), d(11, 1)), tb(d(11, 2), d(14, 1))} {
+		if scheduling(other) == scheduling(gone) {
+			t.Errorf("%s is taken for %s", tableString(other), tableString(gone))
 		}
 	}
 }

@@ -48,16 +48,31 @@ const (
 )
 
 var dirNames = []string{"d1", "d2", "d3", "d4", "d5"}
+
+// The routing setups the soak runs (SOAK_ROUTING, comma-separated): the
+// embedded BGP speaker, or kernel mode with BIRD OSPF on every director
+// (the VIP as a route in table 100, or as an address on lo).
+const (
+	modeBGP       = "bgp"
+	modeOSPFTable = "ospf-table"
+	modeOSPFIface = "ospf-iface"
+)
+
+var routingModes = []string{modeBGP, modeOSPFTable, modeOSPFIface}
 var rsNames = []string{"rs1", "rs2", "rs3", "rs4"}
 
 // Bounds the invariants allow a transition (the VM runs under software
 // emulation: generous, and stated in the report).
 const (
-	boundRoute    = 4 * time.Second  // router next hops = announcers
-	boundAnnounce = 2 * time.Second  // announcing without being allowed to
-	boundTable    = 4 * time.Second  // IPVS tables equal
-	boundBehind   = 15 * time.Second // config behind
-	boundAnswer   = 8 * time.Second  // a live daemon's API answers
+	boundRouteBGP = 4 * time.Second // router next hops = announcers, BGP with BFD
+	// boundRouteOSPF: an OSPF director originates a new LSA at most every
+	// 5 s (MinLSInterval), the router waits 3 s (dead) for a lost
+	// neighbour, and BIRD's SPF and kernel sync follow.
+	boundRouteOSPF = 12 * time.Second
+	boundAnnounce  = 2 * time.Second  // announcing without being allowed to
+	boundTable     = 4 * time.Second  // IPVS tables equal
+	boundBehind    = 15 * time.Second // config behind
+	boundAnswer    = 8 * time.Second  // a live daemon's API answers
 	// boundHeal is how long after a gossip partition heals the sides
 	// may still act as two (memberlist finds the members it declared
 	// dead again by the reconnect loop, every second, then push/pull).
@@ -75,6 +90,7 @@ type daemon struct {
 
 type lab struct {
 	t        *testing.T
+	mode     string // routingModes
 	seed     uint64
 	duration time.Duration
 	self     string
@@ -84,6 +100,9 @@ type lab struct {
 	kern     map[string]*ipvs.Kernel
 	keys     []string // the gossip key in use, then the next
 	router   *netlink.Handle
+	// dirNL are the directors' namespaces, for what their kernel holds
+	// (kernel mode: the VIP's route in table 100 or address on lo).
+	dirNL map[string]*netlink.Handle
 
 	mu           sync.Mutex
 	daemons      map[string]*daemon
@@ -100,15 +119,15 @@ type lab struct {
 	files           map[string]fileState
 }
 
-func newLab(t *testing.T, seed uint64, duration time.Duration) *lab {
+func newLab(t *testing.T, mode string, seed uint64, duration time.Duration) *lab {
 	labtest.RequireVM(t)
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &lab{t: t, seed: seed, duration: duration, self: self, bin: labtest.Binaries(t),
+	l := &lab{t: t, mode: mode, seed: seed, dirNL: map[string]*netlink.Handle{}, duration: duration, self: self, bin: labtest.Binaries(t),
 		ns: map[string]*labtest.Netns{}, dirs: map[string]string{}, kern: map[string]*ipvs.Kernel{},
-		daemons: map[string]*daemon{}, servers: map[string]*exec.Cmd{}, rep: newReport(seed, duration),
+		daemons: map[string]*daemon{}, servers: map[string]*exec.Cmd{}, rep: newReport(mode, seed, duration),
 		svcWeights: map[string]int{}, removed: map[string]bool{}, checkTimeout: "400ms", files: map[string]fileState{}}
 	for _, k := range []string{"soak-key-1", "soak-key-2"} { // the lab's own, public
 		l.keys = append(l.keys, base64.StdEncoding.EncodeToString([]byte(fmt.Sprintf("%-32s", k))))
@@ -153,6 +172,7 @@ func (l *lab) topology() {
 		}
 		t.Cleanup(func() { k.Close() })
 		l.kern[name] = k
+		l.dirNL[name] = nsHandle(t, n)
 	}
 	anyctl := filepath.Join(l.bin, "anyctl")
 	for i, name := range rsNames {
@@ -163,17 +183,13 @@ func (l *lab) topology() {
 		n.Run(anyctl, "realserver", "--state-dir", t.TempDir(), "up", "--vip", vip)
 		l.startServer(name)
 	}
-	h, err := netns.GetFromName(r.Name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.router, err = netlink.NewHandleAt(h, syscall.NETLINK_ROUTE)
-	h.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(l.router.Close)
+	l.router = nsHandle(t, r)
 	l.startBird()
+	if l.mode != modeBGP {
+		for _, name := range dirNames {
+			l.startDirectorBird(name)
+		}
+	}
 	l.initialServices = l.services()
 	for _, name := range dirNames {
 		l.files[name] = fileState{keys: l.keys[:1], interval: "500ms"}
@@ -182,6 +198,21 @@ func (l *lab) topology() {
 		}
 		l.startDaemon(name)
 	}
+}
+
+// nsHandle is a netlink handle in n, closed with the test.
+func nsHandle(t *testing.T, n *labtest.Netns) *netlink.Handle {
+	h, err := netns.GetFromName(n.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nl, err := netlink.NewHandleAt(h, syscall.NETLINK_ROUTE)
+	h.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nl.Close)
+	return nl
 }
 
 // helperCmd runs this test binary as a helper inside a namespace.
@@ -220,6 +251,41 @@ func (l *lab) stopServer(name string) {
 	}
 }
 
+// routerOSPF is the router's BIRD in the OSPF setups: the DR of the
+// directors' segment (the directors never are: priority 0), ECMP over
+// equal externals from several directors.
+const routerOSPF = `router id 10.1.0.254;
+log "%s" all;
+protocol device { scan time 1; }
+protocol kernel { ipv4 { export all; import none; }; merge paths on limit 8; }
+protocol ospf v2 {
+	ecmp yes limit 8;
+	merge external yes;
+	tick 1;
+	ipv4 { import all; export none; };
+	area 0 { interface "eth0" { type broadcast; priority 255; hello 1; dead 3; }; };
+}
+`
+
+// directorOSPF is a director's BIRD in the OSPF setups (as README's
+// kernel-mode section gives it), with what it learns the VIPs from: table
+// 100 (table mode) or lo's addresses (interface mode).
+const directorOSPF = `router id 10.1.0.%d;
+log "%s" all;
+protocol device { scan time 1; }
+%s
+protocol ospf v2 {
+	tick 1;
+	ipv4 { import none; export where %s; };
+	area 0 { interface "eth0" { type broadcast; priority 0; hello 1; dead 3; }; };
+}
+`
+
+const (
+	learnTable = `protocol kernel vips { kernel table 100; learn; scan time 2; ipv4 { import all; export none; }; }`
+	learnIface = `protocol direct vips { ipv4; interface "lo"; }`
+)
+
 const birdConf = `router id 10.1.0.254;
 log "%s" all;
 protocol device { scan time 1; }
@@ -237,9 +303,12 @@ template bgp dir {
 func (l *lab) startBird() {
 	dir := l.t.TempDir()
 	l.birdLog = filepath.Join(dir, "bird.log")
-	conf := fmt.Sprintf(birdConf, l.birdLog)
-	for i := range dirNames {
-		conf += fmt.Sprintf("protocol bgp %s from dir { neighbor 10.1.0.%d as 65001; }\n", dirNames[i], i+1)
+	conf := fmt.Sprintf(routerOSPF, l.birdLog)
+	if l.mode == modeBGP {
+		conf = fmt.Sprintf(birdConf, l.birdLog)
+		for i := range dirNames {
+			conf += fmt.Sprintf("protocol bgp %s from dir { neighbor 10.1.0.%d as 65001; }\n", dirNames[i], i+1)
+		}
 	}
 	path := filepath.Join(dir, "bird.conf")
 	os.WriteFile(path, []byte(conf), 0o644)
@@ -256,6 +325,115 @@ func (l *lab) startBird() {
 	l.bird = cmd
 	l.mu.Unlock()
 	l.t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+}
+
+// startDirectorBird runs BIRD with OSPF in a director's namespace, for the
+// whole run (anycastd's faults leave it alone, as a separate daemon on a
+// real director is).
+func (l *lab) startDirectorBird(name string) {
+	dir := l.t.TempDir()
+	i := slices.Index(dirNames, name) + 1
+	learn, export := learnTable, "source = RTS_INHERIT && net.len = 32"
+	if l.mode == modeOSPFIface {
+		learn, export = learnIface, "source = RTS_DEVICE && net.len = 32 && net !~ 127.0.0.0/8"
+	}
+	conf := fmt.Sprintf(directorOSPF, i, filepath.Join(dir, "bird.log"), learn, export)
+	path := filepath.Join(dir, "bird.conf")
+	os.WriteFile(path, []byte(conf), 0o644)
+	cmd := exec.Command("ip", "netns", "exec", l.ns[name].Name, "/usr/sbin/bird", "-f", "-c", path,
+		"-s", filepath.Join(dir, "bird.ctl"), "-P", filepath.Join(dir, "bird.pid"))
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := cmd.Start(); err != nil {
+		l.t.Fatalf("BIRD on %s: %v", name, err)
+	}
+	l.t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+}
+
+// boundRoute is invariant 1's bound in this setup.
+func (l *lab) boundRoute() time.Duration {
+	if l.mode == modeBGP {
+		return boundRouteBGP
+	}
+	return boundRouteOSPF
+}
+
+// routingConfig is the routing part of a director's config.
+func (l *lab) routingConfig(i int) string {
+	switch l.mode {
+	case modeOSPFTable:
+		return "routing: {mode: kernel, kernel: {table: 100}}\n"
+	case modeOSPFIface:
+		return "routing: {mode: kernel, kernel: {interface: lo}}\n"
+	}
+	return fmt.Sprintf(`routing:
+  mode: bgp
+  bgp:
+    asn: 65001
+    router_id: 10.1.0.%d
+    graceful_shutdown: 2s
+    neighbors:
+      - {address: 10.1.0.254, asn: 65000, hold_time: 3s, keepalive: 1s, connect_retry: 1s, bfd: {enabled: true, min_tx: 200ms, min_rx: 200ms, multiplier: 5}}
+`, i)
+}
+
+// heldInKernel: the director's kernel holds the VIP's announcement for
+// its routing daemon (kernel mode): the route in table 100, or the address
+// on lo.
+func (l *lab) heldInKernel(name string) bool {
+	h := l.dirNL[name]
+	want := net.ParseIP(vip).To4()
+	switch l.mode {
+	case modeOSPFTable:
+		rs, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: 100}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return false
+		}
+		for _, r := range rs {
+			if r.Dst != nil && r.Dst.IP.Equal(want) {
+				return true
+			}
+		}
+	case modeOSPFIface:
+		lo, err := h.LinkByName("lo")
+		if err != nil {
+			return false
+		}
+		as, err := h.AddrList(lo, netlink.FAMILY_V4)
+		if err != nil {
+			return false
+		}
+		for _, a := range as {
+			if a.IP.Equal(want) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// ospfFull are the directors the router has a full OSPF adjacency with
+// (what a BGP session established is in the BGP setup).
+func (l *lab) ospfFull() map[string]bool {
+	l.mu.Lock()
+	ctl := l.birdCtl
+	l.mu.Unlock()
+	out, err := exec.Command("ip", "netns", "exec", l.ns["r"].Name, "/usr/sbin/birdc", "-s", ctl, "show", "ospf", "neighbors").Output()
+	full := map[string]bool{}
+	if err != nil {
+		return full
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 6 || !strings.HasPrefix(f[2], "Full") {
+			continue
+		}
+		if a, err := netip.ParseAddr(f[len(f)-1]); err == nil {
+			if b := a.As4(); b[3] >= 1 && int(b[3]) <= nDir {
+				full[dirNames[b[3]-1]] = true
+			}
+		}
+	}
+	return full
 }
 
 func (l *lab) stopBird() {
@@ -324,17 +502,9 @@ func (l *lab) writeConfig(name string, fs fileState) error {
 	keys, _ := json.Marshal(fs.keys)
 	doc := fmt.Sprintf(`node: {name: %[1]s, addresses: [10.1.0.%[2]d], state_dir: %[3]s/state}
 cluster: {bind: 10.1.0.%[2]d, port: 7946, seeds: [10.1.0.1, 10.1.0.2], keys: %[4]s, max_active: %[5]d, priority: %[6]d}
-routing:
-  mode: bgp
-  bgp:
-    asn: 65001
-    router_id: 10.1.0.%[2]d
-    graceful_shutdown: 2s
-    neighbors:
-      - {address: 10.1.0.254, asn: 65000, hold_time: 3s, keepalive: 1s, connect_retry: 1s, bfd: {enabled: true, min_tx: 200ms, min_rx: 200ms, multiplier: 5}}
-api: {socket: %[3]s/api.sock}
+%[8]sapi: {socket: %[3]s/api.sock}
 health: {interval: %[7]s, timeout: 400ms, rise: 1, fall: 2, self: {uplink: eth0}}
-`, name, i, dir, keys, maxActive, prio, fs.interval) + l.initialServices
+`, name, i, dir, keys, maxActive, prio, fs.interval, l.routingConfig(i)) + l.initialServices
 	return os.WriteFile(filepath.Join(dir, "anycastd.yaml"), []byte(doc), 0o600)
 }
 
@@ -493,15 +663,27 @@ func durationEnv(name string, def time.Duration) time.Duration {
 }
 
 // TestVMSoak runs the soak inside the VM: SOAK_SEED and SOAK_DURATION
-// (default 1 and 3m) choose the schedule; it prints the report and fails
-// on any invariant violation.
+// (default 1 and 3m) choose the schedule, SOAK_ROUTING the routing setups
+// (comma-separated, default all three), one after the other; it prints a
+// report for each and fails on any invariant violation.
 func TestVMSoak(t *testing.T) {
 	seed := parseSeed(os.Getenv("SOAK_SEED"))
-	l := newLab(t, seed, durationEnv("SOAK_DURATION", 3*time.Minute))
-	l.waitUp("the tier up: every director healthy, the router with 4 next hops", 3*time.Minute)
-	rep := l.run()
-	fmt.Println(rep.String())
-	if n := len(rep.violations); n > 0 {
-		t.Fatalf("%d invariant violations (seed %d)", n, seed)
+	modes := routingModes
+	if m := os.Getenv("SOAK_ROUTING"); m != "" {
+		modes = strings.Split(m, ",")
+	}
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) {
+			if !slices.Contains(routingModes, mode) {
+				t.Fatalf("SOAK_ROUTING: %q is none of %v", mode, routingModes)
+			}
+			l := newLab(t, mode, seed, durationEnv("SOAK_DURATION", 3*time.Minute))
+			l.waitUp(fmt.Sprintf("the tier up: every director healthy, the router with %d next hops", maxActive), 3*time.Minute)
+			rep := l.run()
+			fmt.Println(rep.String())
+			if n := len(rep.violations); n > 0 {
+				t.Fatalf("%d invariant violations (%s, seed %d)", n, mode, seed)
+			}
+		})
 	}
 }

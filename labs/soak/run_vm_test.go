@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -121,21 +122,34 @@ type snapshot struct {
 	down   map[string]bool                     // daemons not running
 	hops   []string
 	tables map[string]ipvs.Table
+	// Kernel mode: the directors whose kernel holds the VIP for their
+	// OSPF daemon, and those the router has a full adjacency with.
+	kernel bool
+	held   map[string]bool
+	full   map[string]bool
 }
 
 func (l *lab) snap() *snapshot {
 	s := &snapshot{at: time.Now(), status: map[string]*director.StatusResponse{}, down: map[string]bool{}, tables: map[string]ipvs.Table{}}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
+	if l.mode != modeBGP {
+		s.kernel, s.held, s.full = true, map[string]bool{}, l.ospfFull()
+	}
 	for _, name := range dirNames {
 		wg.Go(func() {
 			st, err := l.status(name)
+			// Right after the status: the two are compared (1b).
+			held := s.kernel && l.heldInKernel(name)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil && err.Error() == "not running" {
 				s.down[name] = true
 			} else if err == nil {
 				s.status[name] = st
+			}
+			if s.kernel {
+				s.held[name] = held
 			}
 		})
 	}
@@ -154,6 +168,25 @@ func (l *lab) snap() *snapshot {
 // announcement without a session reaches no router: a director cut off
 // from the network cannot know at once that it is, and claims it).
 func (s *snapshot) announcers() (plain, gshut []string) {
+	if s.kernel {
+		// Kernel mode: a director announces what its status says, over
+		// an adjacency that is up; a daemon that is down leaves its
+		// announcement in the kernel (on purpose, like IPVS: traffic
+		// goes on), so its kernel says.
+		for _, name := range dirNames {
+			if !s.full[name] {
+				continue
+			}
+			st, ok := s.status[name]
+			switch {
+			case s.down[name] && s.held[name]:
+				plain = append(plain, name)
+			case ok && slices.ContainsFunc(st.VIPs, func(v director.VIPView) bool { return v.VIP.String() == vip && v.Announced }):
+				plain = append(plain, name)
+			}
+		}
+		return plain, nil
+	}
 	for name, st := range s.status {
 		if !slices.ContainsFunc(st.Peers, func(p routing.Peer) bool { return p.Established() }) {
 			continue
@@ -189,7 +222,7 @@ func (l *lab) run() *report {
 	l.rep.scheduled = len(faults)
 	start := time.Now()
 	l.rep.start = start
-	traffic := l.helperCmd("cl", "traffic", vip, "10", "40", strings.Join(clientSources(), ","))
+	traffic := l.helperCmd("cl", "traffic", vip, "10", strconv.Itoa(l.rep.flows), strings.Join(clientSources(), ","))
 	out, _ := traffic.StdoutPipe()
 	if err := traffic.Start(); err != nil {
 		l.t.Fatal(err)
