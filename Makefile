@@ -40,7 +40,8 @@ soak: build
 	@if [ "$$(id -u)" != 0 ]; then echo "soak needs root (qemu, namespaces inside the VM)"; exit 1; fi
 	SOAK_SEED=$(SEED) SOAK_DURATION=$(DURATION) SOAK_ROUTING=$(ROUTING) $(LABENV) $(GO) test -count=1 -timeout 0 -run '^TestLabSoak$$' -v ./labs/soak
 
-## bench: benchmarks and the lab's measurement report
+## bench: benchmarks, the lab's measurement report and a 30-minute soak
+## into docs/benchmarks.md (BENCH=soak: only the soak, only its section)
 bench: build
 	@bash labs/bench.sh
 

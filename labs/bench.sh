@@ -12,6 +12,28 @@ out=labs/.cache/bench
 mkdir -p "$out"
 runs=${ANYCASTD_MEASURE_RUNS:-5}
 
+# The long soak: the whole tier on the real kernel under faults, BGP, for
+# SOAK_LONG (default 30m) of seed SOAK_LONG_SEED, with 120 long flows.
+# BENCH=soak runs only it and replaces only its section of
+# docs/benchmarks.md.
+soak() {
+	echo "   the long soak (${SOAK_LONG:-30m}, seed ${SOAK_LONG_SEED:-7}) -> $out/soak.txt"
+	if ! SOAK_SEED=${SOAK_LONG_SEED:-7} SOAK_DURATION=${SOAK_LONG:-30m} SOAK_ROUTING=bgp SOAK_FLOWS=120 ANYCASTD_LAB=1 \
+		go test -count=1 -timeout 0 -run '^TestLabSoak$' -v ./labs/soak >"$out/soak.txt" 2>&1; then
+		echo "the long soak failed; see $out/soak.txt" >&2
+		return 1
+	fi
+}
+if [ "${BENCH:-}" = soak ]; then
+	[ "$(id -u)" = 0 ] || { echo "the soak needs root (qemu)"; exit 1; }
+	bash labs/install-deps.sh
+	status=0
+	soak || status=1
+	go run ./labs/benchreport -soak "$out/soak.txt" -update docs/benchmarks.md >"$out/benchmarks.md"
+	mv "$out/benchmarks.md" docs/benchmarks.md
+	exit $status
+fi
+
 echo "== Go benchmarks (-count $runs) -> $out/go.txt"
 go test -run '^$' -bench . -benchmem -count "$runs" ./... | tee "$out/go.txt"
 
@@ -37,14 +59,7 @@ lab ./routing/vrrp "$runs" 1
 lab ./labs/clusterlab "$runs" 1
 lab ./labs/e2e "$runs" 1
 lab ./labs/vmlab "$runs" 1
-# The long soak: the whole tier on the real kernel under faults, BGP, for
-# SOAK_LONG (default 30m) of seed SOAK_LONG_SEED, with 120 long flows.
-echo "   the long soak (${SOAK_LONG:-30m}, seed ${SOAK_LONG_SEED:-7}) -> $out/soak.txt"
-if ! SOAK_SEED=${SOAK_LONG_SEED:-7} SOAK_DURATION=${SOAK_LONG:-30m} SOAK_ROUTING=bgp SOAK_FLOWS=120 ANYCASTD_LAB=1 \
-	go test -count=1 -timeout 0 -run '^TestLabSoak$' -v ./labs/soak >"$out/soak.txt" 2>&1; then
-	echo "the long soak failed; see $out/soak.txt" >&2
-	status=1
-fi
+soak || status=1
 go run ./labs/benchreport -go "$out/go.txt" -labs "$out/labs.txt" -soak "$out/soak.txt" -runs "$runs" >docs/benchmarks.md
 echo
 echo "== docs/benchmarks.md"

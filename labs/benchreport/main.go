@@ -165,10 +165,26 @@ func main() {
 	goFile := flag.String("go", "", "Go benchmark output")
 	labsFile := flag.String("labs", "", "lab test output (-v) with measure: lines")
 	soakFile := flag.String("soak", "", "the long soak's output (go test -v of TestLabSoak)")
+	update := flag.String("update", "", "with -soak alone: this benchmarks.md with only its long-soak section replaced")
 	runs := flag.Int("runs", 5, "how many runs the inputs hold (for the text)")
 	flag.Parse()
 	w := bufio.NewWriter(os.Stdout)
 	defer w.Flush()
+	if *update != "" {
+		old, err := os.ReadFile(*update)
+		if err == nil {
+			var sec strings.Builder
+			err = writeSoak(&sec, *soakFile)
+			if err == nil {
+				_, err = w.WriteString(replaceSoak(string(old), sec.String()))
+			}
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "benchreport:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := write(w, *goFile, *labsFile, *soakFile, *runs); err != nil {
 		fmt.Fprintln(os.Stderr, "benchreport:", err)
 		os.Exit(1)
@@ -207,16 +223,8 @@ test: these machines are noisy.
 		fmt.Fprintln(w)
 	}
 	if soakFile != "" {
-		reports, err := soakReports(soakFile)
-		if err != nil {
+		if err := writeSoak(w, soakFile); err != nil {
 			return err
-		}
-		fmt.Fprintf(w, "## The long soak (`labs/soak`)\n\n")
-		if len(reports) == 0 {
-			fmt.Fprintf(w, "No report: the soak did not run to its end (see %s).\n\n", soakFile)
-		}
-		for _, r := range reports {
-			fmt.Fprintf(w, "```\n%s```\n\n", r)
 		}
 	}
 	if goFile != "" {
@@ -238,6 +246,42 @@ test: these machines are noisy.
 	}
 	fmt.Fprint(w, anchors)
 	return nil
+}
+
+const soakHeading = "## The long soak (`labs/soak`)"
+
+// writeSoak writes the long soak's section.
+func writeSoak(w io.Writer, soakFile string) error {
+	reports, err := soakReports(soakFile)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "%s\n\nRun by `make bench` on %s.\n\n", soakHeading, time.Now().UTC().Format("2006-01-02 15:04 MST"))
+	if len(reports) == 0 {
+		fmt.Fprintf(w, "No report: the soak did not run to its end (see %s).\n\n", soakFile)
+	}
+	for _, r := range reports {
+		fmt.Fprintf(w, "```\n%s```\n\n", r)
+	}
+	return nil
+}
+
+// replaceSoak is doc with its long-soak section replaced by sec, or sec
+// put before the Go benchmarks (or the anchors) when it has none.
+func replaceSoak(doc, sec string) string {
+	if i := strings.Index(doc, soakHeading); i >= 0 {
+		end := len(doc)
+		if j := strings.Index(doc[i+len(soakHeading):], "\n## "); j >= 0 {
+			end = i + len(soakHeading) + j + 1
+		}
+		return doc[:i] + sec + doc[end:]
+	}
+	for _, h := range []string{"## Go benchmarks", "## What to compare them with"} {
+		if i := strings.Index(doc, h); i >= 0 {
+			return doc[:i] + sec + doc[i:]
+		}
+	}
+	return doc + "\n" + sec
 }
 
 // soakReports are the soak reports in a TestLabSoak output: each from its

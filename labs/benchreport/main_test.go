@@ -39,3 +39,20 @@ func TestSoakReports(t *testing.T) {
 		t.Errorf("reports %q, want %q", rs, want)
 	}
 }
+
+// Only the long soak may be run again (make bench with BENCH=soak): its
+// section is replaced, or put before the Go benchmarks, and nothing else
+// of the file changes.
+func TestReplaceSoak(t *testing.T) {
+	doc := "# Benchmarks\n\n## Lab measurements\n\n- a\n\n## Go benchmarks\n\n- b\n"
+	sec := soakHeading + "\n\nnew\n\n"
+	got := replaceSoak(doc, sec)
+	want := "# Benchmarks\n\n## Lab measurements\n\n- a\n\n" + sec + "## Go benchmarks\n\n- b\n"
+	if got != want {
+		t.Fatalf("inserted:\n%s\nwant:\n%s", got, want)
+	}
+	again := replaceSoak(got, soakHeading+"\n\nnewer\n\n")
+	if again != strings.Replace(want, "new\n", "newer\n", 1) {
+		t.Fatalf("replaced:\n%s", again)
+	}
+}
