@@ -63,6 +63,9 @@ func serverHelper(args []string) error {
 		}
 	}()
 	fmt.Println("listening")
+	if len(args) > 1 && args[1] == "no-http" {
+		select {} // nginx serves HTTP on this real server
+	}
 	return http.ListenAndServe(":80", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close")
 		io.WriteString(w, name+"\n")

@@ -24,9 +24,9 @@ func TestLabSoak(t *testing.T) {
 	if labtest.InVM() {
 		t.Skip("already inside the VM")
 	}
-	for _, tool := range []string{"qemu-system-x86_64", "/usr/sbin/bird", "/usr/sbin/nft"} {
+	for _, tool := range []string{"qemu-system-x86_64", "/usr/sbin/bird", "/usr/sbin/birdc", "/usr/sbin/nft", "/usr/sbin/nginx"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("the soak lab needs %s (labs/install-deps.sh installs qemu-system-x86, bird2 and nftables)", tool)
+			t.Fatalf("the soak lab needs %s (labs/install-deps.sh installs qemu-system-x86, bird2, nftables and nginx)", tool)
 		}
 	}
 	// make test runs a short soak of a seed that CI replays on every
@@ -51,11 +51,17 @@ func TestLabSoak(t *testing.T) {
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build the soak: %v\n%s", err, b)
 	}
+	// nginx looks its workers' user up (nobody) as root: the VM's
+	// files need the two entries.
+	users, groups := filepath.Join(t.TempDir(), "passwd"), filepath.Join(t.TempDir(), "group")
+	os.WriteFile(users, []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"), 0o644)
+	os.WriteFile(groups, []byte("root:x:0:\nnogroup:x:65534:\n"), 0o644)
 	spec := vmlab.Spec{
-		Kernel:       k,
-		Memory:       2048,
-		Files:        map[string]string{"/bin/anyctl": filepath.Join(bins, "anyctl"), "/bin/anycastd": filepath.Join(bins, "anycastd")},
-		HostBinaries: []string{"/usr/sbin/bird", "/usr/sbin/birdc", "/usr/sbin/nft"},
+		Kernel: k,
+		Memory: 2048,
+		Files: map[string]string{"/bin/anyctl": filepath.Join(bins, "anyctl"), "/bin/anycastd": filepath.Join(bins, "anycastd"),
+			"/etc/passwd": users, "/etc/group": groups},
+		HostBinaries: []string{"/usr/sbin/bird", "/usr/sbin/birdc", "/usr/sbin/nft", "/usr/sbin/nginx"},
 		Env:          map[string]string{"ANYCASTD_BIN_DIR": "/bin", "SOAK_SEED": seed, "SOAK_DURATION": dur.String(), "SOAK_ROUTING": routing, "SOAK_FLOWS": flows},
 		Tests: []vmlab.Test{{Name: "soak", Binary: test, Args: []string{"-test.run", "^TestVMSoak$", "-test.v", "-test.count=1",
 			"-test.timeout", (time.Duration(modes) * (dur + 5*time.Minute)).String()}}},

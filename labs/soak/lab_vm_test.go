@@ -104,9 +104,13 @@ type lab struct {
 	// (kernel mode: the VIP's route in table 100 or address on lo).
 	dirNL map[string]*netlink.Handle
 
-	mu           sync.Mutex
-	daemons      map[string]*daemon
-	servers      map[string]*exec.Cmd
+	mu      sync.Mutex
+	daemons map[string]*daemon
+	servers map[string]*exec.Cmd
+	// nginx: the real servers' HTTP is Debian's nginx (when the VM has
+	// it), the flows' echo on :9000 the lab's own server.
+	nginx        bool
+	nginxes      map[string]*exec.Cmd
 	bird         *exec.Cmd
 	rep          *report
 	svcWeights   map[string]int  // backend address -> weight in the applied config
@@ -127,10 +131,18 @@ func newLab(t *testing.T, mode string, seed uint64, duration time.Duration) *lab
 	}
 	l := &lab{t: t, mode: mode, seed: seed, dirNL: map[string]*netlink.Handle{}, duration: duration, self: self, bin: labtest.Binaries(t),
 		ns: map[string]*labtest.Netns{}, dirs: map[string]string{}, kern: map[string]*ipvs.Kernel{},
-		daemons: map[string]*daemon{}, servers: map[string]*exec.Cmd{}, rep: newReport(mode, seed, duration),
+		daemons: map[string]*daemon{}, servers: map[string]*exec.Cmd{}, nginxes: map[string]*exec.Cmd{}, rep: newReport(mode, seed, duration),
 		svcWeights: map[string]int{}, removed: map[string]bool{}, checkTimeout: "400ms", files: map[string]fileState{}}
 	for _, k := range []string{"soak-key-1", "soak-key-2"} { // the lab's own, public
 		l.keys = append(l.keys, base64.StdEncoding.EncodeToString([]byte(fmt.Sprintf("%-32s", k))))
+	}
+	l.rep.httpServer = "the lab's own server (no nginx in the VM)"
+	if _, err := os.Stat("/usr/sbin/nginx"); err == nil {
+		l.nginx = true
+		l.rep.httpServer = "Debian's nginx"
+		if out, err := exec.Command("/usr/sbin/nginx", "-v").CombinedOutput(); err == nil {
+			l.rep.httpServer = "Debian's " + strings.TrimPrefix(strings.TrimSpace(string(out)), "nginx version: ")
+		}
 	}
 	l.topology()
 	return l
@@ -223,7 +235,11 @@ func (l *lab) helperCmd(ns string, helper string, args ...string) *exec.Cmd {
 }
 
 func (l *lab) startServer(name string) {
-	cmd := l.helperCmd(name, "server", name)
+	args := []string{name}
+	if l.nginx {
+		args = append(args, "no-http")
+	}
+	cmd := l.helperCmd(name, "server", args...)
 	out, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {
 		l.t.Fatal(err)
@@ -233,22 +249,102 @@ func (l *lab) startServer(name string) {
 		l.t.Fatalf("%s's server: %q %v", name, line, err)
 	}
 	go io.Copy(io.Discard, r)
+	var ngx *exec.Cmd
+	if l.nginx {
+		ngx = l.startNginx(name)
+	}
 	l.mu.Lock()
 	l.servers[name] = cmd
+	l.nginxes[name] = ngx
 	l.mu.Unlock()
-	l.t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	l.t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		stopNginx(ngx)
+	})
+}
+
+// nginxConf is a real server's nginx: it answers with the server's name,
+// on its address and on the VIP (on lo: anyctl realserver up), a new
+// connection per request as the traffic's requests are.
+const nginxConf = `daemon off;
+master_process on;
+worker_processes 1;
+pid %[1]s/nginx.pid;
+error_log stderr warn;
+events { worker_connections 1024; }
+http {
+	access_log off;
+	client_body_temp_path %[1]s/body;
+	proxy_temp_path %[1]s/proxy;
+	fastcgi_temp_path %[1]s/fastcgi;
+	uwsgi_temp_path %[1]s/uwsgi;
+	scgi_temp_path %[1]s/scgi;
+	keepalive_timeout 0;
+	server {
+		listen 80;
+		location / { return 200 "%[2]s\n"; }
+	}
+}
+`
+
+// startNginx runs Debian's nginx on a real server (HTTP on :80) and waits
+// until it answers there.
+func (l *lab) startNginx(name string) *exec.Cmd {
+	dir := l.t.TempDir()
+	conf := filepath.Join(dir, "nginx.conf")
+	os.WriteFile(conf, []byte(fmt.Sprintf(nginxConf, dir, name)), 0o644)
+	lf, _ := os.Create(filepath.Join(dir, "nginx.log"))
+	cmd := exec.Command("ip", "netns", "exec", l.ns[name].Name, "/usr/sbin/nginx", "-e", "stderr", "-p", dir, "-c", conf)
+	cmd.Stdout, cmd.Stderr = lf, lf
+	if err := cmd.Start(); err != nil {
+		l.t.Fatalf("nginx on %s: %v", name, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, err := exec.Command("ip", "netns", "exec", l.ns[name].Name, filepath.Join(l.bin, "anyctl"), "probe",
+			"--type", "http", "--target", "127.0.0.1:80", "--timeout", "1s").CombinedOutput()
+		if err == nil {
+			return cmd
+		}
+		if time.Now().After(deadline) {
+			stopNginx(cmd)
+			b, _ := os.ReadFile(filepath.Join(dir, "nginx.log"))
+			l.t.Fatalf("nginx on %s does not answer: %s\n%s", name, out, b)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// stopNginx stops an nginx as a fast shutdown does (SIGTERM: the master
+// takes its workers down; a SIGKILL would leave them serving).
+func stopNginx(cmd *exec.Cmd) {
+	if cmd == nil || cmd.Process == nil {
+		return
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		cmd.Process.Kill()
+		<-done
+	}
 }
 
 func (l *lab) stopServer(name string) {
 	l.mu.Lock()
-	cmd := l.servers[name]
+	cmd, ngx := l.servers[name], l.nginxes[name]
 	delete(l.servers, name)
+	delete(l.nginxes, name)
 	l.mu.Unlock()
 	if cmd != nil {
 		// ip netns exec runs the helper itself (exec): kill reaches it.
 		cmd.Process.Kill()
 		cmd.Wait()
 	}
+	stopNginx(ngx)
 }
 
 // routerOSPF is the router's BIRD in the OSPF setups: the DR of the

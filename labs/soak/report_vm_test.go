@@ -31,9 +31,10 @@ type report struct {
 	unattrReq  int
 	breaks     map[string]int // why -> count, all
 	unattrBrk  int
-	ownDown    int // flows that ended with their own real server
-	checks     int // invariant checks made
-	flows      int // long flows kept open
+	ownDown    int    // flows that ended with their own real server
+	checks     int    // invariant checks made
+	flows      int    // long flows kept open
+	httpServer string // what serves HTTP on the real servers
 	pending    []*pendingConv
 	// routing is each director's BGP sessions at the end; logs the
 	// routing lines of the daemons' and BIRD's logs.
@@ -417,6 +418,7 @@ func (r *report) String() string {
 		r.mode, r.seed, r.duration, r.end.Sub(r.start).Round(time.Second), len(r.faults), r.scheduled)
 	fmt.Fprintf(&b, "bounds: router = announcers within %s, announce rules %s, IPVS tables equal %s, config behind %s, API answers %s\n",
 		r.boundRoute, boundAnnounce, boundTable, boundBehind, boundAnswer)
+	fmt.Fprintf(&b, "real servers: HTTP on :80 by %s, the long flows' echo on :9000 by the lab's own server\n", r.httpServer)
 	fmt.Fprintf(&b, "daemons: at most %.0f MiB resident and %.0f goroutines (limits %d MiB, %d)\n", r.maxRSS, r.maxGoroutines, maxRSSMiB, maxGoroutines)
 	fmt.Fprintf(&b, "invariants checked %d times (every %s on average: software emulation)\n", r.checks, (r.end.Sub(r.start) / time.Duration(max(r.checks, 1))).Round(time.Millisecond))
 	var worst, total time.Duration
