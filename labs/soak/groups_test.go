@@ -59,3 +59,33 @@ func TestSchedulingTable(t *testing.T) {
 		}
 	}
 }
+
+// The convergence predicates read what every running director holds.
+func TestWeightPredicates(t *testing.T) {
+	d := func(last byte, w int) ipvs.Destination {
+		return ipvs.Destination{DestKey: ipvs.DestKey{Addr: netip.AddrFrom4([4]byte{10, 1, 0, last}), Port: 80}, Weight: w}
+	}
+	tb := func(ds ...ipvs.Destination) ipvs.Table {
+		return ipvs.Table{Services: []ipvs.Service{{Destinations: ds}}}
+	}
+	s := &snapshot{tables: map[string]ipvs.Table{"d1": tb(d(11, 1), d(12, 2)), "d2": tb(d(11, 0)), "d3": tb(d(12, 9))},
+		down: map[string]bool{"d3": true}}
+	one := func(w int) bool { return w == 1 }
+	for _, c := range []struct {
+		name string
+		got  bool
+		want bool
+	}{
+		{"allWeights 11 == 1", allWeights(s, "10.1.0.11", one), false},
+		{"allWeights 11 <= 1", allWeights(s, "10.1.0.11", func(w int) bool { return w <= 1 }), true},
+		{"allWeights 13", allWeights(s, "10.1.0.13", one), false},
+		{"noneHas 13", noneHas(s, "10.1.0.13"), true},
+		{"noneHas 12", noneHas(s, "10.1.0.12"), false},
+		{"allHave 11", allHave(s, "10.1.0.11"), true},
+		{"allHave 12 (d2 lacks it; d3 is down)", allHave(s, "10.1.0.12"), false},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: %v, want %v", c.name, c.got, c.want)
+		}
+	}
+}

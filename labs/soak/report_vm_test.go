@@ -203,63 +203,61 @@ func convergedRestore(f *fault) func(*snapshot) bool {
 	return nil
 }
 
-// noneHas: no running director's table holds addr.
-func noneHas(s *snapshot, addr string) bool {
+// services calls fn with every service of every running director's table.
+func (s *snapshot) services(fn func(ipvs.Service)) {
 	for name, tb := range s.tables {
-		if s.down[name] {
-			continue
-		}
-		for _, svc := range tb.Services {
-			for _, d := range svc.Destinations {
-				if d.Addr.String() == addr {
-					return false
-				}
+		if !s.down[name] {
+			for _, svc := range tb.Services {
+				fn(svc)
 			}
 		}
 	}
-	return true
+}
+
+// weightsOf are the weights addr has in the running directors' services,
+// -1 where a service does not hold it.
+func weightsOf(s *snapshot, addr string) []int {
+	var out []int
+	s.services(func(svc ipvs.Service) {
+		i := slices.IndexFunc(svc.Destinations, func(d ipvs.Destination) bool { return d.Addr.String() == addr })
+		if i < 0 {
+			out = append(out, -1)
+		} else {
+			out = append(out, svc.Destinations[i].Weight)
+		}
+	})
+	return out
+}
+
+// allWeights: every running director's table gives addr a weight that ok
+// accepts (in every service that holds it), and some service holds it.
+func allWeights(s *snapshot, addr string, ok func(int) bool) bool {
+	n := 0
+	for _, w := range weightsOf(s, addr) {
+		if w >= 0 && !ok(w) {
+			return false
+		}
+		if w >= 0 {
+			n++
+		}
+	}
+	return n > 0
+}
+
+// noneHas: no running director's table holds addr.
+func noneHas(s *snapshot, addr string) bool {
+	return !slices.ContainsFunc(weightsOf(s, addr), func(w int) bool { return w >= 0 })
 }
 
 // allHave: every running director's table holds addr in every service.
 func allHave(s *snapshot, addr string) bool {
-	for name, tb := range s.tables {
-		if s.down[name] {
-			continue
-		}
-		for _, svc := range tb.Services {
-			if !slices.ContainsFunc(svc.Destinations, func(d ipvs.Destination) bool { return d.Addr.String() == addr }) {
-				return false
-			}
-		}
-	}
-	return len(s.tables) > 0
+	ws := weightsOf(s, addr)
+	return len(ws) > 0 && !slices.Contains(ws, -1)
 }
 
 func rsAddr(name string) string {
 	i := slices.Index(rsNames, name)
 	return fmt.Sprintf("10.1.0.%d", 11+i)
-}
-
-// allWeights: every running director's table gives addr a weight that ok
-// accepts (in every service).
-func allWeights(s *snapshot, addr string, ok func(int) bool) bool {
-	n := 0
-	for name, tb := range s.tables {
-		if s.down[name] {
-			continue
-		}
-		for _, svc := range tb.Services {
-			for _, d := range svc.Destinations {
-				if d.Addr.String() == addr {
-					if !ok(d.Weight) {
-						return false
-					}
-					n++
-				}
-			}
-		}
-	}
-	return n > 0
 }
 
 // convergence resolves the phases that the snapshot shows done.
