@@ -30,15 +30,19 @@ lab-test: build
 
 ## soak: the whole tier on Debian's kernel under a seeded storm of faults
 ## (labs/soak); SEED and DURATION (per routing setup) choose the run,
-## ROUTING the setups (bgp, ospf-table, ospf-iface; comma-separated), the
-## report is printed, and any invariant violation fails it. make test runs
-## a short one (seed 1, 75 s per setup).
+## ROUTING the setups (bgp, ospf-table, ospf-iface; comma-separated), KINDS
+## the fault kinds (comma-separated, default all; LOGS=1 prints the
+## daemons' logs after the report), the report is printed, and any
+## invariant violation fails it. make test runs a short one (seed 1, 75 s
+## per setup).
 SEED     ?= 1
 DURATION ?= 5m
 ROUTING  ?= bgp,ospf-table,ospf-iface
+KINDS    ?=
+LOGS     ?=
 soak: build
 	@if [ "$$(id -u)" != 0 ]; then echo "soak needs root (qemu, namespaces inside the VM)"; exit 1; fi
-	SOAK_SEED=$(SEED) SOAK_DURATION=$(DURATION) SOAK_ROUTING=$(ROUTING) $(LABENV) $(GO) test -count=1 -timeout 0 -run '^TestLabSoak$$' -v ./labs/soak
+	SOAK_SEED=$(SEED) SOAK_DURATION=$(DURATION) SOAK_ROUTING=$(ROUTING) SOAK_KINDS=$(KINDS) SOAK_LOGS=$(LOGS) $(LABENV) $(GO) test -count=1 -timeout 0 -run '^TestLabSoak$$' -v ./labs/soak
 
 ## bench: benchmarks, the lab's measurement report and a 30-minute soak
 ## into docs/benchmarks.md (BENCH=soak: only the soak, only its section)

@@ -77,8 +77,12 @@ type event struct {
 	// T is when it happened (Unix nanoseconds).
 	T int64 `json:"t"`
 	// Kind: "req" (a summary of requests since the last), "req_fail",
-	// "flow_break" (reset, stall, wrong_peer).
-	Kind   string `json:"k"`
+	// "flow_pause" (an echo answered after more than pauseAfter: the
+	// flow goes on), "flow_break" (reset, stall, wrong_peer).
+	Kind string `json:"k"`
+	// Start is when a failed request or a pause began (Unix
+	// nanoseconds).
+	Start  int64  `json:"s,omitempty"`
 	OK     int    `json:"ok,omitempty"`
 	Failed int    `json:"failed,omitempty"`
 	Flows  int    `json:"flows,omitempty"`
@@ -113,6 +117,7 @@ func trafficHelper(args []string) error {
 		for i := 0; ; i++ {
 			<-t.C
 			go func() {
+				start := time.Now()
 				c, err := dial("80", i)
 				if err == nil {
 					c.SetDeadline(time.Now().Add(2 * time.Second))
@@ -126,7 +131,7 @@ func trafficHelper(args []string) error {
 				}
 				if err != nil {
 					failed.Add(1)
-					emit(event{Kind: "req_fail", Err: err.Error()})
+					emit(event{Kind: "req_fail", Start: start.UnixNano(), Err: err.Error()})
 					return
 				}
 				ok.Add(1)
@@ -134,7 +139,8 @@ func trafficHelper(args []string) error {
 		}
 	}()
 	// Flows: each keeps one connection and checks an echo every
-	// 100-200 ms; a broken one is reported and replaced.
+	// 100-200 ms; a pause (see pauseAfter) is reported and the flow goes on,
+	// a broken one is reported and replaced.
 	for f := range nflows {
 		go func() {
 			rnd := rand.New(rand.NewPCG(uint64(f), 7))
@@ -153,24 +159,7 @@ func trafficHelper(args []string) error {
 				}
 				server := strings.TrimSpace(greet)
 				alive.Add(1)
-				why, detail := "", ""
-				for why == "" {
-					time.Sleep(time.Duration(100+rnd.IntN(100)) * time.Millisecond)
-					c.SetDeadline(time.Now().Add(time.Second))
-					if _, err := fmt.Fprintf(c, "ping\n"); err != nil {
-						why, detail = "reset", err.Error()
-						break
-					}
-					line, err := r.ReadString('\n')
-					switch {
-					case err != nil && isTimeout(err):
-						why, detail = "stall", err.Error()
-					case err != nil:
-						why, detail = "reset", err.Error()
-					case line != server+" ping\n":
-						why, detail = "wrong_peer", strings.TrimSpace(line)
-					}
-				}
+				why, detail := echoFlow(c, r, server, rnd, pauseAfter, breakAfter, emit)
 				alive.Add(-1)
 				c.Close()
 				emit(event{Kind: "flow_break", Why: why, Server: server, Err: detail})
@@ -182,6 +171,58 @@ func trafficHelper(args []string) error {
 	}
 	return nil
 }
+
+// echoFlow exchanges a line with the flow's server every 100-200 ms until
+// the flow breaks, and says why: "reset" (an error), "wrong_peer" (an
+// answer from another server) or "stall" (no answer within breakAfter).
+// An answer later than pauseAfter is a pause, emitted, and the flow goes
+// on.
+func echoFlow(c net.Conn, r *bufio.Reader, server string, rnd *rand.Rand, pauseAfter, breakAfter time.Duration, emit func(event)) (why, detail string) {
+	for why == "" {
+		time.Sleep(time.Duration(100+rnd.IntN(100)) * time.Millisecond)
+		sent := time.Now()
+		c.SetWriteDeadline(sent.Add(breakAfter))
+		if _, err := fmt.Fprintf(c, "ping\n"); err != nil {
+			why, detail = "reset", err.Error()
+			break
+		}
+		c.SetReadDeadline(sent.Add(pauseAfter))
+		line, err := r.ReadString('\n')
+		if err != nil && isTimeout(err) {
+			// A pause: TCP retransmits while the path heals; the
+			// flow breaks only if no answer comes within breakAfter.
+			c.SetReadDeadline(sent.Add(breakAfter))
+			var rest string
+			rest, err = r.ReadString('\n')
+			line += rest
+			if err == nil {
+				emit(event{Kind: "flow_pause", Start: sent.UnixNano(), Server: server})
+			}
+		}
+		switch {
+		case err != nil && isTimeout(err):
+			why, detail = "stall", err.Error()
+		case err != nil:
+			why, detail = "reset", err.Error()
+		case line != server+" ping\n":
+			why, detail = "wrong_peer", strings.TrimSpace(line)
+		}
+	}
+	return why, detail
+}
+
+// A long flow whose echo does not come within pauseAfter has paused (the
+// path is healing: a director failed and the router has not yet moved the
+// flow, or the router itself restarted); one whose echo does not come
+// within breakAfter has stalled, and is broken. TCP's retransmissions back
+// off (0.2, 0.4, 0.8, 1.6, 3.2, 6.4 s... after the loss), so a path healed
+// after 7 s is used again only at about 12.6 s, one healed after 13 s at
+// about 25 s: breakAfter leaves room for that (a router restarting takes
+// several seconds), and is still below what client applications wait.
+const (
+	pauseAfter = time.Second
+	breakAfter = 30 * time.Second
+)
 
 func isTimeout(err error) bool {
 	var ne net.Error

@@ -35,6 +35,10 @@ func TestLabSoak(t *testing.T) {
 	dur := durationEnv("SOAK_DURATION", 75*time.Second)
 	routing := cmp.Or(os.Getenv("SOAK_ROUTING"), strings.Join(routingModes, ","))
 	flows := cmp.Or(os.Getenv("SOAK_FLOWS"), "40")
+	kinds := os.Getenv("SOAK_KINDS")
+	if _, err := parseKinds(kinds); err != nil {
+		t.Fatal(err)
+	}
 	modes := len(strings.Split(routing, ","))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(modes)*(dur+5*time.Minute)+10*time.Minute)
 	defer cancel()
@@ -62,7 +66,8 @@ func TestLabSoak(t *testing.T) {
 		Files: map[string]string{"/bin/anyctl": filepath.Join(bins, "anyctl"), "/bin/anycastd": filepath.Join(bins, "anycastd"),
 			"/etc/passwd": users, "/etc/group": groups},
 		HostBinaries: []string{"/usr/sbin/bird", "/usr/sbin/birdc", "/usr/sbin/nft", "/usr/sbin/nginx"},
-		Env:          map[string]string{"ANYCASTD_BIN_DIR": "/bin", "SOAK_SEED": seed, "SOAK_DURATION": dur.String(), "SOAK_ROUTING": routing, "SOAK_FLOWS": flows},
+		Env: map[string]string{"ANYCASTD_BIN_DIR": "/bin", "SOAK_SEED": seed, "SOAK_DURATION": dur.String(), "SOAK_ROUTING": routing, "SOAK_FLOWS": flows,
+			"SOAK_KINDS": kinds, "SOAK_LOGS": os.Getenv("SOAK_LOGS")},
 		Tests: []vmlab.Test{{Name: "soak", Binary: test, Args: []string{"-test.run", "^TestVMSoak$", "-test.v", "-test.count=1",
 			"-test.timeout", (time.Duration(modes) * (dur + 5*time.Minute)).String()}}},
 	}

@@ -92,6 +92,7 @@ type lab struct {
 	t        *testing.T
 	mode     string // routingModes
 	seed     uint64
+	kinds    []string // the fault kinds the schedule draws from
 	duration time.Duration
 	self     string
 	bin      string
@@ -123,13 +124,13 @@ type lab struct {
 	files           map[string]fileState
 }
 
-func newLab(t *testing.T, mode string, seed uint64, duration time.Duration) *lab {
+func newLab(t *testing.T, mode string, seed uint64, duration time.Duration, kinds []string) *lab {
 	labtest.RequireVM(t)
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &lab{t: t, mode: mode, seed: seed, dirNL: map[string]*netlink.Handle{}, duration: duration, self: self, bin: labtest.Binaries(t),
+	l := &lab{t: t, mode: mode, seed: seed, kinds: kinds, dirNL: map[string]*netlink.Handle{}, duration: duration, self: self, bin: labtest.Binaries(t),
 		ns: map[string]*labtest.Netns{}, dirs: map[string]string{}, kern: map[string]*ipvs.Kernel{},
 		daemons: map[string]*daemon{}, servers: map[string]*exec.Cmd{}, nginxes: map[string]*exec.Cmd{}, rep: newReport(mode, seed, duration),
 		svcWeights: map[string]int{}, removed: map[string]bool{}, checkTimeout: "400ms", files: map[string]fileState{}}
@@ -743,6 +744,25 @@ func (l *lab) waitUp(what string, timeout time.Duration) {
 	})
 }
 
+// printLogs prints every director's whole log but memberlist's own lines:
+// what SOAK_LOGS asks for, to follow a break or a violation through the
+// daemons.
+func (l *lab) printLogs() {
+	for _, name := range dirNames {
+		b, err := os.ReadFile(filepath.Join(l.dirs[name], "anycastd.log"))
+		if err != nil {
+			fmt.Printf("== %s log: %v\n", name, err)
+			continue
+		}
+		fmt.Printf("== %s log\n", name)
+		for _, line := range strings.Split(string(b), "\n") {
+			if line != "" && !strings.Contains(line, "component=memberlist") {
+				fmt.Println(line)
+			}
+		}
+	}
+}
+
 func parseSeed(s string) uint64 {
 	n, err := strconv.ParseUint(s, 10, 64)
 	if err != nil {
@@ -759,11 +779,17 @@ func durationEnv(name string, def time.Duration) time.Duration {
 }
 
 // TestVMSoak runs the soak inside the VM: SOAK_SEED and SOAK_DURATION
-// (default 1 and 3m) choose the schedule, SOAK_ROUTING the routing setups
-// (comma-separated, default all three), one after the other; it prints a
-// report for each and fails on any invariant violation.
+// (default 1 and 3m) choose the schedule, SOAK_KINDS its fault kinds
+// (default all), SOAK_ROUTING the routing setups (comma-separated,
+// default all three), one after the other; it prints a report for each
+// (with SOAK_LOGS set, the daemons' logs after it) and fails on any
+// invariant violation.
 func TestVMSoak(t *testing.T) {
 	seed := parseSeed(os.Getenv("SOAK_SEED"))
+	kinds, err := parseKinds(os.Getenv("SOAK_KINDS"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	modes := routingModes
 	if m := os.Getenv("SOAK_ROUTING"); m != "" {
 		modes = strings.Split(m, ",")
@@ -773,10 +799,13 @@ func TestVMSoak(t *testing.T) {
 			if !slices.Contains(routingModes, mode) {
 				t.Fatalf("SOAK_ROUTING: %q is none of %v", mode, routingModes)
 			}
-			l := newLab(t, mode, seed, durationEnv("SOAK_DURATION", 3*time.Minute))
+			l := newLab(t, mode, seed, durationEnv("SOAK_DURATION", 3*time.Minute), kinds)
 			l.waitUp(fmt.Sprintf("the tier up: every director healthy, the router with %d next hops", maxActive), 3*time.Minute)
 			rep := l.run()
 			fmt.Println(rep.String())
+			if os.Getenv("SOAK_LOGS") != "" {
+				l.printLogs()
+			}
 			if n := len(rep.violations); n > 0 {
 				t.Fatalf("%d invariant violations (%s, seed %d)", n, mode, seed)
 			}

@@ -28,8 +28,15 @@ type report struct {
 	notes      []string
 	reqOK      int
 	reqFailed  int
-	unattrReq  int
-	breaks     map[string]int // why -> count, all
+	// reqWhere counts failed requests by the window they fell in (see
+	// failureWindow).
+	reqWhere map[string]int
+	pauses   int
+	unattrPs int
+	breaks   map[string]int // why -> count, all
+	// breakList is each break (the first maxBreakList) with its time,
+	// why, the flow's server and the faults around it.
+	breakList  []string
 	unattrBrk  int
 	ownDown    int    // flows that ended with their own real server
 	checks     int    // invariant checks made
@@ -53,7 +60,9 @@ type kindStats struct {
 	reqFailed int
 	breaks    map[string]int
 	conv      map[string][]time.Duration // phase -> times
-	unconv    map[string]int
+	// pauses are how long the long flows around it paused (and went on).
+	pauses []time.Duration
+	unconv map[string]int
 }
 
 type stall struct {
@@ -129,7 +138,8 @@ func newReport(mode string, seed uint64, d time.Duration) *report {
 	if err != nil || flows <= 0 {
 		flows = 40
 	}
-	return &report{mode: mode, boundRoute: bound, flows: flows, seed: seed, duration: d, kinds: map[string]*kindStats{}, breaks: map[string]int{}}
+	return &report{mode: mode, boundRoute: bound, flows: flows, seed: seed, duration: d, kinds: map[string]*kindStats{}, breaks: map[string]int{},
+		reqWhere: map[string]int{}}
 }
 
 func (r *report) kind(k string) *kindStats {
@@ -303,11 +313,62 @@ func (r *report) faultsAround(t time.Time, settle time.Duration) []*fault {
 	return out
 }
 
+// rsDetect is how long a stopped real server may still be given new
+// requests: the check's fall (2 x 500 ms) and timeout (400 ms), then the
+// loop turn that programs weight 0, with room for the emulation.
+const rsDetect = 3 * time.Second
+
+// failureWindow says which detection window a request that ran from start
+// to end overlaps: "director" (a director failed — killed, blackholed or
+// its link down — and the router has not yet stopped sending to it: BFD
+// and the route's withdrawal, bounded by boundRoute), "real server" (a
+// real server stopped and the checks have not yet seen it), "router" (the
+// router itself restarting, until its sessions are back), or "elsewhere",
+// where no request may fail.
+func (r *report) failureWindow(start, end time.Time) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	overlaps := func(from, to time.Time) bool { return !start.After(to) && !end.Before(from) }
+	where := "elsewhere"
+	for _, f := range r.faults {
+		switch f.Kind {
+		case "kill9", "blackhole", "uplink":
+			if overlaps(f.start, f.start.Add(r.boundRoute)) {
+				return "director"
+			}
+		case "rs_stop":
+			if overlaps(f.start, f.start.Add(rsDetect)) {
+				where = "real server"
+			}
+		case "bird_restart":
+			to := end
+			if !f.restored.IsZero() {
+				to = f.restored.Add(r.boundRoute)
+			}
+			if overlaps(f.start, to) && where == "elsewhere" {
+				where = "router"
+			}
+		}
+	}
+	return where
+}
+
+// maxBreakList is how many breaks the report lists one by one.
+const maxBreakList = 60
+
 // traffic counts an event of the traffic helper, and charges failures to
 // the faults around it.
 func (r *report) traffic(e event) {
 	t := time.Unix(0, e.T)
-	around := r.faultsAround(t, 5*time.Second)
+	from := t
+	if e.Start != 0 {
+		from = time.Unix(0, e.Start)
+	}
+	around := r.faultsAround(from, 5*time.Second)
+	where := ""
+	if e.Kind == "req_fail" {
+		where = r.failureWindow(from, t)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	switch e.Kind {
@@ -315,11 +376,17 @@ func (r *report) traffic(e event) {
 		r.reqOK += e.OK
 	case "req_fail":
 		r.reqFailed++
-		if len(around) == 0 {
-			r.unattrReq++
-		}
+		r.reqWhere[where]++
 		for _, k := range kindsOf(around) {
 			r.kind(k).reqFailed++
+		}
+	case "flow_pause":
+		r.pauses++
+		if len(around) == 0 {
+			r.unattrPs++
+		}
+		for _, k := range kindsOf(around) {
+			r.kind(k).pauses = append(r.kind(k).pauses, t.Sub(from))
 		}
 	case "flow_break":
 		for _, f := range around {
@@ -331,6 +398,14 @@ func (r *report) traffic(e event) {
 			}
 		}
 		r.breaks[e.Why]++
+		if len(r.breakList) < maxBreakList {
+			var fs []string
+			for _, f := range around {
+				fs = append(fs, fmt.Sprintf("%s (at %s)", f, since(r.start, f.start)))
+			}
+			r.breakList = append(r.breakList, fmt.Sprintf("at %s: %s of a flow to %s (%s); faults around: %s",
+				since(r.start, t), e.Why, e.Server, e.Err, strings.Join(fs, ", ")))
+		}
 		if len(around) == 0 {
 			r.unattrBrk++
 		}
@@ -425,15 +500,19 @@ func (r *report) String() string {
 	}
 	fmt.Fprintf(&b, "VM stalls (a 20 ms sleep overslept by over %s): %d, worst %s, %s in all\n", stallMin, len(r.stalls),
 		worst.Round(time.Millisecond), total.Round(time.Millisecond))
-	fmt.Fprintf(&b, "traffic: %d requests served, %d failed (%d outside any fault); long flows broken: %s (%d outside any fault), %d more ended with their own real server\n",
-		r.reqOK, r.reqFailed, r.unattrReq, countsString(r.breaks), r.unattrBrk, r.ownDown)
+	fmt.Fprintf(&b, "requests: %d served, %d failed: %d in a director's detection window (BFD and the route's withdrawal, %s from the failure), %d in a stopped real server's (%s), %d while the router restarted, %d elsewhere\n",
+		r.reqOK, r.reqFailed, r.reqWhere["director"], r.boundRoute, r.reqWhere["real server"], rsDetect, r.reqWhere["router"], r.reqWhere["elsewhere"])
+	fmt.Fprintf(&b, "long flows: %d open all the time, each echoing a line every 100-200 ms; a pause is an echo later than %s that then came (the flow goes on), a break a reset, a wrong peer or no echo within %s (a stall)\n",
+		r.flows, pauseAfter, breakAfter)
+	fmt.Fprintf(&b, "long flows: %d pauses (%d outside any fault), broken %s (%d outside any fault), %d more ended with their own real server\n",
+		r.pauses, r.unattrPs, countsString(r.breaks), r.unattrBrk, r.ownDown)
 	kinds := make([]string, 0, len(r.kinds))
 	for k := range r.kinds {
 		kinds = append(kinds, k)
 	}
 	sort.Strings(kinds)
-	fmt.Fprintf(&b, "long flows: %d open all the time; a flow-fault is one flow through one fault, and a break is charged to every fault within 5 s of it (so a kind's survival is a lower bound)\n", r.flows)
-	fmt.Fprintf(&b, "%-13s %5s %8s %-28s %-17s %-22s %-22s\n", "fault", "count", "req fail", "flows broken", "flow-faults kept", "converge fault med/max", "converge restore med/max")
+	fmt.Fprintf(&b, "a flow-fault is one flow through one fault; a pause or break is charged to every fault active or restored within 5 s of its start (so a kind's survival is a lower bound)\n")
+	fmt.Fprintf(&b, "%-13s %5s %8s %-22s %-26s %-17s %-22s %-22s\n", "fault", "count", "req fail", "flows paused med/max", "flows broken", "flow-faults kept", "converge fault med/max", "converge restore med/max")
 	for _, k := range kinds {
 		ks := r.kinds[k]
 		fm, fx := med(ks.conv["fault"])
@@ -456,8 +535,19 @@ func (r *report) String() string {
 		if exposed > 0 {
 			kept = fmt.Sprintf("%.2f%% of %d", 100*float64(max(exposed-broken, 0))/float64(exposed), exposed)
 		}
-		fmt.Fprintf(&b, "%-13s %5d %8d %-28s %-17s %-22s %-22s\n", k, ks.count, ks.reqFailed, countsString(ks.breaks), kept,
+		paused := "-"
+		if len(ks.pauses) > 0 {
+			pm, px := med(ks.pauses)
+			paused = fmt.Sprintf("%d %s/%s", len(ks.pauses), pm.Round(100*time.Millisecond), px.Round(100*time.Millisecond))
+		}
+		fmt.Fprintf(&b, "%-13s %5d %8d %-22s %-26s %-17s %-22s %-22s\n", k, ks.count, ks.reqFailed, paused, countsString(ks.breaks), kept,
 			conv(fm, fx, len(ks.conv["fault"]), ks.unconv["fault"]), conv(rm, rx, len(ks.conv["restore"]), ks.unconv["restore"]))
+	}
+	if len(r.breakList) > 0 {
+		fmt.Fprintf(&b, "long flows broken (the first %d):\n", maxBreakList)
+		for _, l := range r.breakList {
+			fmt.Fprintf(&b, "  %s\n", l)
+		}
 	}
 	fmt.Fprintf(&b, "invariant violations: %d\n", len(r.violations))
 	for _, v := range r.violations {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -25,6 +26,25 @@ import (
 // must survive losing one of its active ones while the standby covers).
 var faultKinds = []string{"kill9", "sigterm", "drain", "uplink", "blackhole", "rs_stop", "weight", "check", "bird_restart", "keys", "sighup",
 	"backend", "partition"}
+
+// parseKinds reads SOAK_KINDS: empty is every kind; else the
+// comma-separated kinds, each one of faultKinds.
+func parseKinds(s string) ([]string, error) {
+	if strings.TrimSpace(s) == "" {
+		return faultKinds, nil
+	}
+	var out []string
+	for _, k := range strings.Split(s, ",") {
+		k = strings.TrimSpace(k)
+		if !slices.Contains(faultKinds, k) {
+			return nil, fmt.Errorf("SOAK_KINDS: %q is no fault kind (%s)", k, strings.Join(faultKinds, ", "))
+		}
+		if !slices.Contains(out, k) {
+			out = append(out, k)
+		}
+	}
+	return out, nil
+}
 
 func directorFault(kind string) bool {
 	switch kind {
@@ -60,12 +80,15 @@ func (f *fault) String() string {
 
 // schedule is the faults a seed plays over duration: the same seed, the
 // same schedule.
-func schedule(seed uint64, duration time.Duration) []*fault {
+//
+// kinds are the fault kinds it draws from (faultKinds, or the ones
+// SOAK_KINDS names to replay one kind alone).
+func schedule(seed uint64, duration time.Duration, kinds []string) []*fault {
 	rnd := rand.New(rand.NewPCG(seed, 0x50a4))
 	busy := map[string]time.Duration{}
 	var out []*fault
 	for at := 10 * time.Second; at < duration-15*time.Second; at += time.Duration(1500+rnd.IntN(4000)) * time.Millisecond {
-		kind := faultKinds[rnd.IntN(len(faultKinds))]
+		kind := kinds[rnd.IntN(len(kinds))]
 		hold := time.Duration(3000+rnd.IntN(6000)) * time.Millisecond
 		var cands []string
 		switch {
@@ -218,7 +241,7 @@ func (s *snapshot) expectedHops() []string {
 
 // run plays the schedule with traffic and checks, and returns the report.
 func (l *lab) run() *report {
-	faults := schedule(l.seed, l.duration)
+	faults := schedule(l.seed, l.duration, l.kinds)
 	l.rep.scheduled = len(faults)
 	start := time.Now()
 	l.rep.start = start
@@ -294,6 +317,10 @@ func (l *lab) readTraffic(out interface{ Read([]byte) (int, error) }) {
 
 // play carries out one fault and its restore.
 func (l *lab) play(f *fault) {
+	if directorFault(f.Kind) {
+		n, _ := l.flowConns(f.Target)
+		l.rep.note(f, fmt.Sprintf("it holds %d connections of the long flows' service", n))
+	}
 	f.start = time.Now()
 	l.rep.begin(f)
 	switch f.Kind {
@@ -313,6 +340,7 @@ func (l *lab) play(f *fault) {
 		l.nsExec(f, "/usr/sbin/nft", "add table inet soak; "+
 			"add chain inet soak cut_in { type filter hook input priority 0; policy accept; }; "+
 			"add chain inet soak cut_out { type filter hook output priority 0; policy accept; }; "+
+			"add rule inet soak cut_in iifname eth0 ip daddr "+vip+" tcp dport 9000 counter; "+
 			"add rule inet soak cut_in iifname eth0 drop; add rule inet soak cut_out oifname eth0 drop")
 	case "rs_stop":
 		l.stopServer(f.Target)
@@ -341,6 +369,12 @@ func (l *lab) play(f *fault) {
 			l.rep.note(f, "undrain: "+strings.TrimSpace(out))
 		}
 	case "blackhole":
+		// What the cut kept from the long flows, for the report: the
+		// data path is cut too, not only BFD.
+		out, _ := exec.Command("ip", "netns", "exec", l.ns[f.Target].Name, "/usr/sbin/nft", "list", "table", "inet", "soak").CombinedOutput()
+		if m := regexp.MustCompile(`counter packets (\d+)`).FindSubmatch(out); m != nil {
+			l.rep.note(f, fmt.Sprintf("the cut dropped %s packets of the long flows", m[1]))
+		}
 		l.nsExec(f, "/usr/sbin/nft", "delete table inet soak")
 	case "uplink":
 		l.nsExec(f, "ip", "link", "set", "eth0", "up")
@@ -361,6 +395,25 @@ func (l *lab) play(f *fault) {
 		l.editFile(f, "500ms")
 	}
 	l.rep.restore(f)
+}
+
+// flowConns is how many connections (active and inactive) a director's
+// kernel holds for the long flows' service (port 9000), and how many
+// packets that service has taken in.
+func (l *lab) flowConns(name string) (conns int, pkts uint64) {
+	tb, err := l.kern[name].Table(contextBG)
+	if err != nil {
+		return -1, 0
+	}
+	for _, s := range tb.Services {
+		if s.Port == 9000 {
+			pkts = s.Stats.InPkts
+			for _, d := range s.Destinations {
+				conns += d.ActiveConns + d.InactiveConns
+			}
+		}
+	}
+	return conns, pkts
 }
 
 // apply changes the services with anyctl apply on a director that runs,

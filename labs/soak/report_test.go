@@ -1,0 +1,157 @@
+package soak
+
+import (
+	"bufio"
+	"io"
+	"math/rand/v2"
+	"net"
+	"testing"
+	"time"
+)
+
+// A failed request is placed in the detection window it overlaps; one
+// outside every window is what the soak's goal counts ("elsewhere").
+func TestFailureWindow(t *testing.T) {
+	t0 := time.Now()
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	r := newReport(modeBGP, 1, time.Minute)
+	r.faults = []*fault{
+		{Kind: "blackhole", Target: "d1", start: at(10), restored: at(20)},
+		{Kind: "rs_stop", Target: "rs1", start: at(30), restored: at(40)},
+		{Kind: "bird_restart", Target: "router", start: at(50), restored: at(53)},
+		{Kind: "drain", Target: "d2", start: at(60), restored: at(70)},
+		{Kind: "bird_restart", Target: "router", start: at(80)}, // not restored yet
+	}
+	for _, c := range []struct {
+		from, to float64
+		want     string
+	}{
+		{9, 10.5, "director"},
+		{13.5, 14, "director"}, // within boundRoute (4 s) of the blackhole
+		{14.5, 15, "elsewhere"},
+		{20, 21, "elsewhere"}, // its restore is no detection window
+		{29, 31, "real server"},
+		{33.5, 34, "elsewhere"},
+		{52, 53, "router"},
+		{56.5, 57, "router"}, // sessions come back within boundRoute of the restart
+		{57.5, 58, "elsewhere"},
+		{61, 62, "elsewhere"}, // a drain may fail no request
+		{85, 86, "router"},
+	} {
+		if got := r.failureWindow(at(c.from), at(c.to)); got != c.want {
+			t.Errorf("request %.1f-%.1f s: %q, want %q", c.from, c.to, got, c.want)
+		}
+	}
+}
+
+// Pauses and breaks are charged to the faults around their start; a flow
+// whose own real server is stopped is counted apart.
+func TestTrafficAccounting(t *testing.T) {
+	t0 := time.Now()
+	at := func(s float64) int64 { return t0.Add(time.Duration(s * float64(time.Second))).UnixNano() }
+	r := newReport(modeBGP, 1, time.Minute)
+	r.faults = []*fault{
+		{Kind: "blackhole", Target: "d1", start: t0.Add(10 * time.Second), restored: t0.Add(20 * time.Second)},
+		{Kind: "rs_stop", Target: "rs1", start: t0.Add(30 * time.Second)},
+	}
+	for _, e := range []event{
+		{Kind: "flow_pause", Start: at(10.5), T: at(12), Server: "rs2"},
+		{Kind: "flow_break", T: at(11), Why: "reset", Server: "rs3"},
+		{Kind: "req_fail", Start: at(10.2), T: at(12.2)},
+		{Kind: "flow_break", T: at(31), Why: "reset", Server: "rs1"},
+	} {
+		r.traffic(e)
+	}
+	r.faults[1].restored = t0.Add(40 * time.Second)
+	for _, e := range []event{
+		{Kind: "flow_pause", Start: at(100), T: at(101.5), Server: "rs2"},
+		{Kind: "req_fail", Start: at(200), T: at(202)},
+	} {
+		r.traffic(e)
+	}
+	bh := r.kinds["blackhole"]
+	if bh == nil || len(bh.pauses) != 1 || bh.pauses[0] != 1500*time.Millisecond || bh.breaks["reset"] != 1 || bh.reqFailed != 1 {
+		t.Fatalf("blackhole's stats: %+v", bh)
+	}
+	if r.pauses != 2 || r.unattrPs != 1 || r.ownDown != 1 || r.breaks["reset"] != 1 {
+		t.Errorf("pauses %d (outside %d), own server down %d, breaks %v", r.pauses, r.unattrPs, r.ownDown, r.breaks)
+	}
+	if r.reqWhere["director"] != 1 || r.reqWhere["elsewhere"] != 1 {
+		t.Errorf("failed requests by window: %v", r.reqWhere)
+	}
+}
+
+// The long flows' client on loopback against a server that answers late
+// once (a pause: the flow goes on), then as scripted by the case.
+func TestEchoFlow(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		serve func(n int, line string) (answer string, delay time.Duration, closeIt bool)
+		want  string
+	}{
+		{"stall", func(n int, line string) (string, time.Duration, bool) {
+			if n == 3 {
+				return "", time.Hour, false
+			}
+			return "rs1 " + line, 0, false
+		}, "stall"},
+		{"wrong peer", func(n int, line string) (string, time.Duration, bool) {
+			if n == 3 {
+				return "rs2 " + line, 0, false
+			}
+			return "rs1 " + line, 0, false
+		}, "wrong_peer"},
+		{"reset", func(n int, line string) (string, time.Duration, bool) {
+			return "rs1 " + line, 0, n == 3
+		}, "reset"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			go func() {
+				s, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer s.Close()
+				r := bufio.NewReader(s)
+				for n := 0; ; n++ {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					answer, delay, closeIt := c.serve(n, line)
+					if n == 1 {
+						delay = 300 * time.Millisecond // the pause
+					}
+					if closeIt {
+						s.(*net.TCPConn).SetLinger(0)
+						return
+					}
+					time.Sleep(min(delay, 2*time.Second))
+					// Half a line first: the client must join the parts
+					// read before and after its pause deadline.
+					io.WriteString(s, answer[:len(answer)/2])
+					io.WriteString(s, answer[len(answer)/2:])
+				}
+			}()
+			conn, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			var pauses []event
+			why, detail := echoFlow(conn, bufio.NewReader(conn), "rs1", rand.New(rand.NewPCG(1, 2)), 100*time.Millisecond, time.Second,
+				func(e event) { pauses = append(pauses, e) })
+			if why != c.want {
+				t.Errorf("broke by %q (%s), want %q", why, detail, c.want)
+			}
+			if len(pauses) != 1 || pauses[0].Kind != "flow_pause" || pauses[0].Server != "rs1" {
+				t.Errorf("pauses %+v, want the one of the second echo", pauses)
+			}
+		})
+	}
+}
