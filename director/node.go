@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -117,6 +118,9 @@ type Node struct {
 	hostErr    string
 	ipvsErr    string
 	lastFailed map[ipvs.ServiceKey]string
+	// healthChanged is when a backend of each service last went up or
+	// down (noteHealth), for Plan's settling hold.
+	healthChanged map[string]time.Time
 	// ipvsReadFailing is when reads of the IPVS table began to fail
 	// (zero: the last one worked); retryAt wakes the loop to read again.
 	ipvsReadFailing time.Time
@@ -762,7 +766,7 @@ func (n *Node) loop(ctx context.Context, errc <-chan error) error {
 		case <-annChanged:
 		case <-n.cl.Changed():
 		case <-sub.C():
-			sub.Drain()
+			n.noteHealth(sub.Drain())
 		case <-selfTick.C:
 			// Self checks run every second; the loop acts only when
 			// their verdict changed. The routing sessions' state is
@@ -786,10 +790,27 @@ func (n *Node) loop(ctx context.Context, errc <-chan error) error {
 			case <-n.wake:
 			case <-n.cl.Changed():
 			case <-sub.C():
-				sub.Drain()
+				n.noteHealth(sub.Drain())
 			case <-t.C:
 				break gather
 			}
+		}
+	}
+}
+
+// noteHealth records when a backend of each service last went up or
+// down, for Plan's settling hold: now, on the loop's clock (the change
+// came in a moment ago).
+func (n *Node) noteHealth(changes []health.Status) {
+	now := n.opts.Now()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.healthChanged == nil {
+		n.healthChanged = map[string]time.Time{}
+	}
+	for _, st := range changes {
+		if i := strings.LastIndexByte(st.ID, '/'); i > 0 {
+			n.healthChanged[st.ID[:i]] = now
 		}
 	}
 }
@@ -848,6 +869,18 @@ func (n *Node) step(ctx context.Context) {
 	behindAt := n.behindAt
 	failed := n.lastFailed
 	prevSize := n.activeSize
+	announced := map[netip.Addr]bool{}
+	for _, v := range n.snap.Desired.VIPs {
+		announced[v.VIP] = v.Announced
+	}
+	settling := n.snap.Desired.Settling
+	changed := make(map[string]time.Time, len(services))
+	for _, s := range services {
+		if t, ok := n.healthChanged[s.Name]; ok {
+			changed[s.Name] = t
+		}
+	}
+	maps.DeleteFunc(n.healthChanged, func(svc string, _ time.Time) bool { _, ok := changed[svc]; return !ok }) // services gone
 	n.mu.Unlock()
 	size, sizeWake := NextActiveSize(prevSize, cfg.Node.Name, cfg.Cluster.MaxActive, members, now, n.opts.ActiveStepHold)
 	if size.Size != prevSize.Size || !slices.Equal(size.Disagree, prevSize.Disagree) {
@@ -862,6 +895,7 @@ func (n *Node) step(ctx context.Context) {
 			Applied: fmt.Sprintf("v%d/%s", ver, hash), Newest: newest},
 		Backends: n.mon.States(), Failed: failed, Now: now,
 		GracefulShutdown: cfg.Routing.BGP.GracefulShutdown, BehindGrace: n.opts.BehindGrace,
+		Announced: announced, Settling: settling, HealthChanged: changed,
 	}
 	if cfg.Routing.Mode != configs.ModeBGP {
 		// GRACEFUL_SHUTDOWN is a BGP community: elsewhere a drain

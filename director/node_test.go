@@ -612,3 +612,47 @@ func TestWithdrawPhaseSkippedForElector(t *testing.T) {
 		})
 	}
 }
+
+// A VIP that comes back above quorum is announced only once its backends'
+// health has settled: right after the backend is seen up again the VIP is
+// held ("settling"), and announced one settle time (rise x interval +
+// timeout, here 10 x 100 ms + 100 ms) later. Without the hold the VIP was
+// announced at the first backend up, while the others (whose paths had
+// failed with this director's own) were still at weight 0 here: the soak
+// lab saw flows moved to a director back from a blackhole reset so.
+func TestNodeSettlesBeforeAnnouncing(t *testing.T) {
+	b := newBackend(t)
+	port := strings.Split(b.addr, ":")[1]
+	svc := fmt.Sprintf(`
+  - name: web
+    vip: 192.0.2.1
+    port: %s
+    quorum: 1
+    backends: [{address: 127.0.0.1, port: %s}]
+    health: {type: tcp, interval: 100ms, timeout: 100ms, rise: 10, fall: 1}
+`, port, port)
+	tn := startNode(t, nodeConfig(t, "d1", svc, ""))
+	vip := func() VIPView {
+		for _, v := range tn.n.StatusView().VIPs {
+			return v
+		}
+		return VIPView{}
+	}
+	waitFor(t, 10*time.Second, "192.0.2.1 announced", func() error { return expectAnnounced("192.0.2.1/32")(tn) })
+	b.stop()
+	waitFor(t, 10*time.Second, "192.0.2.1 withdrawn below quorum", func() error { return expectAnnounced()(tn) })
+	b.start(t)
+	waitFor(t, 10*time.Second, "the backend seen up again", func() error {
+		if r := vip().Reason; strings.Contains(r, "below quorum") {
+			return fmt.Errorf("reason %q", r)
+		}
+		return nil
+	})
+	if v := vip(); v.Announced || !strings.HasPrefix(v.Reason, "settling: ") {
+		t.Fatalf("right after the backend came back: announced %v, reason %q; want held, settling", v.Announced, v.Reason)
+	}
+	if got := announced(tn); len(got) != 0 {
+		t.Fatalf("announces %v while settling", got)
+	}
+	waitFor(t, 10*time.Second, "192.0.2.1 announced after settling", func() error { return expectAnnounced("192.0.2.1/32")(tn) })
+}

@@ -46,6 +46,14 @@ type Input struct {
 	// BehindGrace is how long this director may lag the cluster's newest
 	// config (while it is being fetched and applied) before it withdraws.
 	BehindGrace time.Duration
+	// Announced are the VIPs the last turn announced (Desired.VIPs), and
+	// Settling since when each VIP not announced then has been held back
+	// for its backends' health to settle (Desired.Settling).
+	Announced map[netip.Addr]bool
+	Settling  map[netip.Addr]time.Time
+	// HealthChanged is when a backend of each service (by name) last
+	// went up or down, as the health monitor reported it.
+	HealthChanged map[string]time.Time
 }
 
 // Local is this director's own state, as the loop knows it now.
@@ -83,8 +91,12 @@ type Desired struct {
 	// announced and why not.
 	VIPs []VIPState
 	// WakeAt is when Plan's answer changes by itself (the end of a
-	// graceful-shutdown hold, the end of the config grace); zero if never.
+	// graceful-shutdown hold, the end of the config grace, the end of a
+	// settling hold); zero if never.
 	WakeAt time.Time
+	// Settling is, for each VIP held back until its backends' health has
+	// settled, since when it is held (the next turn's Input.Settling).
+	Settling map[netip.Addr]time.Time
 }
 
 // VIPState says whether a VIP is announced here, and why not.
@@ -144,6 +156,14 @@ func Behind(self string, version uint64, hash string, members []cluster.Member) 
 // on the VIP has at least its quorum of healthy backends, and the dataplane
 // took every service on the VIP. A drained director first announces with
 // GRACEFUL_SHUTDOWN for GracefulShutdown, then withdraws.
+//
+// A VIP not announced on the last turn is announced only once its
+// backends' health has settled (see settleHold): a director whose own
+// path to the real servers failed (blackholed, its link down) saw every
+// backend fail, and they come back one probe at a time; announcing at the
+// first one (quorum) would take flows from the other directors into a
+// table with the rest still at weight 0, where mh picks other real
+// servers for them, and they are reset.
 func Plan(in Input) Desired {
 	var d Desired
 	var key []byte // lookup keys of in.Backends
@@ -236,6 +256,17 @@ func Plan(in Input) Desired {
 				st.Reason = fmt.Sprintf("standby (max_active %d reached)", maxActive)
 			}
 		default:
+			if !in.Announced[v] {
+				if since, wake, why := settleHold(&in, byVIP[v], v); why != "" {
+					st.Reason = why
+					if d.Settling == nil {
+						d.Settling = map[netip.Addr]time.Time{}
+					}
+					d.Settling[v] = since
+					d.WakeAt = earliest(d.WakeAt, wake)
+					break
+				}
+			}
 			st.Announced = true
 		}
 		if st.Announced {
@@ -249,6 +280,41 @@ func Plan(in Input) Desired {
 		d.VIPs = append(d.VIPs, st)
 	}
 	return d
+}
+
+// settleHold says whether a VIP that may be announced is held back for its
+// backends' health to settle, since when, until when, and why ("" when
+// not). Its settle time is the longest, over its checked services, of
+// rise x interval + timeout: the time within which every backend whose
+// path came back has risen. It is held while a backend of its services
+// changed state less than that ago, and at most three settle times (a
+// backend that flaps must not keep the VIP down for ever).
+func settleHold(in *Input, services []int, v netip.Addr) (since, wake time.Time, why string) {
+	var settle time.Duration
+	var last time.Time
+	for _, i := range services {
+		s := &in.Services[i]
+		if s.Health.Type == configs.CheckNone {
+			continue
+		}
+		settle = max(settle, time.Duration(max(s.Health.Rise, 1))*s.Health.Interval+s.Health.Timeout)
+		if t := in.HealthChanged[s.Name]; t.After(last) {
+			last = t
+		}
+	}
+	if settle <= 0 || last.IsZero() {
+		return time.Time{}, time.Time{}, ""
+	}
+	since = in.Settling[v]
+	if since.IsZero() {
+		since = in.Now
+	}
+	end, limit := last.Add(settle), since.Add(3*settle)
+	if !in.Now.Before(end) || !in.Now.Before(limit) {
+		return time.Time{}, time.Time{}, ""
+	}
+	return since, earliest(end, limit), fmt.Sprintf("settling: a backend's health changed %s ago; announcing once none has for %s",
+		in.Now.Sub(last).Round(time.Millisecond), settle)
 }
 
 func earliest(a, b time.Time) time.Time {

@@ -452,3 +452,63 @@ func BenchmarkPlan1000x10(b *testing.B) {
 		}
 	}
 }
+
+// A VIP that was not announced waits for its backends' health to settle
+// before it is announced (a director whose path to the real servers came
+// back sees them rise one probe at a time); one announced stays announced
+// whatever changes; a backend that flaps holds it at most three settle
+// times.
+func TestPlanSettle(t *testing.T) {
+	in := baseInput(t)
+	v1 := netip.MustParseAddr("192.0.2.1")
+	// web and tls: rise 2 (the default) x interval + timeout.
+	h := in.Services[0].Health
+	settle := time.Duration(h.Rise)*h.Interval + h.Timeout
+	for _, c := range []struct {
+		name      string
+		announced bool
+		changed   time.Duration // before now
+		since     time.Duration // held since, before now (0: not held)
+		held      bool
+		wake      time.Duration // after now
+	}{
+		{"not announced, changed just now", false, 0, 0, true, settle},
+		{"not announced, changed a moment ago", false, settle / 2, 0, true, settle / 2},
+		{"not announced, settled", false, settle, 0, false, 0},
+		{"announced, changed just now", true, 0, 0, false, 0},
+		{"held for nearly three settle times", false, 0, 3*settle - time.Millisecond, true, time.Millisecond},
+		{"held for three settle times (flapping)", false, 0, 3 * settle, false, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			in := in
+			in.Announced = map[netip.Addr]bool{v1: c.announced}
+			in.HealthChanged = map[string]time.Time{"tls": t0.Add(-c.changed), "web": t0.Add(-c.changed - time.Second)}
+			if c.since > 0 {
+				in.Settling = map[netip.Addr]time.Time{v1: t0.Add(-c.since)}
+			}
+			d := Plan(in)
+			got := slices.Contains(prefixes(d), "192.0.2.1/32")
+			if got == c.held {
+				t.Fatalf("announced %v, want %v (reason %q)", got, !c.held, reasons(d)["192.0.2.1"])
+			}
+			if !slices.Contains(prefixes(d), "192.0.2.2/32") {
+				t.Errorf("the other VIP (no checks) held: %q", reasons(d)["192.0.2.2"])
+			}
+			if !c.held {
+				if _, ok := d.Settling[v1]; ok {
+					t.Errorf("Settling kept for an announced VIP")
+				}
+				return
+			}
+			if !strings.HasPrefix(reasons(d)["192.0.2.1"], "settling: ") {
+				t.Errorf("reason %q", reasons(d)["192.0.2.1"])
+			}
+			if want := t0.Add(c.wake); !d.WakeAt.Equal(want) {
+				t.Errorf("wakes at %v, want %v", d.WakeAt.Sub(t0), c.wake)
+			}
+			if want := t0.Add(-c.since); !d.Settling[v1].Equal(want) {
+				t.Errorf("settling since %v, want %v", d.Settling[v1].Sub(t0), -c.since)
+			}
+		})
+	}
+}
