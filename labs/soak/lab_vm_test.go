@@ -565,7 +565,7 @@ func (l *lab) services() string {
     port: 80
     flags: [mh-port]
     quorum: 1
-    drain_timeout: 5s
+    drain_timeout: %[5]s
     backends: [%[2]s]
     health: {type: http, path: /, interval: 500ms, timeout: %[4]s, rise: 1, fall: 2}
   - name: flows
@@ -573,11 +573,15 @@ func (l *lab) services() string {
     port: 9000
     flags: [mh-port]
     quorum: 1
-    drain_timeout: 5s
+    drain_timeout: %[5]s
     backends: [%[3]s]
     health: {type: tcp, interval: 500ms, timeout: %[4]s, rise: 1, fall: 2}
-`, vip, strings.Join(web, ", "), strings.Join(flows, ", "), l.checkTimeout)
+`, vip, strings.Join(web, ", "), strings.Join(flows, ", "), l.checkTimeout, drainTimeout)
 }
+
+// drainTimeout is the services' drain_timeout: how long a removed
+// backend's connections go on.
+const drainTimeout = 5 * time.Second
 
 // fileState is what a director's config file says that faults change:
 // the gossip keys (a rotation) and the health defaults' interval (an edit

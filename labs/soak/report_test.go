@@ -5,6 +5,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"testing"
 	"time"
 )
@@ -153,5 +154,31 @@ func TestEchoFlow(t *testing.T) {
 				t.Errorf("pauses %+v, want the one of the second echo", pauses)
 			}
 		})
+	}
+}
+
+// A flow to a backend removed by config may end once the removal's drain
+// time has passed (the operator asked for that); one that ends earlier is
+// broken. The report lists breaks one line per cause.
+func TestRemovedBackendAndGrouping(t *testing.T) {
+	t0 := time.Now()
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	r := newReport(modeBGP, 1, time.Minute)
+	r.start = t0
+	r.faults = []*fault{{Kind: "backend", Arg: 3, start: at(50)}}
+	for _, e := range []event{
+		{Kind: "flow_break", T: at(52).UnixNano(), Why: "reset", Server: "rs4", Err: "early"},
+		{Kind: "flow_break", T: at(53).UnixNano(), Why: "reset", Server: "rs4", Err: "early"},
+		{Kind: "flow_break", T: at(56).UnixNano(), Why: "reset", Server: "rs4"},
+		{Kind: "flow_break", T: at(56).UnixNano(), Why: "reset", Server: "rs2", Err: "other"},
+	} {
+		r.traffic(e)
+	}
+	if r.removedEnd != 1 || r.breaks["reset"] != 3 {
+		t.Fatalf("removed %d, breaks %v; want 1 ended by the removal, 3 broken", r.removedEnd, r.breaks)
+	}
+	lines := groupBreaks(r.start, r.breakList, "of flows", 10)
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "at 52s-53s: 2 reset of flows to rs4 (early)") || !strings.HasPrefix(lines[1], "at 56s: 1 reset of flows to rs2 (other)") {
+		t.Errorf("grouped:\n%s", strings.Join(lines, "\n"))
 	}
 }

@@ -34,9 +34,14 @@ type report struct {
 	pauses   int
 	unattrPs int
 	breaks   map[string]int // why -> count, all
-	// breakList is each break (the first maxBreakList) with its time,
-	// why, the flow's server and the faults around it.
-	breakList  []string
+	// breakList is each break (the first maxBreaks) with its time, why,
+	// the flow's server and the faults around it; elsewhere each failed
+	// request outside every detection window.
+	breakList []brk
+	elsewhere []brk
+	// removedEnd counts the flows that ended after their backend was
+	// removed by config and its drain_timeout passed.
+	removedEnd int
 	unattrBrk  int
 	ownDown    int    // flows that ended with their own real server
 	checks     int    // invariant checks made
@@ -353,8 +358,47 @@ func (r *report) failureWindow(start, end time.Time) string {
 	return where
 }
 
-// maxBreakList is how many breaks the report lists one by one.
-const maxBreakList = 60
+// maxBreaks is how many breaks (and failed requests) the report keeps to
+// list, grouped.
+const maxBreaks = 5000
+
+// brk is one broken flow or failed request, for the report's lists.
+type brk struct {
+	t                   time.Time
+	why, server, detail string
+	faults              string
+}
+
+func faultList(start time.Time, fs []*fault) string {
+	var out []string
+	for _, f := range fs {
+		out = append(out, fmt.Sprintf("%s (at %s)", f, since(start, f.start)))
+	}
+	return strings.Join(out, ", ")
+}
+
+// groupBreaks lists breaks, those of one cause (same kind, server and
+// faults around, each within 2 s of the one before) on one line.
+func groupBreaks(start time.Time, bs []brk, what string, maxLines int) []string {
+	var out []string
+	for i := 0; i < len(bs) && len(out) < maxLines; {
+		j := i + 1
+		for j < len(bs) && bs[j].why == bs[i].why && bs[j].server == bs[i].server && bs[j].faults == bs[i].faults && bs[j].t.Sub(bs[j-1].t) <= 2*time.Second {
+			j++
+		}
+		when := since(start, bs[i].t)
+		if j-i > 1 {
+			when += "-" + since(start, bs[j-1].t)
+		}
+		to := ""
+		if bs[i].server != "" {
+			to = " to " + bs[i].server
+		}
+		out = append(out, fmt.Sprintf("at %s: %d %s %s%s (%s); faults around: %s", when, j-i, bs[i].why, what, to, bs[i].detail, bs[i].faults))
+		i = j
+	}
+	return out
+}
 
 // traffic counts an event of the traffic helper, and charges failures to
 // the faults around it.
@@ -369,6 +413,10 @@ func (r *report) traffic(e event) {
 	if e.Kind == "req_fail" {
 		where = r.failureWindow(from, t)
 	}
+	removed := false
+	if e.Kind == "flow_break" {
+		removed = r.backendRemoved(e.Server, t)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	switch e.Kind {
@@ -377,6 +425,9 @@ func (r *report) traffic(e event) {
 	case "req_fail":
 		r.reqFailed++
 		r.reqWhere[where]++
+		if where == "elsewhere" && len(r.elsewhere) < maxBreaks {
+			r.elsewhere = append(r.elsewhere, brk{t: t, why: "failed", detail: e.Err, faults: faultList(r.start, around)})
+		}
 		for _, k := range kindsOf(around) {
 			r.kind(k).reqFailed++
 		}
@@ -397,14 +448,15 @@ func (r *report) traffic(e event) {
 				return
 			}
 		}
+		if removed {
+			// Its backend was removed by config and the drain
+			// time is over: the operator asked for that.
+			r.removedEnd++
+			return
+		}
 		r.breaks[e.Why]++
-		if len(r.breakList) < maxBreakList {
-			var fs []string
-			for _, f := range around {
-				fs = append(fs, fmt.Sprintf("%s (at %s)", f, since(r.start, f.start)))
-			}
-			r.breakList = append(r.breakList, fmt.Sprintf("at %s: %s of a flow to %s (%s); faults around: %s",
-				since(r.start, t), e.Why, e.Server, e.Err, strings.Join(fs, ", ")))
+		if len(r.breakList) < maxBreaks {
+			r.breakList = append(r.breakList, brk{t: t, why: e.Why, server: e.Server, detail: e.Err, faults: faultList(r.start, around)})
 		}
 		if len(around) == 0 {
 			r.unattrBrk++
@@ -413,6 +465,20 @@ func (r *report) traffic(e event) {
 			r.kind(k).breaks[e.Why]++
 		}
 	}
+}
+
+// backendRemoved reports whether server's backend was removed by config
+// (a backend fault not yet restored) at least drainTimeout before t: a
+// flow to it may end then. One that ends earlier is broken.
+func (r *report) backendRemoved(server string, t time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, f := range r.faults {
+		if f.Kind == "backend" && rsNames[f.Arg] == server && !f.start.After(t.Add(-drainTimeout)) && (f.restored.IsZero() || f.restored.After(t)) {
+			return true
+		}
+	}
+	return false
 }
 
 func kindsOf(fs []*fault) []string {
@@ -504,8 +570,8 @@ func (r *report) String() string {
 		r.reqOK, r.reqFailed, r.reqWhere["director"], r.boundRoute, r.reqWhere["real server"], rsDetect, r.reqWhere["router"], r.reqWhere["elsewhere"])
 	fmt.Fprintf(&b, "long flows: %d open all the time, each echoing a line every 100-200 ms; a pause is an echo later than %s that then came (the flow goes on), a break a reset, a wrong peer or no echo within %s (a stall)\n",
 		r.flows, pauseAfter, breakAfter)
-	fmt.Fprintf(&b, "long flows: %d pauses (%d outside any fault), broken %s (%d outside any fault), %d more ended with their own real server\n",
-		r.pauses, r.unattrPs, countsString(r.breaks), r.unattrBrk, r.ownDown)
+	fmt.Fprintf(&b, "long flows: %d pauses (%d outside any fault), broken %s (%d outside any fault); %d more ended with their own real server, %d after their backend was removed by config and its drain_timeout (%s) passed\n",
+		r.pauses, r.unattrPs, countsString(r.breaks), r.unattrBrk, r.ownDown, r.removedEnd, drainTimeout)
 	kinds := make([]string, 0, len(r.kinds))
 	for k := range r.kinds {
 		kinds = append(kinds, k)
@@ -544,8 +610,14 @@ func (r *report) String() string {
 			conv(fm, fx, len(ks.conv["fault"]), ks.unconv["fault"]), conv(rm, rx, len(ks.conv["restore"]), ks.unconv["restore"]))
 	}
 	if len(r.breakList) > 0 {
-		fmt.Fprintf(&b, "long flows broken (the first %d):\n", maxBreakList)
-		for _, l := range r.breakList {
+		fmt.Fprintf(&b, "long flows broken (one line per cause, the first 60):\n")
+		for _, l := range groupBreaks(r.start, r.breakList, "of flows", 60) {
+			fmt.Fprintf(&b, "  %s\n", l)
+		}
+	}
+	if len(r.elsewhere) > 0 {
+		fmt.Fprintf(&b, "requests failed outside every detection window (one line per cause, the first 30):\n")
+		for _, l := range groupBreaks(r.start, r.elsewhere, "requests", 30) {
 			fmt.Fprintf(&b, "  %s\n", l)
 		}
 	}
