@@ -190,7 +190,11 @@ func renderStatus(w io.Writer, s director.StatusResponse, now time.Time) {
 			if p.BFDFlaps > 0 {
 				flaps += fmt.Sprintf(" (%d by BFD)", p.BFDFlaps)
 			}
-			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t%s\t%s\n", p.Address, p.ASN, p.State, orDash(p.BFD), flaps, age(now, p.Since), p.Reason)
+			addr := "-" // a VRRP instance that has heard no master yet
+			if p.Address.IsValid() {
+				addr = p.Address.String()
+			}
+			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t%s\t%s\n", addr, p.ASN, p.State, orDash(p.BFD), flaps, age(now, p.Since), p.Reason)
 		}
 		tw.Flush()
 	}

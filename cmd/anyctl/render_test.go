@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"net/netip"
+	"regexp"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -106,5 +108,21 @@ func TestNaturalCompare(t *testing.T) {
 	want := []string{"d", "d1", "d02", "d9", "d10", "e1", "lb-a2", "lb-a10"}
 	if !slices.Equal(names, want) {
 		t.Errorf("%v, want %v", names, want)
+	}
+}
+
+// A VRRP instance that has heard no master yet has no peer address: the
+// peers table says "-", not Go's "invalid IP".
+func TestRenderStatusPeerWithoutAddress(t *testing.T) {
+	s := director.StatusResponse{Name: "d1", Mode: "vrrp", Role: "active", Eligible: true,
+		Peers: []routing.Peer{{ASN: 51, State: "backup"}}}
+	var b bytes.Buffer
+	renderStatus(&b, s, now)
+	out := b.String()
+	if strings.Contains(out, "invalid IP") {
+		t.Fatalf("status shows Go's zero address:\n%s", out)
+	}
+	if !regexp.MustCompile(`(?m)^  -\s+51\s+backup\s`).MatchString(out) {
+		t.Errorf("no '-' peer row for VRID 51:\n%s", out)
 	}
 }
