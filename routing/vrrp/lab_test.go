@@ -362,3 +362,35 @@ func TestLabVRRPVirtualMAC(t *testing.T) {
 		t.Errorf("eth0's arp_ignore not put back after the stop: %s", v)
 	}
 }
+
+// TestLabVRRPRestartDropsStaleVIP: anycastd killed -9 while master leaves
+// the VIP on its interface; restarted below keepalived (now master), it
+// must come up as backup without it (else both answer ARP for the VIP: a
+// client saw two MACs). keepalived removes its VIPs at start the same way.
+func TestLabVRRPRestartDropsStaleVIP(t *testing.T) {
+	l := newVRRPLab(t)
+	l.keepalived(100)
+	l.expect("keepalived master alone", "ka", 10*time.Second)
+	o := l.ours(200)
+	l.expect("anycastd preempts keepalived", "ac", 15*time.Second)
+	o.cmd.Process.Kill()
+	o.cmd.Wait()
+	// The VIP stays on anycastd's interface (the host is up, the daemon
+	// died); keepalived hears no master and takes over.
+	labtest.Eventually(t, 10*time.Second, "keepalived master again", func() error {
+		if !l.holds("ka") {
+			return fmt.Errorf("keepalived does not hold the VIP")
+		}
+		return nil
+	})
+	if !l.holds("ac") {
+		t.Fatal("the killed daemon's VIP is gone already: the test does not test the restart")
+	}
+	o = l.ours(50)
+	l.expect("restarted anycastd is backup without the stale VIP", "ka", 5*time.Second)
+	o.stdin.Close()
+	o.cmd.Wait()
+	if !strings.Contains(o.out.String(), "removed a VIP left on the interface by an earlier run") {
+		t.Errorf("no log line for the stale VIP removed:\n%s", o.out)
+	}
+}

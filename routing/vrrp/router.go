@@ -190,6 +190,7 @@ func (r *Router) Run(ctx context.Context) error {
 		return fmt.Errorf("vrrp interface %s: %w", r.cfg.Interface, err)
 	}
 	r.ifi = ifi
+	r.removeStale()
 	need4, need6 := false, false
 	for _, in := range r.inst {
 		need4, need6 = need4 || !in.v6, need6 || in.v6
@@ -585,6 +586,45 @@ func (r *Router) addVIP(in *instance, v netip.Addr) {
 		return
 	}
 	r.added[v] = idx
+}
+
+// removeStale removes from the interface the instances' VIPs that an
+// earlier run left there (killed while master, or standing in): a backup
+// holding one answers ARP for it beside the master. keepalived removes its
+// VIPs at start too; the instance adds them again once master. Only
+// host-prefix addresses are ours (an address the operator configured with
+// another prefix length is left alone).
+func (r *Router) removeStale() {
+	l, err := netlink.LinkByIndex(r.ifi.Index)
+	if err != nil {
+		return
+	}
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		r.log.Warn("vrrp: list the interface's addresses", "err", err)
+		return
+	}
+	vips := map[netip.Addr]bool{}
+	for _, in := range r.inst {
+		for _, v := range in.vips {
+			vips[v] = true
+		}
+	}
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		if ones, bits := a.Mask.Size(); !vips[ip] || ones != bits {
+			continue
+		}
+		if err := netlink.AddrDel(l, &a); err != nil {
+			r.log.Warn("vrrp: remove a VIP left by an earlier run", "vip", ip, "err", err)
+			continue
+		}
+		r.log.Info("vrrp: removed a VIP left on the interface by an earlier run", "vip", ip, "interface", r.ifi.Name)
+	}
 }
 
 func (r *Router) delVIP(v netip.Addr) {
