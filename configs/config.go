@@ -191,6 +191,18 @@ type DNS struct {
 	// TTL of the answers; short so clients follow failovers.
 	TTL   time.Duration `mapstructure:"ttl" json:"ttl"`
 	Names []DNSName     `mapstructure:"names" json:"names"`
+	// Glue are the addresses of the zone's own name servers (NS names
+	// inside the zone): answered as A and AAAA, and given beside the NS
+	// records, so that the zone's name servers resolve from the zone.
+	Glue []DNSGlue `mapstructure:"glue" json:"glue,omitempty"`
+}
+
+// DNSGlue is one in-zone name server's addresses.
+type DNSGlue struct {
+	// Name is one of the NS names ("ns1" relative to the zone, or
+	// fully qualified).
+	Name      string       `mapstructure:"name" json:"name"`
+	Addresses []netip.Addr `mapstructure:"addresses" json:"addresses"`
 }
 
 // DNSName is one name served round-robin over the VIPs that healthy

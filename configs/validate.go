@@ -378,6 +378,40 @@ func (c *checker) dns(p string, d *DNS) {
 	if len(d.Names) == 0 {
 		c.add(p+".names", "at least one name is required when DNS is served")
 	}
+	ns := map[string]bool{}
+	for _, n := range d.NS {
+		ns[strings.ToLower(fqdn(n))] = true
+	}
+	glue := map[string]int{}
+	for i, g := range d.Glue {
+		gp := fmt.Sprintf("%s.glue[%d]", p, i)
+		full := strings.ToLower(g.Name)
+		if !strings.HasSuffix(full, ".") {
+			full = full + "." + zone
+		}
+		switch {
+		case g.Name == "":
+			c.add(gp+".name", "required")
+		case !isDomain(full):
+			c.add(gp+".name", "%q is not a domain name", g.Name)
+		case !ns[full]:
+			c.add(gp+".name", "%q is none of the name servers in %s.ns", g.Name, p)
+		case zone != "" && !strings.HasSuffix(full, "."+zone):
+			c.add(gp+".name", "%q is outside the zone %s (glue is for the zone's own name servers)", g.Name, zone)
+		}
+		if j, ok := glue[full]; ok && g.Name != "" {
+			c.add(gp+".name", "%q is also glue[%d]", g.Name, j)
+		}
+		glue[full] = i
+		if len(g.Addresses) == 0 {
+			c.add(gp+".addresses", "at least one address is required")
+		}
+		for j, a := range g.Addresses {
+			if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() || a.Zone() != "" {
+				c.add(fmt.Sprintf("%s.addresses[%d]", gp, j), "%s is not a unicast address", a)
+			}
+		}
+	}
 	seen := map[string]int{}
 	for i, n := range d.Names {
 		np := fmt.Sprintf("%s.names[%d]", p, i)
@@ -395,6 +429,9 @@ func (c *checker) dns(p string, d *DNS) {
 		}
 		if j, ok := seen[full]; ok && n.Name != "" {
 			c.add(np+".name", "%q is also names[%d]", n.Name, j)
+		}
+		if j, ok := glue[full]; ok && n.Name != "" {
+			c.add(np+".name", "%q is also glue[%d] (a name server's name is not a service name)", n.Name, j)
 		}
 		seen[full] = i
 		if len(n.VIPs) == 0 {

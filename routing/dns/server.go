@@ -30,6 +30,7 @@ type Server struct {
 	ns     []string
 	mbox   string
 	names  map[string][]netip.Addr // fqdn -> configured VIPs, in config order
+	glue   map[string][]netip.Addr // in-zone name server fqdn -> its addresses
 	log    *slog.Logger
 	serial uint32
 	listen []netip.AddrPort
@@ -63,6 +64,19 @@ func New(cfg configs.DNS, log *slog.Logger) (*Server, error) {
 	}
 	if s.mbox == "." {
 		s.mbox = "hostmaster." + zone
+	}
+	s.glue = map[string][]netip.Addr{}
+	for _, g := range cfg.Glue {
+		fq := mdns.CanonicalName(g.Name)
+		if !strings.HasSuffix(g.Name, ".") {
+			fq = mdns.CanonicalName(g.Name + "." + zone)
+		}
+		if !slices.Contains(s.ns, fq) || !mdns.IsSubDomain(zone, fq) {
+			return nil, fmt.Errorf("dns.glue: %s is none of the zone's own name servers", g.Name)
+		}
+		for _, a := range g.Addresses {
+			s.glue[fq] = append(s.glue[fq], a.Unmap())
+		}
 	}
 	for _, n := range cfg.Names {
 		fq := mdns.CanonicalName(n.Name)
@@ -198,7 +212,10 @@ func (s *Server) answer(r *mdns.Msg) *mdns.Msg {
 	case name == s.zone && q.Qtype == mdns.TypeNS:
 		for _, n := range s.ns {
 			m.Answer = append(m.Answer, &mdns.NS{Hdr: mdns.RR_Header{Name: s.zone, Rrtype: mdns.TypeNS, Class: mdns.ClassINET, Ttl: s.ttl}, Ns: n})
+			m.Extra = append(m.Extra, s.glueRRs(n, mdns.TypeANY)...)
 		}
+	case s.glue[name] != nil:
+		m.Answer = s.glueRRs(name, q.Qtype)
 	case s.names[name] != nil:
 		m.Answer = s.addresses(name, q.Qtype)
 	case name != s.zone:
@@ -208,6 +225,24 @@ func (s *Server) answer(r *mdns.Msg) *mdns.Msg {
 		m.Ns = append(m.Ns, s.soa()) // NODATA or NXDOMAIN: the SOA says how long to remember it
 	}
 	return m
+}
+
+// glueRRs are an in-zone name server's addresses of the asked type (A,
+// AAAA, or both for ANY), in config order.
+func (s *Server) glueRRs(name string, qtype uint16) []mdns.RR {
+	var out []mdns.RR
+	for _, a := range s.glue[name] {
+		hdr := mdns.RR_Header{Name: name, Class: mdns.ClassINET, Ttl: s.ttl}
+		switch {
+		case a.Is4() && (qtype == mdns.TypeA || qtype == mdns.TypeANY):
+			hdr.Rrtype = mdns.TypeA
+			out = append(out, &mdns.A{Hdr: hdr, A: a.AsSlice()})
+		case a.Is6() && (qtype == mdns.TypeAAAA || qtype == mdns.TypeANY):
+			hdr.Rrtype = mdns.TypeAAAA
+			out = append(out, &mdns.AAAA{Hdr: hdr, AAAA: a.AsSlice()})
+		}
+	}
+	return out
 }
 
 // addresses are name's live VIPs of the asked type, rotated one step per

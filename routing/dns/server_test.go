@@ -16,8 +16,13 @@ import (
 
 func start(t *testing.T, names []configs.DNSName) (*Server, string) {
 	t.Helper()
-	s, err := New(configs.DNS{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}, Zone: "lb.example.com",
-		NS: []string{"ns1.lb.example.com.", "ns2.lb.example.com."}, Hostmaster: "hostmaster.example.com.", TTL: 5 * time.Second, Names: names}, nil)
+	return startCfg(t, configs.DNS{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}, Zone: "lb.example.com",
+		NS: []string{"ns1.lb.example.com.", "ns2.lb.example.com."}, Hostmaster: "hostmaster.example.com.", TTL: 5 * time.Second, Names: names})
+}
+
+func startCfg(t *testing.T, cfg configs.DNS) (*Server, string) {
+	t.Helper()
+	s, err := New(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,5 +217,47 @@ func TestWithDig(t *testing.T) {
 	out = run("+norec", "lb.example.com", "NS")
 	if !strings.Contains(out, "ns1.lb.example.com.") || !strings.Contains(out, "ns2.lb.example.com.") || !strings.Contains(out, "EDNS: version: 0") {
 		t.Errorf("dig NS:\n%s", out)
+	}
+}
+
+// The zone's own name servers resolve from the zone (glue): dig of ns1
+// gives its addresses, the NS answer carries them as additional records,
+// a name server without glue (ns3, outside the zone) is not invented.
+// Before, ns1.lb.example.com answered NXDOMAIN.
+func TestGlueWithDig(t *testing.T) {
+	dig, err := exec.LookPath("dig")
+	if err != nil {
+		t.Skip("dig is not installed (bind9-dnsutils; labs/install-deps.sh installs it)")
+	}
+	_, srv := startCfg(t, configs.DNS{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}, Zone: "lb.example.com",
+		NS: []string{"ns1.lb.example.com.", "ns2.lb.example.com.", "ns3.example.net."}, Hostmaster: "hostmaster.example.com.", TTL: 5 * time.Second,
+		Names: []configs.DNSName{{Name: "www", VIPs: addrs("192.0.2.1")}},
+		Glue: []configs.DNSGlue{{Name: "ns1", Addresses: addrs("198.51.100.53", "2001:db8::53")},
+			{Name: "ns2.lb.example.com.", Addresses: addrs("198.51.100.54")}}})
+	host, port, _ := strings.Cut(srv, ":")
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(dig, append([]string{"@" + host, "-p", port, "+time=2", "+tries=1"}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("dig %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	if out := run("+short", "ns1.lb.example.com", "A"); strings.TrimSpace(out) != "198.51.100.53" {
+		t.Errorf("dig ns1 A: %q", out)
+	}
+	if out := run("+short", "ns1.lb.example.com", "AAAA"); strings.TrimSpace(out) != "2001:db8::53" {
+		t.Errorf("dig ns1 AAAA: %q", out)
+	}
+	out := run("ns2.lb.example.com", "AAAA")
+	if !strings.Contains(out, "status: NOERROR") || !strings.Contains(out, "ANSWER: 0") {
+		t.Errorf("dig ns2 AAAA (no IPv6 glue: NODATA):\n%s", out)
+	}
+	out = run("+norec", "lb.example.com", "NS")
+	for _, want := range []string{"ADDITIONAL SECTION", "ns1.lb.example.com.\t5\tIN\tA\t198.51.100.53", "ns1.lb.example.com.\t5\tIN\tAAAA\t2001:db8::53",
+		"ns2.lb.example.com.\t5\tIN\tA\t198.51.100.54", "ns3.example.net."} {
+		if !strings.Contains(out, want) {
+			t.Errorf("dig NS lacks %q:\n%s", want, out)
+		}
 	}
 }
