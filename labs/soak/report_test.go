@@ -165,20 +165,23 @@ func TestRemovedBackendAndGrouping(t *testing.T) {
 	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
 	r := newReport(modeBGP, 1, time.Minute)
 	r.start = t0
-	r.faults = []*fault{{Kind: "backend", Arg: 3, start: at(50)}}
+	r.faults = []*fault{{Kind: "backend", Arg: 3, start: at(50), restored: at(55)}}
 	for _, e := range []event{
 		{Kind: "flow_break", T: at(52).UnixNano(), Why: "reset", Server: "rs4", Err: "early"},
 		{Kind: "flow_break", T: at(53).UnixNano(), Why: "reset", Server: "rs4", Err: "early"},
 		{Kind: "flow_break", T: at(56).UnixNano(), Why: "reset", Server: "rs4"},
+		{Kind: "flow_break", T: at(59).UnixNano(), Why: "reset", Server: "rs4"}, // the re-adding still on its way
 		{Kind: "flow_break", T: at(56).UnixNano(), Why: "reset", Server: "rs2", Err: "other"},
+		{Kind: "flow_break", T: at(61).UnixNano(), Why: "reset", Server: "rs4", Err: "late"},
 	} {
 		r.traffic(e)
 	}
-	if r.removedEnd != 1 || r.breaks["reset"] != 3 {
-		t.Fatalf("removed %d, breaks %v; want 1 ended by the removal, 3 broken", r.removedEnd, r.breaks)
+	if r.removedEnd != 2 || r.breaks["reset"] != 4 {
+		t.Fatalf("removed %d, breaks %v; want 2 ended by the removal, 4 broken", r.removedEnd, r.breaks)
 	}
 	lines := groupBreaks(r.start, r.breakList, "of flows", 10)
-	if len(lines) != 2 || !strings.HasPrefix(lines[0], "at 52s-53s: 2 reset of flows to rs4 (early)") || !strings.HasPrefix(lines[1], "at 56s: 1 reset of flows to rs2 (other)") {
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "at 52s-53s: 2 reset of flows to rs4 (early)") || !strings.HasPrefix(lines[1], "at 56s: 1 reset of flows to rs2 (other)") ||
+		!strings.HasPrefix(lines[2], "at 1m1s: 1 reset of flows to rs4 (late)") {
 		t.Errorf("grouped:\n%s", strings.Join(lines, "\n"))
 	}
 }

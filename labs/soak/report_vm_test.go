@@ -468,13 +468,16 @@ func (r *report) traffic(e event) {
 }
 
 // backendRemoved reports whether server's backend was removed by config
-// (a backend fault not yet restored) at least drainTimeout before t: a
-// flow to it may end then. One that ends earlier is broken.
+// at least drainTimeout before t, and not added back more than
+// drainTimeout before t (the removal and the re-adding each take a moment
+// to reach every director): a flow to it may end then. One that ends
+// earlier is broken.
 func (r *report) backendRemoved(server string, t time.Time) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, f := range r.faults {
-		if f.Kind == "backend" && rsNames[f.Arg] == server && !f.start.After(t.Add(-drainTimeout)) && (f.restored.IsZero() || f.restored.After(t)) {
+		if f.Kind == "backend" && rsNames[f.Arg] == server && !f.start.After(t.Add(-drainTimeout)) &&
+			(f.restored.IsZero() || f.restored.After(t.Add(-drainTimeout))) {
 			return true
 		}
 	}
