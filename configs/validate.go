@@ -385,15 +385,9 @@ func (c *checker) dns(p string, d *DNS) {
 	glue := map[string]int{}
 	for i, g := range d.Glue {
 		gp := fmt.Sprintf("%s.glue[%d]", p, i)
-		full := strings.ToLower(g.Name)
-		if !strings.HasSuffix(full, ".") {
-			full = full + "." + zone
-		}
+		full := inZone(g.Name, zone)
 		switch {
-		case g.Name == "":
-			c.add(gp+".name", "required")
-		case !isDomain(full):
-			c.add(gp+".name", "%q is not a domain name", g.Name)
+		case !c.zoneName(gp+".name", g.Name, full):
 		case !ns[full]:
 			c.add(gp+".name", "%q is none of the name servers in %s.ns", g.Name, p)
 		case zone != "" && !strings.HasSuffix(full, "."+zone):
@@ -415,15 +409,9 @@ func (c *checker) dns(p string, d *DNS) {
 	seen := map[string]int{}
 	for i, n := range d.Names {
 		np := fmt.Sprintf("%s.names[%d]", p, i)
-		full := strings.ToLower(n.Name)
-		if !strings.HasSuffix(full, ".") {
-			full = full + "." + zone
-		}
+		full := inZone(n.Name, zone)
 		switch {
-		case n.Name == "":
-			c.add(np+".name", "required")
-		case !isDomain(full):
-			c.add(np+".name", "%q is not a domain name", n.Name)
+		case !c.zoneName(np+".name", n.Name, full):
 		case zone != "" && full != zone && !strings.HasSuffix(full, "."+zone):
 			c.add(np+".name", "%q is outside the zone %s", n.Name, zone)
 		}
@@ -443,6 +431,30 @@ func (c *checker) dns(p string, d *DNS) {
 			}
 		}
 	}
+}
+
+// inZone is a DNS name made fully qualified (lower case): a name without
+// the final dot is relative to zone.
+func inZone(name, zone string) string {
+	full := strings.ToLower(name)
+	if !strings.HasSuffix(full, ".") {
+		full = full + "." + zone
+	}
+	return full
+}
+
+// zoneName checks a name given at path (full is inZone's form of it): it
+// is required and a domain name. It reports whether it is.
+func (c *checker) zoneName(path, name, full string) bool {
+	switch {
+	case name == "":
+		c.add(path, "required")
+	case !isDomain(full):
+		c.add(path, "%q is not a domain name", name)
+	default:
+		return true
+	}
+	return false
 }
 
 func (c *checker) api(p string, a *API) {

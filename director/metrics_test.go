@@ -32,15 +32,7 @@ func sample(text, series string) (float64, error) {
 func TestMetricsScrape(t *testing.T) {
 	b1 := newBackend(t)
 	port := strings.Split(b1.addr, ":")[1]
-	svc := fmt.Sprintf(`
-  - name: web
-    vip: 192.0.2.1
-    port: %s
-    quorum: 1
-    backends: [{address: 127.0.0.1, port: %s}]
-    health: {type: tcp}
-`, port, port)
-	tn := startNode(t, nodeConfig(t, "d1", svc, ""))
+	tn := startNode(t, nodeConfig(t, "d1", oneBackendService(b1, "{type: tcp}"), ""))
 	waitFor(t, 10*time.Second, "announce", func() error { return expectAnnounced("192.0.2.1/32")(tn) })
 	srv := httptest.NewServer(tn.n.Handler())
 	defer srv.Close()

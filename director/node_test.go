@@ -161,6 +161,21 @@ func startNodeOpts(t *testing.T, cfg *configs.Config, ann routing.Announcer, dpi
 	return tn
 }
 
+// oneBackendService is the services section of one service, web on
+// 192.0.2.1 at b's port with quorum 1, b its only backend, checked by
+// health (YAML).
+func oneBackendService(b *backend, health string) string {
+	port := strings.Split(b.addr, ":")[1]
+	return fmt.Sprintf(`
+  - name: web
+    vip: 192.0.2.1
+    port: %s
+    quorum: 1
+    backends: [{address: 127.0.0.1, port: %s}]
+    health: %s
+`, port, port, health)
+}
+
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error) time.Duration {
 	t.Helper()
 	return labtest.Poll(t, 10*time.Millisecond, timeout, what, cond)
@@ -622,16 +637,7 @@ func TestWithdrawPhaseSkippedForElector(t *testing.T) {
 // lab saw flows moved to a director back from a blackhole reset so.
 func TestNodeSettlesBeforeAnnouncing(t *testing.T) {
 	b := newBackend(t)
-	port := strings.Split(b.addr, ":")[1]
-	svc := fmt.Sprintf(`
-  - name: web
-    vip: 192.0.2.1
-    port: %s
-    quorum: 1
-    backends: [{address: 127.0.0.1, port: %s}]
-    health: {type: tcp, interval: 100ms, timeout: 100ms, rise: 10, fall: 1}
-`, port, port)
-	tn := startNode(t, nodeConfig(t, "d1", svc, ""))
+	tn := startNode(t, nodeConfig(t, "d1", oneBackendService(b, "{type: tcp, interval: 100ms, timeout: 100ms, rise: 10, fall: 1}"), ""))
 	vip := func() VIPView {
 		for _, v := range tn.n.StatusView().VIPs {
 			return v

@@ -181,6 +181,20 @@ func TestTruncationAndEDNS(t *testing.T) {
 	}
 }
 
+// digAt runs dig against the server at srv ("host:port") and returns its
+// output; dig failing fails the test.
+func digAt(t *testing.T, dig, srv string) func(args ...string) string {
+	host, port, _ := strings.Cut(srv, ":")
+	return func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(dig, append([]string{"@" + host, "-p", port, "+time=2", "+tries=1"}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("dig %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+}
+
 // dig, the operator's tool, as the client.
 func TestWithDig(t *testing.T) {
 	dig, err := exec.LookPath("dig")
@@ -189,15 +203,7 @@ func TestWithDig(t *testing.T) {
 	}
 	s, srv := start(t, []configs.DNSName{{Name: "www", VIPs: addrs("192.0.2.1", "192.0.2.2", "2001:db8::1")}})
 	s.SetLive(addrs("192.0.2.1", "192.0.2.2", "2001:db8::1"))
-	host, port, _ := strings.Cut(srv, ":")
-	run := func(args ...string) string {
-		t.Helper()
-		out, err := exec.Command(dig, append([]string{"@" + host, "-p", port, "+time=2", "+tries=1"}, args...)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("dig %v: %v\n%s", args, err, out)
-		}
-		return string(out)
-	}
+	run := digAt(t, dig, srv)
 	out := run("+short", "www.lb.example.com", "A")
 	if got := strings.Fields(out); len(got) != 2 || !slices.Contains(got, "192.0.2.1") || !slices.Contains(got, "192.0.2.2") {
 		t.Errorf("dig +short A: %q", out)
@@ -234,15 +240,7 @@ func TestGlueWithDig(t *testing.T) {
 		Names: []configs.DNSName{{Name: "www", VIPs: addrs("192.0.2.1")}},
 		Glue: []configs.DNSGlue{{Name: "ns1", Addresses: addrs("198.51.100.53", "2001:db8::53")},
 			{Name: "ns2.lb.example.com.", Addresses: addrs("198.51.100.54")}}})
-	host, port, _ := strings.Cut(srv, ":")
-	run := func(args ...string) string {
-		t.Helper()
-		out, err := exec.Command(dig, append([]string{"@" + host, "-p", port, "+time=2", "+tries=1"}, args...)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("dig %v: %v\n%s", args, err, out)
-		}
-		return string(out)
-	}
+	run := digAt(t, dig, srv)
 	if out := run("+short", "ns1.lb.example.com", "A"); strings.TrimSpace(out) != "198.51.100.53" {
 		t.Errorf("dig ns1 A: %q", out)
 	}
