@@ -61,7 +61,7 @@ var (
 	descFlaps   = prometheus.NewDesc("anycastd_routing_peer_flaps_total", "Times the session left established.", []string{"peer"}, nil)
 	descVRRP    = prometheus.NewDesc("anycastd_vrrp_state", "1 for the VRRP instance's current state (initialize, backup, master).", []string{"vrid", "state"}, nil)
 	descVRRPFl  = prometheus.NewDesc("anycastd_vrrp_master_losses_total", "Times the VRRP instance left master.", []string{"vrid"}, nil)
-	descBFDFl   = prometheus.NewDesc("anycastd_bfd_flaps_total", "Times this director's BFD brought the session with the peer down (its own detection or the peer signalling down).", []string{"peer"}, nil)
+	descBFDFl   = prometheus.NewDesc("anycastd_bfd_flaps_total", "Times this director took the BGP session with the peer down because BFD found the path failed (its own detection, or the peer's BFD reporting a failure; never an AdminDown).", []string{"peer"}, nil)
 	descBFD     = prometheus.NewDesc("anycastd_bfd_up", "1 if the BFD session with the peer is up.", []string{"peer"}, nil)
 	descBackend = prometheus.NewDesc("anycastd_backend_up", "1 if the backend passes its health check here (rise/fall applied), 0 if down or not checked yet.", []string{"service", "backend"}, nil)
 	descLatency = prometheus.NewDesc("anycastd_backend_probe_latency_seconds", "Latency of the backend's last health probe.", []string{"service", "backend"}, nil)

@@ -122,7 +122,7 @@ func TestPeerMetrics(t *testing.T) {
 			{Address: mustAddr("10.0.2.0"), ASN: 65000, State: "active", BFD: "down", Flaps: 5},
 			{Address: mustAddr("10.0.3.0"), ASN: 65000, State: "connect"},
 		}}, `
-# HELP anycastd_bfd_flaps_total Times this director's BFD brought the session with the peer down (its own detection or the peer signalling down).
+# HELP anycastd_bfd_flaps_total Times this director took the BGP session with the peer down because BFD found the path failed (its own detection, or the peer's BFD reporting a failure; never an AdminDown).
 # TYPE anycastd_bfd_flaps_total counter
 anycastd_bfd_flaps_total{peer="10.0.1.0"} 1
 anycastd_bfd_flaps_total{peer="10.0.2.0"} 0

@@ -45,10 +45,10 @@ type Peer struct {
 	// Flaps counts the times the session left established (BGP), or the
 	// times the instance left master (VRRP).
 	Flaps uint64
-	// BFDFlaps counts the sessions that this director's BFD brought down
-	// (BGP with BFD): its own detection, or the neighbour's BFD signalling
-	// down. A session the neighbour closed first (its BFD noticed, the
-	// Cease arrived before ours expired) is a flap but not counted here.
+	// BFDFlaps counts the sessions that this director took down because
+	// its BFD found the path failed (BGP with BFD): its own detection
+	// expired, or the neighbour's BFD reported a failure. An AdminDown or
+	// a session the neighbour closed first is not counted here.
 	BFDFlaps uint64
 	// Reason is why the session last went down, if known.
 	Reason string

@@ -17,6 +17,7 @@ import (
 
 	"github.com/anycastd/anycastd/configs"
 	"github.com/anycastd/anycastd/routing"
+	"github.com/anycastd/anycastd/routing/bgp/bfd"
 	"github.com/osrg/gobgp/v4/api"
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
 	"github.com/osrg/gobgp/v4/pkg/config/oc"
@@ -37,6 +38,9 @@ type Speaker struct {
 	want  map[netip.Prefix]routing.Announcement
 	have  map[netip.Prefix]routing.Announcement
 	peers map[netip.Addr]*routing.Peer
+	// bfd runs the sessions of the neighbours with BFD (anycastd's own,
+	// not GoBGP's: see package bfd); nil without any.
+	bfd *bfd.Server
 }
 
 var _ routing.Announcer = (*Speaker)(nil)
@@ -46,8 +50,16 @@ var _ routing.Announcer = (*Speaker)(nil)
 func New(cfg configs.BGP, log *slog.Logger) *Speaker {
 	s := &Speaker{cfg: cfg, log: log, want: map[netip.Prefix]routing.Announcement{},
 		have: map[netip.Prefix]routing.Announcement{}, peers: map[netip.Addr]*routing.Peer{}}
+	var bfdPeers []bfd.Peer
 	for _, n := range cfg.Neighbors {
 		s.peers[n.Address] = &routing.Peer{Address: n.Address, ASN: n.ASN, State: "idle"}
+		if n.BFD.Enabled {
+			bfdPeers = append(bfdPeers, bfd.Peer{Address: n.Address, Local: n.LocalAddress, Config: bfd.Config{
+				MinTx: n.BFD.MinTx, MinRx: n.BFD.MinRx, Multiplier: uint8(n.BFD.Multiplier)}})
+		}
+	}
+	if len(bfdPeers) > 0 {
+		s.bfd = bfd.NewServer(log.With("component", "bfd"), bfdPeers, s.onBFD)
 	}
 	return s
 }
@@ -56,6 +68,19 @@ func New(cfg configs.BGP, log *slog.Logger) *Speaker {
 // for, and on ctx's end withdraws everything, waits for the withdrawals to
 // be sent, and stops the server.
 func (s *Speaker) Run(ctx context.Context) error {
+	// BFD runs beside BGP and stops after it (its AdminDown on the way
+	// out is not a failure to the router: RFC 5882 §3.2).
+	bfdCtx, stopBFD := context.WithCancel(context.Background())
+	bfdDone := make(chan error, 1)
+	if s.bfd != nil {
+		go func() { bfdDone <- s.bfd.Run(bfdCtx) }()
+	}
+	defer func() {
+		stopBFD()
+		if s.bfd != nil {
+			<-bfdDone
+		}
+	}()
 	lvl := &slog.LevelVar{}
 	lvl.Set(slog.LevelWarn) // GoBGP logs every FSM step at Info
 	srv := server.NewBgpServer(server.LoggerOption(s.log.With("component", "gobgp"), lvl))
@@ -151,6 +176,13 @@ func (s *Speaker) Run(ctx context.Context) error {
 			return nil
 		case <-tick.C:
 			s.warnStuckPeers(time.Since(started))
+		case err := <-bfdDone:
+			// Only a socket that cannot be opened ends it early (port
+			// 3784 taken, e.g. by a bfdd on this host).
+			bfdDone <- nil
+			s.shutdown(srv)
+			stop()
+			return err
 		}
 	}
 }
@@ -259,7 +291,6 @@ func (s *Speaker) reconcileLocked() error {
 // Status implements routing.Announcer.
 func (s *Speaker) Status() routing.Status {
 	s.mu.Lock()
-	srv := s.srv
 	st := routing.Status{Mode: configs.ModeBGP}
 	for _, a := range s.have {
 		st.Announced = append(st.Announced, a)
@@ -269,16 +300,13 @@ func (s *Speaker) Status() routing.Status {
 		peers[a] = *p
 	}
 	s.mu.Unlock()
-	if srv != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		srv.ListBfdPeer(ctx, func(addr string, b *api.BfdPeerState) {
-			a, err := netip.ParseAddr(addr)
-			if p, ok := peers[a]; err == nil && ok && b != nil {
-				p.BFD = bfdState(b.SessionState)
+	if s.bfd != nil {
+		for a, p := range peers {
+			if b, ok := s.bfd.Status(a); ok {
+				p.BFD = bfd.StateName(b.State)
 				peers[a] = p
 			}
-		})
-		cancel()
+		}
 	}
 	for _, n := range s.cfg.Neighbors {
 		st.Peers = append(st.Peers, peers[n.Address])
@@ -310,26 +338,56 @@ func (s *Speaker) onPeer(ev *apiutil.WatchEventMessage_PeerEvent, t time.Time) {
 	}
 	if p.State == "established" {
 		p.Flaps++
-		if n, ok := s.neighbor(addr); ok && n.BFD.Enabled {
-			if bfdReset(ev.Peer.State.DisconnectReason, reason) {
-				p.BFDFlaps++
-			}
-			if s.srv != nil {
-				go s.recyclePeer(s.srv, n)
-			}
-		}
+	}
+	// BFD runs only while the BGP session is established, as FRR runs its
+	// own: a BFD session that is up before the BGP session establishes is
+	// replaced by FRR at the establishment (with a new source address), and
+	// FRR's bgpd takes that replacement's Down for a failure and resets the
+	// new session (Cease/BFD Down): two establishments per router restart.
+	if s.bfd != nil && (state == "established") != (p.State == "established") {
+		s.bfd.Enable(addr, state == "established")
 	}
 	p.State, p.Since = state, t
 	p.Reason = reason
 	s.log.Info("bgp peer state changed", "peer", addr, "asn", p.ASN, "state", state, "reason", p.Reason)
 }
 
-// bfdReset tells a session that BFD brought down: GoBGP's BFD resets the
-// BGP session with a Cease / Administrative Reset notification ("BFD is
-// down" in its log; the event carries only the code). Nothing else sends
-// that here: anycastd never resets a peer itself.
-func bfdReset(r api.PeerState_DisconnectReason, reason string) bool {
-	return r == api.PeerState_DISCONNECT_REASON_NOTIFICATION_SENT && strings.Contains(reason, "administrative reset")
+// onBFD takes a BFD transition of the session with addr: one that is a
+// failure of the path (bfd.Transition.Failure: our detection time expired,
+// or the router detected a failure) takes the BGP session down, so that it
+// is re-established as soon as the path is back rather than after the hold
+// time. An AdminDown, or a Down the router sends while it replaces its own
+// session, leaves the BGP session alone.
+func (s *Speaker) onBFD(addr netip.Addr, t bfd.Transition) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.peers[addr]
+	if !ok {
+		return
+	}
+	args := []any{"peer", addr, "state", bfd.StateName(t.To), "cause", t.Cause.String()}
+	if t.Cause == bfd.CauseRemoteDown || t.Cause == bfd.CauseRemoteAdminDown {
+		args = append(args, "neighbour_diag", t.RemoteDiag.String())
+	}
+	if t.From == bfd.Up {
+		args = append(args, "was_up", t.UpFor.Round(time.Millisecond))
+	}
+	if t.From != bfd.Up || t.To != bfd.Down {
+		s.log.Info("bfd session state changed", args...)
+		return
+	}
+	n, _ := s.neighbor(addr)
+	if !t.Failure() {
+		s.log.Info("bfd session down, not a path failure: the bgp session stays up", args...)
+		return
+	}
+	if p.State != "established" || s.srv == nil {
+		s.log.Warn("bfd session down", args...)
+		return
+	}
+	p.BFDFlaps++
+	s.log.Warn("bfd session down: taking the bgp session down", args...)
+	go s.recyclePeer(s.srv, n)
 }
 
 func (s *Speaker) neighbor(addr netip.Addr) (configs.Neighbor, bool) {
@@ -341,25 +399,23 @@ func (s *Speaker) neighbor(addr netip.Addr) (configs.Neighbor, bool) {
 	return configs.Neighbor{}, false
 }
 
-// recyclePeer deletes and re-adds a BFD-enabled neighbour whose session
-// went down. GoBGP (v4.8.0) queues the Cease that a BFD expiry sends even
-// when the BGP session is already down, and delivers it on the next
-// establishment, which resets that session at once; the peer's BFD session
-// restarts with it, expires again, and the loop never ends (seen against
-// BIRD after a blackhole). A new peer has neither the queued notification
-// nor the stale BFD state.
+// recyclePeer takes a neighbour's BGP session down after BFD found the
+// path failed, by deleting and re-adding the peer: its Cease goes out if the
+// path lets it, and the new peer connects as soon as it may. (GoBGP's
+// ResetPeer, asked while the session is already down, queues its Cease and
+// sends it on the next establishment, which resets that session at once.)
 func (s *Speaker) recyclePeer(srv *server.BgpServer, n configs.Neighbor) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: n.Address.String()}); err != nil {
-		s.log.Warn("bgp: re-create peer after session loss: delete", "peer", n.Address, "err", err)
+		s.log.Warn("bgp: take the session down after bfd: delete peer", "peer", n.Address, "err", err)
 		return
 	}
 	if err := srv.AddPeer(ctx, &api.AddPeerRequest{Peer: peerConfig(n)}); err != nil {
-		s.log.Error("bgp: re-create peer after session loss: add", "peer", n.Address, "err", err)
+		s.log.Error("bgp: take the session down after bfd: add peer", "peer", n.Address, "err", err)
 		return
 	}
-	s.log.Info("bgp peer re-created after session loss (clears GoBGP's queued BFD reset)", "peer", n.Address)
+	s.log.Info("bgp session taken down after bfd; peer re-created", "peer", n.Address)
 }
 
 // warnStuckPeers says, at Warn, which sessions are still not established
@@ -413,14 +469,6 @@ func peerConfig(n configs.Neighbor) *api.Peer {
 			fam.Afi = api.Family_AFI_IP6
 		}
 		p.AfiSafis = append(p.AfiSafis, &api.AfiSafi{Config: &api.AfiSafiConfig{Family: fam, Enabled: true}})
-	}
-	if n.BFD.Enabled {
-		p.Bfd = &api.BfdPeerConfig{
-			Enabled:                  true,
-			DesiredMinimumTxInterval: uint32(n.BFD.MinTx / time.Microsecond),
-			RequiredMinimumReceive:   uint32(n.BFD.MinRx / time.Microsecond),
-			DetectionMultiplier:      uint32(n.BFD.Multiplier),
-		}
 	}
 	return p
 }
@@ -500,8 +548,4 @@ func parseCommunity(s string) (uint32, error) {
 
 func fsmState(s gobgp.FSMState) string {
 	return strings.ToLower(strings.TrimPrefix(s.String(), "BGP_FSM_"))
-}
-
-func bfdState(s api.BfdSessionState) string {
-	return strings.ToLower(strings.TrimPrefix(s.String(), "BFD_SESSION_STATE_"))
 }

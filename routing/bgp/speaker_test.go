@@ -135,13 +135,26 @@ func TestPeerConfig(t *testing.T) {
 	if len(p.AfiSafis) != 2 || p.AfiSafis[0].Config.Family.Afi != api.Family_AFI_IP || p.AfiSafis[1].Config.Family.Afi != api.Family_AFI_IP6 {
 		t.Errorf("families %v", p.AfiSafis)
 	}
-	if !p.Bfd.Enabled || p.Bfd.DesiredMinimumTxInterval != 100000 || p.Bfd.RequiredMinimumReceive != 300000 || p.Bfd.DetectionMultiplier != 3 {
-		t.Errorf("BFD (µs) %+v", p.Bfd)
+	// BFD is anycastd's (package bfd), never GoBGP's: GoBGP's resets the
+	// session on a neighbour's AdminDown (issue 17).
+	if p.Bfd != nil {
+		t.Errorf("GoBGP's BFD is configured: %+v", p.Bfd)
+	}
+	sp := New(configs.BGP{Neighbors: []configs.Neighbor{n}}, slog.New(slog.DiscardHandler))
+	if sp.bfd == nil {
+		t.Fatal("no BFD session for a neighbour with BFD")
+	}
+	// Held down until the BGP session is established.
+	if st := sp.Status(); len(st.Peers) != 1 || st.Peers[0].BFD != "admin down" {
+		t.Errorf("status before Run: %+v", st.Peers)
 	}
 	n.BFD.Enabled, n.Multihop, n.LocalAddress = false, 0, netip.Addr{}
 	p = peerConfig(n)
-	if p.Bfd != nil || p.EbgpMultihop != nil || p.Transport != nil {
-		t.Errorf("unset options were configured: bfd %v multihop %v transport %v", p.Bfd, p.EbgpMultihop, p.Transport)
+	if p.EbgpMultihop != nil || p.Transport != nil {
+		t.Errorf("unset options were configured: multihop %v transport %v", p.EbgpMultihop, p.Transport)
+	}
+	if sp := New(configs.BGP{Neighbors: []configs.Neighbor{n}}, slog.New(slog.DiscardHandler)); sp.bfd != nil || sp.Status().Peers[0].BFD != "" {
+		t.Error("a BFD session for a neighbour without BFD")
 	}
 }
 
