@@ -162,5 +162,6 @@ func TestLabImages(t *testing.T) {
 	check("ghcr.io/anycastd/lab-director:latest", "anycastd --version; bird --version 2>&1", "anycastd version images-test", "BIRD version 2")
 	check("ghcr.io/anycastd/lab-host:latest", "anyctl version; nginx -v 2>&1; curl --version | head -1; for c in dig sysctl ping; do command -v $c; done",
 		"anyctl images-test", "nginx version", "curl ", "/usr/bin/dig", "/usr/sbin/sysctl")
-	check("ghcr.io/anycastd/lab-router:latest", "bird --version 2>&1; for c in sysctl ip nft; do command -v $c; done", "BIRD version 2", "/usr/sbin/sysctl")
+	check("ghcr.io/anycastd/lab-router:latest", "bird --version 2>&1; /usr/lib/frr/bgpd -v | head -1; for c in sysctl ip nft vtysh; do command -v $c; done",
+		"BIRD version 2", "bgpd version 8", "/usr/sbin/sysctl", "/usr/bin/vtysh")
 }

@@ -64,6 +64,10 @@ type ecmpLab struct {
 	lab      *clab.Lab
 	self     string
 	speakers map[string]*speaker
+	// routerLog is the router daemon's log file, routerShow the commands
+	// whose output a failure's diagnosis shows.
+	routerLog  string
+	routerShow []string
 }
 
 type speaker struct {
@@ -108,27 +112,35 @@ func (s *speaker) do(t *testing.T, cmd string) {
 const birdLog = "/tmp/bird-ecmp3-router.log"
 
 func deployECMP3(t *testing.T) *ecmpLab {
+	return deploy(t, "ecmp3.clab.yml", birdLog, []string{
+		"birdc -s /run/bird-ecmp3-router.ctl show protocols",
+		"birdc -s /run/bird-ecmp3-router.ctl show route"})
+}
+
+// deploy builds the topology in labs/file and destroys it at the test's
+// end, after a diagnosis if the test failed.
+func deploy(t *testing.T, file, routerLog string, routerShow []string) *ecmpLab {
 	labtest.Require(t)
-	topo, err := clab.Load(filepath.Join(labtest.RepoRoot(), "labs", "ecmp3.clab.yml"))
+	topo, err := clab.Load(filepath.Join(labtest.RepoRoot(), "labs", file))
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The router's BIRD appends to this log (the path is in
-	// labs/ecmp3/router-bird.conf, for containerlab too): start each run
-	// with an empty one, so a failure's diagnosis shows this run only.
-	os.Remove(birdLog)
+	// The router appends to its log (the path is in its config, for
+	// containerlab too): start each run with an empty one, so a failure's
+	// diagnosis shows this run only.
+	os.Remove(routerLog)
 	lab, err := clab.Deploy(topo)
 	if err != nil {
 		t.Fatal(err)
 	}
 	self, _ := os.Executable()
-	l := &ecmpLab{t: t, lab: lab, self: self, speakers: map[string]*speaker{}}
+	l := &ecmpLab{t: t, lab: lab, self: self, speakers: map[string]*speaker{}, routerLog: routerLog, routerShow: routerShow}
 	t.Cleanup(func() {
 		if t.Failed() {
 			l.diagnose()
 		}
 		lab.Destroy()
-		os.Remove(birdLog)
+		os.Remove(routerLog)
 	})
 	return l
 }
@@ -136,9 +148,9 @@ func deployECMP3(t *testing.T) *ecmpLab {
 // diagnose logs what an operator would look at: the router's sessions and
 // routes, and the tail of each speaker's log.
 func (l *ecmpLab) diagnose() {
-	for _, cmd := range []string{"show protocols", "show route"} {
-		out, _ := l.lab.Exec("router", "birdc -s /run/bird-ecmp3-router.ctl "+cmd)
-		l.t.Logf("router: birdc %s:\n%s", cmd, out)
+	for _, cmd := range l.routerShow {
+		out, _ := l.lab.Exec("router", cmd)
+		l.t.Logf("router: %s:\n%s", cmd, out)
 	}
 	for name, s := range l.speakers {
 		out := s.proc.Output()
@@ -147,11 +159,11 @@ func (l *ecmpLab) diagnose() {
 		}
 		l.t.Logf("speaker %s log (tail):\n%s", name, out)
 	}
-	if b, err := os.ReadFile(birdLog); err == nil {
+	if b, err := os.ReadFile(l.routerLog); err == nil {
 		if len(b) > 3000 {
 			b = b[len(b)-3000:]
 		}
-		l.t.Logf("router BIRD log (tail):\n%s", b)
+		l.t.Logf("router log (tail):\n%s", b)
 	}
 }
 
@@ -175,6 +187,10 @@ routing:
       - {address: 10.0.%[1]d.0, asn: 65000, password: %[2]q, hold_time: 3s, keepalive: 1s, connect_retry: 1s, bfd: %[3]s}
       - {address: "2001:db8:%[1]d::1", asn: 65000, password: %[2]q, families: [ipv6], hold_time: 3s, keepalive: 1s, connect_retry: 1s, bfd: %[3]s}
 `, n, password, bfd)
+	return l.writeConfig(n, doc)
+}
+
+func (l *ecmpLab) writeConfig(n int, doc string) string {
 	path := filepath.Join(l.t.TempDir(), fmt.Sprintf("d%d.yaml", n))
 	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
 		l.t.Fatal(err)
@@ -184,8 +200,13 @@ routing:
 
 func (l *ecmpLab) startSpeaker(n int, password string) *speaker {
 	l.t.Helper()
+	return l.startSpeakerWith(n, l.speakerConfig(n, password))
+}
+
+func (l *ecmpLab) startSpeakerWith(n int, config string) *speaker {
+	l.t.Helper()
 	node := fmt.Sprintf("d%d", n)
-	p, err := l.lab.Start(node, "env", labtest.HelperEnv+"=speaker", l.self, l.speakerConfig(n, password))
+	p, err := l.lab.Start(node, "env", labtest.HelperEnv+"=speaker", l.self, config)
 	if err != nil {
 		l.t.Fatal(err)
 	}
