@@ -190,10 +190,16 @@ func TestClusterConvergesAndReplicates(t *testing.T) {
 		return nil
 	})
 	t.Logf("killed member out of every view after %v", el.Round(time.Millisecond))
-	roles := Elect(tc.nodes["lb1"].c.Members(), 6)
-	if roles["lb8"] != RoleActive || roles["lb4"] != RoleIneligible {
-		t.Errorf("roles after the kill: %v", roles)
-	}
+	// Eventually: under a loaded CI machine (-race, packages in
+	// parallel) lb1 may itself have lost lb8 for a moment (a dead member
+	// that refutes and comes back), as CI saw once.
+	eventually(t, 15*time.Second, "lb8 active and lb4 ineligible in lb1's election", func() error {
+		roles := Elect(tc.nodes["lb1"].c.Members(), 6)
+		if roles["lb8"] != RoleActive || roles["lb4"] != RoleIneligible {
+			return fmt.Errorf("roles %v", roles)
+		}
+		return nil
+	})
 
 	// A member restarted alone serves the document it had.
 	lb6 := tc.nodes["lb6"]
