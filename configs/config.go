@@ -174,6 +174,23 @@ type VRRPInstance struct {
 	// UnhealthyPriority is advertised while this director's self health
 	// fails; 0 gives up mastership at once.
 	UnhealthyPriority int `mapstructure:"unhealthy_priority" json:"unhealthy_priority"`
+	// Version is the VRRP version the instance speaks: 3 (RFC 5798, the
+	// default) or 2 (RFC 3768, IPv4 only, advert_interval in whole
+	// seconds), keepalived's default, for a pair migrated one box at a
+	// time.
+	Version int `mapstructure:"version" json:"version"`
+	// Authentication is VRRPv2's simple-text password (keepalived's
+	// auth_type PASS); VRRPv3 has none.
+	Authentication *VRRPAuth `mapstructure:"authentication" json:"authentication,omitempty"`
+}
+
+// VRRPAuth is a VRRPv2 instance's authentication.
+type VRRPAuth struct {
+	// Type is "pass" (simple text; keepalived's PASS).
+	Type string `mapstructure:"type" json:"type"`
+	// Password is sent in the clear in every advertisement: 1..8 bytes
+	// (keepalived sends at most 8 too).
+	Password string `mapstructure:"password" json:"password"`
 }
 
 // DNS configures the health-aware authoritative DNS server. It runs in mode

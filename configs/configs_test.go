@@ -348,6 +348,22 @@ func TestInvalid(t *testing.T) {
 		{"vrrp advert interval", map[string]string{"routing": `  mode: vrrp
   vrrp: {interface: eth1, advert_interval: 15ms, instances: [{vrid: 9, vips: [192.0.2.1]}]}
 `}, []string{"routing.vrrp.advert_interval: 15ms is out of range (10ms..40.95s in steps of 10ms)"}},
+		{"vrrp version 2 and authentication", map[string]string{"routing": `  mode: vrrp
+  vrrp:
+    interface: eth1
+    advert_interval: 500ms
+    instances:
+      - {vrid: 9, vips: ["2001:db8::9"], version: 2}
+      - {vrid: 10, vips: [192.0.2.10], version: 2, authentication: {type: ah, password: "a very long one"}}
+      - {vrid: 11, vips: [192.0.2.11], authentication: {type: pass, password: "1111"}}
+      - {vrid: 12, vips: [192.0.2.12], version: 4}
+`}, []string{"routing.vrrp.instances[0].vips[0]: 2001:db8::9 is IPv6; VRRPv2 (version: 2) carries IPv4 only",
+			"routing.vrrp.advert_interval: 500ms: instances[0] is VRRPv2, which carries whole seconds (1s..255s)",
+			"routing.vrrp.advert_interval: 500ms: instances[1] is VRRPv2, which carries whole seconds (1s..255s)",
+			`routing.vrrp.instances[1].authentication.type: "ah" is not supported (pass: simple text, as keepalived's auth_type PASS)`,
+			"routing.vrrp.instances[1].authentication.password: 15 bytes (1..8: VRRPv2 sends 8)",
+			"routing.vrrp.instances[2].authentication: VRRPv3 has no authentication (RFC 5798); only version: 2 has (keepalived's auth_type PASS)",
+			"routing.vrrp.instances[3].version: 4 is not a VRRP version (2 or 3)"}},
 		{"kernel needs one target", map[string]string{"routing": "  mode: kernel\n  kernel: {table: 100, interface: lo}\n"},
 			[]string{"routing.kernel: set table or interface, not both"}},
 		{"dns outside zone", map[string]string{"routing": `  mode: dns

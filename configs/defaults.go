@@ -116,6 +116,9 @@ func applyDefaults(c *Config, isSet func(path string) bool) {
 		if !isSet(p + "preempt") {
 			in.Preempt = true
 		}
+		if in.Version == 0 {
+			in.Version = 3
+		}
 	}
 	if len(r.DNS.Listen) == 0 {
 		r.DNS.Listen = []netip.AddrPort{netip.AddrPortFrom(netip.IPv6Unspecified(), 53)}

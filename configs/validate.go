@@ -330,6 +330,29 @@ func (c *checker) vrrp(p string, v *VRRP) {
 			} else if f != fam {
 				c.add(vp, "%s mixes address families; VRRPv3 carries one family per instance", a)
 			}
+			if in.Version == 2 && f == 6 {
+				c.add(vp, "%s is IPv6; VRRPv2 (version: 2) carries IPv4 only", a)
+			}
+		}
+		switch in.Version {
+		case 3:
+			if in.Authentication != nil {
+				c.add(ip+".authentication", "VRRPv3 has no authentication (RFC 5798); only version: 2 has (keepalived's auth_type PASS)")
+			}
+		case 2:
+			if v.AdvertInterval%time.Second != 0 || v.AdvertInterval > 255*time.Second {
+				c.add(p+".advert_interval", "%s: instances[%d] is VRRPv2, which carries whole seconds (1s..255s)", v.AdvertInterval, i)
+			}
+			if a := in.Authentication; a != nil {
+				if a.Type != "pass" {
+					c.add(ip+".authentication.type", "%q is not supported (pass: simple text, as keepalived's auth_type PASS)", a.Type)
+				}
+				if len(a.Password) < 1 || len(a.Password) > 8 {
+					c.add(ip+".authentication.password", "%d bytes (1..8: VRRPv2 sends 8)", len(a.Password))
+				}
+			}
+		default:
+			c.add(ip+".version", "%d is not a VRRP version (2 or 3)", in.Version)
 		}
 		// The same VRID may be used once per address family (RFC 5798 5.2.3).
 		key := [2]int{in.VRID, fam}

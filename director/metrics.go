@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -61,6 +63,7 @@ var (
 	descFlaps   = prometheus.NewDesc("anycastd_routing_peer_flaps_total", "Times the session left established.", []string{"peer"}, nil)
 	descVRRP    = prometheus.NewDesc("anycastd_vrrp_state", "1 for the VRRP instance's current state (initialize, backup, master).", []string{"vrid", "state"}, nil)
 	descVRRPFl  = prometheus.NewDesc("anycastd_vrrp_master_losses_total", "Times the VRRP instance left master.", []string{"vrid"}, nil)
+	descVRRPRej = prometheus.NewDesc("anycastd_vrrp_rejected_adverts_total", "Advertisements for the VRRP instance dropped as misconfigured, by reason (version, auth, interval, addresses, vrid, malformed): a peer that is not heard, so both may be master.", []string{"vrid", "reason"}, nil)
 	descBFDFl   = prometheus.NewDesc("anycastd_bfd_flaps_total", "Times this director took the BGP session with the peer down because BFD found the path failed (its own detection, or the peer's BFD reporting a failure; never an AdminDown).", []string{"peer"}, nil)
 	descBFD     = prometheus.NewDesc("anycastd_bfd_up", "1 if the BFD session with the peer is up.", []string{"peer"}, nil)
 	descBackend = prometheus.NewDesc("anycastd_backend_up", "1 if the backend passes its health check here (rise/fall applied), 0 if down or not checked yet.", []string{"service", "backend"}, nil)
@@ -80,7 +83,7 @@ type stateCollector struct{ n *Node }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descMembers, descRole, descHealthy, descCheck, descDrained, descEligib, descConfig, descVIP,
-		descPeerUp, descFlaps, descVRRP, descVRRPFl, descBFD, descBFDFl, descBackend, descLatency, descProbes, descConns, descInPkts, descInBytes, descOutPkts, descOutByte,
+		descPeerUp, descFlaps, descVRRP, descVRRPFl, descVRRPRej, descBFD, descBFDFl, descBackend, descLatency, descProbes, descConns, descInPkts, descInBytes, descOutPkts, descOutByte,
 		descActive, descInact, descWeight} {
 		ch <- d
 	}
@@ -187,6 +190,9 @@ func peerMetrics(ch chan<- prometheus.Metric, st routing.Status) {
 				ch <- gauge(descVRRP, b2f(p.State == s), vrid, s)
 			}
 			ch <- counter(descVRRPFl, float64(p.Flaps), vrid)
+			for _, reason := range slices.Sorted(maps.Keys(p.Rejected)) {
+				ch <- counter(descVRRPRej, float64(p.Rejected[reason]), vrid, reason)
+			}
 		}
 		if st.Mode == configs.ModeBGP {
 			ch <- counter(descFlaps, float64(p.Flaps), peer)

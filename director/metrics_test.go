@@ -105,7 +105,7 @@ func TestMetricsScrape(t *testing.T) {
 type peerCollector struct{ st routing.Status }
 
 func (c peerCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPeerUp, descFlaps, descVRRP, descVRRPFl, descBFD, descBFDFl} {
+	for _, d := range []*prometheus.Desc{descPeerUp, descFlaps, descVRRP, descVRRPFl, descVRRPRej, descBFD, descBFDFl} {
 		ch <- d
 	}
 }
@@ -142,7 +142,7 @@ anycastd_routing_peer_up{peer="10.0.2.0",state="active"} 0
 anycastd_routing_peer_up{peer="10.0.3.0",state="connect"} 0
 `},
 		{"vrrp", routing.Status{Mode: configs.ModeVRRP, Peers: []routing.Peer{
-			{Address: mustAddr("10.2.0.1"), ASN: 51, State: "master", Flaps: 1},
+			{Address: mustAddr("10.2.0.1"), ASN: 51, State: "master", Flaps: 1, Rejected: map[string]uint64{"version": 40, "auth": 2}},
 			{Address: mustAddr("10.2.0.2"), ASN: 52, State: "backup", Flaps: 0},
 		}}, `
 # HELP anycastd_routing_peer_up 1 if the routing session is established (BGP) or this router is master (VRRP).
@@ -153,6 +153,10 @@ anycastd_routing_peer_up{peer="vrid 52",state="backup"} 0
 # TYPE anycastd_vrrp_master_losses_total counter
 anycastd_vrrp_master_losses_total{vrid="51"} 1
 anycastd_vrrp_master_losses_total{vrid="52"} 0
+# HELP anycastd_vrrp_rejected_adverts_total Advertisements for the VRRP instance dropped as misconfigured, by reason (version, auth, interval, addresses, vrid, malformed): a peer that is not heard, so both may be master.
+# TYPE anycastd_vrrp_rejected_adverts_total counter
+anycastd_vrrp_rejected_adverts_total{reason="auth",vrid="51"} 2
+anycastd_vrrp_rejected_adverts_total{reason="version",vrid="51"} 40
 # HELP anycastd_vrrp_state 1 for the VRRP instance's current state (initialize, backup, master).
 # TYPE anycastd_vrrp_state gauge
 anycastd_vrrp_state{state="backup",vrid="51"} 0

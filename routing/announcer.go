@@ -52,6 +52,11 @@ type Peer struct {
 	BFDFlaps uint64
 	// Reason is why the session last went down, if known.
 	Reason string
+	// Rejected counts the advertisements dropped as misconfigured (VRRP),
+	// by reason: "version", "auth", "interval", "addresses", "vrid",
+	// "malformed"; LastRejected says the last one.
+	Rejected     map[string]uint64 `json:",omitempty"`
+	LastRejected string            `json:",omitempty"`
 }
 
 // Established reports whether the session is up.

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -197,6 +198,18 @@ func renderStatus(w io.Writer, s director.StatusResponse, now time.Time) {
 			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t%s\t%s\n", addr, p.ASN, p.State, orDash(p.BFD), flaps, age(now, p.Since), p.Reason)
 		}
 		tw.Flush()
+		for _, p := range s.Peers {
+			if len(p.Rejected) == 0 {
+				continue
+			}
+			var parts []string
+			total := uint64(0)
+			for _, reason := range slices.Sorted(maps.Keys(p.Rejected)) {
+				parts = append(parts, fmt.Sprintf("%s %d", reason, p.Rejected[reason]))
+				total += p.Rejected[reason]
+			}
+			fmt.Fprintf(w, "  VRID %d: %d advertisements dropped as misconfigured (%s); last: %s\n", p.ASN, total, strings.Join(parts, ", "), p.LastRejected)
+		}
 	}
 }
 

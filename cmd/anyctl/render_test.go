@@ -126,3 +126,18 @@ func TestRenderStatusPeerWithoutAddress(t *testing.T) {
 		t.Errorf("no '-' peer row for VRID 51:\n%s", out)
 	}
 }
+
+// A VRRP instance that drops a misconfigured peer's advertisements says so
+// under the peers, with the counts and the last one (issue 17, item 4).
+func TestRenderStatusRejectedAdverts(t *testing.T) {
+	s := director.StatusResponse{Name: "d1", Mode: "vrrp", Role: "active", Eligible: true,
+		Peers: []routing.Peer{{ASN: 51, State: "master", Rejected: map[string]uint64{"version": 40, "auth": 2},
+			LastRejected: "version: 10.9.0.1: received VRRPv2, this instance runs VRRPv3"}, {ASN: 52, State: "backup"}}}
+	var b bytes.Buffer
+	renderStatus(&b, s, now)
+	out := b.String()
+	want := "  VRID 51: 42 advertisements dropped as misconfigured (auth 2, version 40); last: version: 10.9.0.1: received VRRPv2, this instance runs VRRPv3\n"
+	if !strings.Contains(out, want) || strings.Contains(out, "VRID 52:") {
+		t.Errorf("want %q once:\n%s", want, out)
+	}
+}

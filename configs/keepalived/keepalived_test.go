@@ -85,11 +85,19 @@ func TestImportLVSDR(t *testing.T) {
 		v.Instances[1].Preempt {
 		t.Errorf("vrrp: %+v", v)
 	}
+	// No vrrp_version: keepalived's default VRRPv2, and its PASS password
+	// carried, so the imported director and the unchanged keepalived box
+	// hear each other.
+	if in := v.Instances[0]; in.Version != 2 || in.Authentication == nil || *in.Authentication != (configs.VRRPAuth{Type: "pass", Password: "s3cret"}) {
+		t.Errorf("VI_WEB: version %d, authentication %+v", in.Version, in.Authentication)
+	}
+	if in := v.Instances[1]; in.Version != 2 || in.Authentication != nil {
+		t.Errorf("VI_DNS: version %d, authentication %+v", in.Version, in.Authentication)
+	}
 	// Everything not translated is listed with its line.
 	want := []string{
 		"line 12: vrrp_skip_check_adv_addr",
 		"line 15: vrrp_script chk_haproxy",
-		"line 26: authentication",
 		"line 31: 192.168.200.16/32 dev eth0 label eth0:1",
 		"line 34: track_script",
 		"line 59: sorry_server",
@@ -150,6 +158,74 @@ func TestImportUnicastIPv6(t *testing.T) {
 	}
 	if !slices.ContainsFunc(res.Skipped, func(s Skipped) bool { return s.Line == 16 && strings.HasPrefix(s.What, "unicast_src_ip") }) {
 		t.Errorf("unicast_src_ip not reported: %v", res.Skipped)
+	}
+	// IPv6 is VRRPv3 whatever keepalived's default.
+	if in := v.Instances[1]; in.Version != 3 {
+		t.Errorf("IPv6 instance: version %d, want 3", in.Version)
+	}
+}
+
+// TestImportVRRPVersions: global_defs' vrrp_version, an instance's own
+// version, and what each does with authentication.
+func TestImportVRRPVersions(t *testing.T) {
+	nodes, err := Parse(`global_defs {
+    vrrp_version 3
+}
+vrrp_instance A {
+    interface eth0
+    virtual_router_id 1
+    authentication {
+        auth_type PASS
+        auth_pass 1111
+    }
+    virtual_ipaddress {
+        192.0.2.1
+    }
+}
+vrrp_instance B {
+    interface eth0
+    virtual_router_id 2
+    version 2
+    authentication {
+        auth_type AH
+        auth_pass 1111
+    }
+    virtual_ipaddress {
+        192.0.2.2
+    }
+}
+vrrp_instance C {
+    interface eth0
+    virtual_router_id 3
+    version 2
+    authentication {
+        auth_type PASS
+        auth_pass 123456789
+    }
+    virtual_ipaddress {
+        192.0.2.3
+    }
+}
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := Translate(nodes)
+	ins := res.VRRP.Instances
+	if ins[0].Version != 3 || ins[0].Authentication != nil || ins[1].Version != 2 || ins[1].Authentication != nil ||
+		ins[2].Version != 2 || ins[2].Authentication == nil || ins[2].Authentication.Password != "12345678" {
+		t.Errorf("instances %+v %+v %+v", ins[0], ins[1], ins[2])
+	}
+	var got []string
+	for _, s := range res.Skipped {
+		got = append(got, s.String())
+	}
+	want := []string{
+		"line 7: authentication: VRRPv3 has no authentication (RFC 5798); keepalived ignores it in v3 too",
+		"line 19: authentication: auth_type AH is not supported (PASS is; RFC 3768 removed AH)",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("reported:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
 

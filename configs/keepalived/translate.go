@@ -38,6 +38,11 @@ type tr struct {
 	groups map[string][]groupEntry
 	// vmac holds the use_vmac statements, one per instance that has one.
 	vmac []*Node
+	// vrrpVersion is global_defs' vrrp_version (0: not set, keepalived's
+	// default 2); auth holds each instance's authentication block until
+	// its version is known.
+	vrrpVersion int
+	auth        map[int]*Node
 }
 
 type groupEntry struct {
@@ -62,7 +67,7 @@ func (t *tr) skip(n *Node, why string) {
 // Translate turns keepalived statements into anycastd services and VRRP
 // instances.
 func Translate(nodes []*Node) Result {
-	t := &tr{groups: map[string][]groupEntry{}}
+	t := &tr{groups: map[string][]groupEntry{}, auth: map[int]*Node{}}
 	for _, n := range nodes {
 		if n.Key == "virtual_server_group" {
 			t.group(n)
@@ -78,8 +83,14 @@ func Translate(nodes []*Node) Result {
 		case "global_defs":
 			for _, c := range n.Children {
 				switch c.Key {
+				case "vrrp_version":
+					if len(c.Args) == 1 && (c.Args[0] == "2" || c.Args[0] == "3") {
+						t.vrrpVersion, _ = strconv.Atoi(c.Args[0])
+					} else {
+						t.skip(c, "not 2 or 3")
+					}
 				case "router_id", "notification_email", "notification_email_from", "smtp_server", "smtp_connect_timeout",
-					"enable_script_security", "script_user", "vrrp_version":
+					"enable_script_security", "script_user":
 					// Identity and mail settings: anycastd has its own
 					// (node.name) or none.
 				default:
@@ -95,8 +106,64 @@ func Translate(nodes []*Node) Result {
 			t.skip(n, "not translated")
 		}
 	}
+	t.versions()
 	t.virtualMAC()
 	return t.res
+}
+
+// versions gives each instance keepalived's VRRP version for it: its own
+// "version", else global_defs' vrrp_version, else keepalived's default 2;
+// IPv6 instances always 3 (keepalived switches them too). Then the
+// authentication it sends in that version: a VRRPv2 PASS password is
+// carried, VRRPv3 has none.
+func (t *tr) versions() {
+	if t.res.VRRP == nil {
+		return
+	}
+	for i := range t.res.VRRP.Instances {
+		in := &t.res.VRRP.Instances[i]
+		if in.Version == 0 {
+			in.Version = t.vrrpVersion
+		}
+		if in.Version == 0 {
+			in.Version = 2
+		}
+		if len(in.VIPs) > 0 && in.VIPs[0].Is6() && !in.VIPs[0].Is4In6() {
+			in.Version = 3
+		}
+		n := t.auth[i]
+		if n == nil {
+			continue
+		}
+		if in.Version == 3 {
+			t.skip(n, "VRRPv3 has no authentication (RFC 5798); keepalived ignores it in v3 too")
+			continue
+		}
+		var typ, pass string
+		for _, c := range n.Children {
+			if len(c.Args) == 0 {
+				continue
+			}
+			switch c.Key {
+			case "auth_type":
+				typ = c.Args[0]
+			case "auth_pass":
+				pass = c.Args[0]
+			}
+		}
+		switch {
+		case typ != "PASS":
+			t.skip(n, fmt.Sprintf("auth_type %s is not supported (PASS is; RFC 3768 removed AH)", typ))
+		case pass == "":
+			t.skip(n, "auth_type PASS without auth_pass")
+		default:
+			if len(pass) > 8 {
+				// keepalived sends the first 8 bytes; so must we.
+				pass = pass[:8]
+			}
+			in.Authentication = &configs.VRRPAuth{Type: "pass", Password: pass}
+		}
+	}
 }
 
 // virtualMAC maps use_vmac, which keepalived sets per instance, onto
@@ -585,9 +652,15 @@ func (t *tr) vrrpInstance(n *Node) {
 		case "use_vmac":
 			t.vmac = append(t.vmac, c)
 		case "authentication":
-			t.skip(c, "VRRPv3 has no authentication (RFC 5798); anycastd speaks v3")
+			t.auth[len(v.Instances)] = c
+		case "version":
+			if arg == "2" || arg == "3" {
+				in.Version, _ = strconv.Atoi(arg)
+			} else {
+				t.skip(c, "not 2 or 3")
+			}
 		case "track_script", "track_interface", "notify", "notify_master", "notify_backup", "notify_fault", "smtp_alert",
-			"garp_master_delay", "virtual_routes", "virtual_rules", "dont_track_primary", "version":
+			"garp_master_delay", "virtual_routes", "virtual_rules", "dont_track_primary":
 			t.skip(c, "not translated (anycastd's own health decides the priority: health.self and unhealthy_priority)")
 		default:
 			t.skip(c, "not translated")

@@ -1,6 +1,7 @@
 package vrrp
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/anycastd/anycastd/configs"
+	"github.com/anycastd/anycastd/configs/keepalived"
 	"github.com/anycastd/anycastd/labs/labtest"
 	"github.com/anycastd/anycastd/routing"
 )
@@ -104,8 +106,7 @@ func (l *vrrpLab) holds(node string) bool {
 // keepalived starts keepalived (VRRPv3) in ka with the given priority.
 func (l *vrrpLab) keepalived(prio int) *exec.Cmd {
 	l.t.Helper()
-	conf := filepath.Join(l.dir, "keepalived.conf")
-	os.WriteFile(conf, []byte(fmt.Sprintf(`global_defs {
+	return l.keepalivedWith(fmt.Sprintf(`global_defs {
 	router_id ka
 	vrrp_version 3
 }
@@ -119,7 +120,20 @@ vrrp_instance VI_1 {
 		%s
 	}
 %s}
-`, prio, l.host, l.kaExtra)), 0o644)
+`, prio, l.host, l.kaExtra))
+}
+
+// keepalivedWith starts keepalived's VRRP process (-P: no checker, this
+// kernel has no IPVS) in ka with the given keepalived.conf.
+func (l *vrrpLab) keepalivedWith(text string) *exec.Cmd {
+	l.t.Helper()
+	conf := filepath.Join(l.dir, "keepalived.conf")
+	os.WriteFile(conf, []byte(text), 0o644)
+	// A keepalived killed -9 leaves its pid files, and a new one refuses
+	// to start over them ("daemon is already running").
+	for _, f := range []string{"ka.pid", "ka-vrrp.pid", "ka-chk.pid"} {
+		os.Remove(filepath.Join(l.dir, f))
+	}
 	cmd := exec.Command("ip", "netns", "exec", l.ns["ka"].Name, "keepalived", "-n", "-l", "-D", "-P", "-f", conf,
 		"-p", filepath.Join(l.dir, "ka.pid"), "-r", filepath.Join(l.dir, "ka-vrrp.pid"), "-c", filepath.Join(l.dir, "ka-chk.pid"))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -155,6 +169,12 @@ routing:
 %s    instances:
       - {name: vi1, vrid: 51, vips: [%s], priority: %d, preempt: true}
 `, vmac, l.acExtra, l.vip, prio)), 0o644)
+	return l.oursFrom(conf)
+}
+
+// oursFrom runs anycastd's VRRP in ac from a config file.
+func (l *vrrpLab) oursFrom(conf string) *ours {
+	l.t.Helper()
 	cmd := exec.Command("ip", "netns", "exec", l.ns["ac"].Name, l.self, conf)
 	cmd.Env = append(os.Environ(), labtest.HelperEnv+"=vrrp")
 	stdin, _ := cmd.StdinPipe()
@@ -392,5 +412,167 @@ func TestLabVRRPRestartDropsStaleVIP(t *testing.T) {
 	o.cmd.Wait()
 	if !strings.Contains(o.out.String(), "removed a VIP left on the interface by an earlier run") {
 		t.Errorf("no log line for the stale VIP removed:\n%s", o.out)
+	}
+}
+
+// handbookConf is the LVS handbook's keepalived.conf for a director pair
+// (with the lab's interface and VIP): one VRRPv2 instance (keepalived's
+// default: no vrrp_version), PASS authentication, and a DR virtual server
+// that keepalived's checker would run (the lab runs keepalived with -P:
+// this kernel has no IPVS).
+func handbookConf(state string, prio int) string {
+	return fmt.Sprintf(`! Configuration File for keepalived
+global_defs {
+   router_id LVS_DEVEL
+}
+vrrp_instance VI_1 {
+    state %s
+    interface eth0
+    virtual_router_id 51
+    priority %d
+    advert_int 1
+    authentication {
+        auth_type PASS
+        auth_pass 1111
+    }
+    virtual_ipaddress {
+        %s
+    }
+}
+virtual_server %s 80 {
+    delay_loop 6
+    lb_algo wlc
+    lb_kind DR
+    persistence_timeout 50
+    protocol TCP
+    real_server 10.9.0.21 80 {
+        weight 3
+        TCP_CHECK {
+            connect_timeout 3
+        }
+    }
+    real_server 10.9.0.22 80 {
+        weight 3
+        TCP_CHECK {
+            connect_timeout 3
+        }
+    }
+}
+`, state, prio, labVIP, labVIP)
+}
+
+// importHandbook imports the handbook's BACKUP keepalived.conf as
+// `anyctl import keepalived` does and returns the anycastd config's path.
+func (l *vrrpLab) importHandbook(t *testing.T) string {
+	src := filepath.Join(l.dir, "backup-keepalived.conf")
+	os.WriteFile(src, []byte(handbookConf("BACKUP", 90)), 0o644)
+	nodes, _, err := keepalived.ParseFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := keepalived.Render(keepalived.Translate(nodes), src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(l.dir, "imported.yaml")
+	os.WriteFile(conf, []byte("node: {name: ac}\n"+doc), 0o644)
+	cfg, err := configs.Load(conf)
+	if err != nil {
+		t.Fatalf("the imported config does not load: %v\n%s", err, doc)
+	}
+	if in := cfg.Routing.VRRP.Instances[0]; in.Version != 2 || in.Authentication == nil || in.Authentication.Password != "1111" {
+		t.Fatalf("the import does not carry VRRPv2 and the password:\n%s", doc)
+	}
+	return conf
+}
+
+// stopWithStatus asks our router for its status, stops it, and returns
+// the status and its log.
+func (o *ours) stopWithStatus(t *testing.T) (routing.Status, string) {
+	t.Helper()
+	io.WriteString(o.stdin, "status\n")
+	o.stdin.Close()
+	o.cmd.Wait()
+	out := o.out.String()
+	var st routing.Status
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, `{"Mode"`) {
+			if err := json.Unmarshal([]byte(line), &st); err != nil {
+				t.Fatalf("status %q: %v", line, err)
+			}
+		}
+	}
+	if st.Mode == "" {
+		t.Fatalf("no status in:\n%s", out)
+	}
+	return st, out
+}
+
+// TestLabVRRPKeepalivedHandbookV2: the migration from keepalived one box at
+// a time (issue 17, item 4). keepalived runs the handbook's MASTER config
+// unchanged (VRRPv2, auth PASS); anycastd runs what `anyctl import
+// keepalived` makes of the BACKUP box's config (VRRPv2, the password). They
+// hear each other: anycastd stays backup, takes over when keepalived dies,
+// hands back when it returns, and neither side logs a bad packet. Then the
+// old import (VRRPv3) and a wrong password: anycastd counts and reports
+// the dropped advertisements (the v3 case is the split brain it used to be
+// silent about).
+func TestLabVRRPKeepalivedHandbookV2(t *testing.T) {
+	l := newVRRPLab(t)
+	l.keepalivedWith(handbookConf("MASTER", 100))
+	l.expect("keepalived (handbook MASTER, VRRPv2) master alone", "ka", 10*time.Second)
+
+	o := l.oursFrom(l.importHandbook(t))
+	time.Sleep(4 * time.Second) // more than the master-down interval
+	if l.holds("ac") || !l.holds("ka") {
+		t.Fatalf("anycastd (imported, 90) does not hear keepalived (100): ka %v, anycastd %v\n%s", l.holds("ka"), l.holds("ac"), o.out)
+	}
+	start := time.Now()
+	l.killKeepalived()
+	l.expect("anycastd takes over from a dead keepalived (VRRPv2)", "ac", 10*time.Second)
+	labtest.Report(t, "VRRPv2: keepalived killed -> anycastd holds the VIP (advert 1s)", []time.Duration{time.Since(start)})
+
+	l.keepalivedWith(handbookConf("MASTER", 100))
+	l.expect("keepalived back: preempts anycastd (VRRPv2)", "ka", 15*time.Second)
+	st, out := o.stopWithStatus(t)
+	if len(st.Peers) != 1 || len(st.Peers[0].Rejected) != 0 {
+		t.Errorf("anycastd dropped keepalived's advertisements: %+v", st.Peers)
+	}
+	if b, _ := os.ReadFile(filepath.Join(l.dir, "keepalived.log")); strings.Contains(string(b), "wrong version") || strings.Contains(string(b), "passwd") || strings.Contains(string(b), "invalid") {
+		t.Errorf("keepalived complains about anycastd's advertisements:\n%s", b)
+	}
+	if strings.Contains(out, "advertisement dropped") {
+		t.Errorf("anycastd logged dropped advertisements:\n%s", out)
+	}
+
+	// The old import: VRRPv3 against keepalived's v2. Neither hears the
+	// other, both hold the VIP; anycastd says why, once per 10 s.
+	l.expect("keepalived master", "ka", 10*time.Second)
+	for _, c := range []struct {
+		name, instance, reason string
+	}{
+		{"VRRPv3 against keepalived's default v2", "{name: vi1, vrid: 51, vips: [" + labVIP + "], priority: 90, version: 3}", "version"},
+		{"VRRPv2 with another password", "{name: vi1, vrid: 51, vips: [" + labVIP + "], priority: 90, version: 2, authentication: {type: pass, password: \"2222\"}}", "auth"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			conf := filepath.Join(l.dir, c.reason+".yaml")
+			os.WriteFile(conf, []byte("node: {name: ac}\ncluster: {insecure: true}\nrouting:\n  mode: vrrp\n  vrrp:\n    interface: eth0\n    advert_interval: 1s\n    instances:\n      - "+c.instance+"\n"), 0o644)
+			o := l.oursFrom(conf)
+			labtest.Eventually(t, 10*time.Second, "anycastd master beside keepalived (neither hears the other)", func() error {
+				if !l.holds("ac") {
+					return fmt.Errorf("anycastd does not hold the VIP")
+				}
+				return nil
+			})
+			time.Sleep(2 * time.Second)
+			st, out := o.stopWithStatus(t)
+			if len(st.Peers) != 1 || st.Peers[0].Rejected[c.reason] < 2 || !strings.HasPrefix(st.Peers[0].LastRejected, c.reason+": 10.9.0.1") {
+				t.Errorf("status %+v, want %q counted", st.Peers, c.reason)
+			}
+			if n := strings.Count(out, "advertisement dropped: misconfigured peer"); n != 1 || !strings.Contains(out, "level=WARN") {
+				t.Errorf("%d warnings (want 1: rate-limited):\n%s", n, out)
+			}
+			l.expect("keepalived alone again", "ka", 10*time.Second)
+		})
 	}
 }

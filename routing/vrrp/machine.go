@@ -30,6 +30,11 @@ func (s State) String() string {
 
 // Config is one virtual router as this director runs it.
 type Config struct {
+	// Version is Version3 (0 means 3) or Version2, whose timers differ:
+	// its skew time is in seconds whatever the interval, and a backup
+	// does not learn the master's interval (a different one is a
+	// misconfiguration whose packets the driver drops, RFC 3768 7.1).
+	Version  uint8
 	VRID     uint8
 	Priority uint8
 	// Interval is this router's advertisement interval.
@@ -65,7 +70,7 @@ type Action struct {
 	Priority uint8
 }
 
-// Machine is the VRRPv3 state machine of one virtual router, without I/O:
+// Machine is the VRRP state machine of one virtual router, without I/O:
 // events come in with the time they happened, actions go out. Time never
 // passes inside it, so it is tested without sleeping. Not safe for
 // concurrent use.
@@ -104,9 +109,20 @@ func (m *Machine) Master() netip.Addr { return m.master }
 // Priority is the priority this router advertises now.
 func (m *Machine) Priority() uint8 { return m.cfg.Priority }
 
-// skew is Skew_Time: ((256 - Priority) * Master_Adver_Interval) / 256.
+// skew is Skew_Time: ((256 - Priority) * Master_Adver_Interval) / 256
+// (v3), ((256 - Priority) / 256) seconds (v2).
 func (m *Machine) skew() time.Duration {
+	if m.cfg.Version == Version2 {
+		return time.Duration(256-int(m.cfg.Priority)) * time.Second / 256
+	}
 	return time.Duration(256-int(m.cfg.Priority)) * m.masterIv / 256
+}
+
+// learn takes the master's advertisement interval (v3 only).
+func (m *Machine) learn(a Advert) {
+	if m.cfg.Version != Version2 {
+		m.masterIv = a.Interval
+	}
 }
 
 // MasterDownInterval is 3 * Master_Adver_Interval + Skew_Time: how long a
@@ -192,7 +208,7 @@ func (m *Machine) Receive(now time.Time, src netip.Addr, a Advert) []Action {
 		}
 		preempting := m.cfg.Preempt && now.Sub(m.started) >= m.cfg.PreemptDelay
 		if !preempting || a.Priority >= m.cfg.Priority {
-			m.masterIv = a.Interval
+			m.learn(a)
 			m.master = src
 			m.deadline = now.Add(m.MasterDownInterval())
 		}
@@ -206,7 +222,7 @@ func (m *Machine) Receive(now time.Time, src netip.Addr, a Advert) []Action {
 			return []Action{{Kind: Send, Priority: m.cfg.Priority}}
 		}
 		if a.Priority > m.cfg.Priority || (a.Priority == m.cfg.Priority && src.Compare(m.cfg.Self) > 0) {
-			m.masterIv = a.Interval
+			m.learn(a)
 			m.master = src
 			return m.becomeBackup(now, true)
 		}

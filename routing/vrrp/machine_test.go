@@ -38,6 +38,30 @@ func TestMasterDownInterval(t *testing.T) {
 	}
 }
 
+// VRRPv2's timers (RFC 3768 6.1): the skew time is in seconds whatever
+// the interval, and a backup keeps its own interval (an advertisement with
+// another one is a misconfiguration the router drops before the machine).
+func TestMasterDownIntervalV2(t *testing.T) {
+	m := NewMachine(Config{Version: Version2, VRID: 1, Priority: 100, Interval: 2 * time.Second, Self: ipA})
+	// 3 x 2s + (256-100)/256 s = 6.609375 s (v3 would be 6.21875 s).
+	if got := m.MasterDownInterval(); got != 6609375*time.Microsecond {
+		t.Errorf("master down interval %v", got)
+	}
+	m.Start(t0)
+	a := adv(200)
+	a.Version, a.Interval = Version2, 5*time.Second
+	m.Receive(t0, ipB, a)
+	if got := m.MasterDownInterval(); got != 6609375*time.Microsecond {
+		t.Errorf("after an advertisement at 5s: %v (v2 learns no interval)", got)
+	}
+	v3 := NewMachine(Config{VRID: 1, Priority: 100, Interval: 2 * time.Second, Self: ipA})
+	v3.Start(t0)
+	v3.Receive(t0, ipB, a)
+	if got := v3.MasterDownInterval(); got != 15*time.Second+3046875*time.Microsecond {
+		t.Errorf("v3 after an advertisement at 5s: %v (learns it)", got)
+	}
+}
+
 func TestMachine(t *testing.T) {
 	type step struct {
 		at      time.Duration

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -61,7 +62,18 @@ type instance struct {
 	vmac *net.Interface
 	// flaps counts the times the instance left master (Peer.Flaps).
 	flaps uint64
+	// rejected counts the advertisements for this instance that were
+	// dropped as misconfigured, by reason (Peer.Rejected); lastReject says
+	// the last one; warned and suppressed rate-limit the warnings.
+	rejected   map[string]uint64
+	lastReject string
+	warned     map[string]time.Time
+	suppressed map[string]uint64
 }
+
+// rejectWarnEvery is how often one reason of one instance is logged at
+// Warn: a misconfigured peer sends every advert interval.
+const rejectWarnEvery = 10 * time.Second
 
 // VirtualMAC is the instance's virtual router MAC (RFC 5798 7.3):
 // 00-00-5E-00-01-{VRID} for IPv4, 00-00-5E-00-02-{VRID} for IPv6.
@@ -88,7 +100,7 @@ func New(cfg configs.VRRP, log *slog.Logger) (*Router, error) {
 	r := &Router{cfg: cfg, log: log, wanted: map[netip.Addr]bool{}, inst: map[uint8]*instance{},
 		events: make(chan event, 64), changed: make(chan struct{}, 1), added: map[netip.Addr]int{}}
 	for _, ic := range cfg.Instances {
-		in := &instance{cfg: ic, vips: ic.VIPs}
+		in := &instance{cfg: ic, vips: ic.VIPs, rejected: map[string]uint64{}, warned: map[string]time.Time{}, suppressed: map[string]uint64{}}
 		in.v6 = ic.VIPs[0].Is6() && !ic.VIPs[0].Is4In6()
 		for _, v := range ic.VIPs {
 			if (v.Is6() && !v.Is4In6()) != in.v6 {
@@ -141,7 +153,11 @@ func (r *Router) Status() routing.Status {
 		if in.m != nil {
 			state = in.m.State().String()
 		}
-		st.Peers = append(st.Peers, routing.Peer{Address: in.masterAddr(), ASN: uint32(vrid), State: state, Flaps: in.flaps})
+		p := routing.Peer{Address: in.masterAddr(), ASN: uint32(vrid), State: state, Flaps: in.flaps, LastRejected: in.lastReject}
+		if len(in.rejected) > 0 {
+			p.Rejected = maps.Clone(in.rejected)
+		}
+		st.Peers = append(st.Peers, p)
 		if in.m != nil && in.m.State() == Master {
 			for _, v := range in.vips {
 				p := netip.PrefixFrom(v, v.BitLen())
@@ -256,7 +272,7 @@ func (r *Router) Run(ctx context.Context) error {
 		if in.v6 {
 			self = r.self6
 		}
-		in.m = NewMachine(Config{VRID: vrid, Priority: r.priority(in), Interval: r.cfg.AdvertInterval,
+		in.m = NewMachine(Config{Version: uint8(in.cfg.Version), VRID: vrid, Priority: r.priority(in), Interval: r.cfg.AdvertInterval,
 			Preempt: in.cfg.Preempt, PreemptDelay: in.cfg.PreemptDelay, Self: self})
 		r.do(in, in.m.Start(now))
 	}
@@ -309,27 +325,114 @@ func (r *Router) stop() {
 }
 
 func (r *Router) handle(ev event) {
-	if ev.b == nil {
-		return
-	}
 	if len(ev.b) < 2 {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	in := r.inst[ev.b[1]]
-	if in == nil || in.v6 != ev.v6 {
-		return // another VRID on the segment (RFC 5798 7.1: discard)
-	}
 	a, err := Unmarshal(ev.b, ev.src, ev.dst)
-	if err != nil {
-		r.log.Debug("vrrp: packet dropped", "from", ev.src, "err", err)
+	if in == nil {
+		// Another VRID on the segment (RFC 5798 7.1: discard), which is
+		// normal unless it carries our VIPs: a peer configured with
+		// another VRID for them, and both hold them.
+		if err == nil {
+			if owner, vip := r.instanceOf(a.Addrs); owner != nil {
+				r.reject(owner, ev, "vrid", fmt.Sprintf("%s advertises %s under VRID %d; this instance runs it as VRID %d", ev.src, vip, a.VRID, owner.cfg.VRID))
+			}
+		}
 		return
+	}
+	if in.v6 != ev.v6 {
+		return
+	}
+	if err != nil {
+		reason := "malformed"
+		if errors.Is(err, ErrVersion) {
+			reason = "version"
+		}
+		r.reject(in, ev, reason, fmt.Sprintf("%s: %v", ev.src, err))
+		return
+	}
+	if msg, reason := in.mismatch(a, r.cfg.AdvertInterval); reason != "" {
+		r.reject(in, ev, reason, fmt.Sprintf("%s: %s", ev.src, msg))
+		// RFC 3768 7.1 (and 5798): the address owner's advertisement is
+		// taken even with other addresses.
+		if reason != "addresses" || a.Priority != PriorityOwner {
+			return
+		}
 	}
 	if a.Priority == PriorityOwner && in.m.State() != Master && uint8(in.cfg.Priority) == PriorityOwner {
 		r.log.Warn("vrrp: another router claims to own the addresses", "vrid", a.VRID, "from", ev.src)
 	}
 	r.do(in, in.m.Receive(ev.at, ev.src, a))
+}
+
+// mismatch checks an advertisement for this instance against its
+// configuration (RFC 3768 7.1, RFC 5798 7.1): the version, VRRPv2's
+// authentication and interval, and the virtual addresses. It returns what
+// is wrong and a reason for the counters, or "" if nothing is.
+func (in *instance) mismatch(a Advert, interval time.Duration) (string, string) {
+	want := uint8(in.cfg.Version)
+	if a.Version != want {
+		hint := "set vrrp_version 3 on the keepalived peer, or version: 2 on this instance"
+		if want == Version2 {
+			hint = "set version: 3 on this instance, or vrrp_version 2 on the peer"
+		}
+		return fmt.Sprintf("received VRRPv%d, this instance runs VRRPv%d (keepalived's default is 2: %s)", a.Version, want, hint), "version"
+	}
+	if want == Version2 {
+		wantType, wantAuth := uint8(AuthNone), [8]byte{}
+		if au := in.cfg.Authentication; au != nil {
+			wantType, wantAuth = AuthSimple, SimpleAuth(au.Password)
+		}
+		if a.AuthType != wantType {
+			return fmt.Sprintf("authentication type %d, this instance expects %d (%s)", a.AuthType, wantType, map[uint8]string{0: "none", 1: "simple text"}[wantType]), "auth"
+		}
+		if wantType == AuthSimple && a.Auth != wantAuth {
+			return "wrong authentication password", "auth"
+		}
+		if a.Interval != interval {
+			return fmt.Sprintf("advertisement interval %v, this instance uses %v (VRRPv2 requires the same)", a.Interval, interval), "interval"
+		}
+	}
+	if len(a.Addrs) != len(in.vips) {
+		return fmt.Sprintf("%d virtual addresses %v, this instance has %d %v", len(a.Addrs), a.Addrs, len(in.vips), in.vips), "addresses"
+	}
+	for _, v := range a.Addrs {
+		if !slices.Contains(in.vips, v) {
+			return fmt.Sprintf("virtual addresses %v, this instance has %v", a.Addrs, in.vips), "addresses"
+		}
+	}
+	return "", ""
+}
+
+// instanceOf is the instance one of addrs belongs to, and that address.
+func (r *Router) instanceOf(addrs []netip.Addr) (*instance, netip.Addr) {
+	for _, in := range r.inst {
+		for _, a := range addrs {
+			if slices.Contains(in.vips, a) {
+				return in, a
+			}
+		}
+	}
+	return nil, netip.Addr{}
+}
+
+// reject counts a dropped advertisement against in and logs it at Warn,
+// at most once per reason every rejectWarnEvery (saying how many went
+// unlogged). Called with r.mu held.
+func (r *Router) reject(in *instance, ev event, reason, msg string) {
+	in.rejected[reason]++
+	in.lastReject = fmt.Sprintf("%s: %s", reason, msg)
+	if last, ok := in.warned[reason]; ok && ev.at.Sub(last) < rejectWarnEvery {
+		in.suppressed[reason]++
+		return
+	}
+	in.warned[reason] = ev.at
+	r.log.Warn("vrrp: advertisement dropped: misconfigured peer", "instance", in.cfg.Name, "vrid", in.cfg.VRID,
+		"reason", reason, "detail", msg, "dropped_total", in.rejected[reason], "unlogged", in.suppressed[reason])
+	in.suppressed[reason] = 0
 }
 
 // do carries out a machine's actions. Called with r.mu held.
@@ -368,7 +471,10 @@ func (r *Router) do(in *instance, acts []Action) {
 }
 
 func (r *Router) send(in *instance, prio uint8) error {
-	a := Advert{VRID: uint8(in.cfg.VRID), Priority: prio, Interval: r.cfg.AdvertInterval, Addrs: in.vips}
+	a := Advert{Version: uint8(in.cfg.Version), VRID: uint8(in.cfg.VRID), Priority: prio, Interval: r.cfg.AdvertInterval, Addrs: in.vips}
+	if au := in.cfg.Authentication; au != nil && in.cfg.Version == Version2 {
+		a.AuthType, a.Auth = AuthSimple, SimpleAuth(au.Password)
+	}
 	dsts := r.cfg.UnicastPeers
 	if len(dsts) == 0 {
 		dsts = []netip.Addr{GroupIPv4}
