@@ -433,6 +433,25 @@ func TestLabBGPECMP(t *testing.T) {
 		}
 	})
 
+	// The router restarting its side of the session (BIRD's "restart"):
+	// one establishment, not a second reset by BFD (issue 17, item 2; the
+	// FRR version of it is in TestLabFRR).
+	t.Run("router's session restart costs one establishment", func(t *testing.T) {
+		before := l.speakers["d1"].peer(t, "10.0.1.0")
+		l.bird(t, "restart d1")
+		l.waitHops(t, vip+"/32", all3, 30*time.Second)
+		labtest.Eventually(t, 15*time.Second, "d1's session established with BFD up", func() error {
+			if p := l.speakers["d1"].peer(t, "10.0.1.0"); p.BFD != "up" || !p.Established() {
+				return fmt.Errorf("bgp %s, bfd %q", p.State, p.BFD)
+			}
+			return nil
+		})
+		time.Sleep(2 * time.Second) // let a second reset show
+		if p := l.speakers["d1"].peer(t, "10.0.1.0"); p.Flaps != before.Flaps+1 || p.BFDFlaps != before.BFDFlaps || !p.Established() {
+			t.Errorf("d1: %s, flaps %d -> %d, BFD flaps %d -> %d (want one loss, none by BFD)", p.State, before.Flaps, p.Flaps, before.BFDFlaps, p.BFDFlaps)
+		}
+	})
+
 	t.Run("MD5 mismatch keeps the session down with a clear log line", func(t *testing.T) {
 		l.speakers["d3"].proc.Kill()
 		l.waitHops(t, vip+"/32", without(all3, "10.0.3.1"), 10*time.Second)
