@@ -40,18 +40,36 @@ const twoUDPVIPs = `
     backends: [{address: 10.9.9.11}]
 `
 
-// flakyReads is a dataplane whose reads fail while failing is set.
+// flakyReads is a dataplane whose reads fail while failing is set: the
+// full read, one service's, and the ping between full reads, as a
+// netlink socket that fails does.
 type flakyReads struct {
 	*ipvs.Memory
 	failing atomic.Bool
 }
 
-func (f *flakyReads) Table(ctx context.Context) (ipvs.Table, error) {
+func (f *flakyReads) err() error {
 	if f.failing.Load() {
-		return ipvs.Table{}, fmt.Errorf("netlink: %w", syscall.ENOBUFS)
+		return fmt.Errorf("netlink: %w", syscall.ENOBUFS)
+	}
+	return nil
+}
+
+func (f *flakyReads) Table(ctx context.Context) (ipvs.Table, error) {
+	if err := f.err(); err != nil {
+		return ipvs.Table{}, err
 	}
 	return f.Memory.Table(ctx)
 }
+
+func (f *flakyReads) Destinations(ctx context.Context, k ipvs.ServiceKey) ([]ipvs.Destination, error) {
+	if err := f.err(); err != nil {
+		return nil, err
+	}
+	return f.Memory.Destinations(ctx, k)
+}
+
+func (f *flakyReads) Ping(ctx context.Context) error { return f.err() }
 
 // withdrawnSince reports a set given to the announcer since the n-th that
 // lacks one of want.

@@ -28,6 +28,7 @@ type metrics struct {
 	reg        *prometheus.Registry
 	ipvsOps    *prometheus.CounterVec
 	ipvsErrors prometheus.Counter
+	ipvsDrift  prometheus.Counter
 	reconcile  prometheus.Histogram
 	loops      prometheus.Counter
 }
@@ -39,12 +40,14 @@ func newMetrics(n *Node) *metrics {
 			Help: "IPVS operations sent to the dataplane, by kind (add-service, add-dest, update-dest, ...)."}, []string{"op"}),
 		ipvsErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "anycastd_ipvs_errors_total",
 			Help: "IPVS operations the dataplane refused, and failed reads of the table."}),
+		ipvsDrift: prometheus.NewCounter(prometheus.CounterOpts{Name: "anycastd_ipvs_drift_total",
+			Help: "Differences the periodic full read of the IPVS table found in anycastd's services from what it had applied (changed behind its back; restored)."}),
 		reconcile: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "anycastd_reconcile_duration_seconds",
-			Help: "How long one IPVS reconcile (read, diff, apply) took.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}),
+			Help: "How long one IPVS reconcile (diff and apply; read of the table when it is a full read) took.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}),
 		loops: prometheus.NewCounter(prometheus.CounterOpts{Name: "anycastd_loop_runs_total",
 			Help: "Turns of the control loop."}),
 	}
-	m.reg.MustRegister(m.ipvsOps, m.ipvsErrors, m.reconcile, m.loops,
+	m.reg.MustRegister(m.ipvsOps, m.ipvsErrors, m.ipvsDrift, m.reconcile, m.loops,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&stateCollector{n: n})
 	return m

@@ -48,8 +48,13 @@ type Options struct {
 	// acts (default 20ms).
 	Coalesce time.Duration
 	// Resync is how often the loop reconciles IPVS even without an input
-	// (repairs drift, ends drains; default 5s).
+	// (ends drains, checks that IPVS answers; default 5s).
 	Resync time.Duration
+	// FullRead is how often a reconcile reads the whole IPVS table from the
+	// kernel (and repairs what was changed behind anycastd's back); in
+	// between it works from what it applied (ipvs.Reconciler.SetFullRead;
+	// default 30s, negative: every reconcile).
+	FullRead time.Duration
 	// BehindGrace: see Input.BehindGrace (default 3s).
 	BehindGrace time.Duration
 	// ActiveStepHold is how long the active set holds each one-director
@@ -172,6 +177,7 @@ func New(o Options) (*Node, error) {
 	o.JoinWait = cmp.Or(o.JoinWait, 5*time.Second)
 	o.Coalesce = cmp.Or(o.Coalesce, 20*time.Millisecond)
 	o.Resync = cmp.Or(o.Resync, 5*time.Second)
+	o.FullRead = cmp.Or(o.FullRead, 30*time.Second)
 	o.BehindGrace = cmp.Or(o.BehindGrace, 3*time.Second)
 	o.ActiveStepHold = cmp.Or(o.ActiveStepHold, 5*time.Second)
 	o.ApplyWait = cmp.Or(o.ApplyWait, 8*time.Second)
@@ -225,6 +231,7 @@ func New(o Options) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	rec.SetFullRead(max(o.FullRead, 0))
 	n.rec = rec
 
 	n.ann = o.Announcer
@@ -1081,6 +1088,13 @@ func (n *Node) reconcile(ctx context.Context, want ipvs.Table, now time.Time) (R
 		info.Foreign = append(info.Foreign, f.String())
 	}
 	n.metrics.ipvsErrors.Add(float64(len(res.Errs)))
+	if len(res.Drift) > 0 {
+		// Someone else (ipvsadm, another daemon) changed anycastd's
+		// services: the plan puts them back.
+		n.metrics.ipvsDrift.Add(float64(len(res.Drift)))
+		n.log.Warn("IPVS: anycastd's services were changed behind its back (found by the periodic full read); restoring",
+			"differences", len(res.Drift), "undo", res.Drift.String())
+	}
 	for _, e := range res.Errs {
 		info.Errors = append(info.Errors, e.Error())
 	}

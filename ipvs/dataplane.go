@@ -21,6 +21,18 @@ type Dataplane interface {
 	Apply(ctx context.Context, p Plan) error
 }
 
+// DestReader is a Dataplane that reads one service's destinations (with
+// their connection counters) without reading the whole table, and answers
+// a cheap question (Ping) that tells it is still there. The Reconciler
+// uses it between full reads.
+type DestReader interface {
+	// Destinations reads the destinations of the service s, in insertion
+	// order.
+	Destinations(ctx context.Context, s ServiceKey) ([]Destination, error)
+	// Ping costs one round trip and fails when the dataplane is gone.
+	Ping(ctx context.Context) error
+}
+
 // OpError is an operation the dataplane refused, with the kernel's reason.
 type OpError struct {
 	Op  Op
@@ -117,6 +129,31 @@ func (m *Memory) Table(ctx context.Context) (Table, error) {
 		t.Services = append(t.Services, c)
 	}
 	return t.Sorted(), nil
+}
+
+// Destinations implements DestReader.
+func (m *Memory) Destinations(ctx context.Context, k ServiceKey) ([]Destination, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s, ok := m.services[k]
+	if !ok {
+		return nil, syscall.ESRCH
+	}
+	return slices.Clone(s.Destinations), nil
+}
+
+// Ping implements DestReader.
+func (m *Memory) Ping(ctx context.Context) error { return nil }
+
+// memoryOf returns a Memory holding t (copied).
+func memoryOf(t Table) *Memory {
+	m := NewMemory()
+	for _, s := range t.Services {
+		c := s
+		c.Destinations = slices.Clone(s.Destinations)
+		m.services[s.ServiceKey] = &c
+	}
+	return m
 }
 
 // Apply implements Dataplane.

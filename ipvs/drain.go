@@ -1,6 +1,7 @@
 package ipvs
 
 import (
+	"maps"
 	"slices"
 	"time"
 )
@@ -27,6 +28,16 @@ func NewDrainer() *Drainer {
 
 // Draining returns how many destinations are being drained.
 func (d *Drainer) Draining() int { return len(d.since) }
+
+// DrainingServices returns the services with a destination being drained,
+// sorted: those whose connection counters decide when a drain ends.
+func (d *Drainer) DrainingServices() []ServiceKey {
+	set := map[ServiceKey]bool{}
+	for k := range d.since {
+		set[k.svc] = true
+	}
+	return slices.SortedFunc(maps.Keys(set), ServiceKey.Compare)
+}
 
 // Adjust returns want with the destinations of have that are still
 // draining put back at weight 0, each in its place in have's order (which

@@ -88,6 +88,36 @@ func (k *Kernel) Table(ctx context.Context) (Table, error) {
 	return t.Sorted(), nil
 }
 
+// Destinations implements DestReader: one service's destinations with
+// their counters, in insertion order.
+func (k *Kernel) Destinations(ctx context.Context, key ServiceKey) ([]Destination, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	ds, err := k.h.GetDestinations(toMobyService(&Service{ServiceKey: key}))
+	if err != nil {
+		return nil, fmt.Errorf("read destinations of %s: %w", key, err)
+	}
+	var out []Destination
+	for _, md := range slices.Backward(ds) {
+		d, err := fromMobyDest(md)
+		if err != nil {
+			return nil, fmt.Errorf("service %s: %w", key, err)
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// Ping implements DestReader: it reads IPVS's timeouts, one request.
+func (k *Kernel) Ping(ctx context.Context) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if _, err := k.h.GetConfig(); err != nil {
+		return fmt.Errorf("IPVS does not answer: %w", err)
+	}
+	return nil
+}
+
 // Apply implements Dataplane.
 func (k *Kernel) Apply(ctx context.Context, p Plan) error {
 	k.mu.Lock()

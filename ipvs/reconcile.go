@@ -29,7 +29,27 @@ type Reconciler struct {
 	owned     map[ServiceKey]bool
 	// dirty: owned differs from the record on disk (a save failed).
 	dirty bool
+
+	// believed is what the dataplane holds as far as the Reconciler
+	// knows: the last full read with every plan applied since (nil: read
+	// in full next time). readAt is when it was read; fullRead how often
+	// it is read in full anyway (0: every Reconcile).
+	believed *Memory
+	readAt   time.Time
+	fullRead time.Duration
 }
+
+// SetFullRead makes Reconcile read the whole table from the dataplane at
+// most every d (and at the first Reconcile, after any failure, and when
+// the dataplane cannot read one service's destinations), and otherwise
+// work from what it believes the dataplane holds: the last full read with
+// every plan applied since. Between full reads a Reconcile costs the plan
+// and one Ping, not a read of every destination: the time from an event
+// to the kernel holding the change does not grow with the table. A
+// difference found by a full read (a change made behind anycastd's back)
+// is reported in Result.Drift and repaired like any other. 0 (the
+// default) reads in full every time.
+func (r *Reconciler) SetFullRead(d time.Duration) { r.fullRead = d }
 
 // Result is what one Reconcile did. Its failures are kept apart because
 // they mean different things to the director: a failed service costs that
@@ -58,6 +78,13 @@ type Result struct {
 	// (each *OpError, skipped operations included), the read and the
 	// save.
 	Errs []error
+	// FullRead tells that this Reconcile read the whole table.
+	FullRead bool
+	// Drift is what a full read found different from what the Reconciler
+	// believed the dataplane held, in anycastd's services: the operations
+	// that would undo the change made behind its back (the plan repairs
+	// it either way).
+	Drift Plan
 }
 
 // Err joins every failure (nil when Reconcile did all it was asked).
@@ -129,15 +156,16 @@ func (r *Reconciler) Reconcile(ctx context.Context, want Table, now time.Time) (
 			res.Errs = append(res.Errs, invalid[k])
 		}
 	}
-	have, err := r.dp.Table(ctx)
-	if err != nil {
-		res.ReadErr = fmt.Errorf("read the IPVS table: %w", err)
-		res.Errs = append(res.Errs, res.ReadErr)
-		return res, res.Err()
-	}
 	wantKeys := make(map[ServiceKey]bool, len(want.Services))
 	for _, s := range want.Services {
 		wantKeys[s.ServiceKey] = true
+	}
+	have, err := r.current(ctx, now, &res, func(k ServiceKey) bool { return wantKeys[k] || r.owned[k] })
+	if err != nil {
+		r.believed = nil
+		res.ReadErr = fmt.Errorf("read the IPVS table: %w", err)
+		res.Errs = append(res.Errs, res.ReadErr)
+		return res, res.Err()
 	}
 	var ours Table
 	for _, s := range have.Services {
@@ -155,6 +183,15 @@ func (r *Reconciler) Reconcile(ctx context.Context, want Table, now time.Time) (
 	res.Draining = r.drain.Draining()
 	res.Plan = Diff(ours, adjusted)
 	applyErr := r.dp.Apply(ctx, res.Plan)
+	if applyErr != nil {
+		// What the kernel holds after a partial apply is read, not
+		// guessed.
+		r.believed = nil
+	} else if r.believed != nil && len(res.Plan) > 0 {
+		if err := r.believed.Apply(ctx, res.Plan); err != nil {
+			r.believed = nil
+		}
+	}
 
 	// Ours now: everything wanted (refused or not) and what we failed to
 	// delete.
@@ -195,6 +232,61 @@ func (r *Reconciler) Reconcile(ctx context.Context, want Table, now time.Time) (
 		}
 	}
 	return res, res.Err()
+}
+
+// current returns what the dataplane holds: read in full when it is time
+// (see SetFullRead), else what the Reconciler believes it holds, checked
+// with a Ping, with the destinations of the services being drained read
+// afresh (their connection counters decide when a drain ends). On a full
+// read it puts into res.Drift how anycastd's services (ours) differ from
+// what it believed.
+func (r *Reconciler) current(ctx context.Context, now time.Time, res *Result, ours func(ServiceKey) bool) (Table, error) {
+	dr, partial := r.dp.(DestReader)
+	if partial && r.believed != nil && r.fullRead > 0 && now.Sub(r.readAt) < r.fullRead && !now.Before(r.readAt) {
+		if err := dr.Ping(ctx); err != nil {
+			return Table{}, err
+		}
+		t, _ := r.believed.Table(ctx)
+		idx := t.Index()
+		fresh := true
+		for _, k := range r.drain.DrainingServices() {
+			s, ok := idx[k]
+			if !ok {
+				continue
+			}
+			ds, err := dr.Destinations(ctx, k)
+			if err != nil {
+				fresh = false
+				break
+			}
+			s.Destinations = ds
+		}
+		if fresh {
+			return t, nil
+		}
+	}
+	have, err := r.dp.Table(ctx)
+	if err != nil {
+		return Table{}, err
+	}
+	res.FullRead = true
+	if r.believed != nil {
+		was, _ := r.believed.Table(ctx)
+		res.Drift = Diff(only(have, ours), only(was, ours))
+	}
+	r.believed, r.readAt = memoryOf(have), now
+	return have, nil
+}
+
+// only is the part of t whose services keep says.
+func only(t Table, keep func(ServiceKey) bool) Table {
+	var out Table
+	for _, s := range t.Services {
+		if keep(s.ServiceKey) {
+			out.Services = append(out.Services, s)
+		}
+	}
+	return out
 }
 
 func (r *Reconciler) save() error {

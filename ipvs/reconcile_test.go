@@ -263,3 +263,131 @@ func TestCorruptStateIsAnError(t *testing.T) {
 }
 
 func addr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// countingDP counts the full reads and the partial ones.
+type countingDP struct {
+	*Memory
+	full, dests, pings int
+	pingErr            error
+}
+
+func (c *countingDP) Table(ctx context.Context) (Table, error) {
+	c.full++
+	return c.Memory.Table(ctx)
+}
+
+func (c *countingDP) Destinations(ctx context.Context, k ServiceKey) ([]Destination, error) {
+	c.dests++
+	return c.Memory.Destinations(ctx, k)
+}
+
+func (c *countingDP) Ping(ctx context.Context) error {
+	c.pings++
+	return c.pingErr
+}
+
+// TestReconcileFullReadWhenDue: with SetFullRead, a Reconcile reads the
+// whole table only at the start, when the interval is up, and after a
+// failure; in between it works from what it applied (issue 18: O(change),
+// not O(table)), and a change made behind its back is found by the next
+// full read, reported as Drift and repaired.
+func TestReconcileFullReadWhenDue(t *testing.T) {
+	ctx := context.Background()
+	dp := &countingDP{Memory: NewMemory()}
+	r := mustReconciler(t, dp, "")
+	r.SetFullRead(30 * time.Second)
+	t0 := time.Unix(1000, 0)
+	s := svc("198.51.100.1", 80, "mh", dst("10.0.0.1", 1), dst("10.0.0.2", 1))
+	check := func(what string, full, pings int) {
+		t.Helper()
+		if dp.full != full || dp.pings != pings {
+			t.Fatalf("%s: %d full reads, %d pings; want %d, %d", what, dp.full, dp.pings, full, pings)
+		}
+	}
+
+	res, err := r.Reconcile(ctx, tbl(s), t0)
+	if err != nil || !res.FullRead || len(res.Plan) != 3 {
+		t.Fatalf("first: %+v %v", res, err)
+	}
+	check("first Reconcile", 1, 0)
+
+	// A weight changes: applied without reading the table.
+	s2 := svc("198.51.100.1", 80, "mh", dst("10.0.0.1", 1), dst("10.0.0.2", 5))
+	res, _ = r.Reconcile(ctx, tbl(s2), t0.Add(time.Second))
+	if res.FullRead || !slices.Equal(ops(res.Plan), []string{"update-dest tcp 198.51.100.1:80 10.0.0.2 w5"}) {
+		t.Fatalf("weight change: full %v plan %v", res.FullRead, ops(res.Plan))
+	}
+	check("a change between full reads", 1, 1)
+	if got, _ := dp.Memory.Table(ctx); got.Services[0].Destinations[1].Weight != 5 {
+		t.Fatalf("the dataplane does not hold the change: %+v", got)
+	}
+
+	// Someone sets the weight back with ipvsadm: not seen until the next
+	// full read, which reports and repairs it.
+	behind := s2
+	behind.Destinations = []Destination{dst("10.0.0.2", 1)}
+	dp.Memory.Apply(ctx, Plan{{Kind: UpdateDest, Service: behind, Dest: dst("10.0.0.2", 1)}})
+	if res, _ = r.Reconcile(ctx, tbl(s2), t0.Add(10*time.Second)); len(res.Plan) != 0 || res.FullRead {
+		t.Fatalf("between full reads: %+v", res)
+	}
+	res, _ = r.Reconcile(ctx, tbl(s2), t0.Add(31*time.Second))
+	if !res.FullRead || !slices.Equal(ops(res.Drift), []string{"update-dest tcp 198.51.100.1:80 10.0.0.2 w5"}) ||
+		!slices.Equal(ops(res.Plan), []string{"update-dest tcp 198.51.100.1:80 10.0.0.2 w5"}) {
+		t.Fatalf("full read: full %v drift %v plan %v", res.FullRead, ops(res.Drift), ops(res.Plan))
+	}
+	check("the full read when due", 2, 2)
+
+	// A failed apply: the next Reconcile reads in full.
+	dp.Memory.Schedulers = []string{"rr"}
+	bad := svc("198.51.100.9", 80, "mh", dst("10.0.0.1", 1))
+	if _, err := r.Reconcile(ctx, tbl(s2, bad), t0.Add(32*time.Second)); err == nil {
+		t.Fatal("the refused scheduler was accepted")
+	}
+	dp.Memory.Schedulers = nil
+	if res, _ = r.Reconcile(ctx, tbl(s2), t0.Add(33*time.Second)); !res.FullRead {
+		t.Fatal("no full read after a failed apply")
+	}
+
+	// A dataplane that stops answering fails the Ping: a read error, and
+	// the next Reconcile reads in full.
+	dp.pingErr = syscall.EIO
+	if res, _ = r.Reconcile(ctx, tbl(s2), t0.Add(34*time.Second)); !errors.Is(res.ReadErr, syscall.EIO) {
+		t.Fatalf("a failed ping: %+v", res)
+	}
+	dp.pingErr = nil
+	if res, _ = r.Reconcile(ctx, tbl(s2), t0.Add(35*time.Second)); !res.FullRead || res.ReadErr != nil {
+		t.Fatalf("after a failed ping: %+v", res)
+	}
+}
+
+// TestReconcileDrainBetweenFullReads: a drain ends on the counters read
+// afresh for its service alone, not on the stale ones of the last full
+// read.
+func TestReconcileDrainBetweenFullReads(t *testing.T) {
+	ctx := context.Background()
+	dp := &countingDP{Memory: NewMemory()}
+	r := mustReconciler(t, dp, "")
+	r.SetFullRead(time.Hour)
+	t0 := time.Unix(1000, 0)
+	s := svc("198.51.100.1", 80, "mh", dst("10.0.0.1", 1), dst("10.0.0.2", 1))
+	s.DrainTimeout = time.Minute
+	r.Reconcile(ctx, tbl(s), t0)
+	removed := DestKey{addr("10.0.0.2"), 80}
+	dp.SetConns(s.ServiceKey, removed, 2, 0)
+	want := s
+	want.Destinations = []Destination{dst("10.0.0.1", 1)}
+	if res, _ := r.Reconcile(ctx, tbl(want), t0.Add(time.Second)); !slices.Equal(ops(res.Plan), []string{"update-dest tcp 198.51.100.1:80 10.0.0.2 w0"}) {
+		t.Fatalf("drain starts: %v", ops(res.Plan))
+	}
+	if res, _ := r.Reconcile(ctx, tbl(want), t0.Add(2*time.Second)); len(res.Plan) != 0 || res.Draining != 1 {
+		t.Fatalf("connections open: %v", ops(res.Plan))
+	}
+	dp.SetConns(s.ServiceKey, removed, 0, 0)
+	res, _ := r.Reconcile(ctx, tbl(want), t0.Add(3*time.Second))
+	if !slices.Equal(ops(res.Plan), []string{"del-dest tcp 198.51.100.1:80 10.0.0.2"}) {
+		t.Fatalf("connections ended: %v", ops(res.Plan))
+	}
+	if dp.full != 1 || dp.dests < 2 {
+		t.Errorf("%d full reads, %d per-service reads: want 1 and the drained service read each turn", dp.full, dp.dests)
+	}
+}
