@@ -8,11 +8,12 @@ export DEBIAN_FRONTEND=noninteractive
 # bird2: the upstream router (and the directors' OSPF) in the routing labs;
 # frr: the other upstream router (labs/frr.clab.yml, FRR's zebra, bgpd, bfdd);
 # nginx: the real servers of the end-to-end lab; curl: its client;
+# ipvsadm: the peer ipvs's VM measurements compare with (keepalived too);
 # bind9-dnsutils: dig, the client of the DNS tests; keepalived: the VRRP
 # interop lab; buildah, mmdebstrap (and gpg, which checks what it
 # fetches): the image test (labs/images) builds the Dockerfiles on a Debian
 # base made here, no registry needed.
-pkgs=(make gcc libc6-dev git ca-certificates iproute2 nftables qemu-system-x86 busybox-static file bird2 frr nginx curl bind9-dnsutils keepalived buildah mmdebstrap gpg)
+pkgs=(make gcc libc6-dev git ca-certificates iproute2 nftables qemu-system-x86 busybox-static file bird2 frr nginx curl bind9-dnsutils keepalived ipvsadm buildah mmdebstrap gpg)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

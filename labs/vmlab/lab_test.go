@@ -45,9 +45,22 @@ func TestLabVM(t *testing.T) {
 	spec := Spec{
 		Kernel: k,
 		Files:  map[string]string{"/bin/anyctl": filepath.Join(bins, "anyctl"), "/bin/anycastd": filepath.Join(bins, "anycastd")},
-		Env:    map[string]string{"ANYCASTD_BIN_DIR": "/bin"},
+		// ipvsadm and keepalived: the peers ipvs's measurements compare
+		// with in the same boot (TestVMMeasureApply).
+		HostBinaries: []string{"/usr/sbin/ipvsadm", "/usr/sbin/keepalived"},
+		Env:          map[string]string{"ANYCASTD_BIN_DIR": "/bin"},
 	}
 	for _, p := range vmPackages {
+		// ANYCASTD_VM_ONLY=ipvs (a name of vmPackages) boots for that
+		// package alone, and ANYCASTD_VM_RUN narrows its -test.run: a
+		// shorter boot while working on one test.
+		only := os.Getenv("ANYCASTD_VM_ONLY")
+		if only != "" && only != p.name {
+			continue
+		}
+		if r := os.Getenv("ANYCASTD_VM_RUN"); r != "" && only == p.name {
+			p.run = r
+		}
 		out := filepath.Join(build, p.name+".test")
 		cmd := exec.CommandContext(ctx, "go", "test", "-c", "-o", out, p.pkg)
 		cmd.Dir = root
