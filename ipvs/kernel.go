@@ -17,6 +17,7 @@ import (
 type Kernel struct {
 	mu  sync.Mutex
 	h   *mobyipvs.Handle
+	b   *batcher // Apply's socket: requests in batches
 	ops int
 }
 
@@ -35,6 +36,10 @@ func OpenKernel(nsPath string) (*Kernel, error) {
 		h.Close()
 		return nil, fmt.Errorf("IPVS not available (is the ip_vs module loaded?): %w", err)
 	}
+	if k.b, err = openBatcher(nsPath); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("open IPVS netlink for batches (namespace %q): %w", nsPath, err)
+	}
 	return k, nil
 }
 
@@ -43,6 +48,7 @@ func (k *Kernel) Close() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.h.Close()
+	k.b.close()
 	return nil
 }
 
@@ -118,39 +124,12 @@ func (k *Kernel) Ping(ctx context.Context) error {
 	return nil
 }
 
-// Apply implements Dataplane.
+// Apply implements Dataplane. The operations go out in batches (see
+// batcher), with applyPlan's semantics.
 func (k *Kernel) Apply(ctx context.Context, p Plan) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return applyPlan(ctx, p, k.exec)
-}
-
-func (k *Kernel) exec(op Op) error {
-	k.ops++
-	ms := toMobyService(&op.Service)
-	switch op.Kind {
-	case AddService:
-		return k.h.NewService(ms)
-	case UpdateService:
-		return k.h.UpdateService(ms)
-	case DelService:
-		return k.h.DelService(ms)
-	}
-	if FamilyOf(op.Dest.Addr) != op.Service.Family {
-		// moby/ipvs sends no destination family, so the kernel would
-		// take it as the service's and misread the address.
-		return fmt.Errorf("destination %s is not of the service's family", op.Dest.DestKey)
-	}
-	md := toMobyDest(&op.Dest)
-	switch op.Kind {
-	case AddDest:
-		return k.h.NewDestination(ms, md)
-	case UpdateDest:
-		return k.h.UpdateDestination(ms, md)
-	case DelDest:
-		return k.h.DelDestination(ms, md)
-	}
-	return fmt.Errorf("unknown operation %d", op.Kind)
+	return k.b.apply(ctx, p, func(n int) { k.ops += n })
 }
 
 func toMobyService(s *Service) *mobyipvs.Service {

@@ -326,6 +326,11 @@ func TestVMMeasureApply(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("measure: read-10k-table %.0f ms", ms(time.Since(start)))
+	// Batched and staged, the kernel holds exactly the wanted table:
+	// schedulers, weights, destination order.
+	if d := Diff(have, want); len(d) != 0 {
+		t.Fatalf("after the batched apply the kernel differs from the wanted table by %d operations, first %s", len(d), d[0])
+	}
 
 	want.Services[500].Destinations[5].Weight = 0
 	start, ops = time.Now(), k.Ops()
@@ -385,7 +390,8 @@ func TestVMMeasureApply(t *testing.T) {
 	t.Logf("measure: ipvsadm-e-10k (one weight, ipvsadm -e, process start included) median %.2f ms %v", ms(median(tAdm)), tAdm)
 	t.Logf("measure: event-to-kernel-10k-ratio-to-ipvsadm %.2f", float64(median(tCached))/float64(median(tAdm)))
 
-	measureBulkPeers(t, ctx)
+	measureBulkPeers(t, ctx, "mh")
+	measureBulkPeers(t, ctx, "wlc")
 }
 
 func median(ds []time.Duration) time.Duration {
@@ -394,19 +400,33 @@ func median(ds []time.Duration) time.Duration {
 	return s[len(s)/2]
 }
 
-// measureBulkPeers programs the same 1,000 x 10 table from empty with
-// ipvsadm -R and with keepalived (its checker process, start to the
-// last destination in the kernel), each in a fresh namespace, so that the
-// report shows anycastd's apply-10k-from-empty beside them from the same
-// boot.
-func measureBulkPeers(t *testing.T, ctx context.Context) {
+// measureBulkPeers programs the same 1,000 x 10 table with scheduler
+// sched from empty with anycastd's Kernel.Apply, ipvsadm -R and keepalived
+// (its checker process, start to the last destination in the kernel),
+// each in a fresh namespace of the same boot.
+func measureBulkPeers(t *testing.T, ctx context.Context, sched string) {
 	want := measureTable()
+	for i := range want.Services {
+		want.Services[i].Scheduler = sched
+	}
+	var ours time.Duration
+	{
+		k, ns := vmKernel(t, "measure-ours-"+sched)
+		ns.Run("ip", "addr", "add", "10.128.0.1/9", "dev", "v0")
+		p := Diff(Table{}, want)
+		start := time.Now()
+		if err := k.Apply(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		ours = time.Since(start)
+		t.Logf("measure: bulk-10k-%s anycastd %.0f ms", sched, ms(ours))
+	}
 	if _, err := exec.LookPath("ipvsadm"); err == nil {
-		_, ns := vmKernel(t, "measure-ipvsadm")
+		_, ns := vmKernel(t, "measure-ipvsadm-"+sched)
 		ns.Run("ip", "addr", "add", "10.128.0.1/9", "dev", "v0")
 		var rules strings.Builder
 		for _, s := range want.Services {
-			fmt.Fprintf(&rules, "-A -t %s:80 -s mh\n", s.Addr)
+			fmt.Fprintf(&rules, "-A -t %s:80 -s %s\n", s.Addr, sched)
 			for _, d := range s.Destinations {
 				fmt.Fprintf(&rules, "-a -t %s:80 -r %s:80 -g -w %d\n", s.Addr, d.Addr, d.Weight)
 			}
@@ -417,7 +437,7 @@ func measureBulkPeers(t *testing.T, ctx context.Context) {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Errorf("ipvsadm -R: %v %s", err, out)
 		} else {
-			t.Logf("measure: ipvsadm-R-10k-from-empty %.0f ms", ms(time.Since(start)))
+			t.Logf("measure: bulk-10k-%s ipvsadm-R %.0f ms", sched, ms(time.Since(start)))
 		}
 	} else {
 		t.Logf("no ipvsadm in the VM: no comparison")
@@ -426,12 +446,12 @@ func measureBulkPeers(t *testing.T, ctx context.Context) {
 		t.Logf("no keepalived in the VM: no comparison")
 		return
 	}
-	k, ns := vmKernel(t, "measure-keepalived")
+	k, ns := vmKernel(t, "measure-keepalived-"+sched)
 	ns.Run("ip", "addr", "add", "10.128.0.1/9", "dev", "v0")
 	dir := t.TempDir()
 	var conf strings.Builder
 	for _, s := range want.Services {
-		fmt.Fprintf(&conf, "virtual_server %s 80 {\n  lb_algo mh\n  lb_kind DR\n  protocol TCP\n", s.Addr)
+		fmt.Fprintf(&conf, "virtual_server %s 80 {\n  lb_algo %s\n  lb_kind DR\n  protocol TCP\n", s.Addr, sched)
 		for _, d := range s.Destinations {
 			fmt.Fprintf(&conf, "  real_server %s 80 {\n    weight %d\n  }\n", d.Addr, d.Weight)
 		}
@@ -476,5 +496,6 @@ func measureBulkPeers(t *testing.T, ctx context.Context) {
 		t.Errorf("keepalived's table: %d destinations, %v", n, err)
 		return
 	}
-	t.Logf("measure: keepalived-start-10k-from-empty %.0f ms", ms(el))
+	t.Logf("measure: bulk-10k-%s keepalived %.0f ms", sched, ms(el))
+	t.Logf("measure: bulk-10k-%s ratio-to-keepalived %.2f", sched, float64(ours)/float64(el))
 }
