@@ -222,6 +222,34 @@ func (m *Monitor) Run(ctx context.Context) error {
 	slots := make(chan struct{}, m.workers)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// Plain TCP checks run on one epoll instance (see connector), made
+	// when the first one is due (a monitor without any, as in the tests
+	// that script their probes under synctest, never blocks in epoll);
+	// the other checks, and all of them if it cannot be made, run in
+	// goroutines.
+	var conn *connector
+	connFailed := false
+	connDone := make(chan struct{})
+	defer func() {
+		if conn != nil {
+			<-connDone
+		}
+	}()
+	connector := func() *connector {
+		if conn == nil && !connFailed {
+			c, err := newConnector()
+			if err != nil {
+				connFailed = true
+				if m.log != nil {
+					m.log.Warn("health: TCP checks run through Go's dialer", "err", err)
+				}
+				return nil
+			}
+			conn = c
+			go func() { c.run(ctx); close(connDone) }()
+		}
+		return conn
+	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -249,6 +277,13 @@ func (m *Monitor) Run(ctx context.Context) error {
 				return nil
 			}
 			wg.Add(1)
+			if tp, ok := e.probe.(*tcpProbe); ok && tp.connectOnly() && connector() != nil {
+				j := e
+				conn.start(tp.ap, e.timeout,
+					func(r Result) { <-slots; m.finish(j.entry, r); wg.Done() },
+					func() { <-slots; m.unclaim([]job{j}); wg.Done() })
+				continue
+			}
 			go func() {
 				defer wg.Done()
 				r := Run(ctx, e.probe, e.timeout)

@@ -5,19 +5,27 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 
 	"github.com/anycastd/anycastd/configs"
 )
 
 // tcpProbe connects, optionally sends bytes and expects bytes back.
 type tcpProbe struct {
+	ap     netip.AddrPort
 	addr   string
 	send   []byte
 	expect []byte
 }
 
 func newTCP(c configs.Check, t Target) *tcpProbe {
-	return &tcpProbe{addr: t.Addr.String(), send: []byte(c.Send), expect: []byte(c.Expect)}
+	return &tcpProbe{ap: t.Addr, addr: t.Addr.String(), send: []byte(c.Send), expect: []byte(c.Expect)}
+}
+
+// connectOnly tells a check that only connects (no send, no expect), which
+// a Monitor runs on its connector rather than through Check.
+func (p *tcpProbe) connectOnly() bool {
+	return len(p.send) == 0 && len(p.expect) == 0 && p.ap.Addr().Zone() == ""
 }
 
 func (p *tcpProbe) Check(ctx context.Context) Result {
