@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -180,7 +181,8 @@ func (c *connector) run(ctx context.Context) {
 		for len(c.byTime) > 0 && !c.byTime[0].deadline.After(now) {
 			r := c.byTime[0]
 			c.finishLocked(r)
-			res := Result{Err: fmt.Errorf("timed out after %s: dial tcp %s: %w", r.timeout, r.addr, context.DeadlineExceeded), Latency: now.Sub(r.start)}
+			// The words of Go's dialer: "i/o timeout".
+			res := Result{Err: fmt.Errorf("timed out after %s: dial tcp %s: %w", r.timeout, r.addr, os.ErrDeadlineExceeded), Latency: now.Sub(r.start)}
 			done := r.done
 			results = append(results, func() { done(res) })
 		}
