@@ -14,7 +14,7 @@ import (
 // The test binary doubles as the small programs the packet-path tests run
 // inside namespaces (see labtest.HelperMain); "director" is this package's.
 func TestMain(m *testing.M) {
-	labtest.HelperMain(map[string]func([]string) error{"director": directorHelper})
+	labtest.HelperMain(map[string]func([]string) error{"director": directorHelper, "listeners": listenersHelper, "monitor": monitorHelper})
 	os.Exit(m.Run())
 }
 
