@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"syscall"
 	"time"
@@ -177,6 +178,11 @@ func (b *batcher) apply(ctx context.Context, p Plan, counted func(int)) error {
 // one's result (nil: acknowledged without error).
 func (b *batcher) roundTrip(p Plan, idx []int) ([]error, error) {
 	b.buf = b.buf[:0]
+	if b.seq > math.MaxUint32-uint32(len(idx))-1 {
+		// The batch's numbers must not wrap: an acknowledgement is
+		// matched by first <= seq <= last.
+		b.seq = 0
+	}
 	first := b.seq + 1
 	for _, i := range idx {
 		b.seq++

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -498,4 +499,34 @@ func measureBulkPeers(t *testing.T, ctx context.Context, sched string) {
 	}
 	t.Logf("measure: bulk-10k-%s keepalived %.0f ms", sched, ms(el))
 	t.Logf("measure: bulk-10k-%s ratio-to-keepalived %.2f", sched, float64(ours)/float64(el))
+}
+
+// TestVMKernelBatchSeqWrap: a batch whose sequence numbers would wrap past
+// 2^32 is renumbered from 1, so every acknowledgement is matched (without
+// it the apply waited for acknowledgements it could not recognise).
+func TestVMKernelBatchSeqWrap(t *testing.T) {
+	k, ns := vmKernel(t, "seqwrap")
+	ns.Run("ip", "addr", "add", "10.128.0.1/9", "dev", "v0")
+	// Ten services: each wave of the batch holds ten requests, and the
+	// first one straddles 2^32.
+	var want Table
+	for i := range 10 {
+		s := svc(fmt.Sprintf("198.18.0.%d", i+1), 80, "wlc", dst(fmt.Sprintf("10.128.0.%d", i+2), 1))
+		want.Services = append(want.Services, s)
+	}
+	k.b.seq = math.MaxUint32 - 3
+	done := make(chan error, 1)
+	go func() { done <- k.Apply(context.Background(), Diff(Table{}, want)) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the apply is stuck: acknowledgements across the wrap not matched")
+	}
+	have, err := k.Table(context.Background())
+	if err != nil || len(have.Services) != 10 || len(have.Services[9].Destinations) != 1 {
+		t.Fatalf("after the wrap: %+v %v", have, err)
+	}
 }
