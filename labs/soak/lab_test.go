@@ -74,7 +74,10 @@ func TestLabSoak(t *testing.T) {
 	res, err := vmlab.Run(ctx, spec)
 	if err != nil {
 		if res != nil {
-			t.Logf("console tail:\n%s", tailLines(res.Console, 60))
+			if len(res.Tests) > 0 && res.Tests[0].Output != "" {
+				t.Logf("the soak's output inside the VM, cut off:\n%s", tailLines(res.Tests[0].Output, 60))
+			}
+			t.Log(res.ConsoleReport(80))
 		}
 		t.Fatal(err)
 	}
@@ -82,7 +85,7 @@ func TestLabSoak(t *testing.T) {
 	t.Logf("inside the VM (kernel %s, whole run %s):\n%s", k.Version, res.Duration.Round(time.Second), r.Output)
 	switch {
 	case r.Exit == -1:
-		t.Fatalf("the soak did not finish inside the VM; console tail:\n%s", tailLines(res.Console, 40))
+		t.Fatalf("the soak did not finish inside the VM\n%s", res.ConsoleReport(80))
 	case r.Exit != 0:
 		t.Fatalf("the soak failed (seed %s): see the report above; the same seed replays the same schedule", seed)
 	case strings.Count(r.Output, "soak report (") != modes:

@@ -72,7 +72,7 @@ func TestLabVM(t *testing.T) {
 	}
 	res, err := Run(ctx, spec)
 	if err != nil {
-		t.Logf("console:\n%s", tail(res, 80))
+		t.Log(res.ConsoleReport(80))
 		t.Fatal(err)
 	}
 	t.Logf("VM: Debian kernel %s under qemu (software emulation), kernel up %s before /init's tests, whole run %s", k.Version, res.Boot, res.Duration.Round(time.Millisecond))
@@ -81,7 +81,7 @@ func TestLabVM(t *testing.T) {
 			t.Logf("output inside the VM (kernel %s):\n%s", k.Version, r.Output)
 			switch {
 			case r.Exit == -1:
-				t.Fatalf("did not finish inside the VM; console tail:\n%s", tail(res, 40))
+				t.Fatalf("did not finish inside the VM\n%s", res.ConsoleReport(60))
 			case r.Exit != 0:
 				t.Fatalf("failed inside the VM (exit %d)", r.Exit)
 			case !strings.Contains(r.Output, "--- PASS"):
@@ -89,15 +89,4 @@ func TestLabVM(t *testing.T) {
 			}
 		})
 	}
-}
-
-func tail(res *Result, n int) string {
-	if res == nil {
-		return ""
-	}
-	lines := strings.Split(res.Console, "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

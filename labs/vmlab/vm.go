@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -213,7 +214,10 @@ func Run(ctx context.Context, spec Spec) (*Result, error) {
 		"-nographic", "-no-reboot", "-nic", "none",
 		"-m", strconv.Itoa(mem), "-smp", strconv.Itoa(cpus), "-cpu", "max",
 		"-kernel", spec.Kernel.Vmlinuz, "-initrd", initrd,
-		"-append", "console=ttyS0 quiet panic=-1 random.trust_cpu=on",
+		// A soft lockup panics (and -no-reboot ends qemu) at once with
+		// its stack traces on the console (loglevel 5 lets warning-level
+		// traces through), instead of hanging until the test's deadline.
+		"-append", "console=ttyS0 loglevel=5 panic=-1 softlockup_panic=1 softlockup_all_cpu_backtrace=1 random.trust_cpu=on",
 	}
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
 	cmd.WaitDelay = 5 * time.Second
@@ -483,4 +487,34 @@ func copyTree(src, dst string) error {
 		rel, _ := filepath.Rel(src, p)
 		return copyFile(p, filepath.Join(dst, rel))
 	})
+}
+
+// kernelTrouble marks the console lines that start a kernel report worth
+// reading in full: a soft lockup or an oops leaves a stack trace after
+// it, which the console's tail has long scrolled past.
+var kernelTrouble = []string{"BUG:", "Oops", "Kernel panic", "WARNING:", "rcu: INFO:", "INFO: task", "Call Trace:"}
+
+// ConsoleReport is what a failed VM run should show: the first kernel
+// report (from its first line, up to n lines of it) when the kernel
+// printed one, then the console's last n lines.
+func (r *Result) ConsoleReport(n int) string {
+	if r == nil {
+		return ""
+	}
+	lines := strings.Split(r.Console, "\n")
+	var b strings.Builder
+	for i, l := range lines {
+		if !slices.ContainsFunc(kernelTrouble, func(m string) bool { return strings.Contains(l, m) }) {
+			continue
+		}
+		end := min(i+n, len(lines))
+		fmt.Fprintf(&b, "first kernel report (console lines %d-%d of %d):\n%s\n", i+1, end, len(lines), strings.Join(lines[i:end], "\n"))
+		if end >= len(lines) {
+			return b.String()
+		}
+		break
+	}
+	start := max(len(lines)-n, 0)
+	fmt.Fprintf(&b, "console tail:\n%s", strings.Join(lines[start:], "\n"))
+	return b.String()
 }

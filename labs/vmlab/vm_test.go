@@ -50,3 +50,30 @@ func TestInitScriptQuotes(t *testing.T) {
 		}
 	}
 }
+
+func TestConsoleReportShowsTheFirstKernelReport(t *testing.T) {
+	var lines []string
+	for i := range 200 {
+		switch i {
+		case 50:
+			lines = append(lines, "[  104.1] watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [anycastd:376]")
+		case 53:
+			lines = append(lines, "[  104.1]  ip_vs_first_culprit+0x42/0x80 [ip_vs]")
+		case 190:
+			lines = append(lines, "[ 1352.7] watchdog: BUG: soft lockup - CPU#1 stuck for 1248s! [anycastd:376]")
+		default:
+			lines = append(lines, "noise")
+		}
+	}
+	r := &Result{Console: strings.Join(lines, "\n")}
+	got := r.ConsoleReport(10)
+	for _, want := range []string{"console lines 51-60 of 200", "stuck for 22s", "ip_vs_first_culprit", "console tail:", "stuck for 1248s"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("report lacks %q:\n%s", want, got)
+		}
+	}
+	clean := (&Result{Console: "a\nb\nc"}).ConsoleReport(2)
+	if strings.Contains(clean, "kernel report") || !strings.HasSuffix(clean, "b\nc") {
+		t.Errorf("clean console: %q", clean)
+	}
+}
