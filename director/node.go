@@ -55,6 +55,9 @@ type Options struct {
 	// between it works from what it applied (ipvs.Reconciler.SetFullRead;
 	// default 30s, negative: every reconcile).
 	FullRead time.Duration
+	// SelfEvery is how often the built-in self checks are evaluated
+	// (default 1s); an operator check's change is acted on at once.
+	SelfEvery time.Duration
 	// BehindGrace: see Input.BehindGrace (default 3s).
 	BehindGrace time.Duration
 	// ActiveStepHold is how long the active set holds each one-director
@@ -176,6 +179,7 @@ func New(o Options) (*Node, error) {
 	}
 	o.JoinWait = cmp.Or(o.JoinWait, 5*time.Second)
 	o.Coalesce = cmp.Or(o.Coalesce, 20*time.Millisecond)
+	o.SelfEvery = cmp.Or(o.SelfEvery, time.Second)
 	o.Resync = cmp.Or(o.Resync, 5*time.Second)
 	o.FullRead = cmp.Or(o.FullRead, 30*time.Second)
 	o.BehindGrace = cmp.Or(o.BehindGrace, 3*time.Second)
@@ -724,7 +728,7 @@ func (n *Node) unconfirmed(d *cluster.Document) (out []string, refusedHere bool)
 func (n *Node) loop(ctx context.Context, errc <-chan error) error {
 	sub := n.mon.Subscribe()
 	defer sub.Close()
-	selfTick := time.NewTicker(time.Second)
+	selfTick := time.NewTicker(n.opts.SelfEvery)
 	defer selfTick.Stop()
 	resync := time.NewTicker(n.opts.Resync)
 	defer resync.Stop()
@@ -774,10 +778,18 @@ func (n *Node) loop(ctx context.Context, errc <-chan error) error {
 		case <-n.cl.Changed():
 		case <-sub.C():
 			n.noteHealth(sub.Drain())
+		case <-n.self.Changed():
+			// An operator self check went up or down: act now, not
+			// on the next tick (a failing director withdraws within
+			// this turn).
+			if need = n.evaluateSelf(ctx); !need {
+				continue
+			}
 		case <-selfTick.C:
-			// Self checks run every second; the loop acts only when
-			// their verdict changed. The routing sessions' state is
-			// republished (if it changed) on the same beat.
+			// The built-in self checks run every SelfEvery; the loop
+			// acts only when their verdict changed. The routing
+			// sessions' state is republished (if it changed) on the
+			// same beat.
 			if need = n.evaluateSelf(ctx); !need {
 				n.mu.Lock()
 				cfg, d, doc := n.cfg, n.snap.Desired, n.appliedDoc

@@ -25,6 +25,10 @@ type CheckStatus struct {
 	Name   string
 	OK     bool
 	Reason string
+	// Since is when the check's verdict last changed: for an operator
+	// check the time of the probe result that decided it, for a built-in
+	// one the evaluation that first saw it (zero until it changes once).
+	Since time.Time `json:",omitzero"`
 }
 
 // SelfStatus is whether this director may announce, and why not.
@@ -50,6 +54,7 @@ func (s SelfStatus) Reason() string {
 // operator's drain flag. Safe for concurrent use.
 type Self struct {
 	monitor *Monitor
+	sub     *Subscription // the operator checks' state changes
 
 	mu        sync.Mutex
 	checks    []namedCheck
@@ -57,6 +62,12 @@ type Self struct {
 	drained   bool
 	drainWhy  string
 	evalLimit time.Duration
+	builtin   map[string]verdict // the built-in checks' last verdicts
+}
+
+type verdict struct {
+	ok    bool
+	since time.Time
 }
 
 type namedCheck struct {
@@ -66,8 +77,15 @@ type namedCheck struct {
 
 // NewSelf returns a Self with no checks: healthy until one is added.
 func NewSelf(log *slog.Logger) *Self {
-	return &Self{monitor: NewMonitor(log, 4), evalLimit: 2 * time.Second}
+	m := NewMonitor(log, 4)
+	return &Self{monitor: m, sub: m.Subscribe(), evalLimit: 2 * time.Second, builtin: map[string]verdict{}}
 }
+
+// Changed is signalled when an operator check goes up or down: the caller
+// evaluates at once rather than on its next tick, so a failing probe
+// withdraws the director within the loop's turn, not up to a tick later.
+// Evaluate consumes what signalled it.
+func (s *Self) Changed() <-chan struct{} { return s.sub.C() }
 
 // AddCheck registers a built-in check, evaluated on each Evaluate.
 func (s *Self) AddCheck(name string, fn CheckFunc) {
@@ -160,9 +178,10 @@ func (s *Self) Evaluate(ctx context.Context) SelfStatus {
 	limit := s.evalLimit
 	s.mu.Unlock()
 
+	s.sub.Drain() // the changes are read below, from the monitor itself
 	st := SelfStatus{Healthy: true}
-	add := func(name string, err error) {
-		c := CheckStatus{Name: name, OK: err == nil}
+	add := func(name string, err error, since time.Time) {
+		c := CheckStatus{Name: name, OK: err == nil, Since: since}
 		if err != nil {
 			c.Reason = err.Error()
 			st.Healthy = false
@@ -171,29 +190,47 @@ func (s *Self) Evaluate(ctx context.Context) SelfStatus {
 	}
 	for _, c := range checks {
 		cctx, cancel := context.WithTimeout(ctx, limit)
-		add(c.name, c.fn(cctx))
+		err := c.fn(cctx)
 		cancel()
+		add(c.name, err, s.builtinSince(c.name, err == nil))
 	}
 	for _, id := range operator {
 		name := strings.TrimPrefix(id, "self/")
 		ms, ok := s.monitor.Status(id)
 		switch {
 		case !ok || ms.State == Unknown:
-			add(name, errors.New("not checked yet"))
+			add(name, errors.New("not checked yet"), time.Time{})
 		case ms.State == Down:
 			reason := "down"
 			if ms.Last.Err != nil {
 				reason = ms.Last.Err.Error()
 			}
-			add(name, errors.New(reason))
+			add(name, errors.New(reason), ms.Since)
 		default:
-			add(name, nil)
+			add(name, nil, ms.Since)
 		}
 	}
 	if drained {
-		add("drain", fmt.Errorf("drained by the operator: %s", cmp.Or(why, "no reason given")))
+		add("drain", fmt.Errorf("drained by the operator: %s", cmp.Or(why, "no reason given")), time.Time{})
 	}
 	return st
+}
+
+// builtinSince records a built-in check's verdict and returns when it
+// last changed.
+func (s *Self) builtinSince(name string, ok bool) time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, seen := s.builtin[name]
+	if !seen {
+		s.builtin[name] = verdict{ok: ok}
+		return time.Time{}
+	}
+	if v.ok != ok {
+		v = verdict{ok: ok, since: time.Now()}
+		s.builtin[name] = v
+	}
+	return v.since
 }
 
 // UplinkCheck is a CheckFunc that fails while interface ifname is missing,

@@ -30,7 +30,14 @@ func TestSelfAggregates(t *testing.T) {
 	}
 	ipvsOK = false
 	s.SetDrained(true, "kernel upgrade")
+	before := time.Now()
 	st := s.Evaluate(ctx)
+	if c := st.Checks[0]; c.Name != "ipvs" || c.Since.Before(before) {
+		t.Errorf("a built-in check that changed says since %v, want the evaluation's time (after %v)", c.Since, before)
+	}
+	if c := st.Checks[1]; !c.Since.IsZero() {
+		t.Errorf("a built-in check that never changed says since %v", c.Since)
+	}
 	if st.Healthy {
 		t.Fatal("failing checks must make the director unhealthy")
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -170,3 +171,75 @@ func (l *Lab) NextHops(node string, prefix netip.Prefix) ([]netip.Addr, error) {
 	}
 	return out, nil
 }
+
+// HopChange is a change of a route's next hops as a RouteWatch saw it:
+// when the kernel's notification arrived, and the hops after it.
+type HopChange struct {
+	At   time.Time
+	Hops []netip.Addr
+}
+
+// RouteWatch records every change of node's route for one prefix as the
+// kernel announces it (RTM_NEWROUTE/DELROUTE), timed on arrival: what a
+// measurement of "next hop gone from the FIB" needs, where polling would
+// add its own interval.
+type RouteWatch struct {
+	done chan struct{}
+	mu   sync.Mutex
+	seen []HopChange
+	err  error
+}
+
+// WatchRoute starts a RouteWatch; Stop ends it.
+func (l *Lab) WatchRoute(node string, prefix netip.Prefix) (*RouteWatch, error) {
+	h, err := netns.GetFromName(l.Topo.Netns(node))
+	if err != nil {
+		return nil, err
+	}
+	updates := make(chan netlink.RouteUpdate, 256)
+	w := &RouteWatch{done: make(chan struct{})}
+	err = netlink.RouteSubscribeWithOptions(updates, w.done, netlink.RouteSubscribeOptions{Namespace: &h,
+		ErrorCallback: func(err error) { w.mu.Lock(); w.err = err; w.mu.Unlock() }})
+	h.Close()
+	if err != nil {
+		return nil, fmt.Errorf("watch %s's routes: %w", node, err)
+	}
+	go func() {
+		for u := range updates {
+			at := time.Now()
+			if u.Dst == nil || u.Dst.String() != prefix.String() {
+				continue
+			}
+			hops, err := l.NextHops(node, prefix)
+			w.mu.Lock()
+			if err != nil {
+				w.err = err
+			}
+			w.seen = append(w.seen, HopChange{At: at, Hops: hops})
+			w.mu.Unlock()
+		}
+	}()
+	return w, nil
+}
+
+// FirstWithout is the first change after t whose hops lack hop.
+func (w *RouteWatch) FirstWithout(t time.Time, hop netip.Addr) (time.Time, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, c := range w.seen {
+		if c.At.After(t) && !slices.Contains(c.Hops, hop) {
+			return c.At, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// Err is the first error the watch met (its record may miss changes).
+func (w *RouteWatch) Err() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// Stop ends the watch.
+func (w *RouteWatch) Stop() { close(w.done) }

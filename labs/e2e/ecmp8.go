@@ -154,6 +154,21 @@ func (e *ECMP8) JSON(i int, v any, args ...string) error {
 	return json.Unmarshal(out, v)
 }
 
+// HopAddr is director i's address as the router's next hop.
+func HopAddr(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 0, byte(i), 1}) }
+
+// WatchHops records the router's changes to the VIP's route as the
+// kernel announces them, until the test ends.
+func (e *ECMP8) WatchHops() *clab.RouteWatch {
+	e.T.Helper()
+	w, err := e.Lab.WatchRoute("router", netip.MustParsePrefix(VIP+"/32"))
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	e.T.Cleanup(w.Stop)
+	return w
+}
+
 // Hops are the router's next hops for the VIP, as director numbers.
 func (e *ECMP8) Hops() ([]int, error) {
 	nh, err := e.Lab.NextHops("router", netip.MustParsePrefix(VIP+"/32"))

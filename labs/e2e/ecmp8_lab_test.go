@@ -119,6 +119,10 @@ func TestLabECMP8(t *testing.T) {
 	e.Announcing(20*time.Second, "only d1-d8 announce", all8...)
 
 	// 3. Self health fails on d3: its hop leaves, standby d10 takes it.
+	// The router's route changes are watched as the kernel announces
+	// them, to time the hop's departure from the probe that decided it
+	// (the check's since, in d3's status) without a poll's interval.
+	watch := e.WatchHops()
 	t0 = time.Now()
 	os.WriteFile(e.FailFile(3), nil, 0o644)
 	e.ExpectHops(20*time.Second, "d3 out, the standby d10 in", append(without(all8, 3), standby)...)
@@ -127,6 +131,16 @@ func TestLabECMP8(t *testing.T) {
 	e.JSON(3, &st, "status")
 	if !strings.Contains(st.Reason, "maintenance-file") {
 		t.Errorf("d3's status does not say why: %q", st.Reason)
+	}
+	for _, c := range st.SelfChecks {
+		if c.Name != "maintenance-file" || c.OK {
+			continue
+		}
+		if gone, ok := watch.FirstWithout(t0, HopAddr(3)); ok && !c.Since.IsZero() {
+			labtest.Report(t, "e2e: own health fails (the deciding probe's result) -> its next hop gone from the router's FIB", []time.Duration{gone.Sub(c.Since)})
+		} else {
+			t.Errorf("no time for d3's departure: route watch %v (%v), check since %v", ok, watch.Err(), c.Since)
+		}
 	}
 	os.Remove(e.FailFile(3))
 	e.ExpectHops(20*time.Second, "d3 back, d10 standby again", all8...)
@@ -138,6 +152,11 @@ func TestLabECMP8(t *testing.T) {
 	e.Kill(4)
 	e.ExpectHops(20*time.Second, "d4 killed: d10 replaces it", append(without(all8, 4), standby)...)
 	labtest.Report(t, "e2e: director kill -9 -> standby in the router's FIB", []time.Duration{time.Since(t0)})
+	if gone, ok := watch.FirstWithout(t0, HopAddr(4)); ok {
+		labtest.Report(t, "e2e: anycastd kill -9 -> its next hop gone from the router's FIB", []time.Duration{gone.Sub(t0)})
+	} else {
+		t.Errorf("no time for d4's departure: %v", watch.Err())
+	}
 	e.Start(4)
 	e.ExpectHops(60*time.Second, "d4 back", all8...)
 	e.Announcing(20*time.Second, "only d1-d8 announce", all8...)
