@@ -780,9 +780,15 @@ func (n *Node) loop(ctx context.Context, errc <-chan error) error {
 			n.noteHealth(sub.Drain())
 		case <-n.self.Changed():
 			// An operator self check went up or down: act now, not
-			// on the next tick (a failing director withdraws within
-			// this turn).
+			// on the next tick, and a director that must withdraw
+			// does not wait to gather a burst either.
 			if need = n.evaluateSelf(ctx); !need {
+				continue
+			}
+			n.mu.Lock()
+			healthy := n.selfSt.Healthy
+			n.mu.Unlock()
+			if !healthy {
 				continue
 			}
 		case <-selfTick.C:
