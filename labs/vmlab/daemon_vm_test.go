@@ -33,20 +33,27 @@ type daemon struct {
 func (l *flowLab) startDaemon(i int, dir string) *daemon {
 	l.t.Helper()
 	name := fmt.Sprintf("d%d", i)
-	bin := labtest.Binaries(l.t)
+	return startDaemonIn(l.t, l.ns[name], name, dir)
+}
+
+// startDaemonIn starts anycastd with dir's anycastd.yaml in namespace ns,
+// and waits for its API.
+func startDaemonIn(t *testing.T, ns *labtest.Netns, name, dir string) *daemon {
+	t.Helper()
+	bin := labtest.Binaries(t)
 	d := &daemon{name: name, dir: dir, bin: bin, log: &bytes.Buffer{}}
-	d.cmd = exec.Command("ip", "netns", "exec", l.ns[name].Name, filepath.Join(bin, "anycastd"), "-c", filepath.Join(dir, "anycastd.yaml"))
+	d.cmd = exec.Command("ip", "netns", "exec", ns.Name, filepath.Join(bin, "anycastd"), "-c", filepath.Join(dir, "anycastd.yaml"))
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
-		l.t.Fatal(err)
+		t.Fatal(err)
 	}
-	l.t.Cleanup(func() {
+	t.Cleanup(func() {
 		if d.cmd.ProcessState == nil {
 			d.cmd.Process.Kill()
 			d.cmd.Wait()
 		}
 	})
-	labtest.Eventually(l.t, 30*time.Second, name+"'s API", func() error {
+	labtest.Eventually(t, 30*time.Second, name+"'s API", func() error {
 		_, err := d.anyctl("status")
 		if _, ok := err.(*exec.ExitError); ok {
 			return nil // answers (exit 1 is "unhealthy", still up)

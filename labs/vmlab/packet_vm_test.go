@@ -2,6 +2,7 @@ package vmlab
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -131,6 +132,8 @@ func (h *held) Check() string {
 func (l *drLab) hold(t testing.TB, ns string, args ...string) *held {
 	t.Helper()
 	cmd := l.helperCmd(ns, append([]string{"hold"}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {
@@ -142,7 +145,8 @@ func (l *drLab) hold(t testing.TB, ns string, args ...string) *held {
 	line, err := h.out.ReadString('\n')
 	f := strings.Fields(line)
 	if err != nil || len(f) < 2 || f[0] != "ready" {
-		t.Fatalf("hold: %q %v", line, err)
+		cmd.Wait()
+		t.Fatalf("hold: %q %v; its stderr: %s", line, err, stderr.String())
 	}
 	h.Ready = f[1:]
 	return h

@@ -406,6 +406,9 @@ mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 mkdir -p /run/netns
 ip link set lo up
+# The kernel starts init with 1,024 open files (4,096 at most): a test
+# that holds thousands of connections needs more.
+ulimit -n 65536
 depmod
 `)
 	for _, m := range Modules {
