@@ -125,3 +125,48 @@ func rssMiB() float64 {
 	}
 	return 0
 }
+
+// BenchmarkHTTPCheck is one http check (GET /, 200 expected) against a
+// loopback server: its CPU and garbage per check.
+func BenchmarkHTTPCheck(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					l, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if l == "\r\n" {
+						break
+					}
+				}
+				c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
+			}()
+		}
+	}()
+	p, err := New(configs.Check{Type: configs.CheckHTTP, Path: "/", Interval: time.Second, Timeout: time.Second, Rise: 1, Fall: 1},
+		Target{Addr: netip.MustParseAddrPort(ln.Addr().String())})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if r := p.Check(ctx); !r.OK {
+			b.Fatal(r.Err)
+		}
+		cancel()
+	}
+}

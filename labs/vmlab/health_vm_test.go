@@ -22,12 +22,14 @@ import (
 	"github.com/anycastd/anycastd/labs/labtest"
 )
 
-// listenersHelper: listeners N opens N TCP listeners on 127.0.0.1 that
-// accept and close, prints their ports (comma-separated) and serves until
+// listenersHelper: listeners N [http] opens N TCP listeners on 127.0.0.1
+// that accept and close (with http: read the request, answer 200 with no
+// body, close), prints their ports (comma-separated) and serves until
 // stdin ends; each stdin line is answered with the connections accepted
 // so far (the checks that reached them, whoever made them).
 func listenersHelper(args []string) error {
 	n, _ := strconv.Atoi(args[0])
+	web := len(args) > 1 && args[1] == "http"
 	var accepted atomic.Uint64
 	var ports []string
 	for range n {
@@ -43,7 +45,25 @@ func listenersHelper(args []string) error {
 					return
 				}
 				accepted.Add(1)
-				c.Close()
+				if !web {
+					c.Close()
+					continue
+				}
+				go func() {
+					defer c.Close()
+					c.SetDeadline(time.Now().Add(2 * time.Second))
+					r := bufio.NewReader(c)
+					for {
+						l, err := r.ReadString('\n')
+						if err != nil {
+							return
+						}
+						if l == "\r\n" || l == "\n" {
+							break
+						}
+					}
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+				}()
 			}
 		}()
 	}
@@ -55,8 +75,8 @@ func listenersHelper(args []string) error {
 	return nil
 }
 
-// monitorHelper: monitor PORTS TARGETS runs anycastd's health monitor on
-// TARGETS plain TCP checks at 1 s, spread over the listeners' PORTS on
+// monitorHelper: monitor PORTS TARGETS [http] runs anycastd's health
+// monitor on TARGETS plain TCP checks (or HTTP GET / expecting 200) at 1 s, spread over the listeners' PORTS on
 // 127.0.0.1 (10 per service, as the keepalived config below), until stdin
 // ends: a process of its own, measured as keepalived's checker is. Each
 // stdin line is answered with the number of checks done so far.
@@ -64,12 +84,16 @@ func monitorHelper(args []string) error {
 	ports := strings.Split(args[0], ",")
 	n, _ := strconv.Atoi(args[1])
 	m := health.NewMonitor(nil, 1024)
+	check := configs.Check{Type: "tcp", Interval: time.Second, Timeout: time.Second, Rise: 1, Fall: 3}
+	if len(args) > 2 && args[2] == "http" {
+		check.Type, check.Method, check.Path, check.Status = "http", "GET", "/", []string{"200"}
+	}
 	var specs []health.Spec
 	for i := range n {
 		p, _ := strconv.Atoi(ports[(i/10+i%10)%len(ports)])
 		specs = append(specs, health.Spec{ID: fmt.Sprintf("s%d/%d", i/10, i%10),
 			Target: health.Target{Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(p))},
-			Check:  configs.Check{Type: "tcp", Interval: time.Second, Timeout: time.Second, Rise: 1, Fall: 3}})
+			Check:  check})
 	}
 	if err := m.Set(specs); err != nil {
 		return err
@@ -127,10 +151,12 @@ func measureProc(t *testing.T, pid int, warm, window time.Duration) (cores, rss 
 // TestVMMeasureHealthChecks compares anycastd's health monitor with
 // keepalived's checker doing the same work in the same boot: TARGETS
 // (ANYCASTD_HEALTH_TARGETS, default 2,000: what the emulated VM
-// sustains) plain TCP checks at 1 s against listeners on loopback, each
-// tool in a process of its own measured from /proc the same way (CPU over
-// 20 s after 5 s, RSS at the end). keepalived runs its checker only where
-// IPVS is, hence the VM. Logged ("measure:"), never asserted.
+// sustains) plain TCP checks at 1 s against listeners on loopback, then as
+// many HTTP GET checks (keepalived's HTTP_GET) against listeners that
+// answer 200, each tool in a process of its own measured from /proc the
+// same way (CPU over 20 s after 5 s, RSS at the end). keepalived runs its
+// checker only where IPVS is, hence the VM. Logged ("measure:"), never
+// asserted.
 func TestVMMeasureHealthChecks(t *testing.T) {
 	labtest.RequireVM(t)
 	if _, err := exec.LookPath("keepalived"); err != nil {
@@ -140,6 +166,12 @@ func TestVMMeasureHealthChecks(t *testing.T) {
 	if v, err := strconv.Atoi(os.Getenv("ANYCASTD_HEALTH_TARGETS")); err == nil && v > 0 {
 		n = v
 	}
+	for _, kind := range []string{"tcp", "http"} {
+		t.Run(kind, func(t *testing.T) { measureHealthChecks(t, kind, n) })
+	}
+}
+
+func measureHealthChecks(t *testing.T, kind string, n int) {
 	self, _ := os.Executable()
 	helper := func(args ...string) (*exec.Cmd, io.WriteCloser, *bufio.Reader) {
 		cmd := exec.Command(self, args[1:]...)
@@ -153,7 +185,7 @@ func TestVMMeasureHealthChecks(t *testing.T) {
 		t.Cleanup(func() { in.Close(); cmd.Process.Kill(); cmd.Wait() })
 		return cmd, in, bufio.NewReader(out)
 	}
-	_, lin, lout := helper("listeners", "100")
+	_, lin, lout := helper("listeners", "100", kind)
 	line, err := lout.ReadString('\n')
 	if err != nil {
 		t.Fatal(err)
@@ -166,7 +198,7 @@ func TestVMMeasureHealthChecks(t *testing.T) {
 		return c
 	}
 
-	mon, monIn, mout := helper("monitor", strings.Join(ports, ","), strconv.Itoa(n))
+	mon, monIn, mout := helper("monitor", strings.Join(ports, ","), strconv.Itoa(n), kind)
 	if l, err := mout.ReadString('\n'); err != nil || strings.TrimSpace(l) != "running" {
 		t.Fatalf("monitor helper: %q %v", l, err)
 	}
@@ -182,14 +214,18 @@ func TestVMMeasureHealthChecks(t *testing.T) {
 	rate := float64(checks()-k0) / time.Since(start).Seconds()
 	monIn.Close()
 	mon.Wait()
-	t.Logf("measure: health-%d-tcp anycastd %.3f cores %.1f MiB (%.0f checks/s)", n, ours, oursRSS, rate)
+	t.Logf("measure: health-%d-%s anycastd %.3f cores %.1f MiB (%.0f checks/s)", n, kind, ours, oursRSS, rate)
 
 	dir := t.TempDir()
 	var conf strings.Builder
 	for s := 0; s < n/10; s++ {
 		fmt.Fprintf(&conf, "virtual_server 198.18.%d.%d 80 {\n  delay_loop 1\n  lb_algo wlc\n  lb_kind DR\n  protocol TCP\n", s/250, s%250+1)
 		for r := range 10 {
-			fmt.Fprintf(&conf, "  real_server 127.0.0.1 %s {\n    weight 1\n    TCP_CHECK {\n      connect_timeout 1\n    }\n  }\n", ports[(s+r)%len(ports)])
+			check := "TCP_CHECK {\n      connect_timeout 1\n    }"
+			if kind == "http" {
+				check = "HTTP_GET {\n      url {\n        path /\n        status_code 200\n      }\n      connect_timeout 1\n    }"
+			}
+			fmt.Fprintf(&conf, "  real_server 127.0.0.1 %s {\n    weight 1\n    %s\n  }\n", ports[(s+r)%len(ports)], check)
 		}
 		conf.WriteString("}\n")
 	}
@@ -215,6 +251,6 @@ func TestVMMeasureHealthChecks(t *testing.T) {
 	a0, start := accepted(), time.Now()
 	theirs, theirRSS := measureProc(t, pid, 0, 20*time.Second)
 	theirRate := float64(accepted()-a0) / time.Since(start).Seconds()
-	t.Logf("measure: health-%d-tcp keepalived %.3f cores %.1f MiB (%.0f checks/s)", n, theirs, theirRSS, theirRate)
-	t.Logf("measure: health-%d-tcp ratio-to-keepalived cpu %.2f rss %.2f cpu-per-check %.2f", n, ours/theirs, oursRSS/theirRSS, (ours/rate)/(theirs/theirRate))
+	t.Logf("measure: health-%d-%s keepalived %.3f cores %.1f MiB (%.0f checks/s)", n, kind, theirs, theirRSS, theirRate)
+	t.Logf("measure: health-%d-%s ratio-to-keepalived cpu %.2f rss %.2f cpu-per-check %.2f", n, kind, ours/theirs, oursRSS/theirRSS, (ours/rate)/(theirs/theirRate))
 }
