@@ -67,6 +67,8 @@ func (a *tlAnnouncer) Set(_ context.Context, anns []routing.Announcement) error 
 	return nil
 }
 
+func (a *tlAnnouncer) Changed() <-chan struct{} { return nil }
+
 func (a *tlAnnouncer) Status() routing.Status {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -737,10 +737,7 @@ func (n *Node) loop(ctx context.Context, errc <-chan error) error {
 	done := ctx.Done()
 	// An announcer whose state changes on its own (VRRP mastership)
 	// wakes the loop, so the metadata and the DNS follow at once.
-	var annChanged <-chan struct{}
-	if e, ok := n.ann.(routing.Elector); ok {
-		annChanged = e.Changed()
-	}
+	annChanged := n.ann.Changed() // nil (never fires) unless it elects
 	n.evaluateSelf(ctx)
 	for need := true; ; {
 		if need {
@@ -942,9 +939,9 @@ func (n *Node) step(ctx context.Context) {
 
 	// 1. Withdraw first what is no longer to be announced (before IPVS
 	// entries it needs can go).
-	// Not for an Elector (VRRP), which must not be withdrawn from in two
-	// steps (see routing.Elector).
-	if _, elector := n.ann.(routing.Elector); !elector {
+	// Not for an announcer that elects (VRRP), which must not be
+	// withdrawn from in two steps (see routing.Elects).
+	if !routing.Elects(n.ann) {
 		keep := keepAnnounced(n.ann.Status().Announced, d.Announce)
 		if err := n.ann.Set(ctx, keep); err != nil {
 			n.log.Warn("withdraw", "err", err)

@@ -560,7 +560,7 @@ func (r *recorder) sets() []string {
 	return out
 }
 
-// electorRecorder is a recorder that is a routing.Elector.
+// electorRecorder is a recorder that elects (routing.Elects).
 type electorRecorder struct {
 	recorder
 	changed chan struct{}
@@ -584,6 +584,8 @@ func (r *recorder) Set(_ context.Context, anns []routing.Announcement) error {
 	return nil
 }
 
+func (r *recorder) Changed() <-chan struct{} { return nil }
+
 func (r *recorder) Status() routing.Status {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -594,7 +596,7 @@ func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
 // A change that removes one VIP and adds another: a plain announcer
 // (BGP) is first given the withdraw-only set (what stays), then the full
-// set; an Elector (VRRP) only the full set, as a withdraw-only set would
+// set; one that elects (VRRP) only the full set, as a withdraw-only set would
 // make it resign what it holds for an instant.
 func TestWithdrawPhaseSkippedForElector(t *testing.T) {
 	svc := func(name, vip string) string {

@@ -1,7 +1,6 @@
 package health
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -49,9 +48,10 @@ func (s SelfStatus) Reason() string {
 }
 
 // Self is the director's own health: built-in checks the director
-// registers (IPVS reachable, config applied), the uplink interface, the
-// operator's checks (exec, tcp, http, https, with rise/fall), and the
-// operator's drain flag. Safe for concurrent use.
+// registers (IPVS reachable, config applied), the uplink interface and
+// the operator's checks (exec, tcp, http, https, with rise/fall). The
+// operator's drain is not health: director.Plan takes it apart. Safe for
+// concurrent use.
 type Self struct {
 	monitor *Monitor
 	sub     *Subscription // the operator checks' state changes
@@ -59,8 +59,6 @@ type Self struct {
 	mu        sync.Mutex
 	checks    []namedCheck
 	operator  []string // monitor IDs of operator checks, in config order
-	drained   bool
-	drainWhy  string
 	evalLimit time.Duration
 	builtin   map[string]verdict // the built-in checks' last verdicts
 }
@@ -149,32 +147,17 @@ func (s *Self) SetPrepared(p OperatorChecks) error {
 	return nil
 }
 
-// SetDrained sets or clears the operator's drain flag.
-func (s *Self) SetDrained(drained bool, reason string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.drained, s.drainWhy = drained, reason
-}
-
-// Drained reports the drain flag and its reason.
-func (s *Self) Drained() (bool, string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.drained, s.drainWhy
-}
-
 // Run runs the operator checks until ctx ends.
 func (s *Self) Run(ctx context.Context) error { return s.monitor.Run(ctx) }
 
 // Evaluate runs the built-in checks (each bounded in time) and combines
-// them with the operator checks' current statuses and the drain flag. An
+// them with the operator checks' current statuses. An
 // operator check that has not run yet counts as failing: a director does
 // not announce before it knows.
 func (s *Self) Evaluate(ctx context.Context) SelfStatus {
 	s.mu.Lock()
 	checks := slices.Clone(s.checks)
 	operator := slices.Clone(s.operator)
-	drained, why := s.drained, s.drainWhy
 	limit := s.evalLimit
 	s.mu.Unlock()
 
@@ -209,9 +192,6 @@ func (s *Self) Evaluate(ctx context.Context) SelfStatus {
 		default:
 			add(name, nil, ms.Since)
 		}
-	}
-	if drained {
-		add("drain", fmt.Errorf("drained by the operator: %s", cmp.Or(why, "no reason given")), time.Time{})
 	}
 	return st
 }

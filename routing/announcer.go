@@ -87,40 +87,18 @@ type Announcer interface {
 	Set(ctx context.Context, anns []Announcement) error
 	// Status reports sessions and what is announced.
 	Status() Status
-}
-
-// Elector is an Announcer that decides for itself what it holds (VRRP):
-// Set says what it may hold, and it holds a prefix only while it wins the
-// election for it. Status reports what it holds, which changes without a
-// Set; Changed is signalled (coalesced) at each such change. A caller
-// must not withdraw from an Elector in two steps (a Set of what it holds
-// now, then the full set): the first Set would resign, for an instant,
-// what it had just won, and a peer would take it over.
-type Elector interface {
-	Announcer
+	// Changed is signalled (coalesced) when what the announcer holds
+	// changes without a Set, which only an announcer that elects does
+	// (see Elects). One that holds exactly what it is Set returns nil,
+	// a channel that never fires.
 	Changed() <-chan struct{}
 }
 
-// Drain withdraws gracefully: it announces anns with GRACEFUL_SHUTDOWN for
-// hold, so that the upstream moves traffic away while the routes still
-// work, and then withdraws everything. It returns early, after
-// withdrawing, if ctx ends.
-func Drain(ctx context.Context, a Announcer, anns []Announcement, hold time.Duration) error {
-	if hold > 0 && len(anns) > 0 {
-		gshut := make([]Announcement, len(anns))
-		for i, x := range anns {
-			x.GracefulShutdown = true
-			gshut[i] = x
-		}
-		if err := a.Set(ctx, gshut); err != nil {
-			return err
-		}
-		t := time.NewTimer(hold)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-		}
-	}
-	return a.Set(context.WithoutCancel(ctx), nil)
-}
+// Elects reports whether a decides for itself what it holds (VRRP): Set
+// says what it may hold, and it holds a prefix only while it wins the
+// election for it; Status reports what it holds, which changes without a
+// Set, and Changed is signalled at each such change. A caller must not
+// withdraw from such an announcer in two steps (a Set of what it holds
+// now, then the full set): the first Set would resign, for an instant,
+// what it had just won, and a peer would take it over.
+func Elects(a Announcer) bool { return a.Changed() != nil }

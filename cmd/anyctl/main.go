@@ -17,10 +17,10 @@ var version = "dev"
 
 // Exit codes, stable for scripts.
 const (
-	exitOK      = 0
-	exitFailed  = 1 // the command ran and found a problem (invalid config, ...)
-	exitUsage   = 2 // bad flags or arguments
-	exitUnknown = 3
+	exitOK     = 0
+	exitFailed = 1 // the command ran and found a problem (invalid config, ...)
+	exitUsage  = 2 // bad flags or arguments
+	// 3 is not used (kept free: scripts may have read it as "unknown").
 	// exitUnavailable (4): the daemon could not be reached.
 )
 

@@ -32,6 +32,8 @@ func (f *fakeAnnouncer) Set(_ context.Context, anns []routing.Announcement) erro
 	return nil
 }
 
+func (f *fakeAnnouncer) Changed() <-chan struct{} { return nil }
+
 func (f *fakeAnnouncer) Status() routing.Status {
 	f.mu.Lock()
 	defer f.mu.Unlock()

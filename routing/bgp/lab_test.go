@@ -48,7 +48,7 @@ func speakerHelper(args []string) error {
 				if err != nil {
 					return err
 				}
-				return routing.Drain(ctx, sp, current, d)
+				return drain(ctx, sp, current, d)
 			},
 		},
 	}.Serve()
@@ -489,4 +489,29 @@ func TestLabBGPECMP(t *testing.T) {
 			t.Errorf("shutdown log:\n%s", s.proc.Output())
 		}
 	})
+}
+
+// drain is what a director does when drained, for the helper speaker:
+// announce with GRACEFUL_SHUTDOWN for hold, so that the router moves
+// traffic away while the routes still work, then withdraw everything
+// (early, after withdrawing, if ctx ends). The daemon does this through
+// director.Plan's graceful-shutdown rule.
+func drain(ctx context.Context, a routing.Announcer, anns []routing.Announcement, hold time.Duration) error {
+	if hold > 0 && len(anns) > 0 {
+		gshut := make([]routing.Announcement, len(anns))
+		for i, x := range anns {
+			x.GracefulShutdown = true
+			gshut[i] = x
+		}
+		if err := a.Set(ctx, gshut); err != nil {
+			return err
+		}
+		t := time.NewTimer(hold)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
+	return a.Set(context.WithoutCancel(ctx), nil)
 }

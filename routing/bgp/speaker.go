@@ -289,6 +289,10 @@ func (s *Speaker) reconcileLocked() error {
 }
 
 // Status implements routing.Announcer.
+// Changed implements routing.Announcer: the speaker announces what it is
+// Set, nothing else.
+func (s *Speaker) Changed() <-chan struct{} { return nil }
+
 func (s *Speaker) Status() routing.Status {
 	s.mu.Lock()
 	st := routing.Status{Mode: configs.ModeBGP}

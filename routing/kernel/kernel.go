@@ -92,6 +92,10 @@ func (a *Announcer) Set(ctx context.Context, anns []routing.Announcement) error 
 }
 
 // Status implements routing.Announcer.
+// Changed implements routing.Announcer: the kernel route holds what it is
+// Set, nothing else.
+func (a *Announcer) Changed() <-chan struct{} { return nil }
+
 func (a *Announcer) Status() routing.Status {
 	st := routing.Status{Mode: configs.ModeKernel}
 	have, err := a.current()

@@ -112,8 +112,8 @@ func New(cfg configs.VRRP, log *slog.Logger) (*Router, error) {
 	return r, nil
 }
 
-// The Router holds a VIP only while master: an Elector.
-var _ routing.Elector = (*Router)(nil)
+// The Router holds a VIP only while master: it elects (routing.Elects).
+var _ routing.Announcer = (*Router)(nil)
 
 // Changed is signalled (coalesced) when an instance became master or
 // backup: what Status reports changed.
