@@ -335,27 +335,31 @@ func fail(w http.ResponseWriter, code int, err error) {
 	reply(w, code, resp)
 }
 
+// electedMembers is the gossip's members with this director's own entry
+// as the last plan had it (Desired.Me: its drain, priority and eligibility
+// first hand, not the gossip's echo), and the roles an election over them
+// gives: the same as Plan's.
+func electedMembers(gossip []cluster.Member, d Desired, size int) ([]cluster.Member, map[string]cluster.Role) {
+	members := gossip
+	if d.Me.Name != "" {
+		members = WithLocal(gossip, d.Me)
+		slices.SortFunc(members, func(a, b cluster.Member) int { return strings.Compare(a.Name, b.Name) })
+	}
+	return members, cluster.Elect(members, size)
+}
+
 // MembersView is the cluster as this director sees it, with roles.
 func (n *Node) MembersView() MembersResponse {
 	n.mu.Lock()
 	cfg, d := n.cfg, n.snap.Desired
 	n.mu.Unlock()
-	members := n.cl.Members()
-	// Our own entry from local state, not from the gossip echo.
-	for i := range members {
-		if members[i].Name == cfg.Node.Name {
-			members[i].State = cluster.StateAlive
-			members[i].Meta.Healthy = d.Eligible
-			members[i].Meta.Reason = d.Reason
-		}
-	}
 	n.mu.Lock()
 	size := n.activeSize.Size
 	n.mu.Unlock()
 	if size == 0 {
 		size = cfg.Cluster.MaxActive
 	}
-	roles := cluster.Elect(members, size)
+	members, roles := electedMembers(n.cl.Members(), d, size)
 	out := MembersResponse{Self: cfg.Node.Name, MaxActive: size}
 	for _, m := range members {
 		v := MemberView{Name: m.Name, State: string(m.State), Role: string(roles[m.Name]), Healthy: m.Meta.Healthy,
@@ -467,6 +471,7 @@ func (n *Node) ServicesView(ctx context.Context) (ServicesResponse, error) {
 		if s.FWMark == 0 {
 			sv.Protocol = s.Protocol
 		}
+		sv.Up = d.Up[s.Name] // as the quorum rule counted them
 		k := Service(s).ServiceKey
 		is, inIPVS := idx[k]
 		sv.InIPVS = inIPVS
@@ -485,9 +490,6 @@ func (n *Node) ServicesView(ctx context.Context) (ServicesResponse, error) {
 						bv.Error = hs.Last.Err.Error()
 					}
 				}
-			}
-			if bv.Health == health.Up.String() && b.Weight > 0 {
-				sv.Up++
 			}
 			if inIPVS {
 				key := ipvs.DestKey{Addr: b.Address.Unmap(), Port: uint16(b.Port)}

@@ -83,6 +83,11 @@ type Desired struct {
 	Announce []routing.Announcement
 	// Role is this director's place in the active set.
 	Role cluster.Role
+	// Me is this director as the election saw it: its gossip entry with
+	// its own state (alive, its priority, eligibility and drain) in place
+	// of the gossip's echo, which may lag. WithLocal puts it into a member
+	// list so that whoever elects again (the API) elects as Plan did.
+	Me cluster.Member
 	// Eligible is what this director tells the others (cluster.Meta's
 	// Healthy): self healthy and config current. Reason says why not.
 	Eligible bool
@@ -90,6 +95,9 @@ type Desired struct {
 	// VIPs is every VIP of the config, sorted, with whether it is
 	// announced and why not.
 	VIPs []VIPState
+	// Up is, per service name, its backends that count toward its quorum
+	// (up, weight above 0), as the quorum rule counted them.
+	Up map[string]int
 	// WakeAt is when Plan's answer changes by itself (the end of a
 	// graceful-shutdown hold, the end of the config grace, the end of a
 	// settling hold); zero if never.
@@ -187,15 +195,14 @@ func Plan(in Input) Desired {
 	}
 	d.Reason = strings.Join(why, "; ")
 
-	members := slices.Clone(in.Members)
-	me := cluster.Member{Name: in.Self, State: cluster.StateAlive}
-	if i := slices.IndexFunc(members, func(m cluster.Member) bool { return m.Name == in.Self }); i >= 0 {
-		me = members[i]
-		members = slices.Delete(members, i, i+1)
+	me := cluster.Member{Name: in.Self}
+	if i := slices.IndexFunc(in.Members, func(m cluster.Member) bool { return m.Name == in.Self }); i >= 0 {
+		me = in.Members[i]
 	}
 	me.State, me.Bad = cluster.StateAlive, ""
-	me.Meta.Priority, me.Meta.Healthy, me.Meta.Drained = in.Local.Priority, d.Eligible, in.Local.Drained
-	members = append(members, me)
+	me.Meta.Priority, me.Meta.Healthy, me.Meta.Drained, me.Meta.Reason = in.Local.Priority, d.Eligible, in.Local.Drained, d.Reason
+	d.Me = me
+	members := WithLocal(in.Members, me)
 	maxActive := in.MaxActive
 	if maxActive <= 0 {
 		maxActive = 8
@@ -220,6 +227,7 @@ func Plan(in Input) Desired {
 	}
 
 	// Each VIP on its own (its services by index in in.Services).
+	d.Up = make(map[string]int, len(in.Services))
 	byVIP := map[netip.Addr][]int{}
 	for i := range in.Services {
 		v := in.Services[i].VIP
@@ -239,7 +247,9 @@ func Plan(in Input) Desired {
 			if r, ok := in.Failed[serviceKey(*s)]; ok {
 				vwhy = append(vwhy, fmt.Sprintf("service %s not in IPVS: %s", s.Name, r))
 			}
-			if up := healthyBackends(&in, s, &key); up < s.Quorum {
+			up := healthyBackends(&in, s, &key)
+			d.Up[s.Name] = up
+			if up < s.Quorum {
 				vwhy = append(vwhy, fmt.Sprintf("service %s below quorum (%d of %d backends up, quorum %d)", s.Name, up, len(s.Backends), s.Quorum))
 			}
 		}
@@ -417,4 +427,11 @@ func destination(s configs.Service, b configs.Backend) ipvs.Destination {
 		UpperThreshold: b.UpperThreshold,
 		LowerThreshold: b.LowerThreshold,
 	}
+}
+
+// WithLocal is members with me in place of the entry of the same name (or
+// added): the list a director elects on, its own state known first hand.
+func WithLocal(members []cluster.Member, me cluster.Member) []cluster.Member {
+	out := slices.DeleteFunc(slices.Clone(members), func(m cluster.Member) bool { return m.Name == me.Name })
+	return append(out, me)
 }

@@ -512,3 +512,27 @@ func TestPlanSettle(t *testing.T) {
 		})
 	}
 }
+
+// The API elects on the same member list as Plan: this director's own
+// entry from the last plan, not from the gossip, whose echo of a drain
+// (or a priority change) lags. With the gossip still saying d1 is
+// undrained, the API's roles must already show d2 active.
+func TestElectedMembersUseThePlansOwnEntry(t *testing.T) {
+	alive := func(name string, prio int) cluster.Member {
+		return cluster.Member{Name: name, State: cluster.StateAlive, Meta: cluster.Meta{Healthy: true, Priority: prio}}
+	}
+	gossip := []cluster.Member{alive("d1", 50), alive("d2", 100)} // lower goes first
+	me := alive("d1", 50)
+	me.Meta.Drained = true
+	members, roles := electedMembers(gossip, Desired{Me: me}, 1)
+	if roles["d1"] == cluster.RoleActive || roles["d2"] != cluster.RoleActive {
+		t.Errorf("roles %v: the drained d1 must not be active, d2 must", roles)
+	}
+	if len(members) != 2 || members[0].Name != "d1" || !members[0].Meta.Drained || members[1].Name != "d2" {
+		t.Errorf("members %+v", members)
+	}
+	// Before any plan (no Me) the gossip is all there is.
+	if _, roles := electedMembers(gossip, Desired{}, 1); roles["d1"] != cluster.RoleActive {
+		t.Errorf("without a plan: roles %v", roles)
+	}
+}
