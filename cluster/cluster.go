@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/anycastd/anycastd/configs"
+	"github.com/anycastd/anycastd/internal/atomicfile"
 	"github.com/hashicorp/memberlist"
 )
 
@@ -1203,7 +1204,7 @@ func (c *Cluster) saveKnownPeers() {
 	slices.Sort(addrs)
 	addrs = addrs[:min(len(addrs), maxKnownPeers)]
 	b, _ := json.Marshal(addrs)
-	if err := writeFileAtomic(filepath.Join(c.opts.StateDir, peersFile), b); err != nil {
+	if err := atomicfile.Write(filepath.Join(c.opts.StateDir, peersFile), b, 0o600); err != nil {
 		c.log.Debug("save the member list", "err", err)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/anycastd/anycastd/configs"
+	"github.com/anycastd/anycastd/internal/atomicfile"
 )
 
 // Document is the cluster-wide part of the config (the services, with
@@ -199,38 +200,8 @@ func SaveDocument(dir string, d *Document) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, docFile), append(b, '\n')); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, docFile), append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("save config document: %w", err)
-	}
-	return nil
-}
-
-// writeFileAtomic replaces path with data: a crash leaves the old file or
-// the new one, never a part.
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // after a successful rename: already gone
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	if dh, err := os.Open(dir); err == nil {
-		dh.Sync()
-		dh.Close()
 	}
 	return nil
 }

@@ -3,7 +3,6 @@ package director
 import (
 	"cmp"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +20,7 @@ import (
 	"github.com/anycastd/anycastd/cluster"
 	"github.com/anycastd/anycastd/configs"
 	"github.com/anycastd/anycastd/health"
+	"github.com/anycastd/anycastd/internal/atomicfile"
 	"github.com/anycastd/anycastd/ipvs"
 	"github.com/anycastd/anycastd/routing"
 	"github.com/anycastd/anycastd/routing/bgp"
@@ -263,7 +263,7 @@ func New(o Options) (*Node, error) {
 		n.dns = s
 	}
 
-	keys, err := clusterKeys(cfg.Cluster.Keys)
+	keys, err := cluster.DecodeKeys(cfg.Cluster.Keys)
 	if err != nil {
 		return nil, err
 	}
@@ -330,18 +330,6 @@ func lockStateDir(dir string) (*os.File, error) {
 	_ = f.Truncate(0)
 	_, _ = f.WriteAt([]byte(fmt.Sprintf("pid %d\n", os.Getpid())), 0)
 	return f, nil
-}
-
-func clusterKeys(b64 []string) ([][]byte, error) {
-	var keys [][]byte
-	for i, k := range b64 {
-		raw, err := base64.StdEncoding.DecodeString(k)
-		if err != nil {
-			return nil, fmt.Errorf("cluster.keys[%d]: not valid base64", i)
-		}
-		keys = append(keys, raw)
-	}
-	return keys, nil
 }
 
 func (n *Node) statePath(name string) string {
@@ -492,7 +480,7 @@ func (n *Node) settleServices() error {
 		n.log.Info("serving the cluster's config, not the file's services (they differ; the cluster's is newer)",
 			"version", doc.Version, "hash", doc.Short(), "author", doc.Author)
 	}
-	return writeFileAtomic(n.statePath("file-services.sha256"), []byte(hash+"\n"))
+	return atomicfile.Write(n.statePath("file-services.sha256"), []byte(hash+"\n"), 0o600)
 }
 
 // Reload takes a new config (already loaded and valid): the services are
@@ -512,7 +500,7 @@ func (n *Node) Reload(cfg *configs.Config) error {
 	if restart := needsRestart(old, cfg); len(restart) > 0 {
 		n.log.Warn("config changes that take effect only at restart (the running values are kept)", "fields", strings.Join(restart, ", "))
 	}
-	keys, err := clusterKeys(cfg.Cluster.Keys)
+	keys, err := cluster.DecodeKeys(cfg.Cluster.Keys)
 	if err != nil {
 		return err
 	}
@@ -535,7 +523,7 @@ func (n *Node) Reload(cfg *configs.Config) error {
 			}
 			n.log.Info("config file's services changed: proposed to the cluster", "version", d.Version, "hash", d.Short())
 		}
-		if err := writeFileAtomic(n.statePath("file-services.sha256"), []byte(newHash+"\n")); err != nil {
+		if err := atomicfile.Write(n.statePath("file-services.sha256"), []byte(newHash+"\n"), 0o600); err != nil {
 			// The proposal is made; this record only tells a restart
 			// whether the file changed while the daemon was down.
 			n.log.Warn("could not record the file's services hash (a restart may propose the file again)", "err", err)
@@ -632,7 +620,7 @@ func (n *Node) saveDrain() error {
 		return nil
 	}
 	b, _ := json.Marshal(d)
-	err := writeFileAtomic(path, b)
+	err := atomicfile.Write(path, b, 0o600)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.drainUnsaved != d {
@@ -1263,24 +1251,4 @@ func readJSON[T any](path string) (*T, error) {
 		return nil, fmt.Errorf("%s is corrupt: %w", path, err)
 	}
 	return &v, nil
-}
-
-func writeFileAtomic(path string, b []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
