@@ -538,13 +538,7 @@ func (n *Node) Reload(cfg *configs.Config) error {
 		return fmt.Errorf("health.self.checks: %w", err)
 	}
 	merged := *old
-	merged.Health = cfg.Health
-	merged.Cluster.Keys = cfg.Cluster.Keys
-	merged.Cluster.MaxActive, merged.Cluster.Priority = cfg.Cluster.MaxActive, cfg.Cluster.Priority
-	bgpCfg := merged.Routing.BGP
-	bgpCfg.Communities, bgpCfg.LargeCommunities, bgpCfg.MED = cfg.Routing.BGP.Communities, cfg.Routing.BGP.LargeCommunities, cfg.Routing.BGP.MED
-	bgpCfg.GracefulShutdown = cfg.Routing.BGP.GracefulShutdown
-	merged.Routing.BGP = bgpCfg
+	takeRuntime(&merged, cfg)
 	n.mu.Lock()
 	n.cfg, n.fileHash = &merged, newHash
 	if !n.settled {
@@ -556,7 +550,23 @@ func (n *Node) Reload(cfg *configs.Config) error {
 	return nil
 }
 
+// takeRuntime copies into dst the settings a reload changes in a running
+// daemon: the one list of them (everything else takes a restart, and
+// needsRestart names it). The services are not among them: a file's
+// services are proposed to the cluster.
+func takeRuntime(dst, src *configs.Config) {
+	dst.Health = src.Health
+	dst.Cluster.Keys = src.Cluster.Keys
+	dst.Cluster.MaxActive, dst.Cluster.Priority = src.Cluster.MaxActive, src.Cluster.Priority
+	dst.Routing.BGP.Communities, dst.Routing.BGP.LargeCommunities = src.Routing.BGP.Communities, src.Routing.BGP.LargeCommunities
+	dst.Routing.BGP.MED, dst.Routing.BGP.GracefulShutdown = src.Routing.BGP.MED, src.Routing.BGP.GracefulShutdown
+}
+
+// needsRestart names the sections where b differs from the running a in
+// what a reload does not change (all but takeRuntime's).
 func needsRestart(a, b *configs.Config) []string {
+	x := *a
+	takeRuntime(&x, b)
 	var out []string
 	eq := func(name string, x, y any) {
 		xj, _ := json.Marshal(x)
@@ -565,18 +575,14 @@ func needsRestart(a, b *configs.Config) []string {
 			out = append(out, name)
 		}
 	}
-	eq("node", a.Node, b.Node)
-	eq("cluster.bind/port/advertise/seeds/insecure", []any{a.Cluster.Bind, a.Cluster.Port, a.Cluster.Advertise, a.Cluster.Seeds, a.Cluster.Insecure},
-		[]any{b.Cluster.Bind, b.Cluster.Port, b.Cluster.Advertise, b.Cluster.Seeds, b.Cluster.Insecure})
-	eq("routing.mode", a.Routing.Mode, b.Routing.Mode)
-	ra, rb := a.Routing.BGP, b.Routing.BGP
-	ra.Communities, ra.LargeCommunities, ra.MED, ra.GracefulShutdown = nil, nil, 0, 0
-	rb.Communities, rb.LargeCommunities, rb.MED, rb.GracefulShutdown = nil, nil, 0, 0
-	eq("routing.bgp (session settings)", ra, rb)
-	eq("routing.kernel", a.Routing.Kernel, b.Routing.Kernel)
-	eq("routing.vrrp", a.Routing.VRRP, b.Routing.VRRP)
-	eq("routing.dns", a.Routing.DNS, b.Routing.DNS)
-	eq("api", a.API, b.API)
+	eq("node", x.Node, b.Node)
+	eq("cluster (bind, port, advertise, seeds, insecure)", x.Cluster, b.Cluster)
+	eq("routing.mode", x.Routing.Mode, b.Routing.Mode)
+	eq("routing.bgp (session settings)", x.Routing.BGP, b.Routing.BGP)
+	eq("routing.kernel", x.Routing.Kernel, b.Routing.Kernel)
+	eq("routing.vrrp", x.Routing.VRRP, b.Routing.VRRP)
+	eq("routing.dns", x.Routing.DNS, b.Routing.DNS)
+	eq("api", x.API, b.API)
 	return out
 }
 

@@ -536,3 +536,36 @@ func TestElectedMembersUseThePlansOwnEntry(t *testing.T) {
 		t.Errorf("without a plan: roles %v", roles)
 	}
 }
+
+// The settings a reload changes are listed once (takeRuntime): a change
+// to one of them needs no restart, a change anywhere else is named.
+func TestNeedsRestartIsTheComplementOfTakeRuntime(t *testing.T) {
+	base := func() *configs.Config {
+		c := &configs.Config{}
+		c.Node.Name, c.Cluster.Port, c.Routing.Mode, c.Routing.BGP.ASN = "d1", 7946, "bgp", 65001
+		return c
+	}
+	cases := []struct {
+		name   string
+		change func(*configs.Config)
+		want   []string
+	}{
+		{"health", func(c *configs.Config) { c.Health.Self.Uplink = "eth1" }, nil},
+		{"max_active and priority", func(c *configs.Config) { c.Cluster.MaxActive, c.Cluster.Priority = 4, 10 }, nil},
+		{"keys", func(c *configs.Config) { c.Cluster.Keys = []string{"k"} }, nil},
+		{"bgp attributes and hold", func(c *configs.Config) {
+			c.Routing.BGP.Communities, c.Routing.BGP.MED, c.Routing.BGP.GracefulShutdown = []string{"65000:1"}, 5, time.Second
+		}, nil},
+		{"services", func(c *configs.Config) { c.Services = []configs.Service{{Name: "web"}} }, nil},
+		{"bgp session", func(c *configs.Config) { c.Routing.BGP.ASN = 65002 }, []string{"routing.bgp (session settings)"}},
+		{"gossip port", func(c *configs.Config) { c.Cluster.Port = 7947 }, []string{"cluster (bind, port, advertise, seeds, insecure)"}},
+		{"node and mode", func(c *configs.Config) { c.Node.Name, c.Routing.Mode = "d2", "kernel" }, []string{"node", "routing.mode"}},
+	}
+	for _, c := range cases {
+		b := base()
+		c.change(b)
+		if got := needsRestart(base(), b); !slices.Equal(got, c.want) {
+			t.Errorf("%s: needs restart %q, want %q", c.name, got, c.want)
+		}
+	}
+}
