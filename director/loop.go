@@ -1,0 +1,464 @@
+package director
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/anycastd/anycastd/configs"
+	"github.com/anycastd/anycastd/health"
+	"github.com/anycastd/anycastd/ipvs"
+	"github.com/anycastd/anycastd/routing"
+)
+
+// The loop: one owner of every change, one turn (step) per burst of
+// inputs: plan, withdraw, reconcile IPVS (and triage its errors), announce.
+
+// Snapshot is what the loop decided last, for the API.
+type Snapshot struct {
+	Desired   Desired
+	Reconcile ReconcileInfo
+	At        time.Time
+}
+
+// ReconcileInfo is what the last IPVS reconcile did.
+type ReconcileInfo struct {
+	At       time.Time     `json:"at"`
+	Duration time.Duration `json:"duration_ns"`
+	Ops      int           `json:"ops"`
+	Errors   []string      `json:"errors,omitempty"`
+	// SaveError is why the IPVS ownership record could not be saved
+	// (retried every turn; the table itself was reconciled).
+	SaveError string   `json:"save_error,omitempty"`
+	Foreign   []string `json:"foreign,omitempty"`
+	Draining  int      `json:"draining"`
+	// Loops counts the control loop's turns since start.
+	Loops uint64 `json:"loops"`
+}
+
+func (n *Node) loop(ctx context.Context, errc <-chan error) error {
+	sub := n.mon.Subscribe()
+	defer sub.Close()
+	selfTick := time.NewTicker(n.opts.SelfEvery)
+	defer selfTick.Stop()
+	resync := time.NewTicker(n.opts.Resync)
+	defer resync.Stop()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	done := ctx.Done()
+	// An announcer whose state changes on its own (VRRP mastership)
+	// wakes the loop, so the metadata and the DNS follow at once.
+	annChanged := n.ann.Changed() // nil (never fires) unless it elects
+	n.evaluateSelf(ctx)
+	for need := true; ; {
+		if need {
+			n.step(ctx)
+			n.readyOnce.Do(func() { close(n.ready) })
+			n.mu.Lock()
+			wakeAt, stopping := n.snap.Desired.WakeAt, n.stopping
+			if !n.retryAt.IsZero() {
+				wakeAt = earliest(wakeAt, n.retryAt)
+			}
+			announcing := len(n.snap.Desired.Announce) > 0
+			n.mu.Unlock()
+			if stopping && !announcing {
+				n.log.Info("withdrawn; leaving the cluster")
+				return nil
+			}
+			if !wakeAt.IsZero() {
+				timer.Reset(max(wakeAt.Sub(n.opts.Now()), time.Millisecond))
+			}
+		}
+		need = true
+		select {
+		case <-done:
+			done = nil
+			n.beginStop()
+		case <-n.abort:
+			n.mu.Lock()
+			n.stopping = true
+			n.drain = drainState{Drained: true, Reason: "shutting down (aborted)", Since: time.Time{}}
+			n.mu.Unlock()
+		case err := <-errc:
+			return err
+		case <-n.wake:
+		case <-annChanged:
+		case <-n.cl.Changed():
+		case <-sub.C():
+			n.noteHealth(sub.Drain())
+		case <-n.self.Changed():
+			// An operator self check went up or down: act now, not
+			// on the next tick, and a director that must withdraw
+			// does not wait to gather a burst either.
+			if need = n.evaluateSelf(ctx); !need {
+				continue
+			}
+			n.mu.Lock()
+			healthy := n.selfSt.Healthy
+			n.mu.Unlock()
+			if !healthy {
+				continue
+			}
+		case <-selfTick.C:
+			// The built-in self checks run every SelfEvery; the loop
+			// acts only when their verdict changed. The routing
+			// sessions' state is republished (if it changed) on the
+			// same beat.
+			if need = n.evaluateSelf(ctx); !need {
+				n.mu.Lock()
+				cfg, d, doc := n.cfg, n.snap.Desired, n.appliedDoc
+				n.mu.Unlock()
+				n.publish(cfg, d, doc)
+				n.updateDNS(cfg, d, n.cl.Members())
+				continue
+			}
+		case <-resync.C:
+		case <-timer.C:
+		}
+		// Gather the rest of a burst.
+		t := time.NewTimer(n.opts.Coalesce)
+	gather:
+		for {
+			select {
+			case <-n.wake:
+			case <-n.cl.Changed():
+			case <-sub.C():
+				n.noteHealth(sub.Drain())
+			case <-t.C:
+				break gather
+			}
+		}
+	}
+}
+
+// noteHealth records when a backend of each service last went up or
+// down, for Plan's settling hold: now, on the loop's clock (the change
+// came in a moment ago).
+func (n *Node) noteHealth(changes []health.Status) {
+	now := n.opts.Now()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.healthChanged == nil {
+		n.healthChanged = map[string]time.Time{}
+	}
+	for _, st := range changes {
+		if i := strings.LastIndexByte(st.ID, '/'); i > 0 {
+			n.healthChanged[st.ID[:i]] = now
+		}
+	}
+}
+
+func (n *Node) beginStop() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.stopping = true
+	if !n.drain.Drained {
+		n.drain = drainState{Drained: true, Reason: "shutting down", Since: n.opts.Now()}
+	}
+	n.log.Info("stopping: announcing with GRACEFUL_SHUTDOWN, then withdrawing", "hold", n.cfg.Routing.BGP.GracefulShutdown)
+}
+
+func (n *Node) evaluateSelf(ctx context.Context) bool {
+	st := n.self.Evaluate(ctx)
+	n.mu.Lock()
+	changed := st.Healthy != n.selfSt.Healthy || st.Reason() != n.selfSt.Reason()
+	n.selfSt = st
+	n.mu.Unlock()
+	if changed {
+		if st.Healthy {
+			n.log.Info("self health: good")
+		} else {
+			n.log.Warn("self health: failing", "reason", st.Reason())
+		}
+	}
+	return changed
+}
+
+// step is one turn of the loop: adopt the cluster's newest config, plan,
+// withdraw what must go, reconcile IPVS, announce what may, publish.
+func (n *Node) step(ctx context.Context) {
+	now := n.opts.Now()
+	n.adoptDocument()
+	_ = n.saveDrain() // a drain the disk refused earlier (reported in status)
+
+	n.mu.Lock()
+	cfg, services, doc := n.cfg, n.services, n.appliedDoc
+	drain, selfSt := n.drain, n.selfSt
+	n.mu.Unlock()
+
+	members := n.cl.Members()
+	var ver uint64
+	var hash string
+	if doc != nil {
+		ver, hash = doc.Version, doc.Short()
+	}
+	behind, newest := Behind(cfg.Node.Name, ver, hash, members)
+	n.mu.Lock()
+	if !behind {
+		n.behindAt = time.Time{}
+	} else if n.behindAt.IsZero() {
+		n.behindAt = now
+	}
+	behindAt := n.behindAt
+	failed := n.lastFailed
+	prevSize := n.activeSize
+	announced := map[netip.Addr]bool{}
+	for _, v := range n.snap.Desired.VIPs {
+		announced[v.VIP] = v.Announced
+	}
+	settling := n.snap.Desired.Settling
+	changed := make(map[string]time.Time, len(services))
+	for _, s := range services {
+		if t, ok := n.healthChanged[s.Name]; ok {
+			changed[s.Name] = t
+		}
+	}
+	maps.DeleteFunc(n.healthChanged, func(svc string, _ time.Time) bool { _, ok := changed[svc]; return !ok }) // services gone
+	n.mu.Unlock()
+	size, sizeWake := NextActiveSize(prevSize, cfg.Node.Name, cfg.Cluster.MaxActive, members, now, n.opts.ActiveStepHold)
+	if size.Size != prevSize.Size || !slices.Equal(size.Disagree, prevSize.Disagree) {
+		n.log.Info("active set size", "size", size.Size, "was", prevSize.Size, "cluster_max_active", size.Target,
+			"configured_here", cfg.Cluster.MaxActive, "members_configured_otherwise", strings.Join(size.Disagree, " "))
+	}
+
+	in := Input{
+		Self: cfg.Node.Name, Services: services, Members: members, MaxActive: size.Size,
+		Local: Local{Priority: cfg.Cluster.Priority, Healthy: selfSt.Healthy, Reason: selfSt.Reason(),
+			Drained: drain.Drained, DrainedAt: drain.Since, BehindSince: behindAt,
+			Applied: fmt.Sprintf("v%d/%s", ver, hash), Newest: newest},
+		Backends: n.mon.States(), Failed: failed, Now: now,
+		GracefulShutdown: cfg.Routing.BGP.GracefulShutdown, BehindGrace: n.opts.BehindGrace,
+		Announced: announced, Settling: settling, HealthChanged: changed,
+	}
+	if cfg.Routing.Mode != configs.ModeBGP {
+		// GRACEFUL_SHUTDOWN is a BGP community: elsewhere a drain
+		// withdraws at once.
+		in.GracefulShutdown = 0
+	} else {
+		in.Attrs = routing.Announcement{Communities: cfg.Routing.BGP.Communities,
+			LargeCommunities: cfg.Routing.BGP.LargeCommunities, MED: cfg.Routing.BGP.MED}
+	}
+	select {
+	case <-n.abort:
+		in.GracefulShutdown = 0
+	default:
+	}
+	d := Plan(in)
+	if !sizeWake.IsZero() {
+		d.WakeAt = earliest(d.WakeAt, sizeWake)
+	}
+
+	// 1. Withdraw first what is no longer to be announced (before IPVS
+	// entries it needs can go).
+	// Not for an announcer that elects (VRRP), which must not be
+	// withdrawn from in two steps (see routing.Elects).
+	if !routing.Elects(n.ann) {
+		keep := keepAnnounced(n.ann.Status().Announced, d.Announce)
+		if err := n.ann.Set(ctx, keep); err != nil {
+			n.log.Warn("withdraw", "err", err)
+		}
+	}
+	// 2. IPVS, and the host settings it needs.
+	n.setupHost(cfg, services)
+	rinfo, newFailed := n.reconcile(ctx, d.Table, now)
+	if !maps2Equal(failed, newFailed) {
+		in.Failed = newFailed
+		d = Plan(in)
+		if !sizeWake.IsZero() {
+			d.WakeAt = earliest(d.WakeAt, sizeWake)
+		}
+	}
+	// 3. Announce.
+	if err := n.ann.Set(ctx, d.Announce); err != nil {
+		n.log.Warn("announce", "err", err)
+	}
+	n.mu.Lock()
+	prev := n.snap.Desired
+	n.lastFailed = newFailed
+	n.activeSize = size
+	rinfo.Loops = n.snap.Reconcile.Loops + 1
+	n.metrics.loops.Inc()
+	// The table is the reconciler's now (and the kernel's); keeping a
+	// copy here would only hold 10,000 destinations twice.
+	d.Table = ipvs.Table{}
+	n.snap = Snapshot{Desired: d, Reconcile: rinfo, At: now}
+	n.mu.Unlock()
+	n.logChanges(prev, d)
+	n.publish(cfg, d, doc)
+	n.updateDNS(cfg, d, members)
+}
+
+// keepAnnounced is what is announced now and still wanted, with the
+// wanted attributes: the withdraw-only half of a change.
+func keepAnnounced(now, want []routing.Announcement) []routing.Announcement {
+	var out []routing.Announcement
+	for _, w := range want {
+		if slices.ContainsFunc(now, func(a routing.Announcement) bool { return a.Prefix == w.Prefix }) {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+func maps2Equal(a, b map[ipvs.ServiceKey]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+// setupHost takes the VIPs as local (local routes, so that an address on
+// lo stays the kernel announcer's) and sets the sysctls IPVS needs
+// (kernel dataplane only).
+func (n *Node) setupHost(cfg *configs.Config, services []configs.Service) {
+	if n.host == nil {
+		return
+	}
+	set := ipvs.DirectorSettings{Interface: "lo"}
+	for _, s := range services {
+		if !slices.Contains(set.VIPs, s.VIP) {
+			set.VIPs = append(set.VIPs, s.VIP)
+		}
+		set.NAT = set.NAT || s.Forwarding == configs.ForwardNAT ||
+			slices.ContainsFunc(s.Backends, func(b configs.Backend) bool { return b.Forwarding == configs.ForwardNAT })
+	}
+	did, err := n.host.SetupDirector(set)
+	for _, d := range did {
+		// Every turn checks every setting: only what changed is news.
+		if !strings.HasPrefix(d, "unchanged") {
+			n.log.Info("host: " + d)
+		}
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if err != nil {
+		msg := "host settings: " + err.Error()
+		if n.hostErr != msg {
+			n.log.Error("host settings", "err", err)
+		}
+		n.hostErr = msg
+	} else {
+		n.hostErr = ""
+	}
+}
+
+// ipvsReadGrace is how long reads of the IPVS table may fail before IPVS
+// counts as unreachable (the "ipvs" self check fails and the director
+// withdraws): one failed read is not a verdict (fail static), a table
+// that stays unreadable is.
+const ipvsReadGrace = 3 * time.Second
+
+// reconcile makes the dataplane hold want and says which services it
+// does not hold as wanted (their VIPs are not announced). Each kind of
+// failure counts as what it is: a refused service costs its own VIP; a
+// failed read keeps the last verdicts (nothing was applied) until reads
+// have failed for ipvsReadGrace; a failed save of the ownership record is
+// reported and retried, and costs no VIP.
+func (n *Node) reconcile(ctx context.Context, want ipvs.Table, now time.Time) (ReconcileInfo, map[ipvs.ServiceKey]string) {
+	start := time.Now()
+	res, err := n.rec.Reconcile(ctx, want, now)
+	info := ReconcileInfo{At: now, Duration: time.Since(start), Ops: len(res.Plan), Draining: res.Draining}
+	n.metrics.reconcile.Observe(info.Duration.Seconds())
+	for _, op := range res.Plan {
+		n.metrics.ipvsOps.WithLabelValues(op.Kind.String()).Inc()
+	}
+	for _, f := range res.Foreign {
+		info.Foreign = append(info.Foreign, f.String())
+	}
+	n.metrics.ipvsErrors.Add(float64(len(res.Errs)))
+	if len(res.Drift) > 0 {
+		// Someone else (ipvsadm, another daemon) changed anycastd's
+		// services: the plan puts them back.
+		n.metrics.ipvsDrift.Add(float64(len(res.Drift)))
+		n.log.Warn("IPVS: anycastd's services were changed behind its back (found by the periodic full read); restoring",
+			"differences", len(res.Drift), "undo", res.Drift.String())
+	}
+	for _, e := range res.Errs {
+		info.Errors = append(info.Errors, e.Error())
+	}
+	failed := make(map[ipvs.ServiceKey]string, len(res.Failed))
+	for k, e := range res.Failed {
+		var oe *ipvs.OpError
+		if errors.As(e, &oe) {
+			failed[k] = oe.Err.Error()
+		} else {
+			failed[k] = e.Error()
+		}
+	}
+	if res.SaveErr != nil {
+		info.SaveError = res.SaveErr.Error()
+	}
+
+	n.mu.Lock()
+	if res.ReadErr != nil {
+		// Nothing was applied: what the dataplane held, it holds, and
+		// the last verdicts on its services stand.
+		failed = n.lastFailed
+		if n.ipvsReadFailing.IsZero() {
+			n.ipvsReadFailing = now
+		}
+		n.retryAt = now.Add(time.Second)
+	} else {
+		n.ipvsReadFailing, n.retryAt = time.Time{}, time.Time{}
+	}
+	ipvsErr := ""
+	if res.ReadErr != nil && now.Sub(n.ipvsReadFailing) >= ipvsReadGrace {
+		ipvsErr = fmt.Sprintf("%v (failing for %s)", res.ReadErr, now.Sub(n.ipvsReadFailing).Round(time.Second))
+	}
+	if (ipvsErr == "") != (n.ipvsErr == "") {
+		defer n.evaluateSelf(ctx)
+	}
+	n.ipvsErr = ipvsErr
+	logErr := err != nil && (err.Error() != n.lastIPVSErr)
+	n.lastIPVSErr = ""
+	if err != nil {
+		n.lastIPVSErr = err.Error()
+	}
+	n.mu.Unlock()
+	if logErr {
+		// Logged when it changes: a service the kernel refuses is
+		// refused again on every turn.
+		n.log.Error("IPVS reconcile", "err", err, "services_failed", len(failed),
+			"read_failed", res.ReadErr != nil, "save_failed", res.SaveErr != nil)
+	}
+	if len(res.Plan) > 0 {
+		n.log.Info("IPVS reconciled", "ops", len(res.Plan), "took", info.Duration.Round(time.Microsecond), "draining", res.Draining)
+		n.log.Debug("IPVS plan", "plan", res.Plan.String())
+	}
+	return info, failed
+}
+
+func (n *Node) logChanges(prev, d Desired) {
+	if prev.Role != d.Role {
+		n.log.Info("role", "now", d.Role, "was", cmp.Or(string(prev.Role), "none"))
+	}
+	old := map[netip.Addr]VIPState{}
+	for _, v := range prev.VIPs {
+		old[v.VIP] = v
+	}
+	for _, v := range d.VIPs {
+		o, seen := old[v.VIP]
+		if seen && o.Announced == v.Announced && o.GracefulShutdown == v.GracefulShutdown {
+			continue
+		}
+		switch {
+		case v.GracefulShutdown:
+			n.log.Info("VIP announced with GRACEFUL_SHUTDOWN", "vip", v.VIP)
+		case v.Announced:
+			n.log.Info("VIP announced", "vip", v.VIP)
+		case seen && o.Announced || !seen:
+			n.log.Info("VIP not announced", "vip", v.VIP, "reason", v.Reason)
+		}
+	}
+}
