@@ -105,6 +105,13 @@ type lab struct {
 	// (kernel mode: the VIP's route in table 100 or address on lo).
 	dirNL map[string]*netlink.Handle
 
+	// busy holds a director from a fault's start to its restore: the
+	// schedule's holds are nominal, and a SIGTERM's graceful exit adds
+	// its own seconds, so a later fault on the same director waits
+	// (rather than, say, a kill -9 landing on a daemon already stopped
+	// and both restores starting one: two daemons on one state dir).
+	busy sync.Map // director name -> *sync.Mutex
+
 	mu      sync.Mutex
 	daemons map[string]*daemon
 	servers map[string]*exec.Cmd

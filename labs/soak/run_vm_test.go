@@ -318,6 +318,11 @@ func (l *lab) readTraffic(out interface{ Read([]byte) (int, error) }) {
 // play carries out one fault and its restore.
 func (l *lab) play(f *fault) {
 	if directorFault(f.Kind) {
+		mu, _ := l.busy.LoadOrStore(f.Target, &sync.Mutex{})
+		mu.(*sync.Mutex).Lock()
+		defer mu.(*sync.Mutex).Unlock()
+	}
+	if directorFault(f.Kind) {
 		n, _ := l.flowConns(f.Target)
 		l.rep.note(f, fmt.Sprintf("it holds %d connections of the long flows' service", n))
 	}
