@@ -119,3 +119,48 @@ func BenchmarkAppendRequest(b *testing.B) {
 		}
 	}
 }
+
+// A large plan is split for the two sockets by service: every operation
+// once, each service's in order and on one side, about half on each.
+func TestSplitPlanKeepsServicesWholeAndInOrder(t *testing.T) {
+	p := Diff(Table{}, measureTable())
+	a, b := splitPlan(p, 512)
+	if len(a)+len(b) != len(p) || len(b) < len(p)/3 || len(a) < len(p)/3 {
+		t.Fatalf("split %d into %d + %d", len(p), len(a), len(b))
+	}
+	side := map[ServiceKey]string{}
+	for name, half := range map[string]Plan{"a": a, "b": b} {
+		for _, op := range half {
+			if s, ok := side[op.Service.ServiceKey]; ok && s != name {
+				t.Fatalf("service %s on both sides", op.Service.ServiceKey)
+			}
+			side[op.Service.ServiceKey] = name
+		}
+	}
+	// Each service's operations in the plan's order.
+	for _, half := range []Plan{a, b} {
+		byService := map[ServiceKey][]Op{}
+		for _, op := range half {
+			byService[op.Service.ServiceKey] = append(byService[op.Service.ServiceKey], op)
+		}
+		for k, ops := range byService {
+			var want []Op
+			for _, op := range p {
+				if op.Service.ServiceKey == k {
+					want = append(want, op)
+				}
+			}
+			if len(ops) != len(want) {
+				t.Fatalf("service %s: %d operations, want %d", k, len(ops), len(want))
+			}
+			for i := range ops {
+				if ops[i].Kind != want[i].Kind || ops[i].Dest.DestKey != want[i].Dest.DestKey {
+					t.Fatalf("service %s: operation %d out of order", k, i)
+				}
+			}
+		}
+	}
+	if a, b := splitPlan(p[:100], 512); len(a) != 100 || b != nil {
+		t.Errorf("a small plan was split: %d + %d", len(a), len(b))
+	}
+}

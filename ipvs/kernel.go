@@ -3,6 +3,7 @@ package ipvs
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -18,6 +19,7 @@ type Kernel struct {
 	mu  sync.Mutex
 	h   *mobyipvs.Handle
 	b   *batcher // Apply's socket: requests in batches
+	b2  *batcher // a second one: large plans go out on both at once
 	ops int
 }
 
@@ -40,6 +42,11 @@ func OpenKernel(nsPath string) (*Kernel, error) {
 		h.Close()
 		return nil, fmt.Errorf("open IPVS netlink for batches (namespace %q): %w", nsPath, err)
 	}
+	if k.b2, err = openBatcher(nsPath); err != nil {
+		h.Close()
+		k.b.close()
+		return nil, fmt.Errorf("open IPVS netlink for batches (namespace %q): %w", nsPath, err)
+	}
 	return k, nil
 }
 
@@ -49,6 +56,7 @@ func (k *Kernel) Close() error {
 	defer k.mu.Unlock()
 	k.h.Close()
 	k.b.close()
+	k.b2.close()
 	return nil
 }
 
@@ -126,10 +134,64 @@ func (k *Kernel) Ping(ctx context.Context) error {
 
 // Apply implements Dataplane. The operations go out in batches (see
 // batcher), with applyPlan's semantics.
+//
+// A plan of many services is split in two by service (each service's
+// operations stay in order, on one socket) and the halves go out on two
+// sockets at once: the kernel takes IPVS requests one at a time whatever
+// the socket, so what overlaps is one half's encoding and acknowledgement
+// reading with the other's kernel work.
 func (k *Kernel) Apply(ctx context.Context, p Plan) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return k.b.apply(ctx, p, func(n int) { k.ops += n })
+	a, b := splitPlan(p, parallelFrom)
+	if len(b) == 0 {
+		return k.b.apply(ctx, a, func(n int) { k.ops += n })
+	}
+	var nb int
+	errb := make(chan error, 1)
+	go func() { errb <- k.b2.apply(ctx, b, func(n int) { nb += n }) }()
+	erra := k.b.apply(ctx, a, func(n int) { k.ops += n })
+	err := <-errb
+	k.ops += nb
+	return errors.Join(erra, err)
+}
+
+// parallelFrom is the plan size from which Apply uses both sockets.
+const parallelFrom = 512
+
+// splitPlan splits p into two plans of about half the operations each,
+// every service's operations whole and in order in one of them; b is
+// empty for a plan shorter than from or of one service.
+func splitPlan(p Plan, from int) (a, b Plan) {
+	if len(p) < from {
+		return p, nil
+	}
+	count := map[ServiceKey]int{}
+	var order []ServiceKey
+	for _, op := range p {
+		k := op.Service.ServiceKey
+		if count[k] == 0 {
+			order = append(order, k)
+		}
+		count[k]++
+	}
+	half := map[ServiceKey]bool{} // services whose operations go to b
+	nb := 0
+	for _, k := range order[1:] {
+		if nb >= len(p)/2 {
+			break
+		}
+		half[k] = true
+		nb += count[k]
+	}
+	for _, op := range p {
+		if half[op.Service.ServiceKey] {
+			b = append(b, op)
+		} else {
+			a = append(a, op)
+		}
+	}
+	return a, b
 }
 
 func toMobyService(s *Service) *mobyipvs.Service {
