@@ -472,7 +472,7 @@ func (n *Node) ServicesView(ctx context.Context) (ServicesResponse, error) {
 			sv.Protocol = s.Protocol
 		}
 		sv.Up = d.Up[s.Name] // as the quorum rule counted them
-		k := Service(s).ServiceKey
+		k := IPVSService(s).ServiceKey
 		is, inIPVS := idx[k]
 		sv.InIPVS = inIPVS
 		if inIPVS {

@@ -160,7 +160,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	idx := table.Index()
 	for _, s := range services {
-		is, ok := idx[Service(s).ServiceKey]
+		is, ok := idx[IPVSService(s).ServiceKey]
 		if !ok {
 			continue
 		}

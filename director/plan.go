@@ -366,7 +366,7 @@ func table(in *Input, key *[]byte) ipvs.Table {
 	t := ipvs.Table{Services: make([]ipvs.Service, 0, len(in.Services))}
 	for i := range in.Services {
 		s := &in.Services[i]
-		svc := Service(*s)
+		svc := IPVSService(*s)
 		svc.Destinations = make([]ipvs.Destination, 0, len(s.Backends))
 		for j := range s.Backends {
 			b := &s.Backends[j]
@@ -384,9 +384,9 @@ func table(in *Input, key *[]byte) ipvs.Table {
 	return t
 }
 
-// Service converts a configured service (validated, defaults filled) into
+// IPVSService converts a configured service (validated, defaults filled) into
 // its IPVS form, without destinations.
-func Service(s configs.Service) ipvs.Service {
+func IPVSService(s configs.Service) ipvs.Service {
 	flags, _ := ipvs.ParseSchedFlags(s.Scheduler, s.Flags) // validated by configs
 	// A down backend is at weight 0; for mh and sh that costs new
 	// connections unless they fall back (see ipvs.Fallback). Always on,

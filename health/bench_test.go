@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/anycastd/anycastd/configs"
+	"go.uber.org/goleak"
 )
 
 // With ANYCASTD_BENCH_SERVER=N the test binary is the loopback server of
@@ -43,7 +44,9 @@ func TestMain(m *testing.M) {
 		fmt.Println(strings.Join(ports, ","))
 		select {}
 	}
-	os.Exit(m.Run())
+	// Every goroutine a test starts (monitors, the connector, probes) is
+	// gone when the tests end.
+	goleak.VerifyTestMain(m)
 }
 
 // BenchmarkMonitor10k watches 10,000 TCP targets on loopback at a 1 s
