@@ -47,6 +47,9 @@ type Options struct {
 	Timing Timing
 	// Now is the clock (tests); nil: time.Now.
 	Now func() time.Time
+	// streams bounds the gossip port's TCP streams (tests); zero: the
+	// daemon's limits.
+	streams streamLimits
 }
 
 // Timing is how fast the cluster notices things.
@@ -210,7 +213,11 @@ func (c *Cluster) Run(ctx context.Context) error {
 	conf.Delegate = (*delegate)(c)
 	conf.Events = (*events)(c)
 	conf.Logger = log.New(&logWriter{log: c.log, rate: newRateLog(c.log.With("component", "memberlist"), 10*time.Second)}, "", 0)
-	tr, port, err := newBoundedTransport(c.opts.Bind.String(), c.opts.Port, conf.Logger, newRateLog(c.log, 10*time.Second))
+	limits := c.opts.streams
+	if limits == (streamLimits{}) {
+		limits = defaultStreamLimits
+	}
+	tr, port, err := newBoundedTransport(c.opts.Bind.String(), c.opts.Port, limits, conf.Logger, newRateLog(c.log, 10*time.Second))
 	if err != nil {
 		return fmt.Errorf("gossip on %s:%d: %w", c.opts.Bind, c.opts.Port, err)
 	}

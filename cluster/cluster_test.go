@@ -27,6 +27,8 @@ type testCluster struct {
 	t     *testing.T
 	nodes map[string]*node
 	mu    sync.Mutex
+	// adjust, if set, changes the options of the members started next.
+	adjust func(*Options)
 }
 
 func newTestCluster(t *testing.T) *testCluster {
@@ -57,8 +59,12 @@ func (tc *testCluster) start(name string, keys [][]byte, dir string, seeds ...st
 	if dir == "" {
 		dir = tc.t.TempDir()
 	}
-	c, err := New(Options{Name: name, Bind: netip.MustParseAddr("127.0.0.1"), Seeds: addrs, Keys: keys,
-		StateDir: dir, Log: logger(tc.t, name)})
+	opts := Options{Name: name, Bind: netip.MustParseAddr("127.0.0.1"), Seeds: addrs, Keys: keys,
+		StateDir: dir, Log: logger(tc.t, name)}
+	if tc.adjust != nil {
+		tc.adjust(&opts)
+	}
+	c, err := New(opts)
 	if err != nil {
 		tc.t.Fatal(err)
 	}

@@ -9,10 +9,10 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/metrics"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -332,35 +332,39 @@ func TestClusterHundredVIPsPerDirector(t *testing.T) {
 // before it could be checked (8 streams: ~600 MiB, 16: ~850 MiB, not
 // returned). Streams are bounded now, in number and in bytes; the member
 // keeps working through it.
+//
+// The test runs the member with the limits scaled down (1 MiB a stream,
+// 3 MiB in all) and 16 streams that each send 2 MiB of a message that
+// announced 20 MiB, then stay open: unbounded, memberlist holds 32 MiB of
+// partial messages at that moment; bounded, at most a few MiB. It compares
+// the live heap (what a collection finds reachable), not the heap in use,
+// which also counts garbage not yet collected and so depends on how busy
+// the machine is (a CI run saw 191 MiB in use with the bound in place, in
+// an earlier form of this test with the daemon's limits). Scaled down, the
+// streams finish well inside memberlist's 2 s stream timeout even under
+// -race on a busy machine, so the unbounded case is seen whole.
 func TestClusterGossipStreamsBounded(t *testing.T) {
 	tc := newTestCluster(t)
+	limits := streamLimits{perStream: 1 << 20, budget: 3 << 20, streams: maxStreams}
+	tc.adjust = func(o *Options) { o.streams = limits }
 	a := tc.start("lb1", [][]byte{key1}, "")
+	tc.adjust = nil
 	addr := a.c.LocalAddr().String()
-	var before runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	var peak atomic.Uint64
-	stop := make(chan struct{})
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		var m runtime.MemStats
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-			runtime.ReadMemStats(&m)
-			if m.HeapInuse > peak.Load() {
-				peak.Store(m.HeapInuse)
-			}
-		}
-	}()
-	var wg sync.WaitGroup
+	live := func() int64 {
+		runtime.GC()
+		s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+		metrics.Read(s)
+		return int64(s[0].Value.Uint64())
+	}
+	before := live()
+	var wg, sent sync.WaitGroup
+	release := make(chan struct{})
 	zeros := make([]byte, 1<<20)
 	for range 16 {
+		sent.Add(1)
 		wg.Go(func() {
+			once := sync.OnceFunc(sent.Done)
+			defer once()
 			c, err := net.DialTimeout("tcp", addr, 2*time.Second)
 			if err != nil {
 				return
@@ -373,20 +377,30 @@ func TestClusterGossipStreamsBounded(t *testing.T) {
 			if _, err := c.Write(hdr[:]); err != nil {
 				return
 			}
-			for range 20 {
+			for range 2 {
 				if _, err := c.Write(zeros); err != nil {
 					return
 				}
 			}
+			once()
+			<-release
 		})
 	}
+	start := time.Now()
+	sent.Wait()
+	// What is still in the sockets' buffers is read on the other side
+	// within a moment: the most of a few looks.
+	var grew int64
+	for range 8 {
+		grew = max(grew, live()-before)
+		time.Sleep(25 * time.Millisecond)
+	}
+	close(release)
 	wg.Wait()
-	close(stop)
-	<-sampled
-	grew := int64(peak.Load()) - int64(before.HeapInuse)
-	t.Logf("16 streams of 20 MiB: heap in use grew by at most %d MiB", grew>>20)
-	if grew > 160<<20 {
-		t.Errorf("heap in use grew by %d MiB under 16 streams of 20 MiB (bounded: at most ~%d MiB)", grew>>20, 3*streamBudget>>20)
+	t.Logf("16 streams of 2 MiB sent in %v; live heap grew by %d KiB (limits %d KiB a stream, %d KiB in all)",
+		time.Since(start).Round(time.Millisecond), grew>>10, limits.perStream>>10, limits.budget>>10)
+	if grew > 6*limits.budget {
+		t.Errorf("live heap grew by %d MiB with 16 streams open (bounded: at most ~%d MiB)", grew>>20, 3*limits.budget>>20)
 	}
 	// Still a working member.
 	b := tc.start("lb2", [][]byte{key1}, "", "lb1")

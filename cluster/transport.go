@@ -38,11 +38,22 @@ const (
 	streamBudget = 24 << 20
 )
 
+// streamLimits are the bounds a transport enforces: the constants above
+// in the daemon; tests scale them down to tell bounded from unbounded
+// memory apart without sending hundreds of MiB.
+type streamLimits struct {
+	perStream, budget int64
+	streams           int
+}
+
+var defaultStreamLimits = streamLimits{perStream: MaxStreamBytes, budget: streamBudget, streams: maxStreams}
+
 // boundedTransport is memberlist's NetTransport with its TCP streams
 // bounded: in number, in the bytes each may send, and in the bytes all of
 // them together may send.
 type boundedTransport struct {
 	*memberlist.NetTransport
+	limits  streamLimits
 	streams chan net.Conn
 	open    chan struct{}
 	budget  atomic.Int64
@@ -54,7 +65,7 @@ type boundedTransport struct {
 // newBoundedTransport binds the gossip port (a free one for port 0, with
 // memberlist's retries for a TCP and UDP port that are both free) and
 // returns the transport and the port it is on.
-func newBoundedTransport(bind string, port int, logger *log.Logger, rl *rateLog) (*boundedTransport, int, error) {
+func newBoundedTransport(bind string, port int, limits streamLimits, logger *log.Logger, rl *rateLog) (*boundedTransport, int, error) {
 	tries := 1
 	if port == 0 {
 		tries = 10
@@ -73,9 +84,9 @@ func newBoundedTransport(bind string, port int, logger *log.Logger, rl *rateLog)
 	if port == 0 {
 		port = nt.GetAutoBindPort()
 	}
-	t := &boundedTransport{NetTransport: nt, streams: make(chan net.Conn), open: make(chan struct{}, maxStreams),
+	t := &boundedTransport{NetTransport: nt, limits: limits, streams: make(chan net.Conn), open: make(chan struct{}, limits.streams),
 		log: rl, done: make(chan struct{})}
-	t.budget.Store(streamBudget)
+	t.budget.Store(limits.budget)
 	go t.admit()
 	return t, port, nil
 }
@@ -133,10 +144,11 @@ type boundedConn struct {
 }
 
 func (c *boundedConn) Read(p []byte) (int, error) {
-	if c.read >= MaxStreamBytes {
-		return 0, c.refuse(fmt.Errorf("%w (%d MiB)", errStreamTooLarge, MaxStreamBytes>>20))
+	limit := c.t.limits.perStream
+	if c.read >= limit {
+		return 0, c.refuse(fmt.Errorf("%w (%d KiB)", errStreamTooLarge, limit>>10))
 	}
-	p = p[:min(int64(len(p)), MaxStreamBytes-c.read)]
+	p = p[:min(int64(len(p)), limit-c.read)]
 	if c.t.budget.Load() <= 0 {
 		return 0, c.refuse(errors.New("gossip streams hold too much at once"))
 	}
