@@ -123,6 +123,17 @@ type Cluster struct {
 	changed chan struct{}
 	ready   chan struct{}
 	joined  chan struct{}
+
+	// bg are the sends and joins started in the background (from
+	// memberlist's callbacks, from SetMeta, from Run's reconnects): Run
+	// waits for them before it returns; once bgClosed (under mu) none is
+	// started. Each is bounded by memberlist's TCP timeout.
+	bg       sync.WaitGroup
+	bgClosed bool
+	// metaKick asks Run's metadata publisher for an UpdateNode:
+	// memberlist's UpdateNode is not safe to run twice at once (it reads
+	// its own node record unlocked while another call rewrites it).
+	metaKick chan struct{}
 }
 
 // Wire message types (the first byte of a user message).
@@ -157,7 +168,7 @@ func New(o Options) (*Cluster, error) {
 		o.Timing = LANTiming
 	}
 	c := &Cluster{opts: o, log: o.Log, members: map[string]*Member{}, rejected: map[string]bool{}, leaving: map[string]time.Time{}, states: map[string]MemberState{},
-		changed: make(chan struct{}, 1), ready: make(chan struct{}), joined: make(chan struct{})}
+		changed: make(chan struct{}, 1), ready: make(chan struct{}), joined: make(chan struct{}), metaKick: make(chan struct{}, 1)}
 	c.queue = &memberlist.TransmitLimitedQueue{NumNodes: c.numMembers, RetransmitMult: 4}
 	if len(o.Keys) > 0 {
 		kr, err := memberlist.NewKeyring(o.Keys, o.Keys[0])
@@ -235,6 +246,19 @@ func (c *Cluster) Run(ctx context.Context) error {
 	c.ml = ml
 	c.local = netip.AddrPortFrom(a.Unmap(), local.Port)
 	c.mu.Unlock()
+	pubStop, pubDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(pubDone)
+		c.publishMeta(ml, pubStop)
+	}()
+	// On the way out: no new background work, the leave, then wait for
+	// what is still running (sends on a shut-down memberlist fail fast;
+	// one to a silent peer within the TCP timeout).
+	defer func() {
+		close(pubStop)
+		<-pubDone
+		c.bg.Wait()
+	}()
 	close(c.ready)
 	c.log.Info("gossip started", "name", c.opts.Name, "addr", c.local, "encrypted", c.keyring != nil)
 	if c.keyring == nil {
@@ -262,6 +286,9 @@ func (c *Cluster) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			c.mu.Lock()
+			c.bgClosed = true
+			c.mu.Unlock()
 			c.leave(ml)
 			c.close()
 			return nil
@@ -276,7 +303,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 				if dead := c.deadAddrs(); len(dead) > 0 && reconnecting.CompareAndSwap(false, true) {
 					// One Join per address, in parallel: behind a drop
 					// (not a reject) each one waits for the TCP timeout.
-					go func() {
+					c.background(func() {
 						defer reconnecting.Store(false)
 						var wg sync.WaitGroup
 						for _, addr := range dead {
@@ -289,7 +316,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 							})
 						}
 						wg.Wait()
-					}()
+					})
 				}
 				continue
 			}
@@ -359,6 +386,7 @@ func (c *Cluster) leave(ml *memberlist.Memberlist) {
 	if err := ml.Shutdown(); err != nil {
 		c.log.Warn("gossip shutdown", "err", err)
 	}
+	wg.Wait() // a notice still going to a silent peer ends within the TCP timeout
 	c.log.Info("left the cluster")
 }
 
@@ -435,11 +463,47 @@ func (c *Cluster) SetMeta(m Meta) {
 	if same || ml == nil {
 		return
 	}
-	go func() {
+	select {
+	case c.metaKick <- struct{}{}:
+	default: // one is pending; it will read the newest metadata
+	}
+}
+
+// publishMeta runs memberlist's UpdateNode, one at a time, whenever
+// SetMeta asks, until stop is closed. Changes made while one is under way
+// are gathered into the next.
+func (c *Cluster) publishMeta(ml *memberlist.Memberlist, stop <-chan struct{}) {
+	for {
+		select {
+		case <-stop:
+			return
+		case <-c.metaKick:
+		}
 		if err := ml.UpdateNode(2 * time.Second); err != nil {
 			c.log.Debug("metadata update", "err", err)
 		}
-	}()
+	}
+}
+
+// background runs f as work Run owns (see bg); it is not started once
+// Run is on its way out.
+func (c *Cluster) background(f func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.bgClosed {
+		return
+	}
+	c.bg.Go(f)
+}
+
+// sendReliable sends msg to node over TCP in the background; what is
+// lost is logged at debug (push/pull repairs it).
+func (c *Cluster) sendReliable(ml *memberlist.Memberlist, node *memberlist.Node, msg []byte, what string) {
+	c.background(func() {
+		if err := ml.SendReliable(node, msg); err != nil {
+			c.log.Debug("send "+what, "to", node.Name, "err", err)
+		}
+	})
 }
 
 // stateMsg carries a member's State.
@@ -463,11 +527,7 @@ func (c *Cluster) sendState(to []string) {
 		if to != nil && !slices.Contains(to, nc.Name) {
 			continue
 		}
-		go func() {
-			if err := ml.SendReliable(&nc, msg); err != nil {
-				c.log.Debug("send member state", "to", nc.Name, "err", err)
-			}
-		}()
+		c.sendReliable(ml, &nc, msg, "member state")
 	}
 }
 
@@ -658,15 +718,9 @@ func (c *Cluster) spread(d *Document) {
 	}
 	c.queueNotice(d)
 	msg := encodeDoc(d)
-	var wg sync.WaitGroup
 	for _, nc := range c.peers() {
-		wg.Go(func() {
-			if err := ml.SendReliable(&nc, msg); err != nil {
-				c.log.Debug("send config document", "to", nc.Name, "err", err)
-			}
-		})
+		c.sendReliable(ml, &nc, msg, "config document")
 	}
-	go wg.Wait()
 }
 
 func encodeDoc(d *Document) []byte {
@@ -867,7 +921,7 @@ func (d *delegate) NotifyMsg(b []byte) {
 		for _, name := range []string{n.Author, n.From} {
 			if node := c.node(name); node != nil {
 				w, _ := json.Marshal(notice{From: c.opts.Name})
-				go ml.SendReliable(node, append([]byte{msgWant}, w...))
+				c.sendReliable(ml, node, append([]byte{msgWant}, w...), "document request")
 				break
 			}
 		}
@@ -913,7 +967,7 @@ func (d *delegate) NotifyMsg(b []byte) {
 			return
 		}
 		if node := c.node(n.From); node != nil {
-			go ml.SendReliable(node, encodeDoc(doc))
+			c.sendReliable(ml, node, encodeDoc(doc), "config document")
 		}
 	}
 }
@@ -1082,7 +1136,7 @@ func (c *Cluster) observe(n *memberlist.Node, st State) {
 	if stale && ml != nil {
 		w, _ := json.Marshal(notice{From: c.opts.Name})
 		node := memberlist.Node{Name: n.Name, Addr: slices.Clone(n.Addr), Port: n.Port}
-		go ml.SendReliable(&node, append([]byte{msgWantSt}, w...))
+		c.sendReliable(ml, &node, append([]byte{msgWantSt}, w...), "state request")
 	}
 	if save {
 		c.saveKnownPeers()

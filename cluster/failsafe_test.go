@@ -453,3 +453,38 @@ func TestClusterLargeDocumentWithinBounds(t *testing.T) {
 		t.Errorf("a document too large to travel: %v", err)
 	}
 }
+
+// memberlist's UpdateNode reads its own node record unlocked while
+// another call rewrites it: SetMeta ran one in a goroutine of its own per
+// call, and two at once were a data race (seen by CI's -race in
+// TestClusterHundredVIPsPerDirector). One publisher runs them now, one at
+// a time; the newest metadata still reaches the others.
+func TestClusterSetMetaConcurrent(t *testing.T) {
+	tc := newTestCluster(t)
+	a := tc.start("lb1", [][]byte{key1}, "")
+	b := tc.start("lb2", [][]byte{key1}, "", "lb1")
+	eventually(t, 20*time.Second, "two members", func() error {
+		if got := alive(b.c.Members()); len(got) != 2 {
+			return fmt.Errorf("lb2 sees %v", got)
+		}
+		return nil
+	})
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 50 {
+				a.c.SetMeta(Meta{Priority: 1 + g*100 + i, Healthy: true})
+			}
+		})
+	}
+	wg.Wait()
+	a.c.SetMeta(Meta{Priority: 999, Healthy: true})
+	eventually(t, 20*time.Second, "lb1's last metadata on lb2", func() error {
+		for _, m := range b.c.Members() {
+			if m.Name == "lb1" && m.Meta.Priority != 999 {
+				return fmt.Errorf("lb2 sees lb1 at priority %d", m.Meta.Priority)
+			}
+		}
+		return nil
+	})
+}
