@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/anycastd/anycastd/api"
 	"github.com/anycastd/anycastd/cluster"
 	"github.com/anycastd/anycastd/configs"
 	"github.com/anycastd/anycastd/health"
@@ -30,176 +31,7 @@ import (
 )
 
 // The local API: JSON over HTTP on a unix socket (and, if configured, TCP
-// with TLS). These types are its wire format; anyctl decodes them.
-
-// MemberView is one member as `anyctl members` shows it.
-type MemberView struct {
-	Name          string       `json:"name"`
-	Addr          string       `json:"addr"`
-	Self          bool         `json:"self,omitempty"`
-	State         string       `json:"state"`
-	Role          string       `json:"role"`
-	Healthy       bool         `json:"healthy"`
-	Reason        string       `json:"reason,omitempty"`
-	Drained       bool         `json:"drained"`
-	Priority      int          `json:"priority"`
-	ConfigVersion uint64       `json:"config_version"`
-	ConfigHash    string       `json:"config_hash,omitempty"`
-	Announced     []string     `json:"announced"`
-	Announcing    int          `json:"announcing"`
-	PeersUp       int          `json:"peers_up"`
-	Peers         int          `json:"peers"`
-	Mode          string       `json:"mode,omitempty"`
-	Addrs         []netip.Addr `json:"addrs,omitempty"`
-	Started       time.Time    `json:"started,omitzero"`
-	Since         time.Time    `json:"since,omitzero"`
-	Build         string       `json:"build,omitempty"`
-	Bad           string       `json:"bad,omitempty"`
-}
-
-// MembersResponse is GET /v1/members.
-type MembersResponse struct {
-	Self      string       `json:"self"`
-	MaxActive int          `json:"max_active"`
-	Members   []MemberView `json:"members"`
-}
-
-// ConfigInfo names a config document.
-type ConfigInfo struct {
-	Version  uint64    `json:"version"`
-	Hash     string    `json:"hash"`
-	Author   string    `json:"author,omitempty"`
-	Time     time.Time `json:"time,omitzero"`
-	Services int       `json:"services"`
-	// Error says why the cluster's newest document is not applied here.
-	Error string `json:"error,omitempty"`
-	// SaveError says why the applied document is not saved in the state
-	// dir (retried every second; it is served all the same).
-	SaveError string `json:"save_error,omitempty"`
-}
-
-// VIPView is a VIP and whether this director announces it.
-type VIPView struct {
-	VIP              netip.Addr `json:"vip"`
-	Announced        bool       `json:"announced"`
-	GracefulShutdown bool       `json:"graceful_shutdown,omitempty"`
-	Reason           string     `json:"reason,omitempty"`
-	Services         []string   `json:"services"`
-}
-
-// DrainView is the operator's drain flag.
-type DrainView struct {
-	Drained bool      `json:"drained"`
-	Reason  string    `json:"reason,omitempty"`
-	Since   time.Time `json:"since,omitzero"`
-	// SaveError says why the flag is not saved for the next start (it is
-	// in effect, and saved again on every turn).
-	SaveError string `json:"save_error,omitempty"`
-}
-
-// StatusResponse is GET /v1/status: this director.
-type StatusResponse struct {
-	Name       string               `json:"name"`
-	Build      string               `json:"build"`
-	Started    time.Time            `json:"started"`
-	Mode       string               `json:"mode"`
-	Dataplane  string               `json:"dataplane"`
-	Role       string               `json:"role"`
-	Eligible   bool                 `json:"eligible"`
-	Reason     string               `json:"reason,omitempty"`
-	Drain      DrainView            `json:"drain"`
-	SelfChecks []health.CheckStatus `json:"self_checks"`
-	Config     ConfigInfo           `json:"config"`
-	VIPs       []VIPView            `json:"vips"`
-	Peers      []routing.Peer       `json:"peers"`
-	Reconcile  ReconcileInfo        `json:"reconcile"`
-	Members    map[cluster.Role]int `json:"members"`
-	// ActiveSize is the cluster's max_active as this director applies it.
-	ActiveSize ActiveSize `json:"active_size"`
-	Stopping   bool       `json:"stopping,omitempty"`
-	Foreign    []string   `json:"foreign_ipvs,omitempty"`
-}
-
-// BackendView is a real server of a service as this director sees it.
-type BackendView struct {
-	Address       netip.Addr `json:"address"`
-	Port          int        `json:"port"`
-	Weight        int        `json:"weight"`
-	IPVSWeight    *int       `json:"ipvs_weight,omitempty"`
-	Forwarding    string     `json:"forwarding"`
-	Health        string     `json:"health"`
-	Since         time.Time  `json:"since,omitzero"`
-	Detail        string     `json:"detail,omitempty"`
-	Error         string     `json:"error,omitempty"`
-	LatencyMS     float64    `json:"latency_ms,omitempty"`
-	Checks        uint64     `json:"checks"`
-	ActiveConns   int        `json:"active_conns"`
-	InactiveConns int        `json:"inactive_conns"`
-}
-
-// ServiceView is GET /v1/services' element.
-type ServiceView struct {
-	Name       string        `json:"name"`
-	VIP        netip.Addr    `json:"vip"`
-	Protocol   string        `json:"protocol,omitempty"`
-	Port       int           `json:"port,omitempty"`
-	FWMark     uint32        `json:"fwmark,omitempty"`
-	Scheduler  string        `json:"scheduler"`
-	Forwarding string        `json:"forwarding"`
-	Check      string        `json:"check"`
-	Quorum     int           `json:"quorum"`
-	Up         int           `json:"up"`
-	InIPVS     bool          `json:"in_ipvs"`
-	Announced  bool          `json:"announced"`
-	Conns      uint64        `json:"conns"`
-	Backends   []BackendView `json:"backends"`
-}
-
-// ServicesResponse is GET /v1/services.
-type ServicesResponse struct {
-	Config   ConfigInfo    `json:"config"`
-	Services []ServiceView `json:"services"`
-}
-
-// AnnouncementsResponse is GET /v1/announcements.
-type AnnouncementsResponse struct {
-	Mode      string                 `json:"mode"`
-	Peers     []routing.Peer         `json:"peers"`
-	Announced []routing.Announcement `json:"announced"`
-	VIPs      []VIPView              `json:"vips"`
-}
-
-// ConfigResponse is GET /v1/config and the answer of POST /v1/config:
-// the newest cluster config this director holds (what an apply is made
-// against), and the version it has applied to IPVS and routing.
-type ConfigResponse struct {
-	ConfigInfo
-	AppliedVersion uint64            `json:"applied_version"`
-	Services       []configs.Service `json:"services"`
-	// Pending, in the answer to an apply, are the live members that had
-	// not confirmed the change when the director stopped waiting.
-	Pending []string `json:"pending,omitempty"`
-}
-
-// ApplyRequest is POST /v1/config: make Services the cluster's config if
-// the cluster's config is still BaseVersion/BaseHash.
-type ApplyRequest struct {
-	BaseVersion uint64            `json:"base_version"`
-	BaseHash    string            `json:"base_hash"`
-	Services    []configs.Service `json:"services"`
-}
-
-// DrainRequest is POST /v1/drain.
-type DrainRequest struct {
-	Reason string `json:"reason"`
-}
-
-// ErrorResponse is the body of every error answer.
-type ErrorResponse struct {
-	Error string `json:"error"`
-	// Problems are a config's field errors, one per line.
-	Problems []string `json:"problems,omitempty"`
-}
+// with TLS). Its wire types are package api's; anyctl decodes them.
 
 // Handler returns the API's HTTP handler.
 func (n *Node) Handler() http.Handler {
@@ -216,11 +48,12 @@ func (n *Node) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /v1/announcements", func(w http.ResponseWriter, r *http.Request) {
 		st := n.ann.Status()
-		reply(w, http.StatusOK, AnnouncementsResponse{Mode: st.Mode, Peers: nonNil(st.Peers), Announced: nonNil(st.Announced), VIPs: n.vipViews()})
+		reply(w, http.StatusOK, api.AnnouncementsResponse{Mode: st.Mode, Peers: peerViews(st.Peers),
+			Announced: convert(st.Announced, func(a routing.Announcement) api.Announcement { return api.Announcement(a) }), VIPs: n.vipViews()})
 	})
 	mux.HandleFunc("GET /v1/config", func(w http.ResponseWriter, r *http.Request) { reply(w, http.StatusOK, n.ConfigView()) })
 	mux.HandleFunc("POST /v1/config", func(w http.ResponseWriter, r *http.Request) {
-		var req ApplyRequest
+		var req api.ApplyRequest
 		if err := decodeBody(r, &req); err != nil {
 			fail(w, http.StatusBadRequest, err)
 			return
@@ -240,13 +73,13 @@ func (n *Node) Handler() http.Handler {
 			return
 		}
 		resp := n.ConfigView()
-		resp.ConfigInfo = ConfigInfo{Version: doc.Version, Hash: doc.Hash, Author: doc.Author, Time: doc.Time, Services: len(req.Services)}
+		resp.ConfigInfo = api.ConfigInfo{Version: doc.Version, Hash: doc.Hash, Author: doc.Author, Time: doc.Time, Services: len(req.Services)}
 		resp.Services = nonNil(req.Services)
 		resp.Pending = pending
 		reply(w, http.StatusOK, resp)
 	})
 	mux.HandleFunc("POST /v1/drain", func(w http.ResponseWriter, r *http.Request) {
-		var req DrainRequest
+		var req api.DrainRequest
 		if err := decodeBody(r, &req); err != nil {
 			fail(w, http.StatusBadRequest, err)
 			return
@@ -276,6 +109,20 @@ func (n *Node) Handler() http.Handler {
 		fail(w, http.StatusNotFound, fmt.Errorf("no such API call: %s %s", r.Method, r.URL.Path))
 	})
 	return mux
+}
+
+// convert maps a domain slice to its wire form (never nil: JSON's []).
+func convert[S, D any](s []S, f func(S) D) []D {
+	out := make([]D, 0, len(s))
+	for _, v := range s {
+		out = append(out, f(v))
+	}
+	return out
+}
+
+// peerViews are the routing sessions in the API's form.
+func peerViews(ps []routing.Peer) []api.Peer {
+	return convert(ps, func(p routing.Peer) api.Peer { return api.Peer(p) })
 }
 
 func nonNil[T any](s []T) []T {
@@ -318,7 +165,7 @@ func reply(w http.ResponseWriter, code int, v any) {
 }
 
 func fail(w http.ResponseWriter, code int, err error) {
-	resp := ErrorResponse{Error: err.Error()}
+	resp := api.ErrorResponse{Error: err.Error()}
 	// Only a config's field errors are "an invalid config"; FieldErrors
 	// would dress up any error as one (a 401, a 404, a bad drain body).
 	var fe *configs.FieldError
@@ -349,7 +196,7 @@ func electedMembers(gossip []cluster.Member, d Desired, size int) ([]cluster.Mem
 }
 
 // MembersView is the cluster as this director sees it, with roles.
-func (n *Node) MembersView() MembersResponse {
+func (n *Node) MembersView() api.MembersResponse {
 	n.mu.Lock()
 	cfg, d := n.cfg, n.snap.Desired
 	n.mu.Unlock()
@@ -360,9 +207,9 @@ func (n *Node) MembersView() MembersResponse {
 		size = cfg.Cluster.MaxActive
 	}
 	members, roles := electedMembers(n.cl.Members(), d, size)
-	out := MembersResponse{Self: cfg.Node.Name, MaxActive: size}
+	out := api.MembersResponse{Self: cfg.Node.Name, MaxActive: size}
 	for _, m := range members {
-		v := MemberView{Name: m.Name, State: string(m.State), Role: string(roles[m.Name]), Healthy: m.Meta.Healthy,
+		v := api.MemberView{Name: m.Name, State: string(m.State), Role: string(roles[m.Name]), Healthy: m.Meta.Healthy,
 			Reason: m.Meta.Reason, Drained: m.Meta.Drained, Priority: m.Meta.Priority,
 			ConfigVersion: m.Meta.ConfigVersion, ConfigHash: m.Meta.ConfigHash, Announced: nonNil(m.Meta.Announced),
 			Announcing: m.Meta.AnnouncedCount, PeersUp: m.Meta.PeersUp, Peers: m.Meta.Peers, Mode: m.Meta.Mode,
@@ -381,28 +228,28 @@ func (n *Node) MembersView() MembersResponse {
 	return out
 }
 
-func (n *Node) drainView() DrainView {
+func (n *Node) drainView() api.DrainView {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return DrainView{Drained: n.drain.Drained, Reason: n.drain.Reason, Since: n.drain.Since, SaveError: n.drainSaveErr}
+	return api.DrainView{Drained: n.drain.Drained, Reason: n.drain.Reason, Since: n.drain.Since, SaveError: n.drainSaveErr}
 }
 
-func (n *Node) vipViews() []VIPView {
+func (n *Node) vipViews() []api.VIPView {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	out := []VIPView{}
+	out := []api.VIPView{}
 	for _, v := range n.snap.Desired.VIPs {
-		out = append(out, VIPView{VIP: v.VIP, Announced: v.Announced, GracefulShutdown: v.GracefulShutdown,
+		out = append(out, api.VIPView{VIP: v.VIP, Announced: v.Announced, GracefulShutdown: v.GracefulShutdown,
 			Reason: v.Reason, Services: v.Services})
 	}
 	return out
 }
 
-func (n *Node) configInfo() ConfigInfo {
+func (n *Node) configInfo() api.ConfigInfo {
 	n.mu.Lock()
 	doc, services, docErr := n.appliedDoc, n.services, n.docErr
 	n.mu.Unlock()
-	ci := ConfigInfo{Services: len(services), Error: docErr}
+	ci := api.ConfigInfo{Services: len(services), Error: docErr}
 	if err := n.cl.SaveError(); err != nil {
 		ci.SaveError = err.Error()
 	}
@@ -412,16 +259,16 @@ func (n *Node) configInfo() ConfigInfo {
 	return ci
 }
 
-// ConfigView is the newest cluster config here (see ConfigResponse).
-func (n *Node) ConfigView() ConfigResponse {
+// ConfigView is the newest cluster config here (see api.ConfigResponse).
+func (n *Node) ConfigView() api.ConfigResponse {
 	ci := n.configInfo()
 	n.mu.Lock()
 	services := n.services
 	n.mu.Unlock()
-	resp := ConfigResponse{ConfigInfo: ci, AppliedVersion: ci.Version, Services: nonNil(services)}
+	resp := api.ConfigResponse{ConfigInfo: ci, AppliedVersion: ci.Version, Services: nonNil(services)}
 	if doc := n.cl.Document(); !doc.IsZero() && (doc.Version != ci.Version || doc.Hash != ci.Hash) {
 		if ss, err := doc.Decode(); err == nil {
-			resp.ConfigInfo = ConfigInfo{Version: doc.Version, Hash: doc.Hash, Author: doc.Author, Time: doc.Time,
+			resp.ConfigInfo = api.ConfigInfo{Version: doc.Version, Hash: doc.Hash, Author: doc.Author, Time: doc.Time,
 				Services: len(ss), Error: ci.Error}
 			resp.Services = nonNil(ss)
 		}
@@ -430,43 +277,43 @@ func (n *Node) ConfigView() ConfigResponse {
 }
 
 // StatusView is this director's state.
-func (n *Node) StatusView() StatusResponse {
+func (n *Node) StatusView() api.StatusResponse {
 	st := n.ann.Status()
 	mv := n.MembersView()
 	n.mu.Lock()
 	cfg, snap, selfSt, stopping, size := n.cfg, n.snap, n.selfSt, n.stopping, n.activeSize
 	n.mu.Unlock()
-	counts := map[cluster.Role]int{}
+	counts := map[string]int{}
 	for _, m := range mv.Members {
-		counts[cluster.Role(m.Role)]++
+		counts[m.Role]++
 	}
-	return StatusResponse{
+	return api.StatusResponse{
 		Name: cfg.Node.Name, Build: n.opts.Build, Started: n.started.UTC(), Mode: cfg.Routing.Mode,
 		Dataplane: cfg.Node.Dataplane, Role: string(snap.Desired.Role), Eligible: snap.Desired.Eligible,
-		Reason: snap.Desired.Reason, Drain: n.drainView(), SelfChecks: nonNil(selfSt.Checks),
-		Config: n.configInfo(), VIPs: n.vipViews(), Peers: nonNil(st.Peers), Reconcile: snap.Reconcile,
-		Members: counts, ActiveSize: size, Stopping: stopping, Foreign: snap.Reconcile.Foreign,
+		Reason: snap.Desired.Reason, Drain: n.drainView(), SelfChecks: convert(selfSt.Checks, func(c health.CheckStatus) api.CheckStatus { return api.CheckStatus(c) }),
+		Config: n.configInfo(), VIPs: n.vipViews(), Peers: peerViews(st.Peers), Reconcile: snap.Reconcile,
+		Members: counts, ActiveSize: api.ActiveSize(size), Stopping: stopping, Foreign: snap.Reconcile.Foreign,
 	}
 }
 
 // ServicesView is every service with its backends, their health here and
 // their entries in IPVS.
-func (n *Node) ServicesView(ctx context.Context) (ServicesResponse, error) {
+func (n *Node) ServicesView(ctx context.Context) (api.ServicesResponse, error) {
 	n.mu.Lock()
 	services, d := n.services, n.snap.Desired
 	n.mu.Unlock()
 	table, err := n.dp.Table(ctx)
 	if err != nil {
-		return ServicesResponse{}, fmt.Errorf("read IPVS: %w", err)
+		return api.ServicesResponse{}, fmt.Errorf("read IPVS: %w", err)
 	}
 	idx := table.Index()
 	announced := map[netip.Addr]bool{}
 	for _, v := range d.VIPs {
 		announced[v.VIP] = v.Announced
 	}
-	out := ServicesResponse{Config: n.configInfo(), Services: []ServiceView{}}
+	out := api.ServicesResponse{Config: n.configInfo(), Services: []api.ServiceView{}}
 	for _, s := range services {
-		sv := ServiceView{Name: s.Name, VIP: s.VIP, Port: s.Port, FWMark: s.FWMark, Scheduler: s.Scheduler,
+		sv := api.ServiceView{Name: s.Name, VIP: s.VIP, Port: s.Port, FWMark: s.FWMark, Scheduler: s.Scheduler,
 			Forwarding: s.Forwarding, Check: s.Health.Type, Quorum: s.Quorum, Announced: announced[s.VIP]}
 		if s.FWMark == 0 {
 			sv.Protocol = s.Protocol
@@ -479,7 +326,7 @@ func (n *Node) ServicesView(ctx context.Context) (ServicesResponse, error) {
 			sv.Conns = is.Stats.Conns
 		}
 		for _, b := range s.Backends {
-			bv := BackendView{Address: b.Address, Port: b.Port, Weight: b.Weight, Forwarding: firstNonEmpty(b.Forwarding, s.Forwarding), Health: "up"}
+			bv := api.BackendView{Address: b.Address, Port: b.Port, Weight: b.Weight, Forwarding: firstNonEmpty(b.Forwarding, s.Forwarding), Health: "up"}
 			if s.Health.Type != configs.CheckNone {
 				hs, ok := n.mon.Status(TargetID(s.Name, b))
 				bv.Health = health.Unknown.String()

@@ -264,7 +264,7 @@ func (n *Node) healthSpecs(services []configs.Service) []health.Spec {
 			continue
 		}
 		for _, b := range s.Backends {
-			specs = append(specs, health.Spec{ID: TargetID(s.Name, b), Check: s.Health, Target: CheckTarget(s, b)})
+			specs = append(specs, health.Spec{ID: TargetID(s.Name, b), Check: s.Health, Target: health.CheckTarget(s, b)})
 		}
 	}
 	return specs

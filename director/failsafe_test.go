@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anycastd/anycastd/api"
 	"github.com/anycastd/anycastd/cluster"
 	"github.com/anycastd/anycastd/configs"
 	"github.com/anycastd/anycastd/ipvs"
@@ -386,7 +387,7 @@ func TestAPIErrorsSayWhatTheyAre(t *testing.T) {
 	for _, tc := range cases {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest(tc.method, tc.path, strings.NewReader(tc.body)))
-		var resp ErrorResponse
+		var resp api.ErrorResponse
 		json.Unmarshal(rec.Body.Bytes(), &resp)
 		if rec.Code != tc.code || !strings.HasPrefix(resp.Error, tc.want) {
 			t.Errorf("%s %s %s: %d %q, want %d %q", tc.method, tc.path, tc.body, rec.Code, resp.Error, tc.code, tc.want)

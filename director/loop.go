@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/anycastd/anycastd/api"
 	"github.com/anycastd/anycastd/configs"
 	"github.com/anycastd/anycastd/health"
 	"github.com/anycastd/anycastd/ipvs"
@@ -27,20 +28,9 @@ type Snapshot struct {
 	At        time.Time
 }
 
-// ReconcileInfo is what the last IPVS reconcile did.
-type ReconcileInfo struct {
-	At       time.Time     `json:"at"`
-	Duration time.Duration `json:"duration_ns"`
-	Ops      int           `json:"ops"`
-	Errors   []string      `json:"errors,omitempty"`
-	// SaveError is why the IPVS ownership record could not be saved
-	// (retried every turn; the table itself was reconciled).
-	SaveError string   `json:"save_error,omitempty"`
-	Foreign   []string `json:"foreign,omitempty"`
-	Draining  int      `json:"draining"`
-	// Loops counts the control loop's turns since start.
-	Loops uint64 `json:"loops"`
-}
+// ReconcileInfo is the last reconciliation of the IPVS table, as the API
+// reports it.
+type ReconcileInfo = api.ReconcileInfo
 
 func (n *Node) loop(ctx context.Context, errc <-chan error) error {
 	sub := n.mon.Subscribe()

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anycastd/anycastd/api"
 	"github.com/anycastd/anycastd/configs"
 	"github.com/anycastd/anycastd/ipvs"
 	"github.com/anycastd/anycastd/labs/labtest"
@@ -276,7 +277,7 @@ func TestNodesEndToEnd(t *testing.T) {
 	// The API's member view: 2 active, 1 standby, same config.
 	srv := httptest.NewServer(d1.n.Handler())
 	defer srv.Close()
-	var mr MembersResponse
+	var mr api.MembersResponse
 	getJSON(t, srv.URL+"/v1/members", &mr)
 	roles := map[string]string{}
 	for _, m := range mr.Members {
@@ -305,12 +306,12 @@ func TestNodesEndToEnd(t *testing.T) {
 	// A config applied through d2's API reaches every director.
 	srv2 := httptest.NewServer(d2.n.Handler())
 	defer srv2.Close()
-	var cur ConfigResponse
+	var cur api.ConfigResponse
 	getJSON(t, srv2.URL+"/v1/config", &cur)
 	next := slices.Clone(cur.Services)
 	next[1].Backends = append(next[1].Backends, configs.Backend{Address: mustAddr("10.9.9.10"), Port: 53, Weight: 1})
 	start := time.Now()
-	code, body := postJSON(t, srv2.URL+"/v1/config", ApplyRequest{BaseVersion: cur.Version, BaseHash: cur.Hash, Services: next})
+	code, body := postJSON(t, srv2.URL+"/v1/config", api.ApplyRequest{BaseVersion: cur.Version, BaseHash: cur.Hash, Services: next})
 	if code != http.StatusOK {
 		t.Fatalf("apply: %d %s", code, body)
 	}
@@ -326,14 +327,14 @@ func TestNodesEndToEnd(t *testing.T) {
 	t.Logf("config applied on d2 reached all 3 IPVS tables in %v", time.Since(start).Round(time.Millisecond))
 	_ = el
 	// The same base again is a conflict and changes nothing.
-	code, body = postJSON(t, srv2.URL+"/v1/config", ApplyRequest{BaseVersion: cur.Version, BaseHash: cur.Hash, Services: cur.Services})
+	code, body = postJSON(t, srv2.URL+"/v1/config", api.ApplyRequest{BaseVersion: cur.Version, BaseHash: cur.Hash, Services: cur.Services})
 	if code != http.StatusConflict || !strings.Contains(body, "changed meanwhile") {
 		t.Errorf("stale apply: %d %s", code, body)
 	}
 	// An invalid config is refused with its problems.
 	bad := slices.Clone(next)
 	bad[0].Port = 70000
-	code, body = postJSON(t, srv2.URL+"/v1/config", ApplyRequest{BaseVersion: cur.Version + 1, Services: bad})
+	code, body = postJSON(t, srv2.URL+"/v1/config", api.ApplyRequest{BaseVersion: cur.Version + 1, Services: bad})
 	if code != http.StatusUnprocessableEntity || !strings.Contains(body, "services[0].port") {
 		t.Errorf("invalid apply: %d %s", code, body)
 	}
@@ -640,11 +641,11 @@ func TestWithdrawPhaseSkippedForElector(t *testing.T) {
 func TestNodeSettlesBeforeAnnouncing(t *testing.T) {
 	b := newBackend(t)
 	tn := startNode(t, nodeConfig(t, "d1", oneBackendService(b, "{type: tcp, interval: 100ms, timeout: 100ms, rise: 10, fall: 1}"), ""))
-	vip := func() VIPView {
+	vip := func() api.VIPView {
 		for _, v := range tn.n.StatusView().VIPs {
 			return v
 		}
-		return VIPView{}
+		return api.VIPView{}
 	}
 	waitFor(t, 10*time.Second, "192.0.2.1 announced", func() error { return expectAnnounced("192.0.2.1/32")(tn) })
 	b.stop()

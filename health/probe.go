@@ -49,6 +49,26 @@ type Target struct {
 	VIP netip.Addr
 }
 
+// CheckTarget is where service s's check probes backend b: the backend's
+// address, on the check's port if it has one.
+func CheckTarget(s configs.Service, b configs.Backend) Target {
+	port := b.Port
+	if s.Health.Port != 0 {
+		port = s.Health.Port
+	}
+	return Target{Addr: netip.AddrPortFrom(b.Address, uint16(port)), VIP: s.VIP}
+}
+
+// Once runs check c once against t, with the check's timeout, as the
+// Monitor does (anyctl probe).
+func Once(ctx context.Context, c configs.Check, t Target) (Result, error) {
+	p, err := New(c, t)
+	if err != nil {
+		return Result{}, err
+	}
+	return Run(ctx, p, c.Timeout), nil
+}
+
 // New builds the probe a check describes, for a target. The check is
 // assumed valid (configs validated it); New still refuses what it cannot
 // build (a body regex that does not compile, an unreadable certificate).

@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/anycastd/anycastd/api"
 	"github.com/anycastd/anycastd/configs"
-	"github.com/anycastd/anycastd/director"
 	"github.com/pmezard/go-difflib/difflib"
 	"github.com/spf13/cobra"
 )
@@ -77,7 +77,7 @@ version, announced VIPs, routing peers up/total and age.
 Exit code 1 if a member is unhealthy, runs another config, or failed
 (dead); a member that left on purpose (left) is shown for a while and is
 not a failure.`,
-		"/v1/members", renderMembers, func(r director.MembersResponse) error {
+		"/v1/members", renderMembers, func(r api.MembersResponse) error {
 			var bad []string
 			for _, m := range r.Members {
 				if m.State == "left" {
@@ -103,7 +103,7 @@ not a failure.`,
 		})
 	status := readCmd(c, "status", "Show this director: role, health checks, config, VIPs, routing peers",
 		"Shows this director's state. Exit code 1 if it is unhealthy, behind the cluster's config or drained.",
-		"/v1/status", renderStatus, func(s director.StatusResponse) error {
+		"/v1/status", renderStatus, func(s api.StatusResponse) error {
 			if !s.Eligible || s.Reason != "" {
 				return &exitError{code: exitFailed, err: fmt.Errorf("this director does not announce: %s", s.Reason)}
 			}
@@ -115,8 +115,8 @@ configured weight, weight in IPVS, health here (with the last probe's
 result), active and inactive connections.`,
 		"/v1/services", renderServices, nil)
 	announcements := readCmd(c, "announcements", "Show the routing sessions and what is announced",
-		"", "/v1/announcements", func(w io.Writer, a director.AnnouncementsResponse, now time.Time) {
-			renderStatus(w, director.StatusResponse{VIPs: a.VIPs, Peers: a.Peers, Mode: a.Mode}, now)
+		"", "/v1/announcements", func(w io.Writer, a api.AnnouncementsResponse, now time.Time) {
+			renderStatus(w, api.StatusResponse{VIPs: a.VIPs, Peers: a.Peers, Mode: a.Mode}, now)
 		}, nil)
 	announcements.Hidden = false
 
@@ -130,8 +130,8 @@ withdraws them; a standby takes its place. IPVS entries stay, so existing
 connections continue. The flag survives a restart; undrain clears it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var d director.DrainView
-			if err := c.call(cmd.Context(), http.MethodPost, "/v1/drain", director.DrainRequest{Reason: reason}, &d); err != nil {
+			var d api.DrainView
+			if err := c.call(cmd.Context(), http.MethodPost, "/v1/drain", api.DrainRequest{Reason: reason}, &d); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "drained (%s); watch `anyctl status` until the VIPs are withdrawn\n", orDash(d.Reason))
@@ -145,7 +145,7 @@ connections continue. The flag survives a restart; undrain clears it.`,
 		Short: "Put this director back in service",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var d director.DrainView
+			var d api.DrainView
 			if err := c.call(cmd.Context(), http.MethodPost, "/v1/undrain", nil, &d); err != nil {
 				return err
 			}
@@ -163,7 +163,7 @@ func newConfigCmd(c *conn) *cobra.Command {
 		Short: "Print the cluster's applied services config (JSON)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var cur director.ConfigResponse
+			var cur api.ConfigResponse
 			if err := c.call(cmd.Context(), http.MethodGet, "/v1/config", nil, &cur); err != nil {
 				return err
 			}
@@ -203,7 +203,7 @@ director only proposes its file's services when the file itself changes.`,
 				configs.WriteReport(cmd.ErrOrStderr(), file, err)
 				return &exitError{code: exitFailed, err: fmt.Errorf("%s is invalid; nothing applied", file)}
 			}
-			var cur director.ConfigResponse
+			var cur api.ConfigResponse
 			if err := c.call(cmd.Context(), http.MethodGet, "/v1/config", nil, &cur); err != nil {
 				return err
 			}
@@ -220,15 +220,15 @@ director only proposes its file's services when the file itself changes.`,
 					return &exitError{code: exitFailed, err: fmt.Errorf("not applied")}
 				}
 			}
-			var res director.ConfigResponse
-			req := director.ApplyRequest{BaseVersion: cur.Version, BaseHash: cur.Hash, Services: services}
+			var res api.ConfigResponse
+			req := api.ApplyRequest{BaseVersion: cur.Version, BaseHash: cur.Hash, Services: services}
 			if err := c.call(cmd.Context(), http.MethodPost, "/v1/config", req, &res); err != nil {
-				var ae *apiError
-				if errors.As(err, &ae) && ae.status == http.StatusConflict {
+				var ae *api.Error
+				if errors.As(err, &ae) && ae.Status == http.StatusConflict {
 					// Another change won: show it against this one.
-					var won director.ConfigResponse
+					var won api.ConfigResponse
 					if c.call(cmd.Context(), http.MethodGet, "/v1/config", nil, &won) == nil {
-						fmt.Fprintf(out, "NOT APPLIED: %s\nthe cluster runs %s by %s; its difference from your file:\n", ae.resp.Error, cfgName(won.Version, won.Hash), orDash(won.Author))
+						fmt.Fprintf(out, "NOT APPLIED: %s\nthe cluster runs %s by %s; its difference from your file:\n", ae.Response.Error, cfgName(won.Version, won.Hash), orDash(won.Author))
 						writeServicesDiff(out, won, services)
 					}
 				}
@@ -249,7 +249,7 @@ director only proposes its file's services when the file itself changes.`,
 
 // writeServicesDiff prints, per service, what apply would change, and
 // reports whether anything would.
-func writeServicesDiff(w io.Writer, cur director.ConfigResponse, next []configs.Service) bool {
+func writeServicesDiff(w io.Writer, cur api.ConfigResponse, next []configs.Service) bool {
 	render := func(s configs.Service) string {
 		b, _ := json.MarshalIndent(s, "", "  ")
 		return string(b) + "\n"
@@ -300,7 +300,7 @@ func writeServicesDiff(w io.Writer, cur director.ConfigResponse, next []configs.
 
 // warnNotSaved tells the operator that a drain change is in effect but
 // would not survive a restart yet.
-func warnNotSaved(cmd *cobra.Command, d director.DrainView) {
+func warnNotSaved(cmd *cobra.Command, d api.DrainView) {
 	if d.SaveError != "" {
 		fmt.Fprintf(cmd.ErrOrStderr(), "WARNING: %s; a restart before it is saved would forget it (the director retries the save)\n", d.SaveError)
 	}

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/anycastd/anycastd/configs"
-	"github.com/anycastd/anycastd/director"
+	"github.com/anycastd/anycastd/health"
 	"github.com/spf13/cobra"
 )
 
@@ -66,7 +66,7 @@ succeeded, 1 when one failed, 2 for bad usage.`,
 			type job struct {
 				service string
 				check   configs.Check
-				target  director.ProbeTarget
+				target  health.Target
 			}
 			var jobs []job
 			if cfgFile != "" || service != "" {
@@ -90,7 +90,7 @@ succeeded, 1 when one failed, 2 for bad usage.`,
 					if backend != "" && b.Address.String() != backend && netip.AddrPortFrom(b.Address, uint16(b.Port)).String() != backend {
 						continue
 					}
-					jobs = append(jobs, job{s.Name, s.Health, director.CheckTarget(s, b)})
+					jobs = append(jobs, job{s.Name, s.Health, health.CheckTarget(s, b)})
 				}
 				if len(jobs) == 0 {
 					return usage("service %s has no backend %q", service, backend)
@@ -112,7 +112,7 @@ succeeded, 1 when one failed, 2 for bad usage.`,
 					}
 					return usage("%s", strings.Join(msgs, "; "))
 				}
-				t := director.ProbeTarget{Addr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())}
+				t := health.Target{Addr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())}
 				if vipS != "" {
 					v, err := netip.ParseAddr(vipS)
 					if err != nil {
@@ -134,7 +134,7 @@ succeeded, 1 when one failed, 2 for bad usage.`,
 					time.Sleep(interval)
 				}
 				for _, j := range jobs {
-					r, err := director.Probe(ctx, j.check, j.target)
+					r, err := health.Once(ctx, j.check, j.target)
 					if err != nil {
 						return &exitError{code: exitFailed, err: err}
 					}

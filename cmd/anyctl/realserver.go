@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 
 	"github.com/anycastd/anycastd/configs"
-	"github.com/anycastd/anycastd/director"
+	"github.com/anycastd/anycastd/ipvs"
 	"github.com/spf13/cobra"
 )
 
@@ -45,7 +45,7 @@ lo and all. Idempotent: what is already set is reported unchanged.`,
 			if mode != "dr" && mode != "tun" {
 				return &exitError{code: exitUsage, err: fmt.Errorf("--mode %q: want dr or tun", mode)}
 			}
-			msgs, err := director.RealServerUp(journal(), mode, addrs)
+			msgs, err := realServerUp(journal(), ipvs.RealServerMode(mode), addrs)
 			for _, msg := range msgs {
 				fmt.Fprintln(cmd.OutOrStdout(), msg)
 			}
@@ -63,7 +63,7 @@ lo and all. Idempotent: what is already set is reported unchanged.`,
 		Short: "Undo everything 'realserver up' changed",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			msgs, err := director.RealServerDown(journal())
+			msgs, err := realServerDown(journal())
 			if err == nil && len(msgs) == 0 {
 				fmt.Fprintln(cmd.OutOrStdout(), "nothing to undo")
 				return nil
@@ -79,4 +79,29 @@ lo and all. Idempotent: what is already set is reported unchanged.`,
 	}
 	cmd.AddCommand(up, down)
 	return cmd
+}
+
+// realServerUp prepares this host as a real server behind directors
+// forwarding by mode: the VIPs bound without answering ARP for them (see
+// ipvs.Host.SetupRealServer), every change journaled in journal so that
+// realServerDown undoes it. It returns what it did, also on error.
+func realServerUp(journal string, mode ipvs.RealServerMode, vips []netip.Addr) ([]string, error) {
+	h, err := ipvs.OpenHost(journal)
+	if err != nil {
+		return nil, err
+	}
+	return h.SetupRealServer(mode, vips)
+}
+
+// realServerDown undoes what realServerUp journaled in journal, newest
+// first; nothing journaled is no error and no output.
+func realServerDown(journal string) ([]string, error) {
+	h, err := ipvs.OpenHost(journal)
+	if err != nil {
+		return nil, err
+	}
+	if len(h.Changes()) == 0 {
+		return nil, nil
+	}
+	return h.Restore()
 }

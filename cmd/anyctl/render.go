@@ -10,7 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/anycastd/anycastd/director"
+	"github.com/anycastd/anycastd/api"
 )
 
 // The table renderings: for people, stable for golden tests (every time
@@ -51,12 +51,12 @@ func cfgName(v uint64, hash string) string {
 	return fmt.Sprintf("v%d/%s", v, short(hash))
 }
 
-func renderMembers(w io.Writer, r director.MembersResponse, now time.Time) {
+func renderMembers(w io.Writer, r api.MembersResponse, now time.Time) {
 	tw := table(w)
 	fmt.Fprintln(tw, "NAME\tADDRESS\tSTATE\tROLE\tHEALTH\tDRAINED\tCONFIG\tANNOUNCED\tPEERS\tAGE")
 	roles := map[string]int{}
 	members := slices.Clone(r.Members)
-	slices.SortStableFunc(members, func(a, b director.MemberView) int { return naturalCompare(a.Name, b.Name) })
+	slices.SortStableFunc(members, func(a, b api.MemberView) int { return naturalCompare(a.Name, b.Name) })
 	for _, m := range members {
 		name := m.Name
 		if m.Self {
@@ -101,7 +101,7 @@ func renderMembers(w io.Writer, r director.MembersResponse, now time.Time) {
 		len(r.Members), roles["active"], roles["standby"], roles["ineligible"], r.MaxActive)
 }
 
-func renderStatus(w io.Writer, s director.StatusResponse, now time.Time) {
+func renderStatus(w io.Writer, s api.StatusResponse, now time.Time) {
 	tw := table(w)
 	kv := func(k, f string, a ...any) { fmt.Fprintf(tw, "%s:\t"+f+"\n", append([]any{k}, a...)...) }
 	kv("Director", "%s (anycastd %s, up %s)", s.Name, s.Build, age(now, s.Started))
@@ -220,7 +220,7 @@ func orDash(s string) string {
 	return s
 }
 
-func renderServices(w io.Writer, r director.ServicesResponse, now time.Time) {
+func renderServices(w io.Writer, r api.ServicesResponse, now time.Time) {
 	fmt.Fprintf(w, "config %s, %d services\n", cfgName(r.Config.Version, r.Config.Hash), len(r.Services))
 	for _, s := range r.Services {
 		key := fmt.Sprintf("%s:%d/%s", s.VIP, s.Port, s.Protocol)

@@ -9,16 +9,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/anycastd/anycastd/cluster"
-	"github.com/anycastd/anycastd/director"
-	"github.com/anycastd/anycastd/health"
-	"github.com/anycastd/anycastd/routing"
+	"github.com/anycastd/anycastd/api"
 )
 
 var now = time.Date(2026, 11, 25, 3, 0, 0, 0, time.UTC)
 
 func TestRenderMembersGolden(t *testing.T) {
-	r := director.MembersResponse{Self: "d1", MaxActive: 2, Members: []director.MemberView{
+	r := api.MembersResponse{Self: "d1", MaxActive: 2, Members: []api.MemberView{
 		{Name: "d1", Self: true, Addr: "10.0.0.1:7946", State: "alive", Role: "active", Healthy: true, Priority: 100,
 			ConfigVersion: 7, ConfigHash: "3f2a1b9c0d4e", Announced: []string{"198.51.100.1/32", "198.51.100.2/32"},
 			Announcing: 2, PeersUp: 2, Peers: 2, Started: now.Add(-50 * time.Hour)},
@@ -36,22 +33,22 @@ func TestRenderMembersGolden(t *testing.T) {
 }
 
 func TestRenderStatusGolden(t *testing.T) {
-	s := director.StatusResponse{
+	s := api.StatusResponse{
 		Name: "d1", Build: "v0.3.0", Started: now.Add(-26 * time.Hour), Mode: "bgp", Dataplane: "kernel",
 		Role: "active", Eligible: true,
-		Drain:      director.DrainView{},
-		SelfChecks: []health.CheckStatus{{Name: "ipvs", OK: true}, {Name: "config", OK: true}, {Name: "uplink", OK: true}, {Name: "local-dns", OK: true}},
-		Config:     director.ConfigInfo{Version: 7, Hash: "3f2a1b9c0d4e", Author: "d3", Services: 3},
-		VIPs: []director.VIPView{
+		Drain:      api.DrainView{},
+		SelfChecks: []api.CheckStatus{{Name: "ipvs", OK: true}, {Name: "config", OK: true}, {Name: "uplink", OK: true}, {Name: "local-dns", OK: true}},
+		Config:     api.ConfigInfo{Version: 7, Hash: "3f2a1b9c0d4e", Author: "d3", Services: 3},
+		VIPs: []api.VIPView{
 			{VIP: netip.MustParseAddr("198.51.100.1"), Announced: true, Services: []string{"web-http", "web-https"}},
 			{VIP: netip.MustParseAddr("198.51.100.2"), Reason: "service api below quorum (1 of 2 backends up, quorum 2)", Services: []string{"api"}},
 		},
-		Peers: []routing.Peer{
+		Peers: []api.Peer{
 			{Address: netip.MustParseAddr("10.0.1.254"), ASN: 65000, State: "established", BFD: "up", Flaps: 2, BFDFlaps: 2, Since: now.Add(-25 * time.Hour)},
 			{Address: netip.MustParseAddr("10.0.2.254"), ASN: 65000, State: "active", Flaps: 3, Reason: "hold timer expired", Since: now.Add(-40 * time.Second)},
 		},
-		Reconcile: director.ReconcileInfo{At: now.Add(-2 * time.Second), Duration: 1234 * time.Microsecond, Ops: 2, Draining: 1},
-		Members:   map[cluster.Role]int{"active": 2, "standby": 1},
+		Reconcile: api.ReconcileInfo{At: now.Add(-2 * time.Second), Duration: 1234 * time.Microsecond, Ops: 2, Draining: 1},
+		Members:   map[string]int{"active": 2, "standby": 1},
 		Foreign:   []string{"tcp 192.0.2.99:80"},
 	}
 	var b bytes.Buffer
@@ -60,7 +57,7 @@ func TestRenderStatusGolden(t *testing.T) {
 
 	s.Eligible, s.Role = false, "ineligible"
 	s.Reason = "drained"
-	s.Drain = director.DrainView{Drained: true, Reason: "kernel upgrade", Since: now.Add(-5 * time.Minute)}
+	s.Drain = api.DrainView{Drained: true, Reason: "kernel upgrade", Since: now.Add(-5 * time.Minute)}
 	s.Reconcile.Errors = []string{"add service tcp 198.51.100.3:443: scheduler mh: no such file or directory"}
 	b.Reset()
 	renderStatus(&b, s, now)
@@ -69,9 +66,9 @@ func TestRenderStatusGolden(t *testing.T) {
 
 func TestRenderServicesGolden(t *testing.T) {
 	w := func(n int) *int { return &n }
-	r := director.ServicesResponse{Config: director.ConfigInfo{Version: 7, Hash: "3f2a1b9c0d4e"}, Services: []director.ServiceView{
+	r := api.ServicesResponse{Config: api.ConfigInfo{Version: 7, Hash: "3f2a1b9c0d4e"}, Services: []api.ServiceView{
 		{Name: "web-http", VIP: netip.MustParseAddr("198.51.100.1"), Protocol: "tcp", Port: 80, Scheduler: "mh", Forwarding: "dr",
-			Check: "http", Quorum: 2, Up: 2, InIPVS: true, Announced: true, Backends: []director.BackendView{
+			Check: "http", Quorum: 2, Up: 2, InIPVS: true, Announced: true, Backends: []api.BackendView{
 				{Address: netip.MustParseAddr("10.1.0.11"), Port: 80, Weight: 1, IPVSWeight: w(1), Health: "up", Since: now.Add(-3 * time.Hour),
 					Detail: "HTTP 200", LatencyMS: 1.25, ActiveConns: 120, InactiveConns: 30},
 				{Address: netip.MustParseAddr("10.1.0.12"), Port: 80, Weight: 1, IPVSWeight: w(0), Health: "down", Since: now.Add(-40 * time.Second),
@@ -79,10 +76,10 @@ func TestRenderServicesGolden(t *testing.T) {
 				{Address: netip.MustParseAddr("10.1.0.13"), Port: 80, Weight: 1, IPVSWeight: w(1), Health: "up", Since: now.Add(-3 * time.Hour), Detail: "HTTP 200"},
 			}},
 		{Name: "marked", VIP: netip.MustParseAddr("198.51.100.4"), FWMark: 100, Scheduler: "sh", Forwarding: "dr",
-			Check: "none", Quorum: 1, Up: 1, InIPVS: false, Backends: []director.BackendView{
+			Check: "none", Quorum: 1, Up: 1, InIPVS: false, Backends: []api.BackendView{
 				{Address: netip.MustParseAddr("10.1.0.41"), Weight: 1, Health: "up"}}},
 		{Name: "web6", VIP: netip.MustParseAddr("2001:db8:100::1"), Protocol: "tcp", Port: 80, Scheduler: "mh", Forwarding: "dr",
-			Check: "tcp", Quorum: 1, Up: 0, InIPVS: true, Backends: []director.BackendView{
+			Check: "tcp", Quorum: 1, Up: 0, InIPVS: true, Backends: []api.BackendView{
 				{Address: netip.MustParseAddr("2001:db8:200::11"), Port: 80, Weight: 1, IPVSWeight: w(1), Health: "unknown"}}},
 	}}
 	var b bytes.Buffer
@@ -114,8 +111,8 @@ func TestNaturalCompare(t *testing.T) {
 // A VRRP instance that has heard no master yet has no peer address: the
 // peers table says "-", not Go's "invalid IP".
 func TestRenderStatusPeerWithoutAddress(t *testing.T) {
-	s := director.StatusResponse{Name: "d1", Mode: "vrrp", Role: "active", Eligible: true,
-		Peers: []routing.Peer{{ASN: 51, State: "backup"}}}
+	s := api.StatusResponse{Name: "d1", Mode: "vrrp", Role: "active", Eligible: true,
+		Peers: []api.Peer{{ASN: 51, State: "backup"}}}
 	var b bytes.Buffer
 	renderStatus(&b, s, now)
 	out := b.String()
@@ -130,8 +127,8 @@ func TestRenderStatusPeerWithoutAddress(t *testing.T) {
 // A VRRP instance that drops a misconfigured peer's advertisements says so
 // under the peers, with the counts and the last one (issue 17, item 4).
 func TestRenderStatusRejectedAdverts(t *testing.T) {
-	s := director.StatusResponse{Name: "d1", Mode: "vrrp", Role: "active", Eligible: true,
-		Peers: []routing.Peer{{ASN: 51, State: "master", Rejected: map[string]uint64{"version": 40, "auth": 2},
+	s := api.StatusResponse{Name: "d1", Mode: "vrrp", Role: "active", Eligible: true,
+		Peers: []api.Peer{{ASN: 51, State: "master", Rejected: map[string]uint64{"version": 40, "auth": 2},
 			LastRejected: "version: 10.9.0.1: received VRRPv2, this instance runs VRRPv3"}, {ASN: 52, State: "backup"}}}
 	var b bytes.Buffer
 	renderStatus(&b, s, now)

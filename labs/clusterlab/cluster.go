@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/anycastd/anycastd/director"
+	"github.com/anycastd/anycastd/api"
 )
 
 // Daemon is one anycastd process.
@@ -149,7 +149,7 @@ func (d *Daemon) start(t testing.TB) {
 	}()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		var st director.StatusResponse
+		var st api.StatusResponse
 		if err := d.Get("/v1/status", &st); err == nil {
 			return
 		}

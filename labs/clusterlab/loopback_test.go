@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/anycastd/anycastd/director"
+	"github.com/anycastd/anycastd/api"
 	"github.com/anycastd/anycastd/labs/labtest"
 )
 
@@ -71,7 +71,7 @@ func tail(s string, n int) string {
 
 // rolesOf is a daemon's view: name -> role, for members it sees alive.
 func rolesOf(d *Daemon) (map[string]string, error) {
-	var mr director.MembersResponse
+	var mr api.MembersResponse
 	if err := d.Get("/v1/members", &mr); err != nil {
 		return nil, err
 	}
@@ -134,11 +134,11 @@ func TestEightDaemonsOnLoopback(t *testing.T) {
 		if err != nil {
 			t.Fatalf("apply: %v\n%s", err, out)
 		}
-		var want director.ConfigResponse
+		var want api.ConfigResponse
 		ds[2].Get("/v1/config", &want)
 		labtest.Eventually(t, 10*time.Second, "config on all 8", func() error {
 			for _, d := range ds {
-				var st director.StatusResponse
+				var st api.StatusResponse
 				if err := d.Get("/v1/status", &st); err != nil {
 					return err
 				}
@@ -245,11 +245,11 @@ func TestWrongKeyIsRefused(t *testing.T) {
 	// A director alone still serves its config (once it stops waiting
 	// for a seed).
 	labtest.Eventually(t, 15*time.Second, "lone k2 announces", func() error {
-		var st director.StatusResponse
+		var st api.StatusResponse
 		if err := k2.Get("/v1/status", &st); err != nil {
 			return err
 		}
-		if !slices.ContainsFunc(st.VIPs, func(v director.VIPView) bool { return v.Announced }) {
+		if !slices.ContainsFunc(st.VIPs, func(v api.VIPView) bool { return v.Announced }) {
 			return fmt.Errorf("VIPs %+v", st.VIPs)
 		}
 		return nil

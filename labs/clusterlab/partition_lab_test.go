@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/anycastd/anycastd/director"
+	"github.com/anycastd/anycastd/api"
 	"github.com/anycastd/anycastd/labs/labtest"
 )
 
@@ -33,7 +33,7 @@ func TestLabPartition(t *testing.T) {
 	})
 	// Both sides keep serving the last good config.
 	for _, d := range ds {
-		var st director.StatusResponse
+		var st api.StatusResponse
 		if err := d.Get("/v1/status", &st); err != nil {
 			t.Fatal(err)
 		}
@@ -60,7 +60,7 @@ func TestLabPartition(t *testing.T) {
 	apply(b[0], "from-b")
 	apply(a[0], "from-a-1")
 	version := func(d *Daemon) (uint64, string) {
-		var st director.StatusResponse
+		var st api.StatusResponse
 		d.Get("/v1/status", &st)
 		return st.Config.Version, strings.Join(st.VIPs[0].Services, ",")
 	}
@@ -76,7 +76,7 @@ func TestLabPartition(t *testing.T) {
 	want := func(group []*Daemon, v uint64, svc string) func() error {
 		return func() error {
 			for _, d := range group {
-				var cr director.ConfigResponse
+				var cr api.ConfigResponse
 				if err := d.Get("/v1/config", &cr); err != nil {
 					return err
 				}

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/anycastd/anycastd/director"
+	"github.com/anycastd/anycastd/api"
 	"github.com/anycastd/anycastd/labs/labtest"
 )
 
@@ -27,7 +27,7 @@ func TestDaemonReload(t *testing.T) {
 	}
 	d := Start(t, bin, dir, "r1", spec.Addr, "")
 	vips := func() (string, error) {
-		var st director.StatusResponse
+		var st api.StatusResponse
 		if err := d.Get("/v1/status", &st); err != nil {
 			return "", err
 		}

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/anycastd/anycastd/director"
+	"github.com/anycastd/anycastd/api"
 	"github.com/anycastd/anycastd/labs/labtest"
 )
 
@@ -34,7 +34,7 @@ func TestLabRSS(t *testing.T) {
 	}
 	d := Start(t, bin, dir, "big", "127.0.0.41", "")
 	labtest.Eventually(t, 60*time.Second, "1,000 services applied", func() error {
-		var st director.StatusResponse
+		var st api.StatusResponse
 		if err := d.Get("/v1/status", &st); err != nil {
 			return err
 		}
@@ -51,7 +51,7 @@ func TestLabRSS(t *testing.T) {
 		rss, anon, file = append(rss, st["VmRSS"]), append(anon, st["RssAnon"]), append(file, st["RssFile"])
 		time.Sleep(time.Second)
 	}
-	var sv director.ServicesResponse
+	var sv api.ServicesResponse
 	if err := d.Get("/v1/services", &sv); err != nil {
 		t.Fatal(err)
 	}

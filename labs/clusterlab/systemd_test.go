@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/anycastd/anycastd/director"
+	"github.com/anycastd/anycastd/api"
 	"github.com/anycastd/anycastd/labs/labtest"
 )
 
@@ -90,7 +90,7 @@ func TestDaemonSystemdNotify(t *testing.T) {
 	go ns.serve(func() string {
 		// The API socket is the daemon's own; it must answer at READY.
 		client := &Daemon{Socket: filepath.Join(dir, "api.sock")}
-		var st director.StatusResponse
+		var st api.StatusResponse
 		if err := client.Get("/v1/status", &st); err != nil {
 			return "api-error:" + err.Error()
 		}

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/anycastd/anycastd/director"
+	"github.com/anycastd/anycastd/api"
 	"github.com/anycastd/anycastd/labs/clab"
 	"github.com/anycastd/anycastd/labs/labtest"
 )
@@ -212,7 +212,7 @@ func (e *ECMP8) Announcing(timeout time.Duration, what string, want ...int) {
 	labtest.Eventually(e.T, timeout, what, func() error {
 		var got []int
 		for i := 1; i <= Directors; i++ {
-			var st director.StatusResponse
+			var st api.StatusResponse
 			if err := e.JSON(i, &st, "status"); err != nil {
 				continue // not running
 			}
@@ -255,7 +255,7 @@ func (e *ECMP8) Diagnose() {
 
 // Members is director i's view: name -> role, alive members only.
 func (e *ECMP8) Members(i int) (map[string]string, error) {
-	var mr director.MembersResponse
+	var mr api.MembersResponse
 	if err := e.JSON(i, &mr, "members"); err != nil {
 		return nil, err
 	}

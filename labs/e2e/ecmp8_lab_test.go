@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/anycastd/anycastd/director"
+	"github.com/anycastd/anycastd/api"
 	"github.com/anycastd/anycastd/labs/labtest"
 )
 
@@ -27,7 +27,7 @@ func without(s []int, drop ...int) []int {
 func (e *ECMP8) backendWeights(dirs []int, addr string) (map[int]int, error) {
 	out := map[int]int{}
 	for _, i := range dirs {
-		var sv director.ServicesResponse
+		var sv api.ServicesResponse
 		if err := e.JSON(i, &sv, "services"); err != nil {
 			return nil, fmt.Errorf("d%d: %v", i, err)
 		}
@@ -127,7 +127,7 @@ func TestLabECMP8(t *testing.T) {
 	os.WriteFile(e.FailFile(3), nil, 0o644)
 	e.ExpectHops(20*time.Second, "d3 out, the standby d10 in", append(without(all8, 3), standby)...)
 	labtest.Report(t, "e2e: director self-health fails -> standby in the router's FIB", []time.Duration{time.Since(t0)})
-	st := director.StatusResponse{}
+	st := api.StatusResponse{}
 	e.JSON(3, &st, "status")
 	if !strings.Contains(st.Reason, "maintenance-file") {
 		t.Errorf("d3's status does not say why: %q", st.Reason)

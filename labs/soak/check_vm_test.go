@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/anycastd/anycastd/director"
+	"github.com/anycastd/anycastd/api"
 	"github.com/anycastd/anycastd/ipvs"
 )
 
@@ -125,7 +125,7 @@ func (c *checker) check(s *snapshot) {
 	// the director's status says it announces.
 	if s.kernel {
 		for name, st := range s.status {
-			says := slices.ContainsFunc(st.VIPs, func(v director.VIPView) bool { return v.VIP.String() == vip && v.Announced })
+			says := slices.ContainsFunc(st.VIPs, func(v api.VIPView) bool { return v.VIP.String() == vip && v.Announced })
 			if c.hold("1b/"+name, says == s.held[name], now, boundAnnounce) {
 				c.violation("1", fmt.Sprintf("%s's status says announced %v, its kernel holds the VIP for OSPF: %v", name, says, s.held[name]), s)
 			}
@@ -333,7 +333,7 @@ func (l *lab) evidence(now time.Time, window time.Duration) string {
 			fmt.Fprintf(&b, "%s speaker: %v\n", name, err)
 			continue
 		}
-		var ar director.AnnouncementsResponse
+		var ar api.AnnouncementsResponse
 		err = json.NewDecoder(resp.Body).Decode(&ar)
 		resp.Body.Close()
 		if err != nil {

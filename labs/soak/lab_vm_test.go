@@ -22,7 +22,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/anycastd/anycastd/director"
+	"github.com/anycastd/anycastd/api"
 	"github.com/anycastd/anycastd/ipvs"
 	"github.com/anycastd/anycastd/labs/labtest"
 	"github.com/vishvananda/netlink"
@@ -675,7 +675,7 @@ func (l *lab) signal(name string, sig syscall.Signal, timeout time.Duration) {
 	}
 }
 
-func (l *lab) status(name string) (*director.StatusResponse, error) {
+func (l *lab) status(name string) (*api.StatusResponse, error) {
 	l.mu.Lock()
 	d := l.daemons[name]
 	l.mu.Unlock()
@@ -689,7 +689,7 @@ func (l *lab) status(name string) (*director.StatusResponse, error) {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	var st director.StatusResponse
+	var st api.StatusResponse
 	return &st, json.NewDecoder(resp.Body).Decode(&st)
 }
 

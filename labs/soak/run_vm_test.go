@@ -16,9 +16,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/anycastd/anycastd/director"
+	"github.com/anycastd/anycastd/api"
 	"github.com/anycastd/anycastd/ipvs"
-	"github.com/anycastd/anycastd/routing"
 )
 
 // Fault kinds. Director faults impair one director each; at most two
@@ -141,8 +140,8 @@ func schedule(seed uint64, duration time.Duration, kinds []string) []*fault {
 // snapshot is the tier as one check sees it.
 type snapshot struct {
 	at     time.Time
-	status map[string]*director.StatusResponse // running daemons that answered
-	down   map[string]bool                     // daemons not running
+	status map[string]*api.StatusResponse // running daemons that answered
+	down   map[string]bool                // daemons not running
 	hops   []string
 	tables map[string]ipvs.Table
 	// Kernel mode: the directors whose kernel holds the VIP for their
@@ -153,7 +152,7 @@ type snapshot struct {
 }
 
 func (l *lab) snap() *snapshot {
-	s := &snapshot{at: time.Now(), status: map[string]*director.StatusResponse{}, down: map[string]bool{}, tables: map[string]ipvs.Table{}}
+	s := &snapshot{at: time.Now(), status: map[string]*api.StatusResponse{}, down: map[string]bool{}, tables: map[string]ipvs.Table{}}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	if l.mode != modeBGP {
@@ -204,14 +203,14 @@ func (s *snapshot) announcers() (plain, gshut []string) {
 			switch {
 			case s.down[name] && s.held[name]:
 				plain = append(plain, name)
-			case ok && slices.ContainsFunc(st.VIPs, func(v director.VIPView) bool { return v.VIP.String() == vip && v.Announced }):
+			case ok && slices.ContainsFunc(st.VIPs, func(v api.VIPView) bool { return v.VIP.String() == vip && v.Announced }):
 				plain = append(plain, name)
 			}
 		}
 		return plain, nil
 	}
 	for name, st := range s.status {
-		if !slices.ContainsFunc(st.Peers, func(p routing.Peer) bool { return p.Established() }) {
+		if !slices.ContainsFunc(st.Peers, func(p api.Peer) bool { return p.Established() }) {
 			continue
 		}
 		for _, v := range st.VIPs {

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/anycastd/anycastd/director"
+	"github.com/anycastd/anycastd/api"
 	"github.com/anycastd/anycastd/ipvs"
 	"github.com/anycastd/anycastd/labs/labtest"
 )
@@ -45,7 +45,7 @@ func (d *daemon) api(method, path string, body, out any) error {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		var e director.ErrorResponse
+		var e api.ErrorResponse
 		json.NewDecoder(resp.Body).Decode(&e)
 		return fmt.Errorf("%s %s: %s: %+v", method, path, resp.Status, e)
 	}
@@ -144,20 +144,20 @@ services:
 	var took []time.Duration
 	for k := range samples {
 		d := ds[k%configDirectors]
-		var cur director.ConfigResponse
+		var cur api.ConfigResponse
 		if err := d.api("GET", "/v1/config", nil, &cur); err != nil {
 			t.Fatal(err)
 		}
 		want := 3 - cur.Services[0].Backends[0].Weight // 1 <-> 2
 		cur.Services[0].Backends[0].Weight = want
-		req := director.ApplyRequest{BaseVersion: cur.Version, BaseHash: cur.Hash, Services: cur.Services}
+		req := api.ApplyRequest{BaseVersion: cur.Version, BaseHash: cur.Hash, Services: cur.Services}
 		// The kernels are read while the call is in flight: its answer
 		// waits for every member's confirmation by gossip, which comes
 		// after the kernels have the change.
 		start := time.Now()
 		posted := make(chan error, 1)
 		go func() {
-			var resp director.ConfigResponse
+			var resp api.ConfigResponse
 			posted <- d.api("POST", "/v1/config", req, &resp)
 		}()
 		// One poller per kernel, each reading its one service (a single

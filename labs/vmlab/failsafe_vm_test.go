@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/anycastd/anycastd/director"
+	"github.com/anycastd/anycastd/api"
 	"github.com/anycastd/anycastd/ipvs"
 	"github.com/anycastd/anycastd/labs/labtest"
 )
@@ -45,7 +45,7 @@ api: {socket: %[1]s/api.sock}
 	loops := func() uint64 {
 		// Exit 1 while drained, with its reason after the JSON.
 		out, _ := d.anyctl("status", "-o", "json")
-		var st director.StatusResponse
+		var st api.StatusResponse
 		if err := json.NewDecoder(strings.NewReader(out)).Decode(&st); err != nil {
 			t.Fatalf("status: %v\n%s", err, out)
 		}

@@ -1,0 +1,251 @@
+package api
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/anycastd/anycastd/configs"
+)
+
+// MemberView is one member as `anyctl members` shows it.
+type MemberView struct {
+	Name          string       `json:"name"`
+	Addr          string       `json:"addr"`
+	Self          bool         `json:"self,omitempty"`
+	State         string       `json:"state"`
+	Role          string       `json:"role"`
+	Healthy       bool         `json:"healthy"`
+	Reason        string       `json:"reason,omitempty"`
+	Drained       bool         `json:"drained"`
+	Priority      int          `json:"priority"`
+	ConfigVersion uint64       `json:"config_version"`
+	ConfigHash    string       `json:"config_hash,omitempty"`
+	Announced     []string     `json:"announced"`
+	Announcing    int          `json:"announcing"`
+	PeersUp       int          `json:"peers_up"`
+	Peers         int          `json:"peers"`
+	Mode          string       `json:"mode,omitempty"`
+	Addrs         []netip.Addr `json:"addrs,omitempty"`
+	Started       time.Time    `json:"started,omitzero"`
+	Since         time.Time    `json:"since,omitzero"`
+	Build         string       `json:"build,omitempty"`
+	Bad           string       `json:"bad,omitempty"`
+}
+
+// MembersResponse is GET /v1/members.
+type MembersResponse struct {
+	Self      string       `json:"self"`
+	MaxActive int          `json:"max_active"`
+	Members   []MemberView `json:"members"`
+}
+
+// ConfigInfo names a config document.
+type ConfigInfo struct {
+	Version  uint64    `json:"version"`
+	Hash     string    `json:"hash"`
+	Author   string    `json:"author,omitempty"`
+	Time     time.Time `json:"time,omitzero"`
+	Services int       `json:"services"`
+	// Error says why the cluster's newest document is not applied here.
+	Error string `json:"error,omitempty"`
+	// SaveError says why the applied document is not saved in the state
+	// dir (retried every second; it is served all the same).
+	SaveError string `json:"save_error,omitempty"`
+}
+
+// VIPView is a VIP and whether this director announces it.
+type VIPView struct {
+	VIP              netip.Addr `json:"vip"`
+	Announced        bool       `json:"announced"`
+	GracefulShutdown bool       `json:"graceful_shutdown,omitempty"`
+	Reason           string     `json:"reason,omitempty"`
+	Services         []string   `json:"services"`
+}
+
+// DrainView is the operator's drain flag.
+type DrainView struct {
+	Drained bool      `json:"drained"`
+	Reason  string    `json:"reason,omitempty"`
+	Since   time.Time `json:"since,omitzero"`
+	// SaveError says why the flag is not saved for the next start (it is
+	// in effect, and saved again on every turn).
+	SaveError string `json:"save_error,omitempty"`
+}
+
+// StatusResponse is GET /v1/status: this director.
+type StatusResponse struct {
+	Name       string         `json:"name"`
+	Build      string         `json:"build"`
+	Started    time.Time      `json:"started"`
+	Mode       string         `json:"mode"`
+	Dataplane  string         `json:"dataplane"`
+	Role       string         `json:"role"`
+	Eligible   bool           `json:"eligible"`
+	Reason     string         `json:"reason,omitempty"`
+	Drain      DrainView      `json:"drain"`
+	SelfChecks []CheckStatus  `json:"self_checks"`
+	Config     ConfigInfo     `json:"config"`
+	VIPs       []VIPView      `json:"vips"`
+	Peers      []Peer         `json:"peers"`
+	Reconcile  ReconcileInfo  `json:"reconcile"`
+	Members    map[string]int `json:"members"`
+	// ActiveSize is the cluster's max_active as this director applies it.
+	ActiveSize ActiveSize `json:"active_size"`
+	Stopping   bool       `json:"stopping,omitempty"`
+	Foreign    []string   `json:"foreign_ipvs,omitempty"`
+}
+
+// BackendView is a real server of a service as this director sees it.
+type BackendView struct {
+	Address       netip.Addr `json:"address"`
+	Port          int        `json:"port"`
+	Weight        int        `json:"weight"`
+	IPVSWeight    *int       `json:"ipvs_weight,omitempty"`
+	Forwarding    string     `json:"forwarding"`
+	Health        string     `json:"health"`
+	Since         time.Time  `json:"since,omitzero"`
+	Detail        string     `json:"detail,omitempty"`
+	Error         string     `json:"error,omitempty"`
+	LatencyMS     float64    `json:"latency_ms,omitempty"`
+	Checks        uint64     `json:"checks"`
+	ActiveConns   int        `json:"active_conns"`
+	InactiveConns int        `json:"inactive_conns"`
+}
+
+// ServiceView is GET /v1/services' element.
+type ServiceView struct {
+	Name       string        `json:"name"`
+	VIP        netip.Addr    `json:"vip"`
+	Protocol   string        `json:"protocol,omitempty"`
+	Port       int           `json:"port,omitempty"`
+	FWMark     uint32        `json:"fwmark,omitempty"`
+	Scheduler  string        `json:"scheduler"`
+	Forwarding string        `json:"forwarding"`
+	Check      string        `json:"check"`
+	Quorum     int           `json:"quorum"`
+	Up         int           `json:"up"`
+	InIPVS     bool          `json:"in_ipvs"`
+	Announced  bool          `json:"announced"`
+	Conns      uint64        `json:"conns"`
+	Backends   []BackendView `json:"backends"`
+}
+
+// ServicesResponse is GET /v1/services.
+type ServicesResponse struct {
+	Config   ConfigInfo    `json:"config"`
+	Services []ServiceView `json:"services"`
+}
+
+// AnnouncementsResponse is GET /v1/announcements.
+type AnnouncementsResponse struct {
+	Mode      string         `json:"mode"`
+	Peers     []Peer         `json:"peers"`
+	Announced []Announcement `json:"announced"`
+	VIPs      []VIPView      `json:"vips"`
+}
+
+// ConfigResponse is GET /v1/config and the answer of POST /v1/config:
+// the newest cluster config this director holds (what an apply is made
+// against), and the version it has applied to IPVS and routing.
+type ConfigResponse struct {
+	ConfigInfo
+	AppliedVersion uint64            `json:"applied_version"`
+	Services       []configs.Service `json:"services"`
+	// Pending, in the answer to an apply, are the live members that had
+	// not confirmed the change when the director stopped waiting.
+	Pending []string `json:"pending,omitempty"`
+}
+
+// ApplyRequest is POST /v1/config: make Services the cluster's config if
+// the cluster's config is still BaseVersion/BaseHash.
+type ApplyRequest struct {
+	BaseVersion uint64            `json:"base_version"`
+	BaseHash    string            `json:"base_hash"`
+	Services    []configs.Service `json:"services"`
+}
+
+// DrainRequest is POST /v1/drain.
+type DrainRequest struct {
+	Reason string `json:"reason"`
+}
+
+// ErrorResponse is the body of every error answer.
+type ErrorResponse struct {
+	Error string `json:"error"`
+	// Problems are a config's field errors, one per line.
+	Problems []string `json:"problems,omitempty"`
+}
+
+// CheckStatus is one of the director's own checks (status's self_checks).
+type CheckStatus struct {
+	Name   string
+	OK     bool
+	Reason string
+	// Since is when the check's verdict last changed (zero until it
+	// changes once).
+	Since time.Time `json:",omitzero"`
+}
+
+// Peer is a routing session (a BGP neighbour, a VRRP instance, the
+// kernel's route) and its state.
+type Peer struct {
+	Address netip.Addr
+	ASN     uint32
+	// State is the session state: "established", "active", "connect", ...
+	State string
+	Since time.Time
+	// BFD is the BFD session state ("up", "down", "init") or "" without BFD.
+	BFD string
+	// Flaps counts the times the session left established (BGP), or the
+	// times the instance left master (VRRP).
+	Flaps uint64
+	// BFDFlaps counts the sessions this director took down because its
+	// BFD found the path failed.
+	BFDFlaps uint64
+	// Reason is why the session last went down, if known.
+	Reason string
+	// Rejected counts the advertisements dropped as misconfigured (VRRP),
+	// by reason; LastRejected says the last one.
+	Rejected     map[string]uint64 `json:",omitempty"`
+	LastRejected string            `json:",omitempty"`
+}
+
+// Announcement is a prefix this director announces and its attributes.
+type Announcement struct {
+	Prefix           netip.Prefix
+	Communities      []string
+	LargeCommunities []string
+	MED              uint32
+	GracefulShutdown bool
+}
+
+// ReconcileInfo is the last reconciliation of the IPVS table.
+type ReconcileInfo struct {
+	At       time.Time     `json:"at"`
+	Duration time.Duration `json:"duration_ns"`
+	Ops      int           `json:"ops"`
+	Errors   []string      `json:"errors,omitempty"`
+	// SaveError is why the IPVS ownership record could not be saved
+	// (retried every turn; the table itself was reconciled).
+	SaveError string   `json:"save_error,omitempty"`
+	Foreign   []string `json:"foreign,omitempty"`
+	Draining  int      `json:"draining"`
+	// Loops counts the control loop's turns since start.
+	Loops uint64 `json:"loops"`
+}
+
+// ActiveSize is the cluster's max_active as this director applies it.
+type ActiveSize struct {
+	// Target is the median of the live members' configured max_active.
+	Target int `json:"target"`
+	// Size is what the election uses now (it falls one step at a time).
+	Size int `json:"size"`
+	// Since is when Size last changed.
+	Since time.Time `json:"since"`
+	// Disagree lists the live members configured with another value
+	// than this director ("d3=6").
+	Disagree []string `json:"disagree,omitempty"`
+}
+
+// Established reports whether the session is up.
+func (p Peer) Established() bool { return p.State == "established" }
