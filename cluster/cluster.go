@@ -50,6 +50,9 @@ type Options struct {
 	// streams bounds the gossip port's TCP streams (tests); zero: the
 	// daemon's limits.
 	streams streamLimits
+	// saveDocument writes the document (tests: a slow disk); nil:
+	// SaveDocument.
+	saveDocument func(dir string, d *Document) error
 }
 
 // Timing is how fast the cluster notices things.
@@ -107,6 +110,17 @@ type Cluster struct {
 	// not authentic (a copy signed with another key may be). Only
 	// verdicts go here, never an I/O failure; a key change empties it.
 	rejected map[string]bool
+	// saveMu orders the writes of the document and the member list,
+	// which happen outside mu: memberlist's callbacks take mu, and a slow
+	// disk must not stall them. Taken before peersMu and mu, never while
+	// holding either.
+	saveMu sync.Mutex
+	// saved is the document last written to the state dir.
+	saved *Document
+	// saveKick wakes Run's saver: the document or the members changed
+	// (peersDirty says which).
+	saveKick   chan struct{}
+	peersDirty atomic.Bool
 	// saveErr is why the current document is not on disk yet (it is
 	// applied all the same; Run retries the save).
 	saveErr error
@@ -167,8 +181,11 @@ func New(o Options) (*Cluster, error) {
 	if o.Timing == (Timing{}) {
 		o.Timing = LANTiming
 	}
+	if o.saveDocument == nil {
+		o.saveDocument = SaveDocument
+	}
 	c := &Cluster{opts: o, log: o.Log, members: map[string]*Member{}, rejected: map[string]bool{}, leaving: map[string]time.Time{}, states: map[string]MemberState{},
-		changed: make(chan struct{}, 1), ready: make(chan struct{}), joined: make(chan struct{}), metaKick: make(chan struct{}, 1)}
+		changed: make(chan struct{}, 1), ready: make(chan struct{}), joined: make(chan struct{}), metaKick: make(chan struct{}, 1), saveKick: make(chan struct{}, 1)}
 	c.queue = &memberlist.TransmitLimitedQueue{NumNodes: c.numMembers, RetransmitMult: 4}
 	if len(o.Keys) > 0 {
 		kr, err := memberlist.NewKeyring(o.Keys, o.Keys[0])
@@ -195,9 +212,11 @@ func New(o Options) (*Cluster, error) {
 			if err := c.checkRoomLocked(d); err != nil {
 				return nil, fmt.Errorf("last applied cluster config: %w", err)
 			}
-			c.doc, c.clock = d, d.Version
+			c.doc, c.clock, c.saved = d, d.Version, d
 			c.log.Info("cluster config loaded from the state dir", "version", d.Version, "hash", d.Short(), "author", d.Author)
-			c.resignLocked()
+			if c.resignLocked() {
+				c.persist()
+			}
 		}
 	}
 	return c, nil
@@ -246,10 +265,14 @@ func (c *Cluster) Run(ctx context.Context) error {
 	c.ml = ml
 	c.local = netip.AddrPortFrom(a.Unmap(), local.Port)
 	c.mu.Unlock()
-	pubStop, pubDone := make(chan struct{}), make(chan struct{})
+	pubStop, pubDone, saverDone := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(pubDone)
 		c.publishMeta(ml, pubStop)
+	}()
+	go func() {
+		defer close(saverDone)
+		c.saver(pubStop)
 	}()
 	// On the way out: no new background work, the leave, then wait for
 	// what is still running (sends on a shut-down memberlist fail fast;
@@ -257,6 +280,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 	defer func() {
 		close(pubStop)
 		<-pubDone
+		<-saverDone
 		c.bg.Wait()
 	}()
 	close(c.ready)
@@ -290,6 +314,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 			c.bgClosed = true
 			c.mu.Unlock()
 			c.leave(ml)
+			c.persist() // what the saver had not written yet
 			c.close()
 			return nil
 		case <-retry.C:
@@ -394,6 +419,8 @@ func (c *Cluster) leave(ml *memberlist.Memberlist) {
 // while it shuts down, and nothing may be written after Run returns (the
 // next owner of the state dir, a restarted daemon, is starting).
 func (c *Cluster) close() {
+	c.saveMu.Lock()
+	defer c.saveMu.Unlock()
 	c.peersMu.Lock()
 	defer c.peersMu.Unlock()
 	c.mu.Lock()
@@ -620,15 +647,55 @@ func (c *Cluster) propose(services []configs.Service, check func(cur *Document) 
 	if err := configs.ValidateServices(services); err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
+	// Saves are ordered by saveMu, held across this one's write; mu only
+	// around the reads and the commit, so memberlist's callbacks are not
+	// stalled by the disk. A document that arrives during the write is
+	// adopted meanwhile: then this change is made again on top of it (or
+	// refused, when it was made against the one replaced), and the file
+	// holds the current document again before saveMu is let go.
+	c.saveMu.Lock()
+	defer c.saveMu.Unlock()
+	for {
+		c.mu.Lock()
+		base := c.doc
+		d, err := c.nextDocLocked(services, check)
+		c.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		if c.opts.StateDir != "" {
+			// A change made here is saved before anyone sees it, or not
+			// made: the operator is told, and nothing changed.
+			if err := c.opts.saveDocument(c.opts.StateDir, d); err != nil {
+				return nil, err
+			}
+		}
+		c.mu.Lock()
+		if c.doc == base {
+			c.doc, c.clock, c.saveErr, c.saved = d, max(c.clock, d.Version), nil, d
+			c.mu.Unlock()
+			c.log.Info("cluster config changed here", "version", d.Version, "hash", d.Short())
+			c.spread(d)
+			c.notify()
+			return d, nil
+		}
+		c.mu.Unlock()
+		c.persistLocked()
+	}
+}
+
+// nextDocLocked is the document that makes services the cluster's config,
+// one version above anything seen, if check allows it.
+func (c *Cluster) nextDocLocked(services []configs.Service, check func(cur *Document) error) (*Document, error) {
+	if c.closed {
+		return nil, errors.New("the cluster member is stopped")
+	}
 	if check != nil {
 		if err := check(c.doc); err != nil {
-			c.mu.Unlock()
 			return nil, err
 		}
 	}
 	if c.clock >= MaxVersion {
-		c.mu.Unlock()
 		return nil, fmt.Errorf("the cluster config version is at its ceiling (%d): no newer version can be made", MaxVersion)
 	}
 	var primary []byte
@@ -637,65 +704,96 @@ func (c *Cluster) propose(services []configs.Service, check func(cur *Document) 
 	}
 	d, err := NewDocument(services, c.clock+1, c.opts.Name, c.opts.Now(), primary)
 	if err != nil {
-		c.mu.Unlock()
 		return nil, err
 	}
 	if len(d.Services) > MaxDocumentBytes {
-		c.mu.Unlock()
 		return nil, fmt.Errorf("the services document is %.1f MiB; the cluster carries at most %d MiB", float64(len(d.Services))/(1<<20), MaxDocumentBytes>>20)
 	}
 	if err := c.checkRoomLocked(d); err != nil {
-		c.mu.Unlock()
 		return nil, err
 	}
-	if c.opts.StateDir != "" {
-		// A change made here is saved before anyone sees it, or not
-		// made: the operator is told, and nothing changed.
-		if err := SaveDocument(c.opts.StateDir, d); err != nil {
-			c.mu.Unlock()
-			return nil, err
-		}
-	}
-	c.doc, c.clock, c.saveErr = d, max(c.clock, d.Version), nil
-	c.mu.Unlock()
-	c.log.Info("cluster config changed here", "version", d.Version, "hash", d.Short())
-	c.spread(d)
-	c.notify()
 	return d, nil
 }
 
-// adoptLocked makes d current and saves it. A failed save does not stop
-// the adoption: the document is checked and the cluster's, so this
-// director serves it (a director that cannot write its state dir for a
-// moment must not fall behind the cluster and withdraw); the error is
-// returned, kept in saveErr, and Run retries the save.
-func (c *Cluster) adoptLocked(d *Document) error {
+// adoptLocked makes d current; Run's saver writes it to the state dir. A
+// failed save does not stop the adoption: the document is checked and the
+// cluster's, so this director serves it (a director that cannot write its
+// state dir for a moment must not fall behind the cluster and withdraw);
+// the error is kept in saveErr and the save retried every second.
+func (c *Cluster) adoptLocked(d *Document) {
 	c.doc = d
 	c.clock = max(c.clock, d.Version)
 	c.saveErr = nil
-	if c.opts.StateDir != "" && !c.closed {
-		if err := SaveDocument(c.opts.StateDir, d); err != nil {
-			c.saveErr = err
-			return err
-		}
-	}
-	return nil
+	c.kickSave()
 }
 
-// retrySave saves the current document if its last save failed.
-func (c *Cluster) retrySave() {
+func (c *Cluster) kickSave() {
+	select {
+	case c.saveKick <- struct{}{}:
+	default:
+	}
+}
+
+// saver writes the document and the member list when they change, until
+// stop is closed: outside mu, one write at a time.
+func (c *Cluster) saver(stop <-chan struct{}) {
+	for {
+		select {
+		case <-stop:
+			return
+		case <-c.saveKick:
+		}
+		if c.peersDirty.Swap(false) {
+			c.saveKnownPeers()
+		}
+		c.persist()
+	}
+}
+
+// persist writes the current document to the state dir unless it is
+// there already (or its last write failed: then it tries again), and
+// keeps the outcome in saveErr.
+func (c *Cluster) persist() {
+	c.saveMu.Lock()
+	defer c.saveMu.Unlock()
+	c.persistLocked()
+}
+
+// persistLocked is persist with saveMu held.
+func (c *Cluster) persistLocked() {
+	c.mu.Lock()
+	d, saved, failed, closed := c.doc, c.saved, c.saveErr != nil, c.closed
+	c.mu.Unlock()
+	if c.opts.StateDir == "" || d == nil || closed || (d == saved && !failed) {
+		return
+	}
+	err := c.opts.saveDocument(c.opts.StateDir, d)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.saveErr == nil || c.doc == nil || c.closed {
-		return
+	if err == nil {
+		c.saved = d
 	}
-	if err := SaveDocument(c.opts.StateDir, c.doc); err != nil {
-		c.saveErr = err
-		return
+	if c.doc != d {
+		return // a newer one came meanwhile; its own save follows
 	}
-	c.saveErr = nil
-	c.log.Info("cluster config saved to the state dir after an earlier failure", "version", c.doc.Version)
-	c.notify() // never blocks
+	c.saveErr = err
+	switch {
+	case err != nil && !failed:
+		c.log.Error("cluster config applied but not saved (retried every second)", "version", d.Version, "err", err)
+	case err == nil && failed:
+		c.log.Info("cluster config saved to the state dir after an earlier failure", "version", d.Version)
+		c.notify() // never blocks
+	}
+}
+
+// retrySave has the saver try again if the last save failed.
+func (c *Cluster) retrySave() {
+	c.mu.Lock()
+	failed := c.saveErr != nil
+	c.mu.Unlock()
+	if failed {
+		c.kickSave()
+	}
 }
 
 // SaveError is why the applied document is not saved in the state dir
@@ -758,12 +856,8 @@ func (c *Cluster) consider(d *Document, via string) {
 		c.log.Error("cluster config rejected, not applied", "version", d.Version, "hash", d.Short(), "author", d.Author, "via", via, "err", err)
 		return
 	}
-	if err := c.adoptLocked(d); err != nil {
-		c.mu.Unlock()
-		c.log.Error("cluster config applied but not saved (retried)", "version", d.Version, "err", err)
-	} else {
-		c.mu.Unlock()
-	}
+	c.adoptLocked(d)
+	c.mu.Unlock()
 	c.log.Info("cluster config received", "version", d.Version, "hash", d.Short(), "author", d.Author, "via", via)
 	c.queueNotice(d)
 	c.notify()
@@ -836,7 +930,9 @@ func (c *Cluster) SetKeys(keys [][]byte) error {
 	c.opts.Keys = keys
 	// Documents refused for a missing key may pass now.
 	clear(c.rejected)
-	c.resignLocked()
+	if c.resignLocked() {
+		c.kickSave()
+	}
 	return nil
 }
 
@@ -844,24 +940,20 @@ func (c *Cluster) SetKeys(keys [][]byte) error {
 // tag is not that key's (same version, content and author: a copy, not a
 // change), and saves it, so that a director that has only the new key
 // after a rotation accepts it, here after a restart and from here when it
-// joins.
-func (c *Cluster) resignLocked() {
+// joins. It reports whether it did (the caller has it saved).
+func (c *Cluster) resignLocked() bool {
 	if c.doc.IsZero() || c.keyring == nil {
-		return
+		return false
 	}
 	primary := c.keyring.GetPrimaryKey()
 	if c.doc.Verify([][]byte{primary}) == nil {
-		return
+		return false
 	}
 	d := *c.doc
 	d.Tag = d.mac(primary)
 	c.doc = &d
-	if c.opts.StateDir != "" {
-		if err := SaveDocument(c.opts.StateDir, &d); err != nil {
-			c.saveErr = err
-		}
-	}
 	c.log.Info("cluster config re-signed with the new primary key", "version", d.Version, "hash", d.Short())
+	return true
 }
 
 func (c *Cluster) numMembers() int {
@@ -1139,7 +1231,8 @@ func (c *Cluster) observe(n *memberlist.Node, st State) {
 		c.sendReliable(ml, &node, append([]byte{msgWantSt}, w...), "state request")
 	}
 	if save {
-		c.saveKnownPeers()
+		c.peersDirty.Store(true)
+		c.kickSave()
 	}
 	if st != StateAlive {
 		c.log.Info("member "+string(st), "name", n.Name, "addr", m.Addr)

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -484,6 +485,86 @@ func TestClusterSetMetaConcurrent(t *testing.T) {
 			if m.Name == "lb1" && m.Meta.Priority != 999 {
 				return fmt.Errorf("lb2 sees lb1 at priority %d", m.Meta.Priority)
 			}
+		}
+		return nil
+	})
+}
+
+// The document was written and fsynced while holding the lock that
+// memberlist's callbacks and every reader take (consider and propose), so
+// a slow disk stalled the member's gossip handling and its API. Now the
+// writes happen outside it: with every save held up, the member still
+// answers, takes the others' changes, and saves once the disk is back.
+func TestClusterSlowDiskDoesNotStallGossip(t *testing.T) {
+	tc := newTestCluster(t)
+	var stalled atomic.Bool
+	entered := make(chan struct{}, 16)
+	release := make(chan struct{})
+	tc.adjust = func(o *Options) {
+		o.saveDocument = func(dir string, d *Document) error {
+			if stalled.Load() {
+				entered <- struct{}{}
+				<-release
+			}
+			return SaveDocument(dir, d)
+		}
+	}
+	a := tc.start("lb1", [][]byte{key1}, "")
+	b := tc.start("lb2", [][]byte{key1}, "", "lb1")
+	tc.adjust = nil
+	eventually(t, 20*time.Second, "two members", func() error {
+		if got := alive(b.c.Members()); len(got) != 2 {
+			return fmt.Errorf("lb2 sees %v", got)
+		}
+		return nil
+	})
+	stalled.Store(true)
+	answers := func(n *node, what string) {
+		t.Helper()
+		done := make(chan struct{})
+		go func() {
+			n.c.Members()
+			n.c.Document()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			close(release)
+			t.Fatalf("%s: %s does not answer while its disk is slow", what, n.c.opts.Name)
+		}
+	}
+
+	// lb1 proposes: its own write is held up; it answers meanwhile.
+	proposed := make(chan error, 1)
+	go func() {
+		_, err := a.c.Propose(services(t, 1))
+		proposed <- err
+	}()
+	<-entered
+	answers(a, "its own change being saved")
+	// Its change is not made (nor sent) before it is saved.
+	if d := b.c.Document(); !d.IsZero() {
+		t.Errorf("lb2 has v%d before lb1 saved it", d.Version)
+	}
+	release <- struct{}{}
+	if err := <-proposed; err != nil {
+		t.Fatal(err)
+	}
+
+	// lb2 receives it: its write is held up; it answers, and serves the
+	// document meanwhile.
+	<-entered
+	answers(b, "a received change being saved")
+	if d := b.c.Document(); d.IsZero() || d.Version != 1 {
+		t.Errorf("lb2 serves %v while saving it", d)
+	}
+	stalled.Store(false)
+	close(release)
+	eventually(t, 10*time.Second, "lb2's copy on disk", func() error {
+		d, err := LoadDocument(b.dir, [][]byte{key1})
+		if err != nil || d == nil || d.Version != 1 {
+			return fmt.Errorf("lb2's state dir holds %v (%v)", d, err)
 		}
 		return nil
 	})
