@@ -19,11 +19,12 @@ import (
 	"github.com/anycastd/anycastd/labs/clab"
 	"github.com/anycastd/anycastd/labs/labtest"
 	"github.com/anycastd/anycastd/routing"
+	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) {
 	labtest.HelperMain(map[string]func([]string) error{"speaker": speakerHelper})
-	os.Exit(m.Run())
+	goleak.VerifyTestMain(m)
 }
 
 // speakerHelper runs a Speaker from a config file as a

@@ -84,13 +84,23 @@ func (s *Speaker) Run(ctx context.Context) error {
 	lvl := &slog.LevelVar{}
 	lvl.Set(slog.LevelWarn) // GoBGP logs every FSM step at Info
 	srv := server.NewBgpServer(server.LoggerOption(s.log.With("component", "gobgp"), lvl))
-	go srv.Serve()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		srv.Serve()
+	}()
 	// Stop stops the BGP part (StopBgp), BFD and the API server; calling
 	// StopBgp before it made it log "BGP server is not running" at Error
-	// on every stop.
+	// on every stop. It waits for Serve's loop to end too, both within
+	// 5 s: a GoBGP that hangs in its stop is left behind (logged) rather
+	// than holding the daemon's exit, which must withdraw and drain.
 	stop := func() {
 		done := make(chan struct{})
-		go func() { srv.Stop(); close(done) }()
+		go func() {
+			srv.Stop()
+			<-served
+			close(done)
+		}()
 		select {
 		case <-done:
 		case <-time.After(5 * time.Second):
