@@ -18,11 +18,12 @@ import (
 	"github.com/anycastd/anycastd/configs/keepalived"
 	"github.com/anycastd/anycastd/labs/labtest"
 	"github.com/anycastd/anycastd/routing"
+	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) {
 	labtest.HelperMain(map[string]func([]string) error{"vrrp": vrrpHelper})
-	os.Exit(m.Run())
+	goleak.VerifyTestMain(m)
 }
 
 // vrrpHelper runs a Router from a config file (its routing.vrrp part) as

@@ -36,6 +36,10 @@ type Router struct {
 	cfg configs.VRRP
 	log *slog.Logger
 
+	// mu guards what Set and Status share with Run: wanted, and each
+	// instance's machine and counters. Only Run's goroutine changes the
+	// machines, and it carries out their actions (sockets, netlink, ARP)
+	// after letting mu go, so Status never waits on the kernel.
 	mu      sync.Mutex
 	wanted  map[netip.Addr]bool
 	inst    map[uint8]*instance
@@ -46,7 +50,12 @@ type Router struct {
 	self6   netip.Addr
 	conn4   *ipv4.PacketConn
 	conn6   *ipv6.PacketConn
-	added   map[netip.Addr]int // VIP -> interface index it was added to
+	// readers are the sockets' receive loops, owned by Run: it closes
+	// quit and the sockets on its way out and waits for them.
+	readers sync.WaitGroup
+	quit    chan struct{}
+	// added, vmac and arpIgnore are Run's alone.
+	added map[netip.Addr]int // VIP -> interface index it was added to
 	// arpIgnore is the interface's arp_ignore before virtual_mac set it
 	// to 1 ("" if untouched), put back when the router stops.
 	arpIgnore string
@@ -206,6 +215,7 @@ func (r *Router) Run(ctx context.Context) error {
 		return fmt.Errorf("vrrp interface %s: %w", r.cfg.Interface, err)
 	}
 	r.ifi = ifi
+	r.quit = make(chan struct{})
 	r.removeStale()
 	need4, need6 := false, false
 	for _, in := range r.inst {
@@ -232,17 +242,17 @@ func (r *Router) Run(ctx context.Context) error {
 		if err := r.open4(); err != nil {
 			return err
 		}
-		defer r.conn4.Close()
 	}
 	if need6 {
 		if !r.self6.IsValid() {
 			return fmt.Errorf("vrrp interface %s has no IPv6 link-local address to send from", ifi.Name)
 		}
 		if err := r.open6(); err != nil {
+			r.closeSockets()
 			return err
 		}
-		defer r.conn6.Close()
 	}
+	defer r.closeSockets()
 	if r.cfg.VirtualMAC {
 		// With the VIP on the macvlan, the interface itself must not
 		// answer ARP for it with its own MAC (Linux answers for any
@@ -266,6 +276,7 @@ func (r *Router) Run(ctx context.Context) error {
 		defer r.removeVMACs()
 	}
 	now := time.Now()
+	var todo []decision
 	r.mu.Lock()
 	for vrid, in := range r.inst {
 		self := r.self4
@@ -274,9 +285,10 @@ func (r *Router) Run(ctx context.Context) error {
 		}
 		in.m = NewMachine(Config{Version: uint8(in.cfg.Version), VRID: vrid, Priority: r.priority(in), Interval: r.cfg.AdvertInterval,
 			Preempt: in.cfg.Preempt, PreemptDelay: in.cfg.PreemptDelay, Self: self})
-		r.do(in, in.m.Start(now))
+		todo = r.decided(todo, in, in.m.Start(now))
 	}
 	r.mu.Unlock()
+	r.do(todo)
 	defer r.stop()
 
 	timer := time.NewTimer(time.Millisecond)
@@ -293,40 +305,60 @@ func (r *Router) Run(ctx context.Context) error {
 		if !next.IsZero() {
 			timer.Reset(max(time.Until(next), 0))
 		}
+		todo = todo[:0]
 		select {
 		case <-ctx.Done():
 			return nil
 		case ev := <-r.events:
-			r.handle(ev)
+			todo = r.handle(todo, ev)
 		case <-timer.C:
 		}
 		r.mu.Lock()
 		now := time.Now()
 		for _, in := range r.inst {
-			r.do(in, in.m.SetPriority(now, r.priority(in)))
-			r.do(in, in.m.Tick(now))
+			todo = r.decided(todo, in, in.m.SetPriority(now, r.priority(in)))
+			todo = r.decided(todo, in, in.m.Tick(now))
 		}
 		r.mu.Unlock()
+		r.do(todo)
 	}
 }
 
+// closeSockets ends the receive loops: quit first (a loop blocked handing
+// on an advertisement gives up), then the sockets (a loop blocked reading
+// returns); then it waits for them.
+func (r *Router) closeSockets() {
+	close(r.quit)
+	if r.conn4 != nil {
+		r.conn4.Close()
+	}
+	if r.conn6 != nil {
+		r.conn6.Close()
+	}
+	r.readers.Wait()
+}
+
 func (r *Router) stop() {
+	var todo []decision
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	now := time.Now()
 	for _, in := range r.inst {
 		if in.m != nil {
-			r.do(in, in.m.Stop(now))
+			todo = r.decided(todo, in, in.m.Stop(now))
 		}
 	}
+	r.mu.Unlock()
+	r.do(todo)
 	for v := range r.added {
 		r.delVIP(v)
 	}
 }
 
-func (r *Router) handle(ev event) {
+// handle gives an advertisement to its instance's machine and appends
+// what the machine decided to todo.
+func (r *Router) handle(todo []decision, ev event) []decision {
 	if len(ev.b) < 2 {
-		return
+		return todo
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -341,10 +373,10 @@ func (r *Router) handle(ev event) {
 				r.reject(owner, ev, "vrid", fmt.Sprintf("%s advertises %s under VRID %d; this instance runs it as VRID %d", ev.src, vip, a.VRID, owner.cfg.VRID))
 			}
 		}
-		return
+		return todo
 	}
 	if in.v6 != ev.v6 {
-		return
+		return todo
 	}
 	if err != nil {
 		reason := "malformed"
@@ -352,20 +384,20 @@ func (r *Router) handle(ev event) {
 			reason = "version"
 		}
 		r.reject(in, ev, reason, fmt.Sprintf("%s: %v", ev.src, err))
-		return
+		return todo
 	}
 	if msg, reason := in.mismatch(a, r.cfg.AdvertInterval); reason != "" {
 		r.reject(in, ev, reason, fmt.Sprintf("%s: %s", ev.src, msg))
 		// RFC 3768 7.1 (and 5798): the address owner's advertisement is
 		// taken even with other addresses.
 		if reason != "addresses" || a.Priority != PriorityOwner {
-			return
+			return todo
 		}
 	}
 	if a.Priority == PriorityOwner && in.m.State() != Master && uint8(in.cfg.Priority) == PriorityOwner {
 		r.log.Warn("vrrp: another router claims to own the addresses", "vrid", a.VRID, "from", ev.src)
 	}
-	r.do(in, in.m.Receive(ev.at, ev.src, a))
+	return r.decided(todo, in, in.m.Receive(ev.at, ev.src, a))
 }
 
 // mismatch checks an advertisement for this instance against its
@@ -435,42 +467,68 @@ func (r *Router) reject(in *instance, ev event, reason, msg string) {
 	in.suppressed[reason] = 0
 }
 
-// do carries out a machine's actions. Called with r.mu held.
-func (r *Router) do(in *instance, acts []Action) {
-	// A new master's virtual MAC interface comes up before its first
-	// advertisement, which leaves from it.
-	for _, a := range acts {
-		if a.Kind == TakeOver {
-			r.vmacUp(in, true)
-		}
+// decision is what one machine decided, to be carried out by do.
+type decision struct {
+	in   *instance
+	acts []Action
+	// master is whether the machine is master after deciding (where its
+	// packets leave from).
+	master bool
+}
+
+// decided appends a machine's actions to todo and counts what Status
+// reports. Called with r.mu held.
+func (r *Router) decided(todo []decision, in *instance, acts []Action) []decision {
+	if len(acts) == 0 {
+		return todo
 	}
 	for _, a := range acts {
-		switch a.Kind {
-		case Send:
-			if err := r.send(in, a.Priority); err != nil {
-				r.log.Warn("vrrp: send advertisement", "vrid", in.cfg.VRID, "err", err)
-			}
-		case TakeOver:
-			r.log.Info("vrrp: master", "instance", in.cfg.Name, "vrid", in.cfg.VRID, "vips", in.vips)
-			r.vmacUp(in, true)
-			for _, v := range in.vips {
-				r.addVIP(in, v)
-			}
-			r.announce(in)
-			r.notify()
-		case Release:
-			r.log.Info("vrrp: backup, releasing", "instance", in.cfg.Name, "vrid", in.cfg.VRID)
+		if a.Kind == Release {
 			in.flaps++
-			for _, v := range in.vips {
-				r.delVIP(v)
+		}
+	}
+	return append(todo, decision{in: in, acts: acts, master: in.m.State() == Master})
+}
+
+// do carries out the machines' actions, in order, on Run's goroutine
+// without r.mu: sockets, netlink and ARP may take their time.
+func (r *Router) do(todo []decision) {
+	for _, t := range todo {
+		in := t.in
+		// A new master's virtual MAC interface comes up before its first
+		// advertisement, which leaves from it.
+		for _, a := range t.acts {
+			if a.Kind == TakeOver {
+				r.vmacUp(in, true)
 			}
-			r.vmacUp(in, false)
-			r.notify()
+		}
+		for _, a := range t.acts {
+			switch a.Kind {
+			case Send:
+				if err := r.send(in, a.Priority, t.master); err != nil {
+					r.log.Warn("vrrp: send advertisement", "vrid", in.cfg.VRID, "err", err)
+				}
+			case TakeOver:
+				r.log.Info("vrrp: master", "instance", in.cfg.Name, "vrid", in.cfg.VRID, "vips", in.vips)
+				r.vmacUp(in, true)
+				for _, v := range in.vips {
+					r.addVIP(in, v)
+				}
+				r.announce(in)
+				r.notify()
+			case Release:
+				r.log.Info("vrrp: backup, releasing", "instance", in.cfg.Name, "vrid", in.cfg.VRID)
+				for _, v := range in.vips {
+					r.delVIP(v)
+				}
+				r.vmacUp(in, false)
+				r.notify()
+			}
 		}
 	}
 }
 
-func (r *Router) send(in *instance, prio uint8) error {
+func (r *Router) send(in *instance, prio uint8, master bool) error {
 	a := Advert{Version: uint8(in.cfg.Version), VRID: uint8(in.cfg.VRID), Priority: prio, Interval: r.cfg.AdvertInterval, Addrs: in.vips}
 	if au := in.cfg.Authentication; au != nil && in.cfg.Version == Version2 {
 		a.AuthType, a.Auth = AuthSimple, SimpleAuth(au.Password)
@@ -492,7 +550,7 @@ func (r *Router) send(in *instance, prio uint8) error {
 			if err != nil {
 				return err
 			}
-			ifi := r.sendIface(in)
+			ifi := r.sendIface(in, master)
 			cm := &ipv6.ControlMessage{HopLimit: 255, Src: r.self6.AsSlice(), IfIndex: ifi.Index}
 			if _, err := r.conn6.WriteTo(b, cm, &net.IPAddr{IP: dst.AsSlice(), Zone: ifi.Name}); err != nil {
 				errs = append(errs, err)
@@ -503,7 +561,7 @@ func (r *Router) send(in *instance, prio uint8) error {
 		if err != nil {
 			return err
 		}
-		cm := &ipv4.ControlMessage{TTL: 255, Src: r.self4.AsSlice(), IfIndex: r.sendIface(in).Index}
+		cm := &ipv4.ControlMessage{TTL: 255, Src: r.self4.AsSlice(), IfIndex: r.sendIface(in, master).Index}
 		if _, err := r.conn4.WriteTo(b, cm, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
 			errs = append(errs, err)
 		}
@@ -531,13 +589,15 @@ func (r *Router) open4() error {
 		}
 	}
 	r.conn4 = p
-	go r.receive(func(b []byte) (int, int, int, net.Addr, net.IP, error) {
-		n, cm, src, err := p.ReadFrom(b)
-		if cm == nil {
-			return n, 0, 0, src, nil, err
-		}
-		return n, cm.IfIndex, cm.TTL, src, cm.Dst, err
-	}, false)
+	r.readers.Go(func() {
+		r.receive(func(b []byte) (int, int, int, net.Addr, net.IP, error) {
+			n, cm, src, err := p.ReadFrom(b)
+			if cm == nil {
+				return n, 0, 0, src, nil, err
+			}
+			return n, cm.IfIndex, cm.TTL, src, cm.Dst, err
+		}, false)
+	})
 	return nil
 }
 
@@ -561,13 +621,15 @@ func (r *Router) open6() error {
 		}
 	}
 	r.conn6 = p
-	go r.receive(func(b []byte) (int, int, int, net.Addr, net.IP, error) {
-		n, cm, src, err := p.ReadFrom(b)
-		if cm == nil {
-			return n, 0, 0, src, nil, err
-		}
-		return n, cm.IfIndex, cm.HopLimit, src, cm.Dst, err
-	}, true)
+	r.readers.Go(func() {
+		r.receive(func(b []byte) (int, int, int, net.Addr, net.IP, error) {
+			n, cm, src, err := p.ReadFrom(b)
+			if cm == nil {
+				return n, 0, 0, src, nil, err
+			}
+			return n, cm.IfIndex, cm.HopLimit, src, cm.Dst, err
+		}, true)
+	})
 	return nil
 }
 
@@ -594,15 +656,19 @@ func (r *Router) receive(read func([]byte) (n, ifIndex, ttl int, src net.Addr, d
 		if s == self {
 			continue
 		}
-		r.events <- event{src: s, dst: d, b: slices.Clone(buf[:n]), v6: v6, at: time.Now()}
+		select {
+		case r.events <- event{src: s, dst: d, b: slices.Clone(buf[:n]), v6: v6, at: time.Now()}:
+		case <-r.quit:
+			return
+		}
 	}
 }
 
 // sendIface is where an instance's packets leave: its macvlan with the
-// virtual MAC (so the segment's switches learn where the MAC lives from
-// the master's advertisements), else the interface.
-func (r *Router) sendIface(in *instance) *net.Interface {
-	if in.vmac != nil && in.m != nil && in.m.State() == Master {
+// virtual MAC while master (so the segment's switches learn where the MAC
+// lives from the master's advertisements), else the interface.
+func (r *Router) sendIface(in *instance, master bool) *net.Interface {
+	if in.vmac != nil && master {
 		return in.vmac
 	}
 	return r.ifi
@@ -656,8 +722,6 @@ func (r *Router) vmacUp(in *instance, up bool) {
 }
 
 func (r *Router) removeVMACs() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.arpIgnore != "" {
 		os.WriteFile("/proc/sys/net/ipv4/conf/"+r.ifi.Name+"/arp_ignore", []byte(r.arpIgnore), 0o644)
 		r.arpIgnore = ""
