@@ -9,13 +9,16 @@ import (
 
 // MemberView is one member as `anyctl members` shows it.
 type MemberView struct {
-	Name          string       `json:"name"`
-	Addr          string       `json:"addr"`
-	Self          bool         `json:"self,omitempty"`
-	State         string       `json:"state"`
-	Role          string       `json:"role"`
-	Healthy       bool         `json:"healthy"`
-	Reason        string       `json:"reason,omitempty"`
+	Name    string `json:"name"`
+	Addr    string `json:"addr"`
+	Self    bool   `json:"self,omitempty"`
+	State   string `json:"state"`
+	Role    string `json:"role"`
+	Healthy bool   `json:"healthy"`
+	Reason  string `json:"reason,omitempty"`
+	// Why are the kinds of reasons it may not be in the active set
+	// (gone, unreadable_metadata, unhealthy, drained).
+	Why           []string     `json:"why,omitempty"`
 	Drained       bool         `json:"drained"`
 	Priority      int          `json:"priority"`
 	ConfigVersion uint64       `json:"config_version"`
@@ -59,7 +62,10 @@ type VIPView struct {
 	Announced        bool       `json:"announced"`
 	GracefulShutdown bool       `json:"graceful_shutdown,omitempty"`
 	Reason           string     `json:"reason,omitempty"`
-	Services         []string   `json:"services"`
+	// Why are the kinds of Reason's parts (unhealthy, config_behind,
+	// drained, not_in_ipvs, below_quorum, standby, not_active, settling).
+	Why      []string `json:"why,omitempty"`
+	Services []string `json:"services"`
 }
 
 // DrainView is the operator's drain flag.

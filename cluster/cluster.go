@@ -961,7 +961,7 @@ func (c *Cluster) numMembers() int {
 	defer c.mu.Unlock()
 	n := 0
 	for _, m := range c.members {
-		if m.State == StateAlive || m.State == StateSuspect {
+		if m.State == StateAlive {
 			n++
 		}
 	}
@@ -1072,7 +1072,7 @@ func (c *Cluster) peers() []memberlist.Node {
 	defer c.mu.Unlock()
 	var out []memberlist.Node
 	for _, m := range c.members {
-		if m.Name == c.opts.Name || (m.State != StateAlive && m.State != StateSuspect) {
+		if m.Name == c.opts.Name || m.State != StateAlive {
 			continue
 		}
 		out = append(out, memberlist.Node{Name: m.Name, Addr: m.Addr.Addr().AsSlice(), Port: m.Addr.Port()})
@@ -1347,7 +1347,7 @@ func (c *Cluster) saveKnownPeers() {
 	}
 	var addrs []string
 	for _, m := range c.members {
-		if m.Name != c.opts.Name && (m.State == StateAlive || m.State == StateSuspect) && m.Addr.IsValid() {
+		if m.Name != c.opts.Name && m.State == StateAlive && m.Addr.IsValid() {
 			addrs = append(addrs, m.Addr.String())
 		}
 	}

@@ -108,7 +108,7 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() er
 func alive(ms []Member) []string {
 	var out []string
 	for _, m := range ms {
-		if m.State == StateAlive || m.State == StateSuspect {
+		if m.State == StateAlive {
 			out = append(out, m.Name)
 		}
 	}

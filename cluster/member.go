@@ -125,13 +125,15 @@ func DecodeMeta(b []byte) (Meta, error) {
 // State is a member's liveness as memberlist sees it.
 type State string
 
-// Member states. Suspect members still count: memberlist suspects before
-// it declares a member dead, and a suspect that answers stays.
+// Member states. There is no "suspect": memberlist keeps its suspicion to
+// itself (its events say alive, dead or left, and the node records it
+// hands out always say alive), so a member it suspects is alive here, and
+// keeps its slot, until it is declared dead; a suspect that answers in
+// time was never anything else.
 const (
-	StateAlive   State = "alive"
-	StateSuspect State = "suspect"
-	StateDead    State = "dead"
-	StateLeft    State = "left"
+	StateAlive State = "alive"
+	StateDead  State = "dead"
+	StateLeft  State = "left"
 )
 
 // Role is a member's place in the active set.
@@ -160,10 +162,44 @@ type Member struct {
 	Since time.Time
 }
 
-// Eligible reports whether m may be in the active set.
-func (m Member) Eligible() bool {
-	return (m.State == StateAlive || m.State == StateSuspect) && m.Bad == "" && m.Meta.Healthy && !m.Meta.Drained
+// Ineligibility is a kind of reason why a member may not be in the
+// active set: what tests and the API compare (the member's own words are
+// its Meta.Reason).
+type Ineligibility string
+
+// The kinds of ineligibility.
+const (
+	// IneligibleGone: memberlist declared it dead, or it left.
+	IneligibleGone Ineligibility = "gone"
+	// IneligibleUnreadable: its metadata could not be read (Bad).
+	IneligibleUnreadable Ineligibility = "unreadable_metadata"
+	// IneligibleUnhealthy: it says it is not healthy, or its config is
+	// behind (its Meta.Reason says which).
+	IneligibleUnhealthy Ineligibility = "unhealthy"
+	// IneligibleDrained: its operator drained it.
+	IneligibleDrained Ineligibility = "drained"
+)
+
+// Ineligible says why m may not be in the active set (none: it may).
+func (m Member) Ineligible() []Ineligibility {
+	var out []Ineligibility
+	if m.State != StateAlive {
+		out = append(out, IneligibleGone)
+	}
+	if m.Bad != "" {
+		return append(out, IneligibleUnreadable)
+	}
+	if !m.Meta.Healthy {
+		out = append(out, IneligibleUnhealthy)
+	}
+	if m.Meta.Drained {
+		out = append(out, IneligibleDrained)
+	}
+	return out
 }
+
+// Eligible reports whether m may be in the active set.
+func (m Member) Eligible() bool { return len(m.Ineligible()) == 0 }
 
 // Elect orders the eligible members by (priority, name) and returns each
 // member's role: the first maxActive are active, the other eligible ones

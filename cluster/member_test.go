@@ -3,6 +3,7 @@ package cluster
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -20,8 +21,6 @@ func TestElect(t *testing.T) {
 				x.State = StateDead
 			case "left":
 				x.State = StateLeft
-			case "suspect":
-				x.State = StateSuspect
 			case "bad":
 				x.Bad = "unreadable metadata"
 			}
@@ -47,7 +46,6 @@ func TestElect(t *testing.T) {
 		{"unhealthy, drained, gone and unreadable are out", []Member{
 			m("a", 1, "sick"), m("b", 1, "drained"), m("c", 1, "dead"), m("d", 1, "left"), m("e", 1, "bad"), m("f", 9), m("g", 9)},
 			1, "a=i b=i c=i d=i e=i f=a g=s"},
-		{"a suspect keeps its slot until declared dead", []Member{m("a", 1, "suspect"), m("b", 2)}, 1, "a=a b=s"},
 		{"a standby moves up when an active one fails", []Member{m("a", 1, "dead"), m("b", 2), m("c", 3)}, 1, "a=i b=a c=s"},
 		{"nobody eligible", []Member{m("a", 1, "sick")}, 8, "a=i"},
 		{"max 0", []Member{m("a", 1)}, 0, "a=s"},
@@ -119,5 +117,31 @@ func TestMetaEncodeFits(t *testing.T) {
 	old := []byte(`{"p":100,"h":true,"r":"why","v":3,"a":["198.51.100.1/32"],"n":1,"pu":0,"pt":0,"s":1}`)
 	if back, err := DecodeMeta(old); err != nil || back.Reason != "why" || len(back.Announced) != 1 {
 		t.Errorf("legacy metadata: %+v %v", back, err)
+	}
+}
+
+func TestMemberIneligible(t *testing.T) {
+	ok := Member{Name: "a", State: StateAlive, Meta: Meta{Healthy: true}}
+	for _, c := range []struct {
+		name string
+		mod  func(m *Member)
+		want []Ineligibility
+	}{
+		{"eligible", func(*Member) {}, nil},
+		{"dead", func(m *Member) { m.State = StateDead }, []Ineligibility{IneligibleGone}},
+		{"left and drained", func(m *Member) { m.State, m.Meta.Drained = StateLeft, true }, []Ineligibility{IneligibleGone, IneligibleDrained}},
+		{"unreadable: its metadata says nothing", func(m *Member) { m.Bad, m.Meta = "unreadable metadata", Meta{} }, []Ineligibility{IneligibleUnreadable}},
+		{"unhealthy and drained", func(m *Member) { m.Meta.Healthy, m.Meta.Drained = false, true }, []Ineligibility{IneligibleUnhealthy, IneligibleDrained}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m := ok
+			c.mod(&m)
+			if got := m.Ineligible(); !slices.Equal(got, c.want) {
+				t.Errorf("ineligible %v, want %v", got, c.want)
+			}
+			if m.Eligible() != (len(c.want) == 0) {
+				t.Errorf("eligible %v", m.Eligible())
+			}
+		})
 	}
 }

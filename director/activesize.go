@@ -40,7 +40,7 @@ func NextActiveSize(prev ActiveSize, self string, configured int, members []clus
 	values := []int{configured}
 	lowest, highest := 0, 0 // of the others' current sizes
 	for _, m := range members {
-		if m.Name == self || (m.State != cluster.StateAlive && m.State != cluster.StateSuspect) || m.Bad != "" {
+		if m.Name == self || m.State != cluster.StateAlive || m.Bad != "" {
 			continue
 		}
 		if v := m.Meta.MaxActive; v > 0 {

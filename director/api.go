@@ -211,6 +211,7 @@ func (n *Node) MembersView() api.MembersResponse {
 	for _, m := range members {
 		v := api.MemberView{Name: m.Name, State: string(m.State), Role: string(roles[m.Name]), Healthy: m.Meta.Healthy,
 			Reason: m.Meta.Reason, Drained: m.Meta.Drained, Priority: m.Meta.Priority,
+			Why:           convert(m.Ineligible(), func(w cluster.Ineligibility) string { return string(w) }),
 			ConfigVersion: m.Meta.ConfigVersion, ConfigHash: m.Meta.ConfigHash, Announced: nonNil(m.Meta.Announced),
 			Announcing: m.Meta.AnnouncedCount, PeersUp: m.Meta.PeersUp, Peers: m.Meta.Peers, Mode: m.Meta.Mode,
 			Addrs: m.Meta.Addrs, Since: m.Since, Build: m.Meta.Build, Bad: m.Bad, Self: m.Name == cfg.Node.Name}
@@ -240,7 +241,7 @@ func (n *Node) vipViews() []api.VIPView {
 	out := []api.VIPView{}
 	for _, v := range n.snap.Desired.VIPs {
 		out = append(out, api.VIPView{VIP: v.VIP, Announced: v.Announced, GracefulShutdown: v.GracefulShutdown,
-			Reason: v.Reason, Services: v.Services})
+			Reason: v.Reason, Why: convert(v.Why, func(w Why) string { return string(w) }), Services: v.Services})
 	}
 	return out
 }

@@ -217,7 +217,7 @@ func (n *Node) unconfirmed(d *cluster.Document) (out []string, refusedHere bool)
 		}
 	}
 	for _, m := range n.cl.Members() {
-		if m.Name == self || (m.State != cluster.StateAlive && m.State != cluster.StateSuspect) || m.Bad != "" {
+		if m.Name == self || m.State != cluster.StateAlive || m.Bad != "" {
 			continue
 		}
 		if m.Meta.ConfigVersion != d.Version || m.Meta.ConfigHash != d.Short() {

@@ -62,6 +62,7 @@ var (
 	descEligib  = prometheus.NewDesc("anycastd_eligible", "1 if this director may be in the active set (healthy, config current).", nil, nil)
 	descConfig  = prometheus.NewDesc("anycastd_config_version", "Version of the applied cluster config.", nil, nil)
 	descVIP     = prometheus.NewDesc("anycastd_vip_announced", "1 if this director announces the VIP.", []string{"vip"}, nil)
+	descVIPWhy  = prometheus.NewDesc("anycastd_vip_withheld", "1 for each kind of reason why this director does not announce the VIP: unhealthy, config_behind, drained, not_in_ipvs, below_quorum, standby, not_active, settling (no series while it is announced).", []string{"vip", "why"}, nil)
 	descPeerUp  = prometheus.NewDesc("anycastd_routing_peer_up", "1 if the routing session is established (BGP) or this router is master (VRRP).", []string{"peer", "state"}, nil)
 	descFlaps   = prometheus.NewDesc("anycastd_routing_peer_flaps_total", "Times the session left established.", []string{"peer"}, nil)
 	descVRRP    = prometheus.NewDesc("anycastd_vrrp_state", "1 for the VRRP instance's current state (initialize, backup, master).", []string{"vrid", "state"}, nil)
@@ -85,7 +86,7 @@ var (
 type stateCollector struct{ n *Node }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descMembers, descRole, descHealthy, descCheck, descDrained, descEligib, descConfig, descVIP,
+	for _, d := range []*prometheus.Desc{descMembers, descRole, descHealthy, descCheck, descDrained, descEligib, descConfig, descVIP, descVIPWhy,
 		descPeerUp, descFlaps, descVRRP, descVRRPFl, descVRRPRej, descBFD, descBFDFl, descBackend, descLatency, descProbes, descConns, descInPkts, descInBytes, descOutPkts, descOutByte,
 		descActive, descInact, descWeight} {
 		ch <- d
@@ -109,7 +110,7 @@ func b2f(b bool) float64 {
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	n := c.n
-	states := map[cluster.State]int{cluster.StateAlive: 0, cluster.StateSuspect: 0, cluster.StateDead: 0, cluster.StateLeft: 0}
+	states := map[cluster.State]int{cluster.StateAlive: 0, cluster.StateDead: 0, cluster.StateLeft: 0}
 	for _, m := range n.cl.Members() {
 		states[m.State]++
 	}
@@ -133,6 +134,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, v := range d.VIPs {
 		ch <- gauge(descVIP, b2f(v.Announced), v.VIP.String())
+		for _, w := range v.Why {
+			ch <- gauge(descVIPWhy, 1, v.VIP.String(), string(w))
+		}
 	}
 	peerMetrics(ch, n.ann.Status())
 	for _, s := range services {

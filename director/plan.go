@@ -92,6 +92,9 @@ type Desired struct {
 	// Healthy): self healthy and config current. Reason says why not.
 	Eligible bool
 	Reason   string
+	// Why are the kinds of Reason's parts, in its order (none when
+	// eligible and not drained).
+	Why []Why
 	// VIPs is every VIP of the config, sorted, with whether it is
 	// announced and why not.
 	VIPs []VIPState
@@ -112,11 +115,42 @@ type VIPState struct {
 	VIP              netip.Addr
 	Announced        bool
 	GracefulShutdown bool
-	// Reason is why the VIP is not announced ("" when it is).
+	// Reason is why the VIP is not announced ("" when it is), in words
+	// with the details; Why are its kinds, in its order.
 	Reason string
+	Why    []Why
 	// Services are the names of the services on the VIP.
 	Services []string
 }
+
+// Why is a kind of reason why this director is not eligible or a VIP is
+// not announced here: what tests, metrics and alerts compare (the words
+// with their details are the Reason beside it).
+type Why string
+
+// The kinds of reasons.
+const (
+	// WhyUnhealthy: a self check of this director fails.
+	WhyUnhealthy Why = "unhealthy"
+	// WhyConfigBehind: the cluster's members have a newer config and the
+	// grace to catch up has passed.
+	WhyConfigBehind Why = "config_behind"
+	// WhyDrained: the operator drained this director.
+	WhyDrained Why = "drained"
+	// WhyNotInIPVS: the dataplane refused a service on the VIP.
+	WhyNotInIPVS Why = "not_in_ipvs"
+	// WhyBelowQuorum: a service on the VIP has fewer healthy backends
+	// than its quorum.
+	WhyBelowQuorum Why = "below_quorum"
+	// WhyStandby: eligible, but beyond max_active.
+	WhyStandby Why = "standby"
+	// WhyNotActive: not in the active set for another reason (the
+	// election counted this director out).
+	WhyNotActive Why = "not_active"
+	// WhySettling: the VIP waits for its backends' health to settle
+	// before it is announced again.
+	WhySettling Why = "settling"
+)
 
 // TargetID is the health monitor's ID of a service's backend.
 func TargetID(service string, b configs.Backend) string {
@@ -138,7 +172,7 @@ func Behind(self string, version uint64, hash string, members []cluster.Member) 
 	mine := &cluster.Document{Version: version, Hash: hash}
 	var newest *cluster.Document
 	for _, m := range members {
-		if m.Name == self || (m.State != cluster.StateAlive && m.State != cluster.StateSuspect) || m.Bad != "" {
+		if m.Name == self || m.State != cluster.StateAlive || m.Bad != "" {
 			continue
 		}
 		d := &cluster.Document{Version: m.Meta.ConfigVersion, Hash: m.Meta.ConfigHash}
@@ -183,15 +217,18 @@ func Plan(in Input) Desired {
 	var why []string
 	if !in.Local.Healthy {
 		why = append(why, "unhealthy: "+cmp.Or(in.Local.Reason, "self check failed"))
+		d.Why = append(d.Why, WhyUnhealthy)
 	}
 	if behindNow {
 		why = append(why, fmt.Sprintf("config behind the cluster (have %s, members have %s)", cmp.Or(in.Local.Applied, "none"), in.Local.Newest))
+		d.Why = append(d.Why, WhyConfigBehind)
 	} else if behind {
 		d.WakeAt = in.Local.BehindSince.Add(in.BehindGrace)
 	}
 	d.Eligible = len(why) == 0
 	if in.Local.Drained {
 		why = append(why, "drained")
+		d.Why = append(d.Why, WhyDrained)
 	}
 	d.Reason = strings.Join(why, "; ")
 
@@ -246,11 +283,13 @@ func Plan(in Input) Desired {
 			st.Services = append(st.Services, s.Name)
 			if r, ok := in.Failed[serviceKey(*s)]; ok {
 				vwhy = append(vwhy, fmt.Sprintf("service %s not in IPVS: %s", s.Name, r))
+				st.Why = appendWhy(st.Why, WhyNotInIPVS)
 			}
 			up := healthyBackends(&in, s, &key)
 			d.Up[s.Name] = up
 			if up < s.Quorum {
 				vwhy = append(vwhy, fmt.Sprintf("service %s below quorum (%d of %d backends up, quorum %d)", s.Name, up, len(s.Backends), s.Quorum))
+				st.Why = appendWhy(st.Why, WhyBelowQuorum)
 			}
 		}
 		switch {
@@ -259,16 +298,16 @@ func Plan(in Input) Desired {
 		case gshut:
 			st.Announced, st.GracefulShutdown = true, true
 		case d.Reason != "":
-			st.Reason = d.Reason
+			st.Reason, st.Why = d.Reason, slices.Clone(d.Why)
 		case d.Role != cluster.RoleActive:
-			st.Reason = "standby: " + string(d.Role)
+			st.Reason, st.Why = "not in the active set: "+string(d.Role), []Why{WhyNotActive}
 			if d.Role == cluster.RoleStandby {
-				st.Reason = fmt.Sprintf("standby (max_active %d reached)", maxActive)
+				st.Reason, st.Why = fmt.Sprintf("standby (max_active %d reached)", maxActive), []Why{WhyStandby}
 			}
 		default:
 			if !in.Announced[v] {
 				if since, wake, why := settleHold(&in, byVIP[v], v); why != "" {
-					st.Reason = why
+					st.Reason, st.Why = why, []Why{WhySettling}
 					if d.Settling == nil {
 						d.Settling = map[netip.Addr]time.Time{}
 					}
@@ -290,6 +329,15 @@ func Plan(in Input) Desired {
 		d.VIPs = append(d.VIPs, st)
 	}
 	return d
+}
+
+// appendWhy appends w unless it is there already (two services on a VIP
+// below quorum are one kind).
+func appendWhy(ws []Why, w Why) []Why {
+	if slices.Contains(ws, w) {
+		return ws
+	}
+	return append(ws, w)
 }
 
 // settleHold says whether a VIP that may be announced is held back for its

@@ -153,11 +153,6 @@ func TestPlanAnnouncements(t *testing.T) {
 			in.Self = "d3"
 			in.Members[1].State = cluster.StateDead
 		}, []string{"192.0.2.1/32", "192.0.2.2/32"}, cluster.RoleActive, true, nil},
-		{"suspect members keep their slot", func(in *Input) {
-			in.MaxActive = 2
-			in.Self = "d3"
-			in.Members[1].State = cluster.StateSuspect
-		}, nil, cluster.RoleStandby, true, nil},
 		{"standby moves up when an active member is unhealthy", func(in *Input) {
 			in.MaxActive = 2
 			in.Self = "d3"
@@ -170,7 +165,7 @@ func TestPlanAnnouncements(t *testing.T) {
 		}, []string{"192.0.2.1/32", "192.0.2.2/32"}, cluster.RoleActive, true, nil},
 		{"own stale entry in the view is overridden by local state", func(in *Input) {
 			in.Members[0].Meta.Healthy = false
-			in.Members[0].State = cluster.StateSuspect
+			in.Members[0].State = cluster.StateDead
 		}, []string{"192.0.2.1/32", "192.0.2.2/32"}, cluster.RoleActive, true, nil},
 		{"alone before joining: active", func(in *Input) { in.Members = nil },
 			[]string{"192.0.2.1/32", "192.0.2.2/32"}, cluster.RoleActive, true, nil},
@@ -227,8 +222,8 @@ func TestPlanAnnouncements(t *testing.T) {
 				}
 			}
 			for _, v := range d.VIPs {
-				if v.Announced != (v.Reason == "") {
-					t.Errorf("%s: announced %v with reason %q", v.VIP, v.Announced, v.Reason)
+				if v.Announced != (v.Reason == "") || v.Announced != (len(v.Why) == 0) {
+					t.Errorf("%s: announced %v with reason %q (%v)", v.VIP, v.Announced, v.Reason, v.Why)
 				}
 			}
 			// The table never depends on role, self health or drain.
@@ -567,5 +562,67 @@ func TestNeedsRestartIsTheComplementOfTakeRuntime(t *testing.T) {
 		if got := needsRestart(base(), b); !slices.Equal(got, c.want) {
 			t.Errorf("%s: needs restart %q, want %q", c.name, got, c.want)
 		}
+	}
+}
+
+// The kinds of reasons (Why) are what tests, metrics and alerts compare:
+// each case names them exactly, per VIP and for the director.
+func TestPlanWhy(t *testing.T) {
+	cases := []struct {
+		name string
+		mod  func(in *Input)
+		self []Why
+		vips map[string][]Why // every VIP of the base input
+	}{
+		{"announced: no reasons", nil, nil, map[string][]Why{"192.0.2.1": nil, "192.0.2.2": nil}},
+		{"unhealthy", func(in *Input) { in.Local.Healthy = false },
+			[]Why{WhyUnhealthy}, map[string][]Why{"192.0.2.1": {WhyUnhealthy}, "192.0.2.2": {WhyUnhealthy}}},
+		{"config behind past the grace", func(in *Input) {
+			in.Local.BehindSince, in.Local.Newest = t0.Add(-time.Minute), "v4/bbbb"
+		}, []Why{WhyConfigBehind}, map[string][]Why{"192.0.2.1": {WhyConfigBehind}, "192.0.2.2": {WhyConfigBehind}}},
+		{"unhealthy, behind and drained: all three, in order", func(in *Input) {
+			in.Local.Healthy = false
+			in.Local.BehindSince, in.Local.Newest = t0.Add(-time.Minute), "v4/bbbb"
+			in.Local.Drained, in.Local.DrainedAt = true, t0.Add(-time.Minute)
+		}, []Why{WhyUnhealthy, WhyConfigBehind, WhyDrained},
+			map[string][]Why{"192.0.2.1": {WhyUnhealthy, WhyConfigBehind, WhyDrained}, "192.0.2.2": {WhyUnhealthy, WhyConfigBehind, WhyDrained}}},
+		{"drained within the hold: announced with GSHUT, no VIP reason", func(in *Input) {
+			in.Local.Drained, in.Local.DrainedAt = true, t0.Add(-time.Second)
+		}, []Why{WhyDrained}, map[string][]Why{"192.0.2.1": nil, "192.0.2.2": nil}},
+		{"standby", func(in *Input) { in.MaxActive, in.Self = 2, "d3" },
+			nil, map[string][]Why{"192.0.2.1": {WhyStandby}, "192.0.2.2": {WhyStandby}}},
+		{"below quorum on one VIP: the VIP's own reason beats the director's", func(in *Input) {
+			in.Backends["web/10.0.0.1:80"] = health.Down
+			in.Backends["web/10.0.0.2:80"] = health.Down
+			in.Local.Healthy = false
+		}, []Why{WhyUnhealthy}, map[string][]Why{"192.0.2.1": {WhyBelowQuorum}, "192.0.2.2": {WhyUnhealthy}}},
+		{"refused by the dataplane and below quorum", func(in *Input) {
+			in.Failed = map[ipvs.ServiceKey]string{serviceKey(in.Services[0]): "scheduler not found"}
+			in.Backends = map[string]health.State{}
+		}, nil, map[string][]Why{"192.0.2.1": {WhyNotInIPVS, WhyBelowQuorum}, "192.0.2.2": nil}},
+		{"settling after a backend changed", func(in *Input) {
+			in.Announced = map[netip.Addr]bool{}
+			in.HealthChanged = map[string]time.Time{"web": t0.Add(-time.Second)}
+		}, nil, map[string][]Why{"192.0.2.1": {WhySettling}, "192.0.2.2": nil}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			in := baseInput(t)
+			if c.mod != nil {
+				c.mod(&in)
+			}
+			d := Plan(in)
+			if !slices.Equal(d.Why, c.self) {
+				t.Errorf("director: why %v, want %v (reason %q)", d.Why, c.self, d.Reason)
+			}
+			if len(d.VIPs) != len(c.vips) {
+				t.Fatalf("%d VIPs, want %d", len(d.VIPs), len(c.vips))
+			}
+			for _, v := range d.VIPs {
+				if want := c.vips[v.VIP.String()]; !slices.Equal(v.Why, want) {
+					t.Errorf("%s: why %v, want %v (reason %q)", v.VIP, v.Why, want, v.Reason)
+				}
+			}
+		})
 	}
 }

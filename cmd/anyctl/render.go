@@ -83,7 +83,7 @@ func renderMembers(w io.Writer, r api.MembersResponse, now time.Time) {
 		if m.Peers > 0 {
 			peers = fmt.Sprintf("%d/%d", m.PeersUp, m.Peers)
 		}
-		if m.State != "alive" && m.State != "suspect" {
+		if m.State != "alive" {
 			// What a dead member last said it announced is no longer
 			// true of the network.
 			ann, peers = "-", "-"

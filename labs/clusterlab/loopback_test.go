@@ -77,7 +77,7 @@ func rolesOf(d *Daemon) (map[string]string, error) {
 	}
 	out := map[string]string{}
 	for _, m := range mr.Members {
-		if m.State == "alive" || m.State == "suspect" {
+		if m.State == "alive" {
 			out[m.Name] = m.Role
 		}
 	}

@@ -261,7 +261,7 @@ func (e *ECMP8) Members(i int) (map[string]string, error) {
 	}
 	out := map[string]string{}
 	for _, m := range mr.Members {
-		if m.State == "alive" || m.State == "suspect" {
+		if m.State == "alive" {
 			out[m.Name] = m.Role
 		}
 	}
