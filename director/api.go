@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -410,12 +411,16 @@ func (n *Node) Serve(ctx context.Context) error {
 		listeners = append(listeners, tl)
 		servers = append(servers, srv)
 	}
+	// The servers are this function's: it waits for every one of them.
 	errc := make(chan error, len(servers)+1)
+	mctx, stopMetrics := context.WithCancel(ctx)
+	defer stopMetrics()
+	var wg sync.WaitGroup
 	for i, srv := range servers {
-		go func() { errc <- srv.Serve(listeners[i]) }()
+		wg.Go(func() { errc <- srv.Serve(listeners[i]) })
 	}
 	if api.Metrics.IsValid() {
-		go func() { errc <- n.serveMetrics(ctx, api.Metrics.String()) }()
+		wg.Go(func() { errc <- n.serveMetrics(mctx, api.Metrics.String()) })
 	}
 	n.log.Info("API listening", "socket", api.Socket, "tcp", api.TCP.Listen)
 	var failed error
@@ -433,11 +438,13 @@ func (n *Node) Serve(ctx context.Context) error {
 		}
 		failed = fmt.Errorf("API server: %w", err)
 	}
+	stopMetrics()
 	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	for _, srv := range servers {
 		_ = srv.Shutdown(sctx)
 	}
+	wg.Wait()
 	if api.Socket != "" {
 		_ = os.Remove(api.Socket)
 	}

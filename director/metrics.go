@@ -225,14 +225,24 @@ func (n *Node) serveMetrics(ctx context.Context, addr string) error {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", n.MetricsHandler())
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	// The shutdown is this function's: it waits for it, and it ends when
+	// Serve does, whichever comes first.
+	served, shut := make(chan struct{}), make(chan struct{})
 	go func() {
-		<-ctx.Done()
+		defer close(shut)
+		select {
+		case <-ctx.Done():
+		case <-served:
+		}
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		srv.Shutdown(sctx)
 	}()
 	n.log.Info("metrics listening", "addr", l.Addr())
-	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+	err = srv.Serve(l)
+	close(served)
+	<-shut
+	if !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil
