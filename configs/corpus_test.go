@@ -1,14 +1,12 @@
 package configs
 
 import (
-	"flag"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-)
 
-var update = flag.Bool("update", false, "rewrite the expected errors of the bad-config corpus")
+	"github.com/anycastd/anycastd/internal/golden"
+)
 
 // TestBadConfigCorpus loads every file of testdata/bad and compares the
 // problems reported with the lines of its .err file, in order: each bad
@@ -34,18 +32,7 @@ func TestBadConfigCorpus(t *testing.T) {
 			for _, fe := range FieldErrors(err) {
 				got = append(got, fe.Error())
 			}
-			errFile := strings.TrimSuffix(f, ".yaml") + ".err"
-			if *update {
-				os.WriteFile(errFile, []byte(strings.Join(got, "\n")+"\n"), 0o644)
-				return
-			}
-			want, err := os.ReadFile(errFile)
-			if err != nil {
-				t.Fatalf("%v (run with -update to write it)", err)
-			}
-			if g, w := strings.Join(got, "\n"), strings.TrimRight(string(want), "\n"); g != w {
-				t.Errorf("problems:\n%s\nwant:\n%s", g, w)
-			}
+			golden.CheckFile(t, strings.TrimSuffix(f, ".yaml")+".err", []byte(strings.Join(got, "\n")+"\n"))
 		})
 	}
 }

@@ -20,7 +20,13 @@ var update = flag.Bool("update", false, "rewrite the golden files under testdata
 // -update.
 func Check(t testing.TB, name string, got []byte) {
 	t.Helper()
-	path := filepath.Join("testdata", name+".golden")
+	CheckFile(t, filepath.Join("testdata", name+".golden"), got)
+}
+
+// CheckFile compares got with the file at path, or writes it there with
+// -update.
+func CheckFile(t testing.TB, path string, got []byte) {
+	t.Helper()
 	if *update {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			t.Fatal(err)
