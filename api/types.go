@@ -98,7 +98,10 @@ type StatusResponse struct {
 	// ActiveSize is the cluster's max_active as this director applies it.
 	ActiveSize ActiveSize `json:"active_size"`
 	Stopping   bool       `json:"stopping,omitempty"`
-	Foreign    []string   `json:"foreign_ipvs,omitempty"`
+	// ConnSync is the IPVS connection synchronisation, when
+	// node.conn_sync manages it.
+	ConnSync *ConnSyncView `json:"conn_sync,omitempty"`
+	Foreign  []string      `json:"foreign_ipvs,omitempty"`
 }
 
 // BackendView is a real server of a service as this director sees it.
@@ -180,6 +183,16 @@ type ErrorResponse struct {
 	Error string `json:"error"`
 	// Problems are a config's field errors, one per line.
 	Problems []string `json:"problems,omitempty"`
+}
+
+// ConnSyncView is the kernel's IPVS sync daemons as node.conn_sync keeps
+// them.
+type ConnSyncView struct {
+	// Daemons are the running daemons ("master on eth0 sync id 7 ...").
+	Daemons []string `json:"daemons"`
+	// Error says why they are not as configured (flows that move
+	// between directors may be reset meanwhile).
+	Error string `json:"error,omitempty"`
 }
 
 // CheckStatus is one of the director's own checks (status's self_checks).

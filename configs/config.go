@@ -37,6 +37,35 @@ type Node struct {
 	// memory, a simulation for labs on kernels without IPVS: the director
 	// gossips, checks and announces, but balances nothing.
 	Dataplane string `mapstructure:"dataplane" json:"dataplane"`
+	// ConnSync shares the IPVS connection table with the other
+	// directors (kernel dataplane).
+	ConnSync ConnSync `mapstructure:"conn_sync" json:"conn_sync"`
+}
+
+// ConnSync is the kernel's IPVS connection synchronisation between
+// directors (ipvsadm --start-daemon master and backup at once): every
+// director sends the connections it handles to the directors' segment and
+// takes the others', so that a flow ECMP moves to another director finds
+// its real server there, even while the directors' scheduler tables
+// differ (a backend changing while a director fails or comes back, where
+// mh alone picks another real server and the flow is reset).
+type ConnSync struct {
+	Enabled bool `mapstructure:"enabled" json:"enabled"`
+	// Interface is where the synchronisation multicast goes: the
+	// directors' common segment.
+	Interface string `mapstructure:"interface" json:"interface,omitempty"`
+	// SyncID tells this tier's messages from another's on the same
+	// segment (0-255; every director of a tier has the same one).
+	SyncID int `mapstructure:"sync_id" json:"sync_id"`
+	// Group and Port are the multicast group and base UDP port
+	// (default 224.0.0.81 and 8848, the kernel's).
+	Group netip.Addr `mapstructure:"group" json:"group,omitzero"`
+	Port  int        `mapstructure:"port" json:"port,omitempty"`
+	// TTL of the multicast (default 1: the segment only).
+	TTL int `mapstructure:"ttl" json:"ttl,omitempty"`
+	// MaxLen is the largest message (UDP payload); 0: from the
+	// interface's MTU.
+	MaxLen int `mapstructure:"max_len" json:"max_len,omitempty"`
 }
 
 // Dataplanes.

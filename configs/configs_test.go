@@ -167,6 +167,11 @@ func TestValid(t *testing.T) {
     forwarding: nat
     backends: [{address: 10.0.2.11, port: 8080}]
 `}, nil},
+		{"conn_sync defaults", map[string]string{"node": "  name: t1\n  conn_sync: {enabled: true, interface: eth1, sync_id: 3}\n"}, func(t *testing.T, c *Config) {
+			if cs := c.Node.ConnSync; cs.Group.String() != "224.0.0.81" || cs.Port != 8848 || cs.TTL != 1 || cs.MaxLen != 0 || cs.SyncID != 3 {
+				t.Errorf("conn_sync defaults: %+v", cs)
+			}
+		}},
 		{"same vip different protocol", map[string]string{"services": webService + `  - name: web-udp
     vip: 198.51.100.10
     port: 80
@@ -211,6 +216,12 @@ func TestInvalid(t *testing.T) {
     port: 80
     backends: [{address: 10.0.2.11}]
 `}, []string{`services[0].vip: "198.51.100.300" is not a valid IP address`}},
+		{"conn_sync settings", map[string]string{"node": "  name: t1\n  conn_sync: {enabled: true, interface: \"eth 0\", sync_id: 256, group: 10.0.0.1, ttl: 300, max_len: 100}\n"},
+			[]string{`node.conn_sync.interface: "eth 0" is not an interface name (required: the directors' segment)`,
+				"node.conn_sync.sync_id: 256 is not 0-255", "node.conn_sync.group: 10.0.0.1 is not a multicast address",
+				"node.conn_sync.ttl: 300 is not 1-255", "node.conn_sync.max_len: 100 is not 0 (from the MTU) or 576-65507"}},
+		{"conn_sync needs the kernel dataplane", map[string]string{"node": "  name: t1\n  dataplane: memory\n  conn_sync: {enabled: true, interface: eth0}\n"},
+			[]string{"node.conn_sync.enabled: needs node.dataplane: kernel (the memory dataplane has no connections to share)"}},
 		{"bare number duration", map[string]string{"health": "  interval: 2\n"},
 			[]string{"health.interval: 2 is not a duration: give a unit, e.g. 2s"}},
 		{"wrong type", map[string]string{"cluster": "  insecure: true\n  port: [1]\n"},

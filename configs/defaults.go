@@ -38,6 +38,18 @@ func applyDefaults(c *Config, isSet func(path string) bool) {
 	if c.Node.Dataplane == "" {
 		c.Node.Dataplane = DataplaneKernel
 	}
+	if c.Node.ConnSync.Enabled {
+		cs := &c.Node.ConnSync
+		if !cs.Group.IsValid() {
+			cs.Group = netip.AddrFrom4([4]byte{224, 0, 0, 81})
+		}
+		if cs.Port == 0 {
+			cs.Port = 8848
+		}
+		if cs.TTL == 0 {
+			cs.TTL = 1
+		}
+	}
 	if c.Node.StateDir == "" {
 		c.Node.StateDir = DefaultStateDir
 	}

@@ -102,6 +102,34 @@ func (c *checker) node(p string, n *Node) {
 	if n.Dataplane != DataplaneKernel && n.Dataplane != DataplaneMemory {
 		c.add(p+".dataplane", "%q is not kernel or memory", n.Dataplane)
 	}
+	c.connSync(p+".conn_sync", &n.ConnSync)
+	if n.ConnSync.Enabled && n.Dataplane != DataplaneKernel {
+		c.add(p+".conn_sync.enabled", "needs node.dataplane: kernel (the memory dataplane has no connections to share)")
+	}
+}
+
+func (c *checker) connSync(p string, s *ConnSync) {
+	if !s.Enabled {
+		return
+	}
+	if !ifnameRE.MatchString(s.Interface) {
+		c.add(p+".interface", "%q is not an interface name (required: the directors' segment)", s.Interface)
+	}
+	if s.SyncID < 0 || s.SyncID > 255 {
+		c.add(p+".sync_id", "%d is not 0-255", s.SyncID)
+	}
+	if s.Group.IsValid() && !s.Group.IsMulticast() {
+		c.add(p+".group", "%s is not a multicast address", s.Group)
+	}
+	if s.Port < 1 || s.Port > 65535 {
+		c.add(p+".port", "%d is not a port (1-65535)", s.Port)
+	}
+	if s.TTL < 1 || s.TTL > 255 {
+		c.add(p+".ttl", "%d is not 1-255", s.TTL)
+	}
+	if s.MaxLen != 0 && (s.MaxLen < 576 || s.MaxLen > 65507) {
+		c.add(p+".max_len", "%d is not 0 (from the MTU) or 576-65507", s.MaxLen)
+	}
 }
 
 func (c *checker) cluster(p string, cl *Cluster) {

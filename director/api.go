@@ -283,8 +283,12 @@ func (n *Node) StatusView() api.StatusResponse {
 	st := n.ann.Status()
 	mv := n.MembersView()
 	n.mu.Lock()
-	cfg, snap, selfSt, stopping, size := n.cfg, n.snap, n.selfSt, n.stopping, n.activeSize
+	cfg, snap, selfSt, stopping, size, cs := n.cfg, n.snap, n.selfSt, n.stopping, n.activeSize, n.connSync
 	n.mu.Unlock()
+	var csv *api.ConnSyncView
+	if cs.managed {
+		csv = &api.ConnSyncView{Daemons: convert(cs.running, ipvs.SyncDaemon.String), Error: cs.err}
+	}
 	counts := map[string]int{}
 	for _, m := range mv.Members {
 		counts[m.Role]++
@@ -294,7 +298,7 @@ func (n *Node) StatusView() api.StatusResponse {
 		Dataplane: cfg.Node.Dataplane, Role: string(snap.Desired.Role), Eligible: snap.Desired.Eligible,
 		Reason: snap.Desired.Reason, Drain: n.drainView(), SelfChecks: convert(selfSt.Checks, func(c health.CheckStatus) api.CheckStatus { return api.CheckStatus(c) }),
 		Config: n.configInfo(), VIPs: n.vipViews(), Peers: peerViews(st.Peers), Reconcile: snap.Reconcile,
-		Members: counts, ActiveSize: api.ActiveSize(size), Stopping: stopping, Foreign: snap.Reconcile.Foreign,
+		Members: counts, ActiveSize: api.ActiveSize(size), Stopping: stopping, ConnSync: csv, Foreign: snap.Reconcile.Foreign,
 	}
 }
 

@@ -128,6 +128,7 @@ func (n *Node) Reload(cfg *configs.Config) error {
 // services are proposed to the cluster.
 func takeRuntime(dst, src *configs.Config) {
 	dst.Health = src.Health
+	dst.Node.ConnSync = src.Node.ConnSync
 	dst.Cluster.Keys = src.Cluster.Keys
 	dst.Cluster.MaxActive, dst.Cluster.Priority = src.Cluster.MaxActive, src.Cluster.Priority
 	dst.Routing.BGP.Communities, dst.Routing.BGP.LargeCommunities = src.Routing.BGP.Communities, src.Routing.BGP.LargeCommunities

@@ -256,6 +256,7 @@ func (n *Node) step(ctx context.Context) {
 	}
 	// 2. IPVS, and the host settings it needs.
 	n.setupHost(cfg, services)
+	n.syncConns(ctx, cfg, now)
 	rinfo, newFailed := n.reconcile(ctx, d.Table, now)
 	if !maps2Equal(failed, newFailed) {
 		in.Failed = newFailed

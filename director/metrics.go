@@ -14,6 +14,7 @@ import (
 	"github.com/anycastd/anycastd/cluster"
 	"github.com/anycastd/anycastd/configs"
 	"github.com/anycastd/anycastd/health"
+	"github.com/anycastd/anycastd/ipvs"
 	"github.com/anycastd/anycastd/routing"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -58,6 +59,7 @@ var (
 	descRole    = prometheus.NewDesc("anycastd_role", "This director's role (1 for the current one).", []string{"role"}, nil)
 	descHealthy = prometheus.NewDesc("anycastd_self_healthy", "1 if this director's own health checks pass.", nil, nil)
 	descCheck   = prometheus.NewDesc("anycastd_self_check_ok", "1 if the self check passes.", []string{"check"}, nil)
+	descSyncd   = prometheus.NewDesc("anycastd_ipvs_sync_daemon_running", "1 if the kernel's IPVS connection sync daemon of this state (master, backup) runs as node.conn_sync asks (only while conn_sync manages them).", []string{"state"}, nil)
 	descDrained = prometheus.NewDesc("anycastd_drained", "1 if the operator drained this director.", nil, nil)
 	descEligib  = prometheus.NewDesc("anycastd_eligible", "1 if this director may be in the active set (healthy, config current).", nil, nil)
 	descConfig  = prometheus.NewDesc("anycastd_config_version", "Version of the applied cluster config.", nil, nil)
@@ -86,7 +88,7 @@ var (
 type stateCollector struct{ n *Node }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descMembers, descRole, descHealthy, descCheck, descDrained, descEligib, descConfig, descVIP, descVIPWhy,
+	for _, d := range []*prometheus.Desc{descMembers, descRole, descHealthy, descCheck, descDrained, descEligib, descConfig, descVIP, descVIPWhy, descSyncd,
 		descPeerUp, descFlaps, descVRRP, descVRRPFl, descVRRPRej, descBFD, descBFDFl, descBackend, descLatency, descProbes, descConns, descInPkts, descInBytes, descOutPkts, descOutByte,
 		descActive, descInact, descWeight} {
 		ch <- d
@@ -118,8 +120,15 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- gauge(descMembers, float64(k), string(s))
 	}
 	n.mu.Lock()
-	d, selfSt, drained, doc, services := n.snap.Desired, n.selfSt, n.drain.Drained, n.appliedDoc, n.services
+	d, selfSt, drained, doc, services, cs := n.snap.Desired, n.selfSt, n.drain.Drained, n.appliedDoc, n.services, n.connSync
 	n.mu.Unlock()
+	if cs.managed {
+		for _, w := range []ipvs.SyncState{ipvs.SyncMaster, ipvs.SyncBackup} {
+			i := slices.IndexFunc(cs.want, func(d ipvs.SyncDaemon) bool { return d.State == w })
+			up := i >= 0 && slices.ContainsFunc(cs.running, func(d ipvs.SyncDaemon) bool { return d.Satisfies(cs.want[i]) })
+			ch <- gauge(descSyncd, b2f(up), w.String())
+		}
+	}
 	for _, r := range []cluster.Role{cluster.RoleActive, cluster.RoleStandby, cluster.RoleIneligible} {
 		ch <- gauge(descRole, b2f(d.Role == r), string(r))
 	}

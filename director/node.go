@@ -117,6 +117,7 @@ type Node struct {
 	docErr     string // why the cluster's newest document is not applied
 	behindAt   time.Time
 	hostErr    string
+	connSync   connSyncState
 	ipvsErr    string
 	lastFailed map[ipvs.ServiceKey]string
 	// healthChanged is when a backend of each service last went up or

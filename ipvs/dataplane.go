@@ -85,6 +85,7 @@ type Memory struct {
 	ops      int
 	// Schedulers the "kernel" has; nil means all of configs' list.
 	Schedulers []string
+	daemons    []SyncDaemon
 }
 
 // NewMemory returns an empty in-memory dataplane.

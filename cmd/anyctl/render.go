@@ -149,6 +149,16 @@ func renderStatus(w io.Writer, s api.StatusResponse, now time.Time) {
 	if r.SaveError != "" {
 		kv("IPVS record not saved", "%s (retried every turn)", r.SaveError)
 	}
+	if cs := s.ConnSync; cs != nil {
+		switch {
+		case cs.Error != "":
+			kv("Conn sync", "NOT AS CONFIGURED: %s", cs.Error)
+		case len(cs.Daemons) == 0:
+			kv("Conn sync", "off")
+		default:
+			kv("Conn sync", "%s", strings.Join(cs.Daemons, "; "))
+		}
+	}
 	tw.Flush()
 	for _, e := range r.Errors {
 		fmt.Fprintf(w, "  ipvs error: %s\n", e)

@@ -50,6 +50,8 @@ func TestRenderStatusGolden(t *testing.T) {
 		Reconcile: api.ReconcileInfo{At: now.Add(-2 * time.Second), Duration: 1234 * time.Microsecond, Ops: 2, Draining: 1},
 		Members:   map[string]int{"active": 2, "standby": 1},
 		Foreign:   []string{"tcp 192.0.2.99:80"},
+		ConnSync: &api.ConnSyncView{Daemons: []string{"master on eth0 sync id 1 group 224.0.0.81 port 8848 ttl 1 maxlen 1472",
+			"backup on eth0 sync id 1 group 224.0.0.81 port 8848 ttl 1 maxlen 1472"}},
 	}
 	var b bytes.Buffer
 	renderStatus(&b, s, now)
@@ -59,6 +61,7 @@ func TestRenderStatusGolden(t *testing.T) {
 	s.Reason = "drained"
 	s.Drain = api.DrainView{Drained: true, Reason: "kernel upgrade", Since: now.Add(-5 * time.Minute)}
 	s.Reconcile.Errors = []string{"add service tcp 198.51.100.3:443: scheduler mh: no such file or directory"}
+	s.ConnSync = &api.ConnSyncView{Error: "start IPVS sync daemon (master on eth7 sync id 1 group 224.0.0.81 port 8848 ttl 1 maxlen 0): no such device"}
 	b.Reset()
 	renderStatus(&b, s, now)
 	golden(t, "status-drained.golden", b.String())

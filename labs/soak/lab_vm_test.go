@@ -608,7 +608,7 @@ func (l *lab) writeConfig(name string, fs fileState) error {
 	}
 	dir := l.dirs[name]
 	keys, _ := json.Marshal(fs.keys)
-	doc := fmt.Sprintf(`node: {name: %[1]s, addresses: [10.1.0.%[2]d], state_dir: %[3]s/state}
+	doc := fmt.Sprintf(`node: {name: %[1]s, addresses: [10.1.0.%[2]d], state_dir: %[3]s/state, conn_sync: {enabled: true, interface: eth0, sync_id: 1}}
 cluster: {bind: 10.1.0.%[2]d, port: 7946, seeds: [10.1.0.1, 10.1.0.2], keys: %[4]s, max_active: %[5]d, priority: %[6]d}
 %[8]sapi: {socket: %[3]s/api.sock}
 health: {interval: %[7]s, timeout: 400ms, rise: 1, fall: 2, self: {uplink: eth0}}
