@@ -655,7 +655,12 @@ func (c *Cluster) propose(services []configs.Service, check func(cur *Document) 
 	// holds the current document again before saveMu is let go.
 	c.saveMu.Lock()
 	defer c.saveMu.Unlock()
-	for {
+	for try := 0; ; try++ {
+		if try == 5 {
+			// Documents keep coming while this one is written: let the
+			// caller try again rather than write for ever.
+			return nil, fmt.Errorf("%w: newer documents kept arriving while this change was saved", ErrConflict)
+		}
 		c.mu.Lock()
 		base := c.doc
 		d, err := c.nextDocLocked(services, check)

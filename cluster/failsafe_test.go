@@ -569,3 +569,85 @@ func TestClusterSlowDiskDoesNotStallGossip(t *testing.T) {
 		return nil
 	})
 }
+
+// A document that arrives while a proposal is being written is adopted
+// meanwhile; the proposal is then made again on top of it (Propose) or
+// refused (ProposeIf, whose base is gone), and the state dir ends with
+// the document the member serves.
+func TestClusterProposeWhileADocumentArrives(t *testing.T) {
+	for _, cas := range []bool{false, true} {
+		t.Run(fmt.Sprintf("compare-and-swap %v", cas), func(t *testing.T) {
+			tc := newTestCluster(t)
+			var hold atomic.Bool
+			entered, release := make(chan struct{}), make(chan struct{})
+			tc.adjust = func(o *Options) {
+				o.saveDocument = func(dir string, d *Document) error {
+					if hold.CompareAndSwap(true, false) {
+						close(entered)
+						<-release
+					}
+					return SaveDocument(dir, d)
+				}
+			}
+			a := tc.start("lb1", [][]byte{key1}, "")
+			tc.adjust = nil
+			b := tc.start("lb2", [][]byte{key1}, "", "lb1")
+			eventually(t, 20*time.Second, "two members", func() error {
+				if got := alive(a.c.Members()); len(got) != 2 {
+					return fmt.Errorf("lb1 sees %v", got)
+				}
+				return nil
+			})
+			// A failing test must not leave the write held: the members'
+			// stop waits for it (cleanups run last first).
+			releaseOnce := sync.OnceFunc(func() { close(release) })
+			t.Cleanup(releaseOnce)
+			hold.Store(true)
+			type result struct {
+				d   *Document
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				var r result
+				if cas {
+					r.d, r.err = a.c.ProposeIf(0, "", services(t, 1))
+				} else {
+					r.d, r.err = a.c.Propose(services(t, 1))
+				}
+				done <- r
+			}()
+			<-entered
+			theirs, err := b.c.Propose(services(t, 2))
+			if err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, 10*time.Second, "lb2's change adopted by lb1 during the write", func() error {
+				if d := a.c.Document(); d.IsZero() || d.Hash != theirs.Hash {
+					return fmt.Errorf("lb1 serves %v", d)
+				}
+				return nil
+			})
+			releaseOnce()
+			r := <-done
+			serve := theirs
+			if cas {
+				if !errors.Is(r.err, ErrConflict) {
+					t.Fatalf("ProposeIf against a base that is gone: %v, %v", r.d, r.err)
+				}
+			} else {
+				if r.err != nil || r.d.Version <= theirs.Version || r.d.Author != "lb1" {
+					t.Fatalf("Propose: %v, %v; want a version above lb2's v%d", r.d, r.err, theirs.Version)
+				}
+				serve = r.d
+			}
+			eventually(t, 10*time.Second, "the state dir holds what lb1 serves", func() error {
+				d, err := LoadDocument(a.dir, [][]byte{key1})
+				if err != nil || d == nil || d.Hash != serve.Hash || a.c.Document().IsZero() || a.c.Document().Hash != serve.Hash {
+					return fmt.Errorf("disk %v (%v), serving %v, want %v", d, err, a.c.Document(), serve)
+				}
+				return nil
+			})
+		})
+	}
+}
