@@ -216,6 +216,9 @@ func (r *Router) Run(ctx context.Context) error {
 	}
 	r.ifi = ifi
 	r.quit = make(chan struct{})
+	// The receive loops end with Run, after stop (deferred later, so it
+	// runs first) has sent its last advertisements through the sockets.
+	defer r.closeSockets()
 	r.removeStale()
 	need4, need6 := false, false
 	for _, in := range r.inst {
@@ -248,11 +251,9 @@ func (r *Router) Run(ctx context.Context) error {
 			return fmt.Errorf("vrrp interface %s has no IPv6 link-local address to send from", ifi.Name)
 		}
 		if err := r.open6(); err != nil {
-			r.closeSockets()
 			return err
 		}
 	}
-	defer r.closeSockets()
 	if r.cfg.VirtualMAC {
 		// With the VIP on the macvlan, the interface itself must not
 		// answer ARP for it with its own MAC (Linux answers for any
