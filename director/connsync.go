@@ -61,33 +61,14 @@ func (n *Node) syncConns(ctx context.Context, cfg *configs.Config, now time.Time
 	if (!changed && now.Sub(st.checked) < connSyncEvery) || (want == nil && !st.managed) {
 		return
 	}
-	var errs []string
-	have, err := s.SyncDaemons(ctx)
-	if err != nil {
-		errs = append(errs, err.Error())
-	} else {
-		stop, start := ipvs.SyncPlan(have, want)
-		for _, state := range stop {
-			if err := s.StopSyncDaemon(ctx, state); err != nil {
-				errs = append(errs, err.Error())
-				continue
-			}
-			n.log.Info("IPVS connection sync: daemon stopped", "state", state)
-		}
-		for _, d := range start {
-			if err := s.StartSyncDaemon(ctx, d); err != nil {
-				errs = append(errs, err.Error())
-				continue
-			}
-			n.log.Info("IPVS connection sync: daemon started", "daemon", d.String())
-		}
-		if len(stop)+len(start) > 0 {
-			if have, err = s.SyncDaemons(ctx); err != nil {
-				errs = append(errs, err.Error())
-			}
-		}
+	have, did, err := ipvs.SyncTo(ctx, s, want)
+	for _, d := range did {
+		n.log.Info("IPVS connection sync: daemon " + d)
 	}
-	msg := strings.Join(errs, "; ")
+	msg := ""
+	if err != nil {
+		msg = strings.ReplaceAll(err.Error(), "\n", "; ")
+	}
 	if msg != "" && msg != st.err {
 		n.log.Error("IPVS connection sync (flows that move between directors may be reset)", "err", msg)
 	} else if msg == "" && st.err != "" {

@@ -104,6 +104,39 @@ func SyncPlan(have, want []SyncDaemon) (stop []SyncState, start []SyncDaemon) {
 	return stop, start
 }
 
+// SyncTo makes the daemons running on s what want says (SyncPlan, stops
+// first), and returns what runs afterwards, what it did (for the log) and
+// every failure joined; it goes on past a failure, so that one daemon
+// that cannot start does not keep the other from running.
+func SyncTo(ctx context.Context, s Syncer, want []SyncDaemon) (running []SyncDaemon, did []string, err error) {
+	have, err := s.SyncDaemons(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	stop, start := SyncPlan(have, want)
+	var errs []error
+	for _, state := range stop {
+		if err := s.StopSyncDaemon(ctx, state); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		did = append(did, "stopped "+state.String())
+	}
+	for _, d := range start {
+		if err := s.StartSyncDaemon(ctx, d); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		did = append(did, "started "+d.String())
+	}
+	if len(stop)+len(start) > 0 {
+		if have, err = s.SyncDaemons(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return have, did, errors.Join(errs...)
+}
+
 // Generic netlink of the sync daemons (linux/ip_vs.h).
 const (
 	ipvsCmdNewDaemon  = 9

@@ -38,7 +38,8 @@ func TestSyncPlan(t *testing.T) {
 			if !slices.Equal(stop, c.stop) || !slices.Equal(start, c.start) {
 				t.Errorf("stop %v start %v, want stop %v start %v", stop, start, c.stop, c.start)
 			}
-			// Carried out on memory, the plan leaves what was wanted.
+			// Carried out on memory (SyncTo), the plan leaves what was
+			// wanted.
 			m := NewMemory()
 			ctx := context.Background()
 			for _, d := range c.have {
@@ -46,17 +47,10 @@ func TestSyncPlan(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			for _, s := range stop {
-				if err := m.StopSyncDaemon(ctx, s); err != nil {
-					t.Fatal(err)
-				}
+			now, did, err := SyncTo(ctx, m, c.want)
+			if err != nil || len(did) != len(stop)+len(start) {
+				t.Fatalf("SyncTo: did %v, %v", did, err)
 			}
-			for _, d := range start {
-				if err := m.StartSyncDaemon(ctx, d); err != nil {
-					t.Fatal(err)
-				}
-			}
-			now, _ := m.SyncDaemons(ctx)
 			if stop, start := SyncPlan(now, c.want); len(stop)+len(start) != 0 {
 				t.Errorf("after the plan: stop %v start %v more", stop, start)
 			}

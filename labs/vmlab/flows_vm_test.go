@@ -189,10 +189,6 @@ func TestVMConnSync(t *testing.T) {
 		for i := 1; i <= flowDirectors; i++ {
 			name := fmt.Sprintf("d%d", i)
 			k := l.dr.kernels[name]
-			have, err := k.SyncDaemons(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
 			var want []ipvs.SyncDaemon
 			if sync {
 				// Port and TTL given, so that reading them back checks the
@@ -200,18 +196,7 @@ func TestVMConnSync(t *testing.T) {
 				want = []ipvs.SyncDaemon{{State: ipvs.SyncMaster, Interface: "eth0", SyncID: 9, Port: 8850, TTL: 1},
 					{State: ipvs.SyncBackup, Interface: "eth0", SyncID: 9, Port: 8850, TTL: 1}}
 			}
-			stop, start := ipvs.SyncPlan(have, want)
-			for _, s := range stop {
-				if err := k.StopSyncDaemon(ctx, s); err != nil {
-					t.Fatal(err)
-				}
-			}
-			for _, d := range start {
-				if err := k.StartSyncDaemon(ctx, d); err != nil {
-					t.Fatal(err)
-				}
-			}
-			now, err := k.SyncDaemons(ctx)
+			now, _, err := ipvs.SyncTo(ctx, k, want)
 			if err != nil {
 				t.Fatal(err)
 			}
