@@ -208,10 +208,13 @@ type Lab struct {
 // removed again.
 func Deploy(t *Topology) (lab *Lab, err error) {
 	Destroy(t)
-	lab = &Lab{Topo: t}
+	// built, not the named result: each "return nil, err" below sets that
+	// to nil before this cleanup runs.
+	built := &Lab{Topo: t}
+	lab = built
 	defer func() {
 		if err != nil {
-			lab.Destroy()
+			built.Destroy()
 			lab = nil
 		}
 	}()
@@ -222,7 +225,7 @@ func Deploy(t *Topology) (lab *Lab, err error) {
 		return nil, err
 	}
 	for _, name := range t.NodeNames() {
-		if err := lab.addNode(name); err != nil {
+		if err := built.addNode(name); err != nil {
 			return nil, fmt.Errorf("node %s: %w", name, err)
 		}
 	}
@@ -241,7 +244,7 @@ func Deploy(t *Topology) (lab *Lab, err error) {
 	}
 	for _, name := range t.NodeNames() {
 		for i, cmd := range t.Topology.Nodes[name].Exec {
-			if out, err := lab.Exec(name, cmd); err != nil {
+			if out, err := built.Exec(name, cmd); err != nil {
 				return nil, fmt.Errorf("node %s exec[%d] %q: %v\n%s", name, i, cmd, err, out)
 			}
 		}

@@ -70,3 +70,33 @@ func TestLabFilesParse(t *testing.T) {
 		}
 	}
 }
+
+// TestDeployFailureCleansUp: a node whose exec fails makes Deploy return
+// that error and remove what it built, instead of panicking on the nil lab
+// its error return had already set (it did, and left the namespaces).
+func TestDeployFailureCleansUp(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces")
+	}
+	topo, err := Parse([]byte(`name: clabfail
+topology:
+  nodes:
+    a: {kind: linux}
+    b: {kind: linux, exec: ["exit 3"]}
+  links:
+    - endpoints: ["a:eth1", "b:eth1"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Destroy(topo) })
+	lab, err := Deploy(topo)
+	if err == nil || lab != nil || !strings.Contains(err.Error(), `node b exec[0] "exit 3"`) {
+		t.Fatalf("Deploy: lab %v, error %v; want no lab and node b's exec error", lab, err)
+	}
+	for _, n := range []string{"a", "b"} {
+		if _, err := os.Stat(filepath.Join("/run/netns", topo.Netns(n))); !os.IsNotExist(err) {
+			t.Errorf("namespace %s left behind (%v)", topo.Netns(n), err)
+		}
+	}
+}
