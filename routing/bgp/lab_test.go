@@ -453,6 +453,69 @@ func TestLabBGPECMP(t *testing.T) {
 		}
 	})
 
+	// BFD turned off on the router (BIRD: "bfd off" and "birdc configure"):
+	// BIRD 2.0.12 sends no AdminDown, it goes silent, so each director's
+	// detection time expires. The neighbour's BGP keepalives still arrive,
+	// so the path works: every session and next hop stays (one router
+	// change must not take the VIP off every director at once). FRR's
+	// AdminDown is in TestLabFRR.
+	t.Run("router's BFD turned off keeps the sessions and routes", func(t *testing.T) {
+		routers := map[string]string{"d1": "10.0.1.0", "d2": "10.0.2.0"}
+		bfdUp := func(t *testing.T, what string) {
+			labtest.Eventually(t, 15*time.Second, "BFD up on d1 and d2 "+what, func() error {
+				for n, r := range routers {
+					if p := l.speakers[n].peer(t, r); p.BFD != "up" {
+						return fmt.Errorf("%s: bfd %q", n, p.BFD)
+					}
+				}
+				return nil
+			})
+		}
+		bfdUp(t, "before")
+		before := map[string]routing.Peer{}
+		for n, r := range routers {
+			before[n] = l.speakers[n].peer(t, r)
+		}
+		conf, err := os.ReadFile("../../labs/ecmp3/router-bird.conf")
+		if err != nil {
+			t.Fatal(err)
+		}
+		off := strings.NewReplacer("source address 10.0.1.0; bfd on;", "source address 10.0.1.0; bfd off;",
+			"source address 10.0.2.0; bfd on;", "source address 10.0.2.0; bfd off;").Replace(string(conf))
+		offFile := filepath.Join(t.TempDir(), "bird-bfd-off.conf")
+		if err := os.WriteFile(offFile, []byte(off), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		l.bird(t, `configure '"`+offFile+`"'`)
+		t.Cleanup(func() { l.bird(t, `configure '"/etc/bird/bird.conf"'`) })
+		// Watch the router's FIB past the keepalive window (hold 3 s: 2 s
+		// after the expiry).
+		var lost []string
+		for end := time.Now().Add(4 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+			if h := l.hops(t, vip+"/32"); !slices.Equal(h, all3) {
+				lost = append(lost, fmt.Sprintf("%s %v", time.Now().Format("15:04:05.000"), h))
+			}
+		}
+		if len(lost) > 0 {
+			t.Errorf("the route lost next hops after BIRD's BFD was turned off: %v", lost)
+		}
+		for n, r := range routers {
+			p := l.speakers[n].peer(t, r)
+			if p.Flaps != before[n].Flaps || p.BFDFlaps != before[n].BFDFlaps || !p.Established() {
+				t.Errorf("%s: session %s, flaps %d -> %d, BFD flaps %d -> %d: a silent BFD took it down",
+					n, p.State, before[n].Flaps, p.Flaps, before[n].BFDFlaps, p.BFDFlaps)
+			}
+			if p.BFD != "down" {
+				t.Errorf("%s: bfd %q after the router's went silent", n, p.BFD)
+			}
+			if !strings.Contains(l.speakers[n].proc.Output(), "the neighbour's bgp messages still arrive: the bgp session stays up") {
+				t.Errorf("%s: no log line saying why the session stays:\n%s", n, l.speakers[n].proc.Output())
+			}
+		}
+		l.bird(t, `configure '"/etc/bird/bird.conf"'`)
+		bfdUp(t, "again")
+	})
+
 	t.Run("MD5 mismatch keeps the session down with a clear log line", func(t *testing.T) {
 		l.speakers["d3"].proc.Kill()
 		l.waitHops(t, vip+"/32", without(all3, "10.0.3.1"), 10*time.Second)

@@ -41,6 +41,19 @@ type Speaker struct {
 	// bfd runs the sessions of the neighbours with BFD (anycastd's own,
 	// not GoBGP's: see package bfd); nil without any.
 	bfd *bfd.Server
+	// bfdDown holds the BFD failures not yet acted on, by neighbour
+	// (when, and whether to confirm first); bfdKick tells Run of one.
+	bfdDown map[netip.Addr]bfdFailure
+	bfdKick chan struct{}
+}
+
+// bfdFailure is a BFD session's failure waiting for Run.
+type bfdFailure struct {
+	at time.Time
+	// confirm: our own detection time expired, so the BGP session is
+	// taken down only if the neighbour's BGP messages stopped too (see
+	// confirmFailure).
+	confirm bool
 }
 
 var _ routing.Announcer = (*Speaker)(nil)
@@ -49,7 +62,8 @@ var _ routing.Announcer = (*Speaker)(nil)
 // before Run.
 func New(cfg configs.BGP, log *slog.Logger) *Speaker {
 	s := &Speaker{cfg: cfg, log: log, want: map[netip.Prefix]routing.Announcement{},
-		have: map[netip.Prefix]routing.Announcement{}, peers: map[netip.Addr]*routing.Peer{}}
+		have: map[netip.Prefix]routing.Announcement{}, peers: map[netip.Addr]*routing.Peer{},
+		bfdDown: map[netip.Addr]bfdFailure{}, bfdKick: make(chan struct{}, 1)}
 	var bfdPeers []bfd.Peer
 	for _, n := range cfg.Neighbors {
 		s.peers[n.Address] = &routing.Peer{Address: n.Address, ASN: n.ASN, State: "idle"}
@@ -178,12 +192,25 @@ func (s *Speaker) Run(ctx context.Context) error {
 	tick := time.NewTicker(10 * time.Second)
 	defer tick.Stop()
 	started := time.Now()
+	// BFD failures: a neighbour's signalled failure is acted on at once;
+	// our own expiry once confirmFailure has seen the neighbour's BGP
+	// messages over one keepalive window (confirm holds them meanwhile).
+	confirm := map[netip.Addr]pendingExpiry{}
+	confirmTimer := time.NewTimer(time.Hour)
+	confirmTimer.Stop()
+	defer confirmTimer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			s.shutdown(srv)
 			stop()
 			return nil
+		case <-s.bfdKick:
+			s.takeBFDFailures(ctx, srv, confirm)
+			resetConfirmTimer(confirmTimer, confirm)
+		case <-confirmTimer.C:
+			s.confirmExpiries(ctx, srv, confirm, time.Now())
+			resetConfirmTimer(confirmTimer, confirm)
 		case <-tick.C:
 			s.warnStuckPeers(time.Since(started))
 		case err := <-bfdDone:
@@ -367,11 +394,12 @@ func (s *Speaker) onPeer(ev *apiutil.WatchEventMessage_PeerEvent, t time.Time) {
 }
 
 // onBFD takes a BFD transition of the session with addr: one that is a
-// failure of the path (bfd.Transition.Failure: our detection time expired,
-// or the router detected a failure) takes the BGP session down, so that it
+// failure of the path (bfd.Transition.Failure: the router detected a
+// failure, or our detection time expired and the neighbour's BGP messages
+// stopped too, see confirmFailure) takes the BGP session down, so that it
 // is re-established as soon as the path is back rather than after the hold
 // time. An AdminDown, or a Down the router sends while it replaces its own
-// session, leaves the BGP session alone.
+// session, leaves the BGP session alone. Run carries out what it decides.
 func (s *Speaker) onBFD(addr netip.Addr, t bfd.Transition) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -390,7 +418,6 @@ func (s *Speaker) onBFD(addr netip.Addr, t bfd.Transition) {
 		s.log.Info("bfd session state changed", args...)
 		return
 	}
-	n, _ := s.neighbor(addr)
 	if !t.Failure() {
 		s.log.Info("bfd session down, not a path failure: the bgp session stays up", args...)
 		return
@@ -399,9 +426,135 @@ func (s *Speaker) onBFD(addr netip.Addr, t bfd.Transition) {
 		s.log.Warn("bfd session down", args...)
 		return
 	}
-	p.BFDFlaps++
-	s.log.Warn("bfd session down: taking the bgp session down", args...)
-	go s.recyclePeer(s.srv, n)
+	if t.Cause == bfd.CauseExpired {
+		s.log.Warn("bfd session down: taking the bgp session down unless the neighbour's bgp messages still arrive", args...)
+	} else {
+		s.log.Warn("bfd session down: taking the bgp session down", args...)
+	}
+	s.bfdDown[addr] = bfdFailure{at: time.Now(), confirm: t.Cause == bfd.CauseExpired}
+	select {
+	case s.bfdKick <- struct{}{}:
+	default:
+	}
+}
+
+// pendingExpiry is a BFD expiry under confirmation: the neighbour's BGP
+// messages received when it expired, and until when to watch.
+type pendingExpiry struct {
+	rx       uint64
+	deadline time.Time
+}
+
+// confirmFailure decides an expiry of our BFD detection time once its
+// keepalive window has passed: the path failed if the BGP session is no
+// longer established or no BGP message of the neighbour's arrived in the
+// window. Messages still arriving mean the neighbour's BFD went silent
+// while the path works (BIRD 2.0 stops sending, without AdminDown, when
+// its BFD is disabled or "bfd off" is configured), or only BFD's packets
+// are filtered: taking every director's session down for that would take
+// the VIP off the router for a reconvergence on every director at once.
+func confirmFailure(rxAtExpiry, rxNow uint64, established bool) bool {
+	return !established || rxNow <= rxAtExpiry
+}
+
+// keepaliveWindow is how long an expiry is watched for BGP messages: one
+// keepalive interval of the negotiated hold time (RFC 4271 suggests a
+// third of it) plus a second for the neighbour's timer jitter.
+func keepaliveWindow(negotiatedHold time.Duration) time.Duration {
+	return negotiatedHold/3 + time.Second
+}
+
+// takeBFDFailures takes the failures onBFD noted: a signalled one takes
+// the session down now, an expiry starts its confirmation.
+func (s *Speaker) takeBFDFailures(ctx context.Context, srv *server.BgpServer, confirm map[netip.Addr]pendingExpiry) {
+	s.mu.Lock()
+	down := s.bfdDown
+	s.bfdDown = map[netip.Addr]bfdFailure{}
+	s.mu.Unlock()
+	for addr, f := range down {
+		if !f.confirm {
+			delete(confirm, addr)
+			s.recycle(ctx, srv, addr)
+			continue
+		}
+		if _, ok := confirm[addr]; ok {
+			continue // already watched since an earlier expiry
+		}
+		rx, hold, established := peerCounters(ctx, srv, addr)
+		if !established {
+			continue // BGP is down already: nothing to take down
+		}
+		confirm[addr] = pendingExpiry{rx: rx, deadline: f.at.Add(keepaliveWindow(hold))}
+	}
+}
+
+// confirmExpiries decides the expiries whose window has passed.
+func (s *Speaker) confirmExpiries(ctx context.Context, srv *server.BgpServer, confirm map[netip.Addr]pendingExpiry, now time.Time) {
+	for addr, e := range confirm {
+		if now.Before(e.deadline) {
+			continue
+		}
+		delete(confirm, addr)
+		rx, _, established := peerCounters(ctx, srv, addr)
+		if !established {
+			continue // the hold timer or the neighbour took it down
+		}
+		if !confirmFailure(e.rx, rx, established) {
+			s.log.Warn("bfd detection time expired but the neighbour's bgp messages still arrive: the bgp session stays up "+
+				"(the neighbour's BFD stopped without AdminDown, or BFD packets are filtered)",
+				"peer", addr, "bgp_messages_in_window", rx-e.rx)
+			continue
+		}
+		s.recycle(ctx, srv, addr)
+	}
+}
+
+// resetConfirmTimer sets t to the earliest deadline in confirm.
+func resetConfirmTimer(t *time.Timer, confirm map[netip.Addr]pendingExpiry) {
+	t.Stop()
+	var next time.Time
+	for _, e := range confirm {
+		if next.IsZero() || e.deadline.Before(next) {
+			next = e.deadline
+		}
+	}
+	if !next.IsZero() {
+		t.Reset(max(time.Until(next), 0))
+	}
+}
+
+// peerCounters reads a neighbour's received BGP messages, negotiated hold
+// time and whether its session is established.
+func peerCounters(ctx context.Context, srv *server.BgpServer, addr netip.Addr) (rx uint64, hold time.Duration, established bool) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	srv.ListPeer(ctx, &api.ListPeerRequest{Address: addr.String()}, func(p *api.Peer) {
+		if p.State == nil {
+			return
+		}
+		established = p.State.SessionState == api.PeerState_SESSION_STATE_ESTABLISHED
+		if m := p.State.Messages; m != nil && m.Received != nil {
+			rx = m.Received.Total
+		}
+		if p.Timers != nil && p.Timers.State != nil {
+			hold = time.Duration(p.Timers.State.NegotiatedHoldTime) * time.Second
+		}
+	})
+	return rx, hold, established
+}
+
+// recycle takes addr's BGP session down after a BFD failure, counting it.
+func (s *Speaker) recycle(ctx context.Context, srv *server.BgpServer, addr netip.Addr) {
+	s.mu.Lock()
+	n, ok := s.neighbor(addr)
+	p := s.peers[addr]
+	if ok && p != nil {
+		p.BFDFlaps++
+	}
+	s.mu.Unlock()
+	if ok {
+		s.recyclePeer(srv, n)
+	}
 }
 
 func (s *Speaker) neighbor(addr netip.Addr) (configs.Neighbor, bool) {

@@ -252,3 +252,31 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestConfirmFailure: an expiry of our BFD detection time takes the BGP
+// session down only when the neighbour's BGP messages stopped too (or the
+// session is down already); messages still arriving mean the neighbour's
+// BFD went silent on a working path (BIRD with "bfd off").
+func TestConfirmFailure(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		before, now uint64
+		established bool
+		want        bool
+	}{
+		{"path failed: no message in the window", 120, 120, true, true},
+		{"neighbour's BFD silent: keepalives still arrive", 120, 122, true, false},
+		{"one message is enough", 7, 8, true, false},
+		{"session already down", 120, 125, false, true},
+		{"counters reset by a new session read as no message", 120, 3, true, true},
+	} {
+		if got := confirmFailure(tc.before, tc.now, tc.established); got != tc.want {
+			t.Errorf("%s: confirmFailure(%d, %d, %v) = %v, want %v", tc.name, tc.before, tc.now, tc.established, got, tc.want)
+		}
+	}
+	for hold, want := range map[time.Duration]time.Duration{3 * time.Second: 2 * time.Second, 9 * time.Second: 4 * time.Second, 90 * time.Second: 31 * time.Second} {
+		if got := keepaliveWindow(hold); got != want {
+			t.Errorf("keepaliveWindow(%s) = %s, want %s", hold, got, want)
+		}
+	}
+}
