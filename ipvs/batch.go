@@ -124,20 +124,11 @@ type pending struct {
 // returned as *OpError), sending the operations in waves: wave n holds the
 // n-th operation of every service, so that no request is sent before the
 // earlier ones of its service are acknowledged, while those of different
-// services (which IPVS keeps apart) go out together. counted is called
-// with the number of requests sent.
+// services (which IPVS keeps apart) go out together. A Reorder pair (a
+// destination deleted and added again) goes out in one wave, delete first:
+// see reorderPair. counted is called with the number of requests sent.
 func (b *batcher) apply(ctx context.Context, p Plan, counted func(int)) error {
-	var waves [][]int
-	nth := map[ServiceKey]int{}
-	for i, op := range p {
-		k := op.Service.ServiceKey
-		w := nth[k]
-		nth[k] = w + 1
-		if w == len(waves) {
-			waves = append(waves, nil)
-		}
-		waves[w] = append(waves[w], i)
-	}
+	waves := planWaves(p)
 	failed := map[ServiceKey]bool{}
 	var errs []error
 	for _, wave := range waves {
@@ -155,6 +146,9 @@ func (b *batcher) apply(ctx context.Context, p Plan, counted func(int)) error {
 				return errors.Join(append(errs, fmt.Errorf("apply interrupted before %s: %w", p[batch[0]], err))...)
 			}
 			n := min(len(batch), b.window)
+			if n < len(batch) && n > 1 && reorderPair(p, batch[n-1], batch[n]) {
+				n-- // keep the pair in one message
+			}
 			results, err := b.roundTrip(p, batch[:n])
 			counted(n)
 			if err != nil {
@@ -172,6 +166,42 @@ func (b *batcher) apply(ctx context.Context, p Plan, counted func(int)) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// planWaves groups p's operations (indices) into waves: wave n holds the
+// n-th step of every service, a step being one operation or a Reorder
+// pair. Within a wave, indices are in plan order.
+func planWaves(p Plan) [][]int {
+	var waves [][]int
+	nth := map[ServiceKey]int{}
+	for i, op := range p {
+		k := op.Service.ServiceKey
+		w := nth[k]
+		if i > 0 && reorderPair(p, i-1, i) {
+			w-- // the pair's second half: the wave of its first
+		} else {
+			nth[k] = w + 1
+		}
+		if w == len(waves) {
+			waves = append(waves, nil)
+		}
+		waves[w] = append(waves[w], i)
+	}
+	return waves
+}
+
+// reorderPair tells whether p[i] and p[j] are the delete and the add of one
+// destination's Reorder (Diff puts them next to each other). The kernel
+// processes the messages of one sendmsg one after the other, so sent
+// together the destination is missing only for the kernel's own work on
+// them, not for a round trip to us and back: fewer packets of its
+// connections arrive meanwhile (Kernel.Apply has them dropped, not their
+// connections reset). Should the delete fail, the add fails too (the
+// destination is still there) and the next turn's Diff tries again.
+func reorderPair(p Plan, i, j int) bool {
+	a, b := &p[i], &p[j]
+	return a.Reorder && b.Reorder && a.Kind == DelDest && b.Kind == AddDest &&
+		a.Service.ServiceKey == b.Service.ServiceKey && a.Dest.DestKey == b.Dest.DestKey
 }
 
 // roundTrip sends the operations idx of p in one sendmsg and returns each

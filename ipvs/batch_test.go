@@ -2,7 +2,9 @@ package ipvs
 
 import (
 	"bytes"
+	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 
 	mobyipvs "github.com/moby/ipvs"
@@ -162,5 +164,52 @@ func TestSplitPlanKeepsServicesWholeAndInOrder(t *testing.T) {
 	}
 	if a, b := splitPlan(p[:100], 512); len(a) != 100 || b != nil {
 		t.Errorf("a small plan was split: %d + %d", len(a), len(b))
+	}
+}
+
+// TestPlanWaves: wave n holds the n-th step of every service; a Reorder
+// pair (a destination deleted and added again) is one step, so both go in
+// one message, delete first. Two Reorder ops that are not one
+// destination's pair, or a plain delete and add, stay a wave apart.
+func TestPlanWaves(t *testing.T) {
+	const a, b, x = "10.0.0.1", "10.0.0.2", "10.0.0.9"
+	for _, tc := range []struct {
+		name string
+		have Table
+		want Table
+		// waves, each op written as kind and destination's last octet
+		waves string
+	}{
+		{"re-added at the front: each pair in one wave",
+			tbl(svc("198.51.100.1", 80, "mh", dst(a, 1), dst(b, 1))),
+			tbl(svc("198.51.100.1", 80, "mh", dst(x, 1), dst(a, 1), dst(b, 1))),
+			"[add.9] [del.1 add.1] [del.2 add.2]"},
+		{"two services side by side",
+			tbl(svc("198.51.100.1", 80, "mh", dst(a, 1), dst(b, 1)), svc("198.51.100.2", 80, "rr", dst(a, 1))),
+			tbl(svc("198.51.100.1", 80, "mh", dst(b, 1), dst(a, 1)), svc("198.51.100.2", 80, "rr", dst(a, 1), dst(x, 1))),
+			"[del.2 add.2 add.9] [del.1 add.1]"},
+		{"no reorder: one op a wave",
+			tbl(svc("198.51.100.2", 80, "rr", dst(a, 1), dst(b, 1))),
+			tbl(svc("198.51.100.2", 80, "rr", dst(x, 1))),
+			"[add.9] [del.1] [del.2]"},
+	} {
+		p := Diff(tc.have, tc.want)
+		var got []string
+		for _, w := range planWaves(p) {
+			var ops []string
+			for _, i := range w {
+				ops = append(ops, fmt.Sprintf("%s.%d", strings.TrimSuffix(p[i].Kind.String(), "-dest"), p[i].Dest.Addr.As4()[3]))
+			}
+			got = append(got, "["+strings.Join(ops, " ")+"]")
+		}
+		if g := strings.Join(got, " "); g != tc.waves {
+			t.Errorf("%s: waves %s, want %s\nplan:\n%s", tc.name, g, tc.waves, p)
+		}
+	}
+	// Adjacent Reorder ops of two destinations are not a pair.
+	s1 := svc("198.51.100.1", 80, "mh")
+	p := Plan{{Kind: DelDest, Service: s1, Dest: dst(a, 1), Reorder: true}, {Kind: AddDest, Service: s1, Dest: dst(b, 1), Reorder: true}}
+	if reorderPair(p, 0, 1) || len(planWaves(p)) != 2 {
+		t.Errorf("a delete and an add of two destinations were paired")
 	}
 }

@@ -79,8 +79,8 @@ func (p Plan) String() string {
 // For order-sensitive schedulers (OrderSensitive) the destinations end up
 // in the kernel in want's order: new ones are added in that order, and if
 // the existing ones are not a prefix of it, the ones out of place are
-// deleted and added again (Reorder ops, just before the additions of their
-// service).
+// deleted and each added again right after its deletion (a Reorder pair),
+// in want's order among the additions of their service.
 //
 // Diff is pure; have and want are not modified. Destinations of have that
 // want lacks are deleted at once: graceful draining is the caller's (see
@@ -137,7 +137,6 @@ func Diff(have, want Table) Plan {
 					readd = map[DestKey]bool{}
 				}
 				readd[k] = true
-				dests = append(dests, Op{Kind: DelDest, Service: settings, Dest: *haveDest.get(k), Reorder: true})
 			}
 		}
 		for _, d := range ws.Destinations {
@@ -146,7 +145,19 @@ func Diff(have, want Table) Plan {
 			case hd == nil:
 				dests = append(dests, Op{Kind: AddDest, Service: settings, Dest: d})
 			case readd[d.DestKey]:
-				dests = append(dests, Op{Kind: AddDest, Service: settings, Dest: d, Reorder: true})
+				// Deleted and added again right after, in want's order
+				// (each lands at the end of the kernel's list). The
+				// kernel keeps a deleted destination that connections
+				// use and takes it back on the add, so its connections
+				// go on, but a packet of theirs that arrives between
+				// the two finds it missing. The batcher sends the pair
+				// in one message (the kernel's own work in between, mh's
+				// table rebuilt, is the whole gap) and Kernel.Apply
+				// keeps expire_nodest_conn off meanwhile, so such a
+				// packet is dropped, not its connection reset.
+				dests = append(dests,
+					Op{Kind: DelDest, Service: settings, Dest: *hd, Reorder: true},
+					Op{Kind: AddDest, Service: settings, Dest: d, Reorder: true})
 			case !hd.sameSettings(&d):
 				edits = append(edits, Op{Kind: UpdateDest, Service: settings, Dest: d})
 			}
