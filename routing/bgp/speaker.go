@@ -443,6 +443,9 @@ func (s *Speaker) onBFD(addr netip.Addr, t bfd.Transition) {
 type pendingExpiry struct {
 	rx       uint64
 	deadline time.Time
+	// session is when the BGP session then established came up: one
+	// established since is a new session, judged by its own BFD.
+	session time.Time
 }
 
 // confirmFailure decides an expiry of our BFD detection time once its
@@ -457,11 +460,14 @@ func confirmFailure(rxAtExpiry, rxNow uint64, established bool) bool {
 	return !established || rxNow <= rxAtExpiry
 }
 
-// keepaliveWindow is how long an expiry is watched for BGP messages: one
-// keepalive interval of the negotiated hold time (RFC 4271 suggests a
-// third of it) plus a second for the neighbour's timer jitter.
+// keepaliveWindow is how long an expiry is watched for BGP messages: the
+// keepalive interval RFC 4271 suggests for the negotiated hold time (a
+// third of it), and a quarter of a second for timers and scheduling. A
+// neighbour that sends its keepalives less often is judged failed, as
+// before this window existed; a shorter window delays less the
+// re-establishment after a real failure.
 func keepaliveWindow(negotiatedHold time.Duration) time.Duration {
-	return negotiatedHold/3 + time.Second
+	return negotiatedHold/3 + 250*time.Millisecond
 }
 
 // takeBFDFailures takes the failures onBFD noted: a signalled one takes
@@ -484,7 +490,7 @@ func (s *Speaker) takeBFDFailures(ctx context.Context, srv *server.BgpServer, co
 		if !established {
 			continue // BGP is down already: nothing to take down
 		}
-		confirm[addr] = pendingExpiry{rx: rx, deadline: f.at.Add(keepaliveWindow(hold))}
+		confirm[addr] = pendingExpiry{rx: rx, deadline: f.at.Add(keepaliveWindow(hold)), session: s.sessionSince(addr)}
 	}
 }
 
@@ -496,8 +502,8 @@ func (s *Speaker) confirmExpiries(ctx context.Context, srv *server.BgpServer, co
 		}
 		delete(confirm, addr)
 		rx, _, established := peerCounters(ctx, srv, addr)
-		if !established {
-			continue // the hold timer or the neighbour took it down
+		if !established || !s.sessionSince(addr).Equal(e.session) {
+			continue // taken down meanwhile (and maybe up again: a new session)
 		}
 		if !confirmFailure(e.rx, rx, established) {
 			s.log.Warn("bfd detection time expired but the neighbour's bgp messages still arrive: the bgp session stays up "+
@@ -541,6 +547,17 @@ func peerCounters(ctx context.Context, srv *server.BgpServer, addr netip.Addr) (
 		}
 	})
 	return rx, hold, established
+}
+
+// sessionSince is when addr's BGP session last changed state (for an
+// established one: when it came up).
+func (s *Speaker) sessionSince(addr netip.Addr) time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p := s.peers[addr]; p != nil {
+		return p.Since
+	}
+	return time.Time{}
 }
 
 // recycle takes addr's BGP session down after a BFD failure, counting it.
