@@ -57,6 +57,12 @@ type Monitor struct {
 	rnd     *rand.Rand
 	// newProbe builds probes; tests replace it with scripted ones.
 	newProbe func(configs.Check, Target) (Probe, error)
+	// stalls are this process's recent stalls (see stall.go); a timeout
+	// during one is not the backend's.
+	stalls stallWatch
+	// loggedStalls is the stall count when a discounted timeout was last
+	// logged: one line per stall, however many probes it cost.
+	loggedStalls uint64
 }
 
 // entry is one target's state. It is kept small (a daemon watches tens of
@@ -67,15 +73,18 @@ type entry struct {
 	target Target
 	// check is shared by the entries that have an equal check (every
 	// backend of a service): with 10,000 targets a copy each is megabytes.
-	check   *configs.Check
-	probe   Probe
-	damp    Dampener
-	checks  uint64
-	last    Result
-	next    time.Time
-	index   int // in queue; -1 while running or removed
-	running bool
-	removed bool
+	check *configs.Check
+	probe Probe
+	damp  Dampener
+	// discounted is how many timeouts in a row were not counted because
+	// this process stalled during them.
+	discounted uint8
+	checks     uint64
+	last       Result
+	next       time.Time
+	index      int // in queue; -1 while running or removed
+	running    bool
+	removed    bool
 }
 
 func (e *entry) status() Status {
@@ -222,6 +231,10 @@ func (m *Monitor) Run(ctx context.Context) error {
 	slots := make(chan struct{}, m.workers)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	stallCtx, stopStalls := context.WithCancel(ctx)
+	wg.Add(1)
+	go func() { defer wg.Done(); m.stalls.run(stallCtx) }()
+	defer stopStalls()
 	// Plain TCP checks run on one epoll instance (see connector), made
 	// when the first one is due (a monitor without any, as in the tests
 	// that script their probes under synctest, never blocks in epoll);
@@ -333,6 +346,20 @@ func (m *Monitor) finish(e *entry, r Result) {
 		return
 	}
 	now := time.Now()
+	if !r.OK && timedOut(r.Err) && e.discounted < maxDiscounted && m.stalls.during(now.Add(-r.Latency), now) {
+		// Our stall, not the backend's answer: run it again at once.
+		e.discounted++
+		if n := m.stalls.total(); n != m.loggedStalls && m.log != nil {
+			m.loggedStalls = n
+			m.log.Info("health: a check timed out while this process was not running; not counted, run again",
+				"target", e.id, "took", r.Latency.Round(time.Millisecond), "err", r.Err)
+		}
+		e.next = now
+		heap.Push(&m.queue, e)
+		m.signal()
+		return
+	}
+	e.discounted = 0
 	changed := e.damp.Observe(r.OK, now)
 	if r.Err != nil {
 		// Only the message is ever read; a dial error's chain (OpError,
@@ -353,7 +380,11 @@ func (m *Monitor) finish(e *entry, r Result) {
 			if r.Err != nil {
 				reason = r.Err.Error()
 			}
-			m.log.Info("backend health changed", "target", e.id, "state", st.State.String(), "reason", reason)
+			// The deciding check's duration: a timeout that took much
+			// longer than the check's timeout fired late (this process
+			// was not running), which the log should let one see.
+			m.log.Info("backend health changed", "target", e.id, "state", st.State.String(), "reason", reason,
+				"took", r.Latency.Round(time.Millisecond))
 		}
 		for s := range m.subs {
 			s.push(st)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -88,10 +89,20 @@ func (s *scripted) Check(ctx context.Context) Result {
 	c := s.script[min(s.n, len(s.script)-1)]
 	s.n++
 	s.mu.Unlock()
-	if c == 'u' {
+	switch c {
+	case 'u':
 		return Result{OK: true}
+	case 't':
+		return Result{Err: fmt.Errorf("dial tcp 10.0.0.1:80: %w", os.ErrDeadlineExceeded), Latency: 400 * time.Millisecond}
 	}
 	return Result{Err: errors.New("scripted failure")}
+}
+
+// runs is how many times the probe ran.
+func (s *scripted) runs() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.n
 }
 
 func spec(id string, interval time.Duration, rise, fall int) Spec {
@@ -334,4 +345,62 @@ func TestMonitorRunStopsAndResumes(t *testing.T) {
 		cancel()
 		<-done
 	})
+}
+
+// TestMonitorDiscountsTimeoutsWhileStalled: a timeout while this process
+// was not running (a stall the watch noted) is not counted against the
+// backend; the probe runs again at once, and after maxDiscounted such
+// runs in a row the next one counts, so a starved daemon still finds a
+// backend down, in about the same time. A failure that is an answer
+// (refused, a bad status) counts during a stall too.
+func TestMonitorDiscountsTimeoutsWhileStalled(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		script  string
+		stalled bool
+		runs    int // probe runs by the time it is down
+	}{
+		{"timeouts, no stall", "utt", false, 3},
+		{"timeouts during a stall", "uttttttt", true, 7},
+		{"refused during a stall", "udd", true, 3},
+	} {
+		synctest.Test(t, func(t *testing.T) {
+			m := NewMonitor(nil, 4)
+			probe := &scripted{script: tc.script}
+			m.newProbe = func(configs.Check, Target) (Probe, error) { return probe, nil }
+			if tc.stalled {
+				m.stalls.note(time.Now(), time.Now().Add(time.Hour))
+			}
+			sub := m.Subscribe()
+			ctx, cancel := context.WithCancel(t.Context())
+			done := make(chan error)
+			go func() { done <- m.Run(ctx) }()
+			if err := m.Set([]Spec{spec("web/10.0.0.1:80", time.Second, 1, 2)}); err != nil {
+				t.Fatal(err)
+			}
+			var changes []string
+			runs := 0
+			for range 40 {
+				time.Sleep(100 * time.Millisecond)
+				synctest.Wait()
+				for _, st := range sub.Drain() {
+					changes = append(changes, fmt.Sprintf("%s after %d checks", st.State, st.Checks))
+					if st.State == Down {
+						runs = probe.runs()
+					}
+				}
+				if runs > 0 {
+					break
+				}
+			}
+			want := []string{"up after 1 checks", "down after 3 checks"}
+			if !slices.Equal(changes, want) || runs != tc.runs {
+				t.Errorf("%s: changes %v after %d probe runs, want %v after %d", tc.name, changes, runs, want, tc.runs)
+			}
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
 }
