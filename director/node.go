@@ -189,6 +189,7 @@ func New(o Options) (*Node, error) {
 			if err != nil {
 				return nil, fmt.Errorf("IPVS: %w (on a kernel without IPVS, node.dataplane: memory runs the director without balancing)", err)
 			}
+			k.SetLogger(n.log.With("part", "ipvs"))
 			n.dp = k
 			h, err := ipvs.OpenHost(filepath.Join(cfg.Node.StateDir, "host.json"))
 			if err != nil {

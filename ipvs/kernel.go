@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -25,6 +26,7 @@ type Kernel struct {
 	// nodest is net.ipv4.vs.expire_nodest_conn of the namespace, opened
 	// there (nil if it could not be): see Apply.
 	nodest *os.File
+	log    *slog.Logger // nil: nothing logged
 }
 
 // OpenKernel opens IPVS in the network namespace at nsPath
@@ -164,14 +166,17 @@ func (k *Kernel) Apply(ctx context.Context, p Plan) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.nodest != nil && slices.ContainsFunc(p, func(o Op) bool { return o.Reorder }) {
-		restore, err := holdNodestConns(k.nodest)
-		if err != nil {
-			return fmt.Errorf("moving destinations: %w", err)
-		}
-		err = k.apply(ctx, p)
-		return errors.Join(err, restore())
+		return withNodestHold(k.nodest, k.log, func() error { return k.apply(ctx, p) })
 	}
 	return k.apply(ctx, p)
+}
+
+// SetLogger gives the kernel a logger for what is not an error of a plan
+// (the expire_nodest_conn hold around one, see Apply).
+func (k *Kernel) SetLogger(l *slog.Logger) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.log = l
 }
 
 func (k *Kernel) apply(ctx context.Context, p Plan) error {

@@ -2,6 +2,7 @@ package ipvs
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"runtime"
 	"strings"
@@ -11,6 +12,27 @@ import (
 
 // expireNodestPath is net.ipv4.vs.expire_nodest_conn.
 const expireNodestPath = "/proc/sys/net/ipv4/vs/expire_nodest_conn"
+
+// withNodestHold runs apply with expire_nodest_conn held at 0 (see
+// Kernel.Apply). The hold is a refinement, never a reason for the plan to
+// fail: a service reported failed withdraws its VIP. If the sysctl cannot
+// be set, the plan runs as it would without it; if it cannot be set back,
+// it stays 0 (a removed backend's connections then stall instead of being
+// reset) until the daemon's next start. Both are logged, not returned.
+func withNodestHold(f *os.File, log *slog.Logger, apply func() error) error {
+	restore, err := holdNodestConns(f)
+	if err != nil {
+		if log != nil {
+			log.Warn("IPVS: moving destinations without holding expire_nodest_conn: their connections may be reset", "err", err)
+		}
+		return apply()
+	}
+	applyErr := apply()
+	if err := restore(); err != nil && log != nil {
+		log.Error("IPVS: " + err.Error())
+	}
+	return applyErr
+}
 
 // holdNodestConns sets the expire_nodest_conn file f to 0 if it is 1 and
 // returns the function that sets it back (a no-op when it was not 1).

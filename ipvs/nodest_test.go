@@ -1,6 +1,8 @@
 package ipvs
 
 import (
+	"errors"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -66,11 +68,40 @@ func TestOpenInNetns(t *testing.T) {
 	if _, err := f.WriteAt([]byte("77\n"), 0); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command("ip", "netns", "exec", ns, "sysctl", "-n", "net.ipv4.ip_default_ttl").Output()
+	out, err := exec.Command("ip", "netns", "exec", ns, "cat", sysctl).Output()
 	if err != nil || strings.TrimSpace(string(out)) != "77" {
 		t.Errorf("the namespace's value: %q %v, want 77", out, err)
 	}
 	if now, _ := os.ReadFile(sysctl); string(now) != string(host) {
 		t.Errorf("the caller's value changed: %q -> %q", host, now)
+	}
+}
+
+// TestNodestHoldNeverFailsThePlan: the hold is not a reason for a plan to
+// fail (a failed plan withdraws the services' VIPs): a sysctl that cannot
+// be written still lets the plan run, and only the plan's own error is
+// returned.
+func TestNodestHoldNeverFailsThePlan(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "expire_nodest_conn")
+	if err := os.WriteFile(path, []byte("1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path) // read-only: setting 0 fails
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var logged strings.Builder
+	log := slog.New(slog.NewTextHandler(&logged, nil))
+	ran := false
+	if err := withNodestHold(f, log, func() error { ran = true; return nil }); err != nil || !ran {
+		t.Errorf("with an unwritable sysctl: plan ran %v, error %v; want it run and no error", ran, err)
+	}
+	if !strings.Contains(logged.String(), "without holding expire_nodest_conn") {
+		t.Errorf("not logged: %q", logged.String())
+	}
+	planErr := errors.New("refused")
+	if err := withNodestHold(f, nil, func() error { return planErr }); err != planErr {
+		t.Errorf("the plan's own error: got %v", err)
 	}
 }
