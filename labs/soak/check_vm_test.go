@@ -401,7 +401,7 @@ func logWindow(path string, from, to time.Time) []string {
 
 // probeDiff probes, from each of the two directors whose tables differ,
 // every destination whose weight differs between them, with the check
-// the services use (anyctl probe, 400 ms as the checks and 2 s): it tells
+// the services use (anyctl probe, with the checks' timeout and 2 s): it tells
 // a director whose checks fail for a reason of its own from a real server
 // that one director cannot reach.
 func (l *lab) probeDiff(pair [2]string, s *snapshot) string {
@@ -437,7 +437,7 @@ func (l *lab) probeDiff(pair [2]string, s *snapshot) string {
 			typ = "http"
 		}
 		for _, name := range pair {
-			for _, timeout := range []string{"400ms", "2s"} {
+			for _, timeout := range []string{checkTimeout, "2s"} {
 				out, err := exec.Command("ip", "netns", "exec", l.ns[name].Name, filepath.Join(l.bin, "anyctl"), "probe",
 					"--type", typ, "--target", dst, "--timeout", timeout).CombinedOutput()
 				fmt.Fprintf(&b, "probe %s %s from %s (timeout %s): %s (%v)\n", typ, dst, name, timeout, strings.TrimSpace(string(out)), err)

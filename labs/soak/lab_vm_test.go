@@ -140,7 +140,7 @@ func newLab(t *testing.T, mode string, seed uint64, duration time.Duration, kind
 	l := &lab{t: t, mode: mode, seed: seed, kinds: kinds, dirNL: map[string]*netlink.Handle{}, duration: duration, self: self, bin: labtest.Binaries(t),
 		ns: map[string]*labtest.Netns{}, dirs: map[string]string{}, kern: map[string]*ipvs.Kernel{},
 		daemons: map[string]*daemon{}, servers: map[string]*exec.Cmd{}, nginxes: map[string]*exec.Cmd{}, rep: newReport(mode, seed, duration),
-		svcWeights: map[string]int{}, removed: map[string]bool{}, checkTimeout: "400ms", files: map[string]fileState{}}
+		svcWeights: map[string]int{}, removed: map[string]bool{}, checkTimeout: checkTimeout, files: map[string]fileState{}}
 	for _, k := range []string{"soak-key-1", "soak-key-2"} { // the lab's own, public
 		l.keys = append(l.keys, base64.StdEncoding.EncodeToString([]byte(fmt.Sprintf("%-32s", k))))
 	}
@@ -574,7 +574,7 @@ func (l *lab) services() string {
     quorum: 1
     drain_timeout: %[5]s
     backends: [%[2]s]
-    health: {type: http, path: /, interval: 500ms, timeout: %[4]s, rise: 1, fall: 2}
+    health: {type: http, path: /, interval: %[6]s, timeout: %[4]s, rise: 1, fall: 2}
   - name: flows
     vip: %[1]s
     port: 9000
@@ -582,9 +582,26 @@ func (l *lab) services() string {
     quorum: 1
     drain_timeout: %[5]s
     backends: [%[3]s]
-    health: {type: tcp, interval: 500ms, timeout: %[4]s, rise: 1, fall: 2}
-`, vip, strings.Join(web, ", "), strings.Join(flows, ", "), l.checkTimeout, drainTimeout)
+    health: {type: tcp, interval: %[6]s, timeout: %[4]s, rise: 1, fall: 2}
+`, vip, strings.Join(web, ", "), strings.Join(flows, ", "), l.checkTimeout, drainTimeout, checkInterval)
 }
+
+// The services' checks. Every director checks every real server on its
+// own; under software emulation with the whole tier on two vCPUs, the
+// VM's CPU is saturated (its pressure stall figure near 100 %) and a
+// packet can wait hundreds of milliseconds for the softirq work that
+// carries it. With a 400 ms timeout, checks then timed out on time, on
+// one director or on all at once, while the real servers were fine: the
+// directors' tables differed for that reason (the report's kernel
+// counters show it: retransmissions in every namespace, few drops). One
+// second is still below what operators configure (keepalived's default
+// connect timeout is 5 s) and keeps the detection windows short.
+const (
+	checkInterval = "1s"
+	checkTimeout  = "1s"
+	// checkTimeoutFault is what the "check" fault sets the timeout to.
+	checkTimeoutFault = "800ms"
+)
 
 // drainTimeout is the services' drain_timeout: how long a removed
 // backend's connections go on.

@@ -32,7 +32,8 @@ func TestFailureWindow(t *testing.T) {
 		{14.5, 15, "elsewhere"},
 		{20, 21, "elsewhere"}, // its restore is no detection window
 		{29, 31, "real server"},
-		{33.5, 34, "elsewhere"},
+		{34, 34.4, "real server"}, // within rsDetect (4.5 s) of the stop
+		{34.6, 35, "elsewhere"},
 		{52, 53, "router"},
 		{56.5, 57, "router"}, // sessions come back within boundRoute of the restart
 		{57.5, 58, "elsewhere"},

@@ -319,9 +319,9 @@ func (r *report) faultsAround(t time.Time, settle time.Duration) []*fault {
 }
 
 // rsDetect is how long a stopped real server may still be given new
-// requests: the check's fall (2 x 500 ms) and timeout (400 ms), then the
-// loop turn that programs weight 0, with room for the emulation.
-const rsDetect = 3 * time.Second
+// requests: the check's fall (2 x 1 s) and timeout (1 s), then the loop
+// turn that programs weight 0, with room for the emulation.
+const rsDetect = 4500 * time.Millisecond
 
 // failureWindow says which detection window a request that ran from start
 // to end overlaps: "director" (a director failed — killed, blackholed or

@@ -351,7 +351,7 @@ func (l *lab) play(f *fault) {
 	case "weight":
 		l.apply(f, func() { l.svcWeights[fmt.Sprintf("10.1.0.%d", 11+f.Arg)] = 2 })
 	case "check":
-		l.apply(f, func() { l.checkTimeout = "300ms" })
+		l.apply(f, func() { l.checkTimeout = checkTimeoutFault })
 	case "backend":
 		l.apply(f, func() { l.removed[rsAddr(rsNames[f.Arg])] = true })
 	case "partition":
@@ -388,7 +388,7 @@ func (l *lab) play(f *fault) {
 	case "weight":
 		l.apply(f, func() { delete(l.svcWeights, fmt.Sprintf("10.1.0.%d", 11+f.Arg)) })
 	case "check":
-		l.apply(f, func() { l.checkTimeout = "400ms" })
+		l.apply(f, func() { l.checkTimeout = checkTimeout })
 	case "backend":
 		l.apply(f, func() { delete(l.removed, rsAddr(rsNames[f.Arg])) })
 	case "partition":
