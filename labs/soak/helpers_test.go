@@ -159,10 +159,16 @@ func trafficHelper(args []string) error {
 				}
 				server := strings.TrimSpace(greet)
 				alive.Add(1)
-				why, detail := echoFlow(c, r, server, rnd, pauseAfter, breakAfter, emit)
+				why, detail, since := echoFlow(c, r, server, rnd, pauseAfter, breakAfter, emit)
 				alive.Add(-1)
 				c.Close()
-				emit(event{Kind: "flow_break", Why: why, Server: server, Err: detail})
+				e := event{Kind: "flow_break", Why: why, Server: server, Err: detail}
+				if why == "stall" {
+					// Charged to the faults around the echo that got no
+					// answer, not to those of breakAfter later.
+					e.Start = since.UnixNano()
+				}
+				emit(e)
 			}
 		}()
 	}
@@ -176,11 +182,12 @@ func trafficHelper(args []string) error {
 // the flow breaks, and says why: "reset" (an error), "wrong_peer" (an
 // answer from another server) or "stall" (no answer within breakAfter).
 // An answer later than pauseAfter is a pause, emitted, and the flow goes
-// on.
-func echoFlow(c net.Conn, r *bufio.Reader, server string, rnd *rand.Rand, pauseAfter, breakAfter time.Duration, emit func(event)) (why, detail string) {
+// on. sent is when the last echo was sent: for a stall, when the flow
+// stopped.
+func echoFlow(c net.Conn, r *bufio.Reader, server string, rnd *rand.Rand, pauseAfter, breakAfter time.Duration, emit func(event)) (why, detail string, sent time.Time) {
 	for why == "" {
 		time.Sleep(time.Duration(100+rnd.IntN(100)) * time.Millisecond)
-		sent := time.Now()
+		sent = time.Now()
 		c.SetWriteDeadline(sent.Add(breakAfter))
 		if _, err := fmt.Fprintf(c, "ping\n"); err != nil {
 			why, detail = "reset", err.Error()
@@ -208,7 +215,7 @@ func echoFlow(c net.Conn, r *bufio.Reader, server string, rnd *rand.Rand, pauseA
 			why, detail = "wrong_peer", strings.TrimSpace(line)
 		}
 	}
-	return why, detail
+	return why, detail, sent
 }
 
 // A long flow whose echo does not come within pauseAfter has paused (the

@@ -61,6 +61,9 @@ func TestTrafficAccounting(t *testing.T) {
 		{Kind: "flow_break", T: at(11), Why: "reset", Server: "rs3"},
 		{Kind: "req_fail", Start: at(10.2), T: at(12.2)},
 		{Kind: "flow_break", T: at(31), Why: "reset", Server: "rs1"},
+		// A stall seen 30 s after its echo went unanswered during the
+		// blackhole is the blackhole's.
+		{Kind: "flow_break", Start: at(12), T: at(42), Why: "stall", Server: "rs4"},
 	} {
 		r.traffic(e)
 	}
@@ -72,10 +75,10 @@ func TestTrafficAccounting(t *testing.T) {
 		r.traffic(e)
 	}
 	bh := r.kinds["blackhole"]
-	if bh == nil || len(bh.pauses) != 1 || bh.pauses[0] != 1500*time.Millisecond || bh.breaks["reset"] != 1 || bh.reqFailed != 1 {
+	if bh == nil || len(bh.pauses) != 1 || bh.pauses[0] != 1500*time.Millisecond || bh.breaks["reset"] != 1 || bh.breaks["stall"] != 1 || bh.reqFailed != 1 {
 		t.Fatalf("blackhole's stats: %+v", bh)
 	}
-	if r.pauses != 2 || r.unattrPs != 1 || r.ownDown != 1 || r.breaks["reset"] != 1 {
+	if r.pauses != 2 || r.unattrPs != 1 || r.ownDown != 1 || r.breaks["reset"] != 1 || r.breaks["stall"] != 1 || r.unattrBrk != 0 {
 		t.Errorf("pauses %d (outside %d), own server down %d, breaks %v", r.pauses, r.unattrPs, r.ownDown, r.breaks)
 	}
 	if r.reqWhere["director"] != 1 || r.reqWhere["elsewhere"] != 1 {
@@ -146,10 +149,15 @@ func TestEchoFlow(t *testing.T) {
 			}
 			defer conn.Close()
 			var pauses []event
-			why, detail := echoFlow(conn, bufio.NewReader(conn), "rs1", rand.New(rand.NewPCG(1, 2)), 100*time.Millisecond, time.Second,
+			why, detail, sent := echoFlow(conn, bufio.NewReader(conn), "rs1", rand.New(rand.NewPCG(1, 2)), 100*time.Millisecond, time.Second,
 				func(e event) { pauses = append(pauses, e) })
 			if why != c.want {
 				t.Errorf("broke by %q (%s), want %q", why, detail, c.want)
+			}
+			// A stall is dated by the echo that got no answer: the
+			// break is seen breakAfter (here 1 s) later.
+			if ago := time.Since(sent); why == "stall" && ago < time.Second {
+				t.Errorf("stalled echo sent %s before the break was seen, want at least 1s", ago)
 			}
 			if len(pauses) != 1 || pauses[0].Kind != "flow_pause" || pauses[0].Server != "rs1" {
 				t.Errorf("pauses %+v, want the one of the second echo", pauses)
@@ -184,5 +192,26 @@ func TestRemovedBackendAndGrouping(t *testing.T) {
 	if len(lines) != 3 || !strings.HasPrefix(lines[0], "at 52s-53s: 2 reset of flows to rs4 (early)") || !strings.HasPrefix(lines[1], "at 56s: 1 reset of flows to rs2 (other)") ||
 		!strings.HasPrefix(lines[2], "at 1m1s: 1 reset of flows to rs4 (late)") {
 		t.Errorf("grouped:\n%s", strings.Join(lines, "\n"))
+	}
+}
+
+// A violation is dated by the snapshot that showed it: gathering its
+// evidence takes seconds, and a fault that began meanwhile is not one of
+// those around it.
+func TestViolationDatedBySnapshot(t *testing.T) {
+	t0 := time.Now().Add(-time.Minute)
+	r := newReport(modeBGP, 1, time.Minute)
+	r.start = t0
+	r.faults = []*fault{
+		{Kind: "drain", Target: "d1", start: t0.Add(5 * time.Second)},
+		{Kind: "uplink", Target: "d2", start: t0.Add(12 * time.Second)}, // after the snapshot
+	}
+	r.violation("4", "tables differ", &snapshot{at: t0.Add(10 * time.Second)})
+	v := r.violations[0]
+	if v.at != 10*time.Second {
+		t.Errorf("violation at %s, want 10s (the snapshot's)", v.at)
+	}
+	if len(v.faults) != 1 || !strings.HasPrefix(v.faults[0], "drain d1") {
+		t.Errorf("faults around %v, want the drain alone", v.faults)
 	}
 }

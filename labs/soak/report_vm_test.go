@@ -456,7 +456,7 @@ func (r *report) traffic(e event) {
 		}
 		r.breaks[e.Why]++
 		if len(r.breakList) < maxBreaks {
-			r.breakList = append(r.breakList, brk{t: t, why: e.Why, server: e.Server, detail: e.Err, faults: faultList(r.start, around)})
+			r.breakList = append(r.breakList, brk{t: from, why: e.Why, server: e.Server, detail: e.Err, faults: faultList(r.start, around)})
 		}
 		if len(around) == 0 {
 			r.unattrBrk++
@@ -499,7 +499,13 @@ func (r *report) violation(inv, detail string, s ...*snapshot) {
 }
 
 func (r *report) violationWith(inv, detail, evidence string, s ...*snapshot) {
+	// Dated by the snapshot that showed it, not by now: gathering the
+	// evidence (probes, logs) takes seconds under emulation, and the
+	// faults around and the VM's stalls are those of the snapshot's time.
 	now := time.Now()
+	if len(s) > 0 && s[0] != nil && !s[0].at.IsZero() {
+		now = s[0].at
+	}
 	var fs []string
 	for _, f := range r.faultsAround(now, 10*time.Second) {
 		fs = append(fs, fmt.Sprintf("%s (at %s)", f, since(r.start, f.start)))
