@@ -55,6 +55,8 @@ type report struct {
 	// sleep that overslept by more than stallMin (software emulation
 	// on a busy host stops the whole guest).
 	stalls []stall
+	// kstats are the kernel's packet-loss counters over the run.
+	kstats *kstats
 	// maxRSS (MiB) and maxGoroutines are the most any daemon reached.
 	maxRSS        float64
 	maxGoroutines float64
@@ -515,6 +517,9 @@ func (r *report) violationWith(inv, detail, evidence string, s ...*snapshot) {
 		state = describe(s[0])
 	}
 	stalled := r.stalledIn(now.Add(-10*time.Second), now)
+	if k := r.kstats.series(now.Add(-10*time.Second), now, r.start); k != "" {
+		evidence += "kernel counters that rose, per sample, in the 10 s before:\n" + k
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.violations = append(r.violations, violation{at: now.Sub(r.start), invariant: inv, detail: detail, faults: fs, state: state,
@@ -572,6 +577,12 @@ func (r *report) String() string {
 	var worst, total time.Duration
 	for _, st := range r.stalls {
 		worst, total = max(worst, st.lag), total+st.lag
+	}
+	if c := r.kstats.cpuSummary(); c != "" {
+		fmt.Fprintf(&b, "the VM's CPU: %s\n", c)
+	}
+	if k := r.kstats.delta(r.start, r.end); k != "" {
+		fmt.Fprintf(&b, "kernel counters over the run: %s\n", k)
 	}
 	fmt.Fprintf(&b, "VM stalls (a 20 ms sleep overslept by over %s): %d, worst %s, %s in all\n", stallMin, len(r.stalls),
 		worst.Round(time.Millisecond), total.Round(time.Millisecond))
