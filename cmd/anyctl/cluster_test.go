@@ -71,7 +71,18 @@ func TestClusterCommandsAgainstADirector(t *testing.T) {
 		t.Errorf("socket mode %v, %v: want 0600", fi.Mode().Perm(), err)
 	}
 
-	out, errOut, code := runCLI("members", "--socket", sock)
+	// The member list shows what the director published in gossip, which
+	// its publisher does after the change (status reads the director
+	// itself): wait for it rather than race it (CI saw "config none",
+	// peers "-" a moment after status said announced).
+	var out, errOut string
+	var code int
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		out, errOut, code = runCLI("members", "--socket", sock)
+		if code == exitOK && strings.Contains(out, "0/1") || time.Now().After(deadline) {
+			break
+		}
+	}
 	if code != exitOK || !strings.Contains(out, "d1*") || !strings.Contains(out, "active") || !strings.Contains(out, "0/1") {
 		t.Errorf("members: %d %q\n%s", code, errOut, out)
 	}
