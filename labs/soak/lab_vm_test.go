@@ -153,6 +153,9 @@ func newLab(t *testing.T, mode string, seed uint64, duration time.Duration, kind
 		}
 	}
 	l.topology()
+	// Before any daemon starts: a daemon's unplanned exit is a violation,
+	// whose evidence reads the counters.
+	l.rep.kstats = l.openKstats()
 	return l
 }
 

@@ -254,7 +254,6 @@ func (l *lab) run() *report {
 
 	stop := make(chan struct{})
 	go l.rep.watchStalls(stop)
-	l.rep.kstats = l.openKstats()
 	go l.rep.kstats.run(stop)
 	checked := make(chan struct{})
 	go func() {
