@@ -106,19 +106,31 @@ type StatusResponse struct {
 
 // BackendView is a real server of a service as this director sees it.
 type BackendView struct {
-	Address       netip.Addr `json:"address"`
-	Port          int        `json:"port"`
-	Weight        int        `json:"weight"`
-	IPVSWeight    *int       `json:"ipvs_weight,omitempty"`
-	Forwarding    string     `json:"forwarding"`
-	Health        string     `json:"health"`
-	Since         time.Time  `json:"since,omitzero"`
-	Detail        string     `json:"detail,omitempty"`
-	Error         string     `json:"error,omitempty"`
-	LatencyMS     float64    `json:"latency_ms,omitempty"`
-	Checks        uint64     `json:"checks"`
-	ActiveConns   int        `json:"active_conns"`
-	InactiveConns int        `json:"inactive_conns"`
+	Address    netip.Addr `json:"address"`
+	Port       int        `json:"port"`
+	Weight     int        `json:"weight"`
+	IPVSWeight *int       `json:"ipvs_weight,omitempty"`
+	Forwarding string     `json:"forwarding"`
+	// Health is what this director's checks say.
+	Health string    `json:"health"`
+	Since  time.Time `json:"since,omitzero"`
+	// Verdict is the health the table was built from (health.verdict):
+	// the directors' checks by majority, DownVotes of Voters holding it
+	// down (this director included).
+	Verdict   string `json:"verdict,omitempty"`
+	DownVotes int    `json:"down_votes,omitempty"`
+	Voters    int    `json:"voters,omitempty"`
+	// DisagreeSince is when this director's checks began to hold the
+	// backend down while the cluster held it up; Overridden, that they
+	// have for health.local_hold and it is down in this director's table.
+	DisagreeSince time.Time `json:"disagree_since,omitzero"`
+	Overridden    bool      `json:"overridden,omitempty"`
+	Detail        string    `json:"detail,omitempty"`
+	Error         string    `json:"error,omitempty"`
+	LatencyMS     float64   `json:"latency_ms,omitempty"`
+	Checks        uint64    `json:"checks"`
+	ActiveConns   int       `json:"active_conns"`
+	InactiveConns int       `json:"inactive_conns"`
 }
 
 // ServiceView is GET /v1/services' element.

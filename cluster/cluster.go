@@ -470,7 +470,7 @@ func (c *Cluster) abort() {
 // metadata spreads with the next gossip, the state (Reason, Announced,
 // StandIn) is sent to every member at once, whole.
 func (c *Cluster) SetMeta(m Meta) {
-	st := MemberState{Reason: m.Reason, Announced: slices.Clone(m.Announced), StandIn: slices.Clone(m.StandIn)}
+	st := MemberState{Reason: m.Reason, Announced: slices.Clone(m.Announced), StandIn: slices.Clone(m.StandIn), Health: m.Health.clone()}
 	c.mu.Lock()
 	stateChanged := !st.same(c.state) || c.state.Seq == 0
 	if stateChanged {
@@ -593,7 +593,7 @@ func (c *Cluster) Members() []Member {
 			st, ok = c.state, true
 		}
 		if ok {
-			mm.Meta.Reason, mm.Meta.Announced, mm.Meta.StandIn = st.Reason, st.Announced, st.StandIn
+			mm.Meta.Reason, mm.Meta.Announced, mm.Meta.StandIn, mm.Meta.Health = st.Reason, st.Announced, st.StandIn, st.Health
 		}
 		out = append(out, mm)
 	}

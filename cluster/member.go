@@ -30,6 +30,9 @@ type Meta struct {
 	AnnouncedCount int      `json:"n"`
 	// StandIn are announced prefixes held for a failed peer (VRRP).
 	StandIn []string `json:"-"`
+	// Health is what the director's own checks say of the backends (nil
+	// from a build without it).
+	Health *HealthReport `json:"-"`
 	// StateSeq is the sequence number of the member's state (Reason,
 	// Announced, StandIn) as it sent it last: a receiver that holds an
 	// older one knows it is stale and asks for it.
@@ -64,14 +67,57 @@ type legacyMeta struct {
 // parts that do not fit 512 bytes (100 VIPs are 1.6 kB), under a sequence
 // number that only grows, so the newest wins wherever it arrives.
 type MemberState struct {
-	Seq       uint64   `json:"q"`
-	Reason    string   `json:"r,omitempty"`
-	Announced []string `json:"a,omitempty"`
-	StandIn   []string `json:"si,omitempty"`
+	Seq       uint64        `json:"q"`
+	Reason    string        `json:"r,omitempty"`
+	Announced []string      `json:"a,omitempty"`
+	StandIn   []string      `json:"si,omitempty"`
+	Health    *HealthReport `json:"h,omitempty"`
 }
 
 func (s MemberState) same(o MemberState) bool {
-	return s.Reason == o.Reason && slices.Equal(s.Announced, o.Announced) && slices.Equal(s.StandIn, o.StandIn)
+	return s.Reason == o.Reason && slices.Equal(s.Announced, o.Announced) && slices.Equal(s.StandIn, o.StandIn) &&
+		s.Health.Equal(o.Health)
+}
+
+// HealthReport is what a director's own checks say of the backends of the
+// services document it applied: the other directors count it as its vote
+// (see director.Verdicts).
+type HealthReport struct {
+	// Config is the short hash of that document: a vote counts only
+	// among directors on the same one (the backends' IDs are its).
+	Config string `json:"c"`
+	// Down are the backends (their health target IDs) the checks hold
+	// down, sorted.
+	Down []string `json:"d,omitempty"`
+	// Undecided is how many backends have no verdict yet (their first
+	// check has not answered): while any has, the report votes no backend
+	// up, only the ones in Down down.
+	Undecided int `json:"u,omitempty"`
+	// TooMany says more than MaxReportDown backends are down: Down is
+	// left empty and the report votes nothing (it is not cut to fit).
+	TooMany bool `json:"x,omitempty"`
+}
+
+// MaxReportDown is the most backends a HealthReport lists down: the
+// report travels to every member with each change, and in every push/pull
+// exchange beside the services document.
+const MaxReportDown = 2048
+
+func (r *HealthReport) clone() *HealthReport {
+	if r == nil {
+		return nil
+	}
+	c := *r
+	c.Down = slices.Clone(r.Down)
+	return &c
+}
+
+// Equal reports whether r and o say the same (nil is no report).
+func (r *HealthReport) Equal(o *HealthReport) bool {
+	if r == nil || o == nil {
+		return r == o
+	}
+	return r.Config == o.Config && r.Undecided == o.Undecided && r.TooMany == o.TooMany && slices.Equal(r.Down, o.Down)
 }
 
 // MetaMaxSize is memberlist's limit on node metadata.

@@ -290,9 +290,26 @@ type Health struct {
 	Rise     int           `mapstructure:"rise" json:"rise"`
 	Fall     int           `mapstructure:"fall" json:"fall"`
 	// Concurrency caps the probes in flight at once.
-	Concurrency int        `mapstructure:"concurrency" json:"concurrency"`
-	Self        SelfHealth `mapstructure:"self" json:"self"`
+	Concurrency int `mapstructure:"concurrency" json:"concurrency"`
+	// Verdict says whose checks decide a backend's health in this
+	// director's table: "cluster" (the default), the directors' checks by
+	// majority, so that every director holds the same table (and mh picks
+	// the same real server everywhere) however one director's checks
+	// err; or "local", this director's own checks alone.
+	Verdict string `mapstructure:"verdict" json:"verdict"`
+	// LocalHold is, with verdict cluster, how long this director's checks
+	// may hold a backend down that the cluster holds up before this
+	// director takes it out of its own table anyway (its path to that
+	// backend may be broken).
+	LocalHold time.Duration `mapstructure:"local_hold" json:"local_hold"`
+	Self      SelfHealth    `mapstructure:"self" json:"self"`
 }
+
+// Health verdicts.
+const (
+	VerdictCluster = "cluster"
+	VerdictLocal   = "local"
+)
 
 // SelfHealth decides whether this director may announce at all.
 type SelfHealth struct {

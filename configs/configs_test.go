@@ -224,6 +224,8 @@ func TestInvalid(t *testing.T) {
 			[]string{"node.conn_sync.enabled: needs node.dataplane: kernel (the memory dataplane has no connections to share)"}},
 		{"bare number duration", map[string]string{"health": "  interval: 2\n"},
 			[]string{"health.interval: 2 is not a duration: give a unit, e.g. 2s"}},
+		{"health verdict and local_hold", map[string]string{"health": "  verdict: mine\n  local_hold: 500ms\n"},
+			[]string{`health.verdict: "mine" is not a verdict (cluster, local)`, "health.local_hold: 500ms is out of range (1s..1h)"}},
 		{"wrong type", map[string]string{"cluster": "  insecure: true\n  port: [1]\n"},
 			[]string{"cluster.port: a list is not a valid integer"}},
 		{"duplicate service", map[string]string{"services": webService + webService},

@@ -24,6 +24,11 @@ const (
 	DefaultDrainTimeout     = 30 * time.Second
 	DefaultAdvertInterval   = time.Second
 	DefaultDNSTTL           = 5 * time.Second
+	// DefaultLocalHold (health.local_hold) is longer than every episode
+	// of one director's checks timing out on a saturated machine that the
+	// soak lab saw (up to 8 s), and short enough to bound what a director
+	// whose own path to a real server broke sends there.
+	DefaultLocalHold = 30 * time.Second
 )
 
 // applyDefaults fills every field the document left out. isSet reports
@@ -161,6 +166,12 @@ func applyDefaults(c *Config, isSet func(path string) bool) {
 	}
 	if h.Concurrency == 0 {
 		h.Concurrency = 1024
+	}
+	if h.Verdict == "" {
+		h.Verdict = VerdictCluster
+	}
+	if h.LocalHold == 0 {
+		h.LocalHold = DefaultLocalHold
 	}
 	for i := range h.Self.Checks {
 		sc := &h.Self.Checks[i]

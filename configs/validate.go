@@ -568,6 +568,12 @@ func (c *checker) health(p string, h *Health) {
 	if h.Concurrency < 1 {
 		c.add(p+".concurrency", "%d must be at least 1", h.Concurrency)
 	}
+	if h.Verdict != VerdictCluster && h.Verdict != VerdictLocal {
+		c.add(p+".verdict", "%q is not a verdict (cluster, local)", h.Verdict)
+	}
+	if h.LocalHold < time.Second || h.LocalHold > time.Hour {
+		c.add(p+".local_hold", "%s is out of range (1s..1h)", h.LocalHold)
+	}
 	if h.Self.Uplink != "" && !ifnameRE.MatchString(h.Self.Uplink) {
 		c.add(p+".self.uplink", "%q is not an interface name", h.Self.Uplink)
 	}

@@ -306,7 +306,7 @@ func (n *Node) StatusView() api.StatusResponse {
 // their entries in IPVS.
 func (n *Node) ServicesView(ctx context.Context) (api.ServicesResponse, error) {
 	n.mu.Lock()
-	services, d := n.services, n.snap.Desired
+	services, d, vd := n.services, n.snap.Desired, n.verdicts
 	n.mu.Unlock()
 	table, err := n.dp.Table(ctx)
 	if err != nil {
@@ -334,7 +334,10 @@ func (n *Node) ServicesView(ctx context.Context) (api.ServicesResponse, error) {
 		for _, b := range s.Backends {
 			bv := api.BackendView{Address: b.Address, Port: b.Port, Weight: b.Weight, Forwarding: firstNonEmpty(b.Forwarding, s.Forwarding), Health: "up"}
 			if s.Health.Type != configs.CheckNone {
-				hs, ok := n.mon.Status(TargetID(s.Name, b))
+				id := TargetID(s.Name, b)
+				bv.Verdict, bv.DownVotes, bv.Voters = vd.States[id].String(), vd.DownVotes[id], vd.Voters
+				bv.DisagreeSince, bv.Overridden = vd.Disagree[id], slices.Contains(vd.Overridden, id)
+				hs, ok := n.mon.Status(id)
 				bv.Health = health.Unknown.String()
 				if ok {
 					bv.Health, bv.Since, bv.Checks = hs.State.String(), hs.Since, hs.Checks

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/anycastd/anycastd/api"
+	"github.com/anycastd/anycastd/cluster"
 	"github.com/anycastd/anycastd/configs"
 	"github.com/anycastd/anycastd/health"
 	"github.com/anycastd/anycastd/ipvs"
@@ -102,9 +103,9 @@ func (n *Node) loop(ctx context.Context, errc <-chan error) error {
 			// same beat.
 			if need = n.evaluateSelf(ctx); !need {
 				n.mu.Lock()
-				cfg, d, doc := n.cfg, n.snap.Desired, n.appliedDoc
+				cfg, d, doc, report := n.cfg, n.snap.Desired, n.appliedDoc, n.report
 				n.mu.Unlock()
-				n.publish(cfg, d, doc)
+				n.publish(cfg, d, doc, report)
 				n.updateDNS(cfg, d, n.cl.Members())
 				continue
 			}
@@ -210,7 +211,12 @@ func (n *Node) step(ctx context.Context) {
 		}
 	}
 	maps.DeleteFunc(n.healthChanged, func(svc string, _ time.Time) bool { _, ok := changed[svc]; return !ok }) // services gone
+	prevVerdicts := n.verdicts
 	n.mu.Unlock()
+	own := n.mon.States()
+	vd := HealthVerdicts(VerdictInput{Self: cfg.Node.Name, Config: hash, Own: own, Members: members,
+		Local: cfg.Health.Verdict == configs.VerdictLocal, Hold: cfg.Health.LocalHold, Since: prevVerdicts.Disagree, Now: now})
+	n.logVerdicts(prevVerdicts, vd, cfg.Health.LocalHold, now)
 	size, sizeWake := NextActiveSize(prevSize, cfg.Node.Name, cfg.Cluster.MaxActive, members, now, n.opts.ActiveStepHold)
 	if size.Size != prevSize.Size || !slices.Equal(size.Disagree, prevSize.Disagree) {
 		n.log.Info("active set size", "size", size.Size, "was", prevSize.Size, "cluster_max_active", size.Target,
@@ -222,7 +228,7 @@ func (n *Node) step(ctx context.Context) {
 		Local: Local{Priority: cfg.Cluster.Priority, Healthy: selfSt.Healthy, Reason: selfSt.Reason(),
 			Drained: drain.Drained, DrainedAt: drain.Since, BehindSince: behindAt,
 			Applied: fmt.Sprintf("v%d/%s", ver, hash), Newest: newest},
-		Backends: n.mon.States(), Failed: failed, Now: now,
+		Backends: vd.States, Failed: failed, Now: now,
 		GracefulShutdown: cfg.Routing.BGP.GracefulShutdown, BehindGrace: n.opts.BehindGrace,
 		Announced: announced, Settling: settling, HealthChanged: changed,
 	}
@@ -240,8 +246,10 @@ func (n *Node) step(ctx context.Context) {
 	default:
 	}
 	d := Plan(in)
-	if !sizeWake.IsZero() {
-		d.WakeAt = earliest(d.WakeAt, sizeWake)
+	for _, w := range []time.Time{sizeWake, vd.WakeAt} {
+		if !w.IsZero() {
+			d.WakeAt = earliest(d.WakeAt, w)
+		}
 	}
 
 	// 1. Withdraw first what is no longer to be announced (before IPVS
@@ -260,10 +268,9 @@ func (n *Node) step(ctx context.Context) {
 	rinfo, newFailed := n.reconcile(ctx, d.Table, now)
 	if !maps2Equal(failed, newFailed) {
 		in.Failed = newFailed
+		wake := d.WakeAt
 		d = Plan(in)
-		if !sizeWake.IsZero() {
-			d.WakeAt = earliest(d.WakeAt, sizeWake)
-		}
+		d.WakeAt = earliest(d.WakeAt, wake)
 	}
 	// 3. Announce.
 	if err := n.ann.Set(ctx, d.Announce); err != nil {
@@ -273,6 +280,12 @@ func (n *Node) step(ctx context.Context) {
 	prev := n.snap.Desired
 	n.lastFailed = newFailed
 	n.activeSize = size
+	n.verdicts = vd
+	var report *cluster.HealthReport
+	if doc != nil {
+		report = healthReport(hash, own)
+	}
+	n.report = report
 	rinfo.Loops = n.snap.Reconcile.Loops + 1
 	n.metrics.loops.Inc()
 	// The table is the reconciler's now (and the kernel's); keeping a
@@ -281,8 +294,29 @@ func (n *Node) step(ctx context.Context) {
 	n.snap = Snapshot{Desired: d, Reconcile: rinfo, At: now}
 	n.mu.Unlock()
 	n.logChanges(prev, d)
-	n.publish(cfg, d, doc)
+	n.publish(cfg, d, doc, report)
 	n.updateDNS(cfg, d, members)
+}
+
+// logVerdicts logs where this director's checks and the cluster's
+// verdict part, where it overrides the cluster, and where they agree
+// again.
+func (n *Node) logVerdicts(prev, vd Verdicts, hold time.Duration, now time.Time) {
+	for t, since := range vd.Disagree {
+		if _, ok := prev.Disagree[t]; !ok {
+			n.log.Info("backend: this director's checks hold it down, most directors' up; it stays in the table",
+				"target", t, "down_votes", vd.DownVotes[t], "voters", vd.Voters, "local_hold", hold)
+		}
+		if slices.Contains(vd.Overridden, t) && !slices.Contains(prev.Overridden, t) {
+			n.log.Warn("backend: this director's checks have held it down for local_hold while most directors hold it up; taken out of this director's table",
+				"target", t, "for", now.Sub(since).Round(time.Millisecond), "down_votes", vd.DownVotes[t], "voters", vd.Voters)
+		}
+	}
+	for t := range prev.Disagree {
+		if _, ok := vd.Disagree[t]; !ok {
+			n.log.Info("backend: this director's checks and the cluster's verdict agree again", "target", t)
+		}
+	}
 }
 
 // keepAnnounced is what is announced now and still wanted, with the

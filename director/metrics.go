@@ -72,6 +72,8 @@ var (
 	descVRRPRej = prometheus.NewDesc("anycastd_vrrp_rejected_adverts_total", "Advertisements for the VRRP instance dropped as misconfigured, by reason (version, auth, interval, addresses, vrid, malformed): a peer that is not heard, so both may be master.", []string{"vrid", "reason"}, nil)
 	descBFDFl   = prometheus.NewDesc("anycastd_bfd_flaps_total", "Times this director took the BGP session with the peer down because BFD found the path failed (its own detection, or the peer's BFD reporting a failure; never an AdminDown).", []string{"peer"}, nil)
 	descBFD     = prometheus.NewDesc("anycastd_bfd_up", "1 if the BFD session with the peer is up.", []string{"peer"}, nil)
+	descDisagr  = prometheus.NewDesc("anycastd_backends_disagreeing", "Backends this director's checks hold down while most directors' hold them up (health.verdict cluster); overridden: held down that long (health.local_hold) and taken out of this director's table.", []string{"state"}, nil)
+	descVoters  = prometheus.NewDesc("anycastd_backend_verdict_voters", "Directors whose health reports decide the backends' verdicts here, this one included (1: its own checks alone).", nil, nil)
 	descBackend = prometheus.NewDesc("anycastd_backend_up", "1 if the backend passes its health check here (rise/fall applied), 0 if down or not checked yet.", []string{"service", "backend"}, nil)
 	descLatency = prometheus.NewDesc("anycastd_backend_probe_latency_seconds", "Latency of the backend's last health probe.", []string{"service", "backend"}, nil)
 	descProbes  = prometheus.NewDesc("anycastd_backend_probes_total", "Health probes run against the backend.", []string{"service", "backend"}, nil)
@@ -90,7 +92,7 @@ type stateCollector struct{ n *Node }
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descMembers, descRole, descHealthy, descCheck, descDrained, descEligib, descConfig, descVIP, descVIPWhy, descSyncd,
 		descPeerUp, descFlaps, descVRRP, descVRRPFl, descVRRPRej, descBFD, descBFDFl, descBackend, descLatency, descProbes, descConns, descInPkts, descInBytes, descOutPkts, descOutByte,
-		descActive, descInact, descWeight} {
+		descActive, descInact, descWeight, descDisagr, descVoters} {
 		ch <- d
 	}
 }
@@ -121,7 +123,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	n.mu.Lock()
 	d, selfSt, drained, doc, services, cs := n.snap.Desired, n.selfSt, n.drain.Drained, n.appliedDoc, n.services, n.connSync
+	vd := n.verdicts
 	n.mu.Unlock()
+	ch <- gauge(descDisagr, float64(len(vd.Disagree)-len(vd.Overridden)), "held_up")
+	ch <- gauge(descDisagr, float64(len(vd.Overridden)), "overridden")
+	ch <- gauge(descVoters, float64(max(vd.Voters, 1)))
 	if cs.managed {
 		for _, w := range []ipvs.SyncState{ipvs.SyncMaster, ipvs.SyncBackup} {
 			i := slices.IndexFunc(cs.want, func(d ipvs.SyncDaemon) bool { return d.State == w })

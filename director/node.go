@@ -60,6 +60,9 @@ type Options struct {
 	// change (default 8s: anyctl waits 10s for an answer).
 	ApplyWait time.Duration
 	Now       func() time.Time
+	// newProbe builds the real servers' probes (tests: a director whose
+	// checks of one backend fail while the others' pass); nil: health.New.
+	newProbe func(configs.Check, health.Target) (health.Probe, error)
 }
 
 // Node is one director: it owns the control loop that joins config,
@@ -123,6 +126,12 @@ type Node struct {
 	// healthChanged is when a backend of each service last went up or
 	// down (noteHealth), for Plan's settling hold.
 	healthChanged map[string]time.Time
+	// verdicts are the backends' health the last turn built the table
+	// from (HealthVerdicts).
+	verdicts Verdicts
+	// report is what this director's checks said on the last turn, as it
+	// publishes it.
+	report *cluster.HealthReport
 	// ipvsReadFailing is when reads of the IPVS table began to fail
 	// (zero: the last one worked); retryAt wakes the loop to read again.
 	ipvsReadFailing time.Time
@@ -244,7 +253,11 @@ func New(o Options) (*Node, error) {
 		return nil, err
 	}
 
-	n.mon = health.NewMonitor(n.log.With("part", "health"), cfg.Health.Concurrency)
+	newProbe := n.opts.newProbe
+	if newProbe == nil {
+		newProbe = health.New
+	}
+	n.mon = health.NewMonitorWith(n.log.With("part", "health"), cfg.Health.Concurrency, newProbe)
 	n.self = health.NewSelf(n.log.With("part", "self"))
 	// IPVS reachable: the outcome of the loop's last read of the table
 	// (every reconcile reads it), not a read of its own: with 10,000

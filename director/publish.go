@@ -42,7 +42,7 @@ func (n *Node) updateDNS(cfg *configs.Config, d Desired, members []cluster.Membe
 	n.dns.SetLive(live)
 }
 
-func (n *Node) publish(cfg *configs.Config, d Desired, doc *cluster.Document) {
+func (n *Node) publish(cfg *configs.Config, d Desired, doc *cluster.Document, report *cluster.HealthReport) {
 	st := n.ann.Status()
 	m := cluster.Meta{
 		Priority: cfg.Cluster.Priority, MaxActive: cfg.Cluster.MaxActive, Healthy: d.Eligible, Reason: d.Reason,
@@ -55,6 +55,7 @@ func (n *Node) publish(cfg *configs.Config, d Desired, doc *cluster.Document) {
 	n.mu.Unlock()
 	if doc != nil {
 		m.ConfigVersion, m.ConfigHash = doc.Version, doc.Short()
+		m.Health = report
 	}
 	for _, a := range st.Announced {
 		m.Announced = append(m.Announced, a.Prefix.String())

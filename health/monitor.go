@@ -96,6 +96,12 @@ func (e *entry) status() Status {
 
 // NewMonitor returns a monitor with at most concurrency probes in flight.
 func NewMonitor(log *slog.Logger, concurrency int) *Monitor {
+	return NewMonitorWith(log, concurrency, New)
+}
+
+// NewMonitorWith is NewMonitor with probes built by newProbe in place of
+// New (a test's scripted probes, or New's wrapped).
+func NewMonitorWith(log *slog.Logger, concurrency int, newProbe func(configs.Check, Target) (Probe, error)) *Monitor {
 	return &Monitor{
 		log:      log,
 		workers:  max(concurrency, 1),
@@ -103,7 +109,7 @@ func NewMonitor(log *slog.Logger, concurrency int) *Monitor {
 		subs:     map[*Subscription]bool{},
 		wake:     make(chan struct{}, 1),
 		rnd:      rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
-		newProbe: New,
+		newProbe: newProbe,
 	}
 }
 

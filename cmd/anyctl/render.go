@@ -250,7 +250,7 @@ func renderServices(w io.Writer, r api.ServicesResponse, now time.Time) {
 		fmt.Fprintf(w, "\n%s  %s  %s %s  check %s  %d/%d up (quorum %d)  %s%s\n", s.Name, key, s.Scheduler, s.Forwarding,
 			s.Check, s.Up, len(s.Backends), s.Quorum, ann, ipvs)
 		tw := table(w)
-		fmt.Fprintln(tw, "  BACKEND\tWEIGHT\tIPVS\tHEALTH\tSINCE\tACTIVE\tINACT\tLAST")
+		fmt.Fprintln(tw, "  BACKEND\tWEIGHT\tIPVS\tHEALTH\tSINCE\tVERDICT\tACTIVE\tINACT\tLAST")
 		for _, b := range s.Backends {
 			addr := fmt.Sprintf("%s:%d", b.Address, b.Port)
 			if b.Address.Is6() {
@@ -267,11 +267,27 @@ func renderServices(w io.Writer, r api.ServicesResponse, now time.Time) {
 			if b.LatencyMS > 0 {
 				last = fmt.Sprintf("%s (%.1fms)", last, b.LatencyMS)
 			}
-			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t%d\t%d\t%s\n", addr, b.Weight, iw, b.Health, age(now, b.Since),
-				b.ActiveConns, b.InactiveConns, orDash(strings.TrimSpace(last)))
+			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", addr, b.Weight, iw, b.Health, age(now, b.Since),
+				verdict(now, b), b.ActiveConns, b.InactiveConns, orDash(strings.TrimSpace(last)))
 		}
 		tw.Flush()
 	}
+}
+
+// verdict is the health a backend's table entry was built from, with the
+// directors' votes when any held it down: "up (1/4 down)", or "down here
+// 35s (cluster up, 1/4 down)" when this director's checks overrode the
+// cluster's after health.local_hold.
+func verdict(now time.Time, b api.BackendView) string {
+	switch {
+	case b.Verdict == "":
+		return "-"
+	case b.Overridden:
+		return fmt.Sprintf("down here %s (cluster up, %d/%d down)", age(now, b.DisagreeSince), b.DownVotes, b.Voters)
+	case b.DownVotes > 0 && b.Voters > 1:
+		return fmt.Sprintf("%s (%d/%d down)", b.Verdict, b.DownVotes, b.Voters)
+	}
+	return b.Verdict
 }
 
 // serviceNames lists names in a stable order, for summaries.

@@ -73,10 +73,13 @@ func TestRenderServicesGolden(t *testing.T) {
 		{Name: "web-http", VIP: netip.MustParseAddr("198.51.100.1"), Protocol: "tcp", Port: 80, Scheduler: "mh", Forwarding: "dr",
 			Check: "http", Quorum: 2, Up: 2, InIPVS: true, Announced: true, Backends: []api.BackendView{
 				{Address: netip.MustParseAddr("10.1.0.11"), Port: 80, Weight: 1, IPVSWeight: w(1), Health: "up", Since: now.Add(-3 * time.Hour),
-					Detail: "HTTP 200", LatencyMS: 1.25, ActiveConns: 120, InactiveConns: 30},
+					Verdict: "up", Voters: 4, Detail: "HTTP 200", LatencyMS: 1.25, ActiveConns: 120, InactiveConns: 30},
 				{Address: netip.MustParseAddr("10.1.0.12"), Port: 80, Weight: 1, IPVSWeight: w(0), Health: "down", Since: now.Add(-40 * time.Second),
-					Error: "GET /healthz: HTTP 503, want 200", LatencyMS: 3.5, ActiveConns: 4},
-				{Address: netip.MustParseAddr("10.1.0.13"), Port: 80, Weight: 1, IPVSWeight: w(1), Health: "up", Since: now.Add(-3 * time.Hour), Detail: "HTTP 200"},
+					Verdict: "down", DownVotes: 4, Voters: 4, Error: "GET /healthz: HTTP 503, want 200", LatencyMS: 3.5, ActiveConns: 4},
+				{Address: netip.MustParseAddr("10.1.0.13"), Port: 80, Weight: 1, IPVSWeight: w(1), Health: "down", Since: now.Add(-12 * time.Second),
+					Verdict: "up", DownVotes: 1, Voters: 4, DisagreeSince: now.Add(-12 * time.Second), Error: "dial tcp 10.1.0.13:80: i/o timeout"},
+				{Address: netip.MustParseAddr("10.1.0.14"), Port: 80, Weight: 1, IPVSWeight: w(0), Health: "down", Since: now.Add(-45 * time.Second),
+					Verdict: "down", DownVotes: 1, Voters: 4, DisagreeSince: now.Add(-45 * time.Second), Overridden: true, Error: "dial tcp 10.1.0.14:80: connect: no route to host"},
 			}},
 		{Name: "marked", VIP: netip.MustParseAddr("198.51.100.4"), FWMark: 100, Scheduler: "sh", Forwarding: "dr",
 			Check: "none", Quorum: 1, Up: 1, InIPVS: false, Backends: []api.BackendView{

@@ -1,0 +1,355 @@
+package director
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/anycastd/anycastd/api"
+	"github.com/anycastd/anycastd/cluster"
+	"github.com/anycastd/anycastd/configs"
+	"github.com/anycastd/anycastd/health"
+	"github.com/anycastd/anycastd/ipvs"
+)
+
+// member is a live director on config "c1" whose checks report down
+// (nil report when down is "-"); a "?" in down marks it undecided.
+func member(name string, down ...string) cluster.Member {
+	m := cluster.Member{Name: name, State: cluster.StateAlive}
+	if len(down) == 1 && down[0] == "-" {
+		return m
+	}
+	r := &cluster.HealthReport{Config: "c1"}
+	for _, d := range down {
+		if d == "?" {
+			r.Undecided++
+			continue
+		}
+		r.Down = append(r.Down, d)
+	}
+	m.Meta.Health = r
+	return m
+}
+
+func states(s string) map[string]health.State {
+	out := map[string]health.State{}
+	for _, f := range strings.Fields(s) {
+		id, st, _ := strings.Cut(f, "=")
+		out[id] = map[string]health.State{"up": health.Up, "down": health.Down, "?": health.Unknown}[st]
+	}
+	return out
+}
+
+func TestHealthVerdicts(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	hold := 30 * time.Second
+	cases := []struct {
+		name    string
+		own     string
+		members []cluster.Member
+		local   bool
+		since   map[string]time.Time
+		now     time.Time
+		want    string
+		// disagree and overridden are the targets, sorted.
+		disagree, overridden string
+		voters               int
+	}{
+		{name: "alone: own checks decide", own: "a=up b=down c=?",
+			want: "a=up b=down c=?", voters: 1},
+		{name: "the soak's case: one director's check times out, the others' pass: it stays up here",
+			own: "a=down b=up", members: []cluster.Member{member("d2"), member("d3"), member("d4")},
+			want: "a=up b=up", disagree: "a", voters: 4},
+		{name: "and the others keep it up too (this director is one vote down)",
+			own: "a=up b=up", members: []cluster.Member{member("d2", "a"), member("d3"), member("d4")},
+			want: "a=up b=up", voters: 4},
+		{name: "a backend that failed: down once most directors see it",
+			own: "a=down", members: []cluster.Member{member("d2", "a"), member("d3", "a"), member("d4")},
+			want: "a=down", voters: 4},
+		{name: "half and half is up (two directors: one failing check is not enough)",
+			own: "a=down", members: []cluster.Member{member("d2")},
+			want: "a=up", disagree: "a", voters: 2},
+		{name: "half and half, this director up: up, no disagreement here",
+			own: "a=up", members: []cluster.Member{member("d2", "a")},
+			want: "a=up", voters: 2},
+		{name: "held down past local_hold: out of this director's table",
+			own: "a=down b=up", members: []cluster.Member{member("d2"), member("d3")},
+			since: map[string]time.Time{"a": t0.Add(-hold)}, now: t0,
+			want: "a=down b=up", disagree: "a", overridden: "a", voters: 3},
+		{name: "held down, not yet local_hold",
+			own: "a=down", members: []cluster.Member{member("d2"), member("d3")},
+			since: map[string]time.Time{"a": t0.Add(-hold + time.Millisecond)}, now: t0,
+			want: "a=up", disagree: "a", voters: 3},
+		{name: "a restarted director takes the cluster's verdict before its first checks",
+			own: "a=? b=?", members: []cluster.Member{member("d2", "a"), member("d3", "a")},
+			want: "a=down b=up", voters: 3},
+		{name: "undecided reports vote down, never up",
+			own: "a=down b=?", members: []cluster.Member{member("d2", "?")},
+			want: "a=down b=?", voters: 2},
+		{name: "undecided reports: their down votes count",
+			own: "a=up", members: []cluster.Member{member("d2", "a", "?"), member("d3", "a", "?")},
+			want: "a=down", voters: 3},
+		{name: "reports on another config, from dead, bad or old members do not count",
+			own: "a=down", members: []cluster.Member{
+				{Name: "d2", State: cluster.StateAlive, Meta: cluster.Meta{Health: &cluster.HealthReport{Config: "c0"}}},
+				{Name: "d3", State: cluster.StateDead, Meta: cluster.Meta{Health: &cluster.HealthReport{Config: "c1"}}},
+				{Name: "d4", State: cluster.StateAlive, Bad: "wrong key", Meta: cluster.Meta{Health: &cluster.HealthReport{Config: "c1"}}},
+				member("d5", "-"),
+				{Name: "d6", State: cluster.StateAlive, Meta: cluster.Meta{Health: &cluster.HealthReport{Config: "c1", TooMany: true}}},
+			},
+			want: "a=down", voters: 1},
+		{name: "this director's own old report in the view is not a second vote",
+			own: "a=down", members: []cluster.Member{member("d1"), member("d2")},
+			want: "a=up", disagree: "a", voters: 2},
+		{name: "a director listing a backend twice is one vote",
+			own: "a=up", members: []cluster.Member{member("d2", "a", "a"), member("d3")},
+			want: "a=up", voters: 3},
+		{name: "local: own checks decide whatever the others say",
+			own: "a=down b=up", members: []cluster.Member{member("d2"), member("d3", "b"), member("d4", "b")}, local: true,
+			want: "a=down b=up", voters: 1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			now := c.now
+			if now.IsZero() {
+				now = t0
+			}
+			v := HealthVerdicts(VerdictInput{Self: "d1", Config: "c1", Own: states(c.own), Members: c.members,
+				Local: c.local, Hold: hold, Since: c.since, Now: now})
+			if want := states(c.want); !maps.Equal(v.States, want) {
+				t.Errorf("states %v, want %v", v.States, want)
+			}
+			if got := strings.Join(slices.Sorted(maps.Keys(v.Disagree)), " "); got != c.disagree {
+				t.Errorf("disagree %q, want %q", got, c.disagree)
+			}
+			if got := strings.Join(v.Overridden, " "); got != c.overridden {
+				t.Errorf("overridden %q, want %q", got, c.overridden)
+			}
+			if v.Voters != c.voters {
+				t.Errorf("voters %d, want %d", v.Voters, c.voters)
+			}
+			for id, since := range v.Disagree {
+				want := now
+				if s, ok := c.since[id]; ok {
+					want = s
+				}
+				if !since.Equal(want) {
+					t.Errorf("%s disagrees since %v, want %v", id, since, want)
+				}
+				if !slices.Contains(v.Overridden, id) && !v.WakeAt.Equal(since.Add(hold)) {
+					t.Errorf("wake at %v, want %v (local_hold's end)", v.WakeAt, since.Add(hold))
+				}
+			}
+		})
+	}
+}
+
+func TestHealthReport(t *testing.T) {
+	r := healthReport("c1", states("b=down a=down c=up d=?"))
+	want := &cluster.HealthReport{Config: "c1", Down: []string{"a", "b"}, Undecided: 1}
+	if !r.Equal(want) {
+		t.Fatalf("report %+v, want %+v", r, want)
+	}
+	many := map[string]health.State{}
+	for i := range cluster.MaxReportDown + 1 {
+		many[strings.Repeat("x", i+1)] = health.Down
+	}
+	if r := healthReport("c1", many); !r.TooMany || r.Down != nil {
+		t.Fatalf("a report of %d down: %+v, want TooMany and no list", len(many), r)
+	}
+	// What this director reports is what the others count: a round
+	// trip through HealthVerdicts on another director.
+	v := HealthVerdicts(VerdictInput{Self: "d2", Config: "c1", Own: states("a=up b=up c=up d=up"),
+		Members: []cluster.Member{{Name: "d1", State: cluster.StateAlive, Meta: cluster.Meta{Health: r}},
+			member("d3", "a", "b")}})
+	if want := states("a=down b=down c=up d=up"); !maps.Equal(v.States, want) {
+		t.Fatalf("states %v, want %v", v.States, want)
+	}
+}
+
+// failingProbes makes this director's probes of one port fail while fail
+// is set, the way a busy director's checks time out while the others'
+// pass.
+type failingProbes struct {
+	port int
+	fail atomic.Bool
+}
+
+func (f *failingProbes) newProbe(c configs.Check, t health.Target) (health.Probe, error) {
+	p, err := health.New(c, t)
+	if err != nil || int(t.Addr.Port()) != f.port {
+		return p, err
+	}
+	return probeFunc(func(ctx context.Context) health.Result {
+		if f.fail.Load() {
+			return health.Result{Err: errors.New("scripted: this director's check fails")}
+		}
+		return p.Check(ctx)
+	}), nil
+}
+
+type probeFunc func(ctx context.Context) health.Result
+
+func (f probeFunc) Check(ctx context.Context) health.Result { return f(ctx) }
+
+// weights is a director's IPVS table as "port:weight" per destination.
+func weights(t *testing.T, tn *testNode) string {
+	t.Helper()
+	tab, err := tn.dp.Table(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, s := range tab.Services {
+		for _, d := range s.Destinations {
+			out = append(out, fmt.Sprintf("%d:%d", d.Port, d.Weight))
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+// One director's checks of a backend fail while the others' pass: every
+// director's table keeps it (the same table everywhere, so mh picks the
+// same real server on each), the director says it disagrees, and only
+// after health.local_hold does it take the backend out of its own table.
+// A backend that really fails goes out of every table. Before the
+// verdicts were shared, that director zeroed the backend at once, alone.
+func TestOneDirectorsFailingCheckKeepsTablesEqual(t *testing.T) {
+	b1, b2 := newBackend(t), newBackend(t)
+	p1, p2 := strings.Split(b1.addr, ":")[1], strings.Split(b2.addr, ":")[1]
+	svc := fmt.Sprintf(`
+  - name: web
+    vip: 192.0.2.1
+    port: 80
+    quorum: 1
+    forwarding: nat
+    backends: [{address: 127.0.0.1, port: %s}, {address: 127.0.0.1, port: %s}]
+    health: {type: tcp}
+`, p1, p2)
+	port1, _ := strconv.Atoi(p1)
+	fp := &failingProbes{port: port1}
+	var nodes []*testNode
+	for i := 1; i <= 3; i++ {
+		cfg := nodeConfig(t, fmt.Sprintf("d%d", i), svc, "")
+		cfg.Health.LocalHold = 3 * time.Second
+		var opt func(*Options)
+		if i == 1 {
+			opt = func(o *Options) { o.newProbe = fp.newProbe }
+		}
+		var seeds []*testNode
+		if i > 1 {
+			seeds = nodes[:1]
+		}
+		nodes = append(nodes, startNodeOpts(t, cfg, &recorder{}, ipvs.NewMemory(), opt, seeds...))
+	}
+	d1 := nodes[0]
+	both := fmt.Sprintf("%s:1 %s:1", p1, p2)
+	tables := func(want ...string) func() error {
+		return func() error {
+			for i, tn := range nodes {
+				if got := weights(t, tn); got != want[i] {
+					return fmt.Errorf("d%d's table %q, want %q", i+1, got, want[i])
+				}
+			}
+			return nil
+		}
+	}
+	waitFor(t, 15*time.Second, "every table with both backends up, d2's and d3's reports at d1", func() error {
+		if err := tables(both, both, both)(); err != nil {
+			return err
+		}
+		ms := d1.n.Cluster().Members()
+		if len(ms) != 3 {
+			return fmt.Errorf("d1 sees %d members", len(ms))
+		}
+		for _, m := range ms {
+			if m.Name != "d1" && (m.Meta.Health == nil || m.Meta.Health.Undecided > 0) {
+				return fmt.Errorf("%s's report at d1: %+v", m.Name, m.Meta.Health)
+			}
+		}
+		return nil
+	})
+
+	fp.fail.Store(true)
+	id := TargetID("web", configs.Backend{Address: mustAddr("127.0.0.1"), Port: port1})
+	waitFor(t, 5*time.Second, "d1's check holding the backend down", func() error {
+		if st, _ := d1.n.mon.Status(id); st.State != health.Down {
+			return fmt.Errorf("d1's check says %v", st.State)
+		}
+		return nil
+	})
+	seen := time.Now()
+	// Until local_hold (3 s) has passed, every table keeps it.
+	for time.Since(seen) < time.Second {
+		if err := tables(both, both, both)(); err != nil {
+			t.Fatalf("%v after d1's check held the backend down %s", err, time.Since(seen).Round(time.Millisecond))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	sv, err := d1.n.ServicesView(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := sv.Services[0].Backends[0]; b.Health != "down" || b.Verdict != "up" || b.DownVotes != 1 || b.Voters != 3 ||
+		b.DisagreeSince.IsZero() || b.Overridden {
+		t.Fatalf("d1's view of the backend: %+v, want its check down, verdict up by 1/3 down, disagreeing, not overridden", b)
+	}
+	if sv.Services[0].Up != 2 {
+		t.Fatalf("d1 counts %d backends up for the quorum, want 2 (the verdict's)", sv.Services[0].Up)
+	}
+
+	// Past local_hold, d1 alone takes it out.
+	zeroed := fmt.Sprintf("%s:0 %s:1", p1, p2)
+	waitFor(t, 10*time.Second, "d1 alone overriding after local_hold", tables(zeroed, both, both))
+	if b := mustServices(t, d1).Services[0].Backends[0]; !b.Overridden || b.Verdict != "down" {
+		t.Fatalf("d1's view: %+v, want overridden, down", b)
+	}
+	fp.fail.Store(false)
+	waitFor(t, 10*time.Second, "d1 back to the cluster's table once its check passes", tables(both, both, both))
+
+	// A backend that really fails leaves every table.
+	b2.stop()
+	waitFor(t, 10*time.Second, "the stopped backend out of every table", tables(
+		fmt.Sprintf("%s:1 %s:0", p1, p2), fmt.Sprintf("%s:1 %s:0", p1, p2), fmt.Sprintf("%s:1 %s:0", p1, p2)))
+}
+
+func mustServices(t *testing.T, tn *testNode) api.ServicesResponse {
+	t.Helper()
+	sv, err := tn.n.ServicesView(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sv
+}
+
+// BenchmarkHealthVerdicts is a turn's cost on 10,000 backends and eight
+// directors, two of which hold ten of them down.
+func BenchmarkHealthVerdicts(b *testing.B) {
+	own := map[string]health.State{}
+	for i := range 10000 {
+		own[fmt.Sprintf("svc%d/10.1.%d.%d:80", i/10, i/250, i%250)] = health.Up
+	}
+	var down []string
+	for t := range own {
+		if len(down) == 10 {
+			break
+		}
+		down = append(down, t)
+	}
+	members := []cluster.Member{member("d2", down...), member("d3", down...)}
+	for i := 4; i <= 8; i++ {
+		members = append(members, member(fmt.Sprintf("d%d", i)))
+	}
+	in := VerdictInput{Self: "d1", Config: "c1", Own: own, Members: members, Hold: time.Second, Now: time.Unix(1000, 0)}
+	b.ReportAllocs()
+	for b.Loop() {
+		HealthVerdicts(in)
+	}
+}
