@@ -345,7 +345,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 				}
 				continue
 			}
-			n, err := ml.Join(seeds)
+			n, err := c.joinAny(ml, seeds)
 			if err == nil || n > 0 {
 				joined = true
 				close(c.joined)
@@ -362,6 +362,34 @@ func (c *Cluster) Run(ctx context.Context) error {
 			retry.Reset(2 * time.Second)
 		}
 	}
+}
+
+// joinAny joins through every seed at once and returns as soon as one
+// answers (the others go on in the background), or when all have failed.
+// memberlist's Join tries them one after another, each up to its TCP
+// timeout: a director restarted while two seeds were unreachable (gossip
+// partitioned, a director blackholed) waited 4 s before its first turn,
+// serving the table its previous run left in the kernel (the soak lab).
+func (c *Cluster) joinAny(ml *memberlist.Memberlist, seeds []string) (int, error) {
+	type result struct {
+		n   int
+		err error
+	}
+	res := make(chan result, len(seeds))
+	for _, s := range seeds {
+		if !c.background(func() { n, err := ml.Join([]string{s}); res <- result{n, err} }) {
+			res <- result{err: errors.New("stopping")}
+		}
+	}
+	var errs []error
+	for range seeds {
+		r := <-res
+		if r.n > 0 {
+			return r.n, nil
+		}
+		errs = append(errs, r.err)
+	}
+	return 0, errors.Join(errs...)
 }
 
 // reconnectInterval is how often dead members are called again, for
@@ -513,14 +541,15 @@ func (c *Cluster) publishMeta(ml *memberlist.Memberlist, stop <-chan struct{}) {
 }
 
 // background runs f as work Run owns (see bg); it is not started once
-// Run is on its way out.
-func (c *Cluster) background(f func()) {
+// Run is on its way out (false).
+func (c *Cluster) background(f func()) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.bgClosed {
-		return
+		return false
 	}
 	c.bg.Go(f)
+	return true
 }
 
 // sendReliable sends msg to node over TCP in the background; what is

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -323,4 +324,42 @@ func TestClusterRejectsInvalidDocument(t *testing.T) {
 		t.Errorf("forged document applied: %+v", got)
 	}
 	var _ = configs.Service{}
+}
+
+// A member restarted while some seeds do not answer (partitioned,
+// blackholed: the TCP handshake completes or hangs, no reply comes)
+// joins through the first that does, not after each silent one's timeout
+// in turn.
+func TestJoinDoesNotWaitForSilentSeeds(t *testing.T) {
+	tc := newTestCluster(t)
+	tc.start("a", nil, "")
+	var silent []string
+	for range 3 {
+		// Listening, never accepting: the handshake completes in the
+		// backlog and memberlist waits for an answer that never comes.
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		silent = append(silent, l.Addr().String())
+	}
+	tc.adjust = func(o *Options) {
+		o.Seeds = append(slices.Clone(silent), o.Seeds...)
+	}
+	start := time.Now()
+	b := tc.start("b", nil, "", "a")
+	// One after another, the silent seeds take 3 x memberlist's TCP
+	// timeout (2 s) before a is tried.
+	select {
+	case <-b.c.Joined():
+	case <-time.After(4 * time.Second):
+		t.Fatalf("not joined %s after start, with a answering from the start", time.Since(start).Round(time.Millisecond))
+	}
+	eventually(t, 5*time.Second, "a and b see each other", func() error {
+		if got := alive(b.c.Members()); len(got) != 2 {
+			return fmt.Errorf("b sees %v", got)
+		}
+		return nil
+	})
 }
