@@ -570,6 +570,12 @@ type stateMsg struct {
 
 // sendState sends this member's state to the members named, or to every
 // live member (nil), over TCP: it may be far larger than a gossip packet.
+// To every member, it is gossiped as well when it fits a packet
+// (maxGossipState): a TCP connection that loses its SYN waits a second or
+// three to retry, and on a saturated host (the soak lab's VM) a health
+// report took two seconds to reach some members while their tables
+// differed; gossip sends it to a few members every GossipInterval, several
+// times over.
 func (c *Cluster) sendState(to []string) {
 	c.mu.Lock()
 	ml := c.ml
@@ -579,6 +585,9 @@ func (c *Cluster) sendState(to []string) {
 		return
 	}
 	msg := append([]byte{msgState}, b...)
+	if to == nil && len(msg) <= maxGossipState {
+		c.queue.QueueBroadcast(stateBroadcast(msg))
+	}
 	for _, nc := range c.peers() {
 		if to != nil && !slices.Contains(to, nc.Name) {
 			continue
@@ -1287,6 +1296,22 @@ func (b noticeBroadcast) Invalidates(o memberlist.Broadcast) bool {
 }
 func (b noticeBroadcast) Message() []byte { return b }
 func (b noticeBroadcast) Finished()       {}
+
+// stateBroadcast is this member's state, gossiped: a newer one replaces
+// one still in the queue.
+type stateBroadcast []byte
+
+func (b stateBroadcast) Invalidates(o memberlist.Broadcast) bool {
+	_, ok := o.(stateBroadcast)
+	return ok
+}
+func (b stateBroadcast) Message() []byte { return b }
+func (b stateBroadcast) Finished()       {}
+
+// maxGossipState is the largest state message gossiped as well as sent:
+// memberlist packs broadcasts into UDP packets of 1,400 bytes with its own
+// headers and the encryption's.
+const maxGossipState = 1000
 
 // queueNotice gossips that d exists, so that members that missed it (a
 // direct send lost, a healed partition) ask for it. Every member that

@@ -363,3 +363,35 @@ func TestJoinDoesNotWaitForSilentSeeds(t *testing.T) {
 		return nil
 	})
 }
+
+// A member's state reaches the others by gossip too, not only over TCP:
+// here a refuses every TCP stream (its stream limit is 0) and the
+// push/pull exchange is a minute away, so what b's state says can reach a
+// only by gossip.
+func TestStateIsGossiped(t *testing.T) {
+	tc := newTestCluster(t)
+	tc.adjust = func(o *Options) { o.Timing = LANTiming; o.Timing.PushPull = time.Minute }
+	b := tc.start("b", nil, "")
+	tc.adjust = func(o *Options) {
+		o.Timing = LANTiming
+		o.Timing.PushPull = time.Minute
+		o.streams = streamLimits{perStream: MaxStreamBytes, budget: streamBudget, streams: 0}
+	}
+	a := tc.start("a", nil, "", "b")
+	eventually(t, 5*time.Second, "a and b see each other", func() error {
+		if got := alive(a.c.Members()); len(got) != 2 {
+			return fmt.Errorf("a sees %v", got)
+		}
+		return nil
+	})
+	report := &HealthReport{Config: "c1", Down: []string{"web/10.1.0.11:80"}}
+	b.c.SetMeta(Meta{Priority: 100, Healthy: true, Reason: "gossiped", Health: report})
+	eventually(t, 5*time.Second, "b's state at a", func() error {
+		for _, m := range a.c.Members() {
+			if m.Name == "b" && (m.Meta.Reason != "gossiped" || !m.Meta.Health.Equal(report)) {
+				return fmt.Errorf("a holds b's reason %q, report %+v", m.Meta.Reason, m.Meta.Health)
+			}
+		}
+		return nil
+	})
+}
