@@ -80,11 +80,11 @@ func (s MemberState) same(o MemberState) bool {
 }
 
 // HealthReport is what a director's own checks say of the backends of the
-// services document it applied: the other directors count it as its vote
+// services it applied: the other directors count it as its vote
 // (see director.Verdicts).
 type HealthReport struct {
-	// Config is the short hash of that document: a vote counts only
-	// among directors on the same one (the backends' IDs are its).
+	// Config names the set of backends checked (director.TargetSet): a
+	// vote counts only among directors checking the same set.
 	Config string `json:"c"`
 	// Down are the backends (their health target IDs) the checks hold
 	// down, sorted.

@@ -214,7 +214,10 @@ func (n *Node) step(ctx context.Context) {
 	prevVerdicts := n.verdicts
 	n.mu.Unlock()
 	own := n.mon.States()
-	vd := HealthVerdicts(VerdictInput{Self: cfg.Node.Name, Config: hash, Own: own, Members: members,
+	if n.targets.doc != hash || n.targets.set == "" {
+		n.targets = targetSet{doc: hash, set: TargetSet(services)}
+	}
+	vd := HealthVerdicts(VerdictInput{Self: cfg.Node.Name, Config: n.targets.set, Own: own, Members: members,
 		Local: cfg.Health.Verdict == configs.VerdictLocal, Hold: cfg.Health.LocalHold, Since: prevVerdicts.Disagree, Now: now})
 	n.logVerdicts(prevVerdicts, vd, cfg.Health.LocalHold, now)
 	size, sizeWake := NextActiveSize(prevSize, cfg.Node.Name, cfg.Cluster.MaxActive, members, now, n.opts.ActiveStepHold)
@@ -283,7 +286,7 @@ func (n *Node) step(ctx context.Context) {
 	n.verdicts = vd
 	var report *cluster.HealthReport
 	if doc != nil {
-		report = healthReport(hash, own)
+		report = healthReport(n.targets.set, own)
 	}
 	n.report = report
 	rinfo.Loops = n.snap.Reconcile.Loops + 1

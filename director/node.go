@@ -132,6 +132,9 @@ type Node struct {
 	// report is what this director's checks said on the last turn, as it
 	// publishes it.
 	report *cluster.HealthReport
+	// targets is TargetSet of the applied services, and the document's
+	// hash it was computed for (the loop's alone).
+	targets targetSet
 	// ipvsReadFailing is when reads of the IPVS table began to fail
 	// (zero: the last one worked); retryAt wakes the loop to read again.
 	ipvsReadFailing time.Time

@@ -1,11 +1,14 @@
 package director
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"maps"
 	"slices"
 	"time"
 
 	"github.com/anycastd/anycastd/cluster"
+	"github.com/anycastd/anycastd/configs"
 	"github.com/anycastd/anycastd/health"
 )
 
@@ -30,8 +33,8 @@ import (
 // VerdictInput is what HealthVerdicts decides from.
 type VerdictInput struct {
 	Self string
-	// Config is the short hash of the applied services document: only
-	// reports on the same document are counted.
+	// Config is TargetSet of the applied services: only reports on the
+	// same set of backends are counted.
 	Config string
 	// Own is this director's checks' health by target ID.
 	Own map[string]health.State
@@ -71,8 +74,14 @@ type Verdicts struct {
 // checks and the other directors' reports: down where more directors
 // hold it down than up (a tie is up: one director's failing check among
 // two is not enough to take a backend out of both tables), up where any
-// holds it up, unknown where nobody has a verdict yet (the table keeps its
-// weight). A backend this director holds down and the cluster up stays up
+// holds it up and this director's own check has answered, unknown
+// otherwise (the table keeps its weight). A director whose checks have
+// not answered yet (it just started, the backend was just added) so
+// takes the backends the others hold down out of its table at once, but
+// counts none up for a quorum before its own check says so: the others'
+// votes can stop counting for a moment (a backend added or removed
+// changes what they are about, and they report again as they adopt it),
+// and a VIP announced on their word alone was withdrawn in that moment. A backend this director holds down and the cluster up stays up
 // for Hold, then is down here (see Verdicts.Overridden). It is pure.
 func HealthVerdicts(in VerdictInput) Verdicts {
 	v := Verdicts{States: in.Own, Voters: 1}
@@ -130,7 +139,7 @@ func HealthVerdicts(in VerdictInput) Verdicts {
 		switch {
 		case down > up:
 			st = health.Down
-		case up > 0:
+		case up > 0 && own != health.Unknown:
 			st = health.Up
 		}
 		if down > 0 {
@@ -171,6 +180,32 @@ func HealthVerdicts(in VerdictInput) Verdicts {
 	return v
 }
 
+// TargetSet names the set of checked backends of services (their target
+// IDs, sorted, hashed): what a health report is about. Not the document's
+// hash: a change of a check's settings or of a weight leaves the set as
+// it is, and the directors, which adopt a new document at slightly
+// different moments, keep counting each other's votes through it (with
+// the document's hash each one counted only its own for a moment, and its
+// check's verdict alone went into its table).
+func TargetSet(services []configs.Service) string {
+	var ids []string
+	for _, s := range services {
+		if s.Health.Type == configs.CheckNone {
+			continue
+		}
+		for _, b := range s.Backends {
+			ids = append(ids, TargetID(s.Name, b))
+		}
+	}
+	slices.Sort(ids)
+	h := sha256.New()
+	for _, id := range ids {
+		h.Write([]byte(id))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil)[:6])
+}
+
 // healthReport is what this director's checks say, as the others count
 // it: the backends held down (sorted), and how many are undecided.
 func healthReport(config string, own map[string]health.State) *cluster.HealthReport {
@@ -189,3 +224,5 @@ func healthReport(config string, own map[string]health.State) *cluster.HealthRep
 	slices.Sort(r.Down)
 	return r
 }
+
+type targetSet struct{ doc, set string }

@@ -87,9 +87,9 @@ func TestHealthVerdicts(t *testing.T) {
 			own: "a=down", members: []cluster.Member{member("d2"), member("d3")},
 			since: map[string]time.Time{"a": t0.Add(-hold + time.Millisecond)}, now: t0,
 			want: "a=up", disagree: "a", voters: 3},
-		{name: "a restarted director takes the cluster's verdict before its first checks",
+		{name: "a restarted director takes the cluster's down verdicts before its first checks, not its up ones",
 			own: "a=? b=?", members: []cluster.Member{member("d2", "a"), member("d3", "a")},
-			want: "a=down b=up", voters: 3},
+			want: "a=down b=?", voters: 3},
 		{name: "undecided reports vote down, never up",
 			own: "a=down b=?", members: []cluster.Member{member("d2", "?")},
 			want: "a=down b=?", voters: 2},
@@ -351,5 +351,125 @@ func BenchmarkHealthVerdicts(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		HealthVerdicts(in)
+	}
+}
+
+// zeroWatch is a memory dataplane that remembers whether a plan ever set
+// a destination on port to weight 0 (a poll of the table can miss a
+// moment's change).
+type zeroWatch struct {
+	*ipvs.Memory
+	port   uint16
+	zeroed atomic.Bool
+}
+
+func (z *zeroWatch) Apply(ctx context.Context, p ipvs.Plan) error {
+	for _, op := range p {
+		if op.Dest.Port == z.port && op.Dest.Weight == 0 && (op.Kind == ipvs.AddDest || op.Kind == ipvs.UpdateDest) {
+			z.zeroed.Store(true)
+		}
+	}
+	return z.Memory.Apply(ctx, p)
+}
+
+func TestTargetSet(t *testing.T) {
+	svc := func(s string) []configs.Service { return nodeConfig(t, "d1", s, "").Services }
+	base := TargetSet(svc(`
+  - {name: web, vip: 192.0.2.1, port: 80, health: {type: tcp, interval: 2s, timeout: 1s}, backends: [{address: 10.1.0.11}, {address: 10.1.0.12, weight: 2}]}
+  - {name: dns, vip: 192.0.2.2, port: 53, protocol: udp, health: {type: none}, backends: [{address: 10.1.0.21}]}
+`))
+	for _, c := range []struct {
+		name, services string
+		same           bool
+	}{
+		{"a check's settings, a weight, the order, an unchecked service's backends: the same set", `
+  - {name: dns, vip: 192.0.2.2, port: 53, protocol: udp, health: {type: none}, backends: [{address: 10.1.0.22}]}
+  - {name: web, vip: 192.0.2.1, port: 80, health: {type: tcp, interval: 3s, timeout: 2s}, backends: [{address: 10.1.0.12}, {address: 10.1.0.11, weight: 3}]}
+`, true},
+		{"a backend added", `
+  - {name: web, vip: 192.0.2.1, port: 80, health: {type: tcp, interval: 2s, timeout: 1s}, backends: [{address: 10.1.0.11}, {address: 10.1.0.12, weight: 2}, {address: 10.1.0.13}]}
+  - {name: dns, vip: 192.0.2.2, port: 53, protocol: udp, health: {type: none}, backends: [{address: 10.1.0.21}]}
+`, false},
+		{"a service renamed", `
+  - {name: www, vip: 192.0.2.1, port: 80, health: {type: tcp, interval: 2s, timeout: 1s}, backends: [{address: 10.1.0.11}, {address: 10.1.0.12, weight: 2}]}
+  - {name: dns, vip: 192.0.2.2, port: 53, protocol: udp, health: {type: none}, backends: [{address: 10.1.0.21}]}
+`, false},
+	} {
+		if got := TargetSet(svc(c.services)) == base; got != c.same {
+			t.Errorf("%s: same set %v, want %v", c.name, got, c.same)
+		}
+	}
+}
+
+// A check's settings changed (the soak's "check" fault): the directors
+// adopt the new document one after another. Two directors, d1's check of
+// the backend failing, d2's passing: the tie keeps it up, also while
+// they are on different documents. When votes were keyed by the
+// document, d1 counted only itself between the two adoptions, and zeroed
+// the backend for that moment.
+func TestCheckChangeKeepsVotes(t *testing.T) {
+	b1 := newBackend(t)
+	p1 := strings.Split(b1.addr, ":")[1]
+	svc := func(timeout string) string {
+		return fmt.Sprintf(`
+  - name: web
+    vip: 192.0.2.1
+    port: 80
+    quorum: 1
+    forwarding: nat
+    backends: [{address: 127.0.0.1, port: %s}]
+    health: {type: tcp, timeout: %s}
+`, p1, timeout)
+	}
+	port1, _ := strconv.Atoi(p1)
+	fp := &failingProbes{port: port1}
+	fp.fail.Store(true)
+	zw := &zeroWatch{Memory: ipvs.NewMemory(), port: uint16(port1)}
+	cfg1 := nodeConfig(t, "d1", svc("100ms"), "")
+	cfg1.Health.LocalHold = time.Hour
+	cfg2 := nodeConfig(t, "d2", svc("100ms"), "")
+	d2 := startNode(t, cfg2)
+	d1 := startNodeOpts(t, cfg1, &recorder{}, zw, func(o *Options) { o.newProbe = fp.newProbe }, d2)
+	d1.dp = zw.Memory
+	id := TargetID("web", configs.Backend{Address: mustAddr("127.0.0.1"), Port: port1})
+	waitFor(t, 15*time.Second, "d1 holding the backend up by d2's vote", func() error {
+		sv := mustServices(t, d1)
+		if len(sv.Services) == 0 {
+			return errors.New("no services yet")
+		}
+		b := sv.Services[0].Backends[0]
+		if b.Health != "down" || b.Verdict != "up" || b.Voters != 2 {
+			return fmt.Errorf("d1's view %+v", b)
+		}
+		return nil
+	})
+	// Before d2's vote arrived d1 may have zeroed it: from here on it
+	// must not.
+	zw.zeroed.Store(false)
+	if got := weights(t, d1); got != p1+":1" {
+		t.Fatalf("d1's table %q", got)
+	}
+	for i, timeout := range []string{"90ms", "80ms", "70ms"} {
+		doc := d2.n.Cluster().Document()
+		if _, _, err := d2.n.Apply(context.Background(), doc.Version, doc.Hash, nodeConfig(t, "d2", svc(timeout), "").Services); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 5*time.Second, "both on the new document", func() error {
+			for _, tn := range []*testNode{d1, d2} {
+				if v := tn.n.ConfigView().Version; v != doc.Version+1 {
+					return fmt.Errorf("%s on v%d", tn.n.cfg.Node.Name, v)
+				}
+			}
+			return nil
+		})
+		waitFor(t, 5*time.Second, "d1 counting d2's vote again", func() error {
+			if b := mustServices(t, d1).Services[0].Backends[0]; b.Voters != 2 {
+				return fmt.Errorf("d1's view %+v", b)
+			}
+			return nil
+		})
+		if zw.zeroed.Load() {
+			t.Fatalf("change %d: d1 zeroed %s while the two adopted the new document", i+1, id)
+		}
 	}
 }
