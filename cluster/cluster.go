@@ -306,7 +306,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 	retry := time.NewTimer(0)
 	defer retry.Stop()
 	failures := 0
-	var reconnecting atomic.Bool
+	var reconnecting inFlight
 	for {
 		select {
 		case <-ctx.Done():
@@ -325,24 +325,13 @@ func (c *Cluster) Run(ctx context.Context) error {
 				// member again, so a healed partition would stay split.
 				// Try the dead ones (not those that left) now and then.
 				retry.Reset(reconnectInterval)
-				if dead := c.deadAddrs(); len(dead) > 0 && reconnecting.CompareAndSwap(false, true) {
-					// One Join per address, in parallel: behind a drop
-					// (not a reject) each one waits for the TCP timeout.
-					c.background(func() {
-						defer reconnecting.Store(false)
-						var wg sync.WaitGroup
-						for _, addr := range dead {
-							wg.Go(func() {
-								if n, err := ml.Join([]string{addr}); n > 0 {
-									c.log.Info("reconnected to a member thought dead", "addr", addr)
-								} else if err != nil {
-									c.log.Debug("reconnect", "addr", addr, "err", err)
-								}
-							})
-						}
-						wg.Wait()
-					})
-				}
+				c.reconnectRound(&reconnecting, func(addr string) {
+					if n, err := ml.Join([]string{addr}); n > 0 {
+						c.log.Info("reconnected to a member thought dead", "addr", addr)
+					} else if err != nil {
+						c.log.Debug("reconnect", "addr", addr, "err", err)
+					}
+				})
 				continue
 			}
 			n, err := c.joinAny(ml, seeds)
@@ -390,6 +379,53 @@ func (c *Cluster) joinAny(ml *memberlist.Memberlist, seeds []string) (int, error
 		errs = append(errs, r.err)
 	}
 	return 0, errors.Join(errs...)
+}
+
+// reconnectRound calls every dead member again (join), each in the
+// background, without waiting for the last round: behind a drop (not a
+// reject) an attempt waits for the TCP timeout, and rounds that waited
+// for every attempt found a healed partition or blackhole up to three
+// seconds late (the soak lab). An address has at most maxReconnects
+// attempts under way (the timeout over the interval, plus one).
+func (c *Cluster) reconnectRound(f *inFlight, join func(addr string)) {
+	for _, addr := range c.deadAddrs() {
+		if !f.start(addr) {
+			continue
+		}
+		if !c.background(func() { defer f.done(addr); join(addr) }) {
+			f.done(addr)
+		}
+	}
+}
+
+// inFlight counts the attempts under way per address.
+type inFlight struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+// maxReconnects bounds the attempts under way to one address.
+const maxReconnects = 3
+
+func (f *inFlight) start(addr string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.n == nil {
+		f.n = map[string]int{}
+	}
+	if f.n[addr] >= maxReconnects {
+		return false
+	}
+	f.n[addr]++
+	return true
+}
+
+func (f *inFlight) done(addr string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.n[addr]--; f.n[addr] <= 0 {
+		delete(f.n, addr)
+	}
 }
 
 // reconnectInterval is how often dead members are called again, for

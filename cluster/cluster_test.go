@@ -395,3 +395,45 @@ func TestStateIsGossiped(t *testing.T) {
 		return nil
 	})
 }
+
+// A round of calls to dead members does not wait for the last round's:
+// a call that hangs behind a drop until the TCP timeout (2 s) must not
+// hold back the next one, which finds the healed member. At most
+// maxReconnects calls to one address are under way.
+func TestReconnectDoesNotWaitForHungCalls(t *testing.T) {
+	c, err := New(Options{Name: "a", Bind: netip.MustParseAddr("127.0.0.1"), StateDir: t.TempDir(), Log: logger(t, "a")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := netip.MustParseAddrPort("127.0.0.1:7")
+	c.members["b"] = &Member{Name: "b", Addr: dead, State: StateDead, Since: time.Now()}
+	release := make(chan struct{})
+	var mu sync.Mutex
+	calls := 0
+	join := func(addr string) {
+		mu.Lock()
+		calls++
+		mu.Unlock()
+		<-release // hangs, as a call behind a drop does
+	}
+	var f inFlight
+	for round := 1; round <= maxReconnects+2; round++ {
+		c.reconnectRound(&f, join)
+		want := min(round, maxReconnects)
+		eventually(t, 2*time.Second, fmt.Sprintf("round %d's call", round), func() error {
+			mu.Lock()
+			defer mu.Unlock()
+			if calls != want {
+				return fmt.Errorf("%d calls under way, want %d", calls, want)
+			}
+			return nil
+		})
+	}
+	close(release)
+	c.bg.Wait()
+	c.reconnectRound(&f, join)
+	c.bg.Wait()
+	if calls != maxReconnects+1 {
+		t.Fatalf("%d calls, want %d: the hung ones ended, a new round calls again", calls, maxReconnects+1)
+	}
+}
