@@ -301,22 +301,36 @@ func (n *Node) step(ctx context.Context) {
 	n.updateDNS(cfg, d, members)
 }
 
+// disagreeLogAfter is how long this director's checks must disagree with
+// the cluster's verdict before the log says so: while a backend that
+// really failed is being found by the directors one after another, each
+// one's check disagrees for a moment (a second or two), and that is no
+// news.
+const disagreeLogAfter = 5 * time.Second
+
 // logVerdicts logs where this director's checks and the cluster's
-// verdict part, where it overrides the cluster, and where they agree
-// again.
+// verdict have parted for disagreeLogAfter (checked on each turn: the
+// loop turns at least every Resync), where it overrides the cluster, and
+// where they agree again after that was logged. logged is the loop's.
 func (n *Node) logVerdicts(prev, vd Verdicts, hold time.Duration, now time.Time) {
+	if n.disagreeLogged == nil {
+		n.disagreeLogged = map[string]bool{}
+	}
 	for t, since := range vd.Disagree {
-		if _, ok := prev.Disagree[t]; !ok {
-			n.log.Info("backend: this director's checks hold it down, most directors' up; it stays in the table",
-				"target", t, "down_votes", vd.DownVotes[t], "voters", vd.Voters, "local_hold", hold)
+		if !n.disagreeLogged[t] && now.Sub(since) >= disagreeLogAfter {
+			n.disagreeLogged[t] = true
+			n.log.Info("backend: this director's checks hold it down, most directors' up; it stays in the table until local_hold",
+				"target", t, "for", now.Sub(since).Round(time.Millisecond), "down_votes", vd.DownVotes[t], "voters", vd.Voters, "local_hold", hold)
 		}
 		if slices.Contains(vd.Overridden, t) && !slices.Contains(prev.Overridden, t) {
+			n.disagreeLogged[t] = true
 			n.log.Warn("backend: this director's checks have held it down for local_hold while most directors hold it up; taken out of this director's table",
 				"target", t, "for", now.Sub(since).Round(time.Millisecond), "down_votes", vd.DownVotes[t], "voters", vd.Voters)
 		}
 	}
-	for t := range prev.Disagree {
+	for t := range n.disagreeLogged {
 		if _, ok := vd.Disagree[t]; !ok {
+			delete(n.disagreeLogged, t)
 			n.log.Info("backend: this director's checks and the cluster's verdict agree again", "target", t)
 		}
 	}

@@ -135,6 +135,9 @@ type Node struct {
 	// targets is TargetSet of the applied services, and the document's
 	// hash it was computed for (the loop's alone).
 	targets targetSet
+	// disagreeLogged are the disagreements logged (logVerdicts; the
+	// loop's alone).
+	disagreeLogged map[string]bool
 	// ipvsReadFailing is when reads of the IPVS table began to fail
 	// (zero: the last one worked); retryAt wakes the loop to read again.
 	ipvsReadFailing time.Time

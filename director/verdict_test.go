@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"strconv"
@@ -471,5 +472,32 @@ func TestCheckChangeKeepsVotes(t *testing.T) {
 		if zw.zeroed.Load() {
 			t.Fatalf("change %d: d1 zeroed %s while the two adopted the new document", i+1, id)
 		}
+	}
+}
+
+// A disagreement is news only when it lasts: while a failed backend is
+// being found by the directors one after another, each one's check
+// disagrees for a second or two, and the log says nothing of it.
+func TestDisagreementLoggedWhenItLasts(t *testing.T) {
+	var buf strings.Builder
+	n := &Node{log: slog.New(slog.NewTextHandler(&buf, nil))}
+	t0 := time.Unix(1000, 0)
+	turn := func(dis map[string]time.Time, at time.Duration) string {
+		buf.Reset()
+		n.logVerdicts(Verdicts{}, Verdicts{Disagree: dis, Voters: 3}, 30*time.Second, t0.Add(at))
+		return buf.String()
+	}
+	short := map[string]time.Time{"web/a": t0}
+	if out := turn(short, time.Second) + turn(nil, 2*time.Second); out != "" {
+		t.Fatalf("a 2 s disagreement logged:\n%s", out)
+	}
+	if out := turn(short, disagreeLogAfter); !strings.Contains(out, "hold it down") || !strings.Contains(out, "target=web/a") {
+		t.Fatalf("at %s: %q", disagreeLogAfter, out)
+	}
+	if out := turn(short, disagreeLogAfter+time.Second); out != "" {
+		t.Fatalf("logged twice: %q", out)
+	}
+	if out := turn(nil, disagreeLogAfter+2*time.Second); !strings.Contains(out, "agree again") {
+		t.Fatalf("the end not logged: %q", out)
 	}
 }
