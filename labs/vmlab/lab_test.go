@@ -33,7 +33,7 @@ func TestLabVM(t *testing.T) {
 			t.Fatalf("the VM lab needs %s (apt-get install qemu-system-x86 busybox-static)", tool)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	root := labtest.RepoRoot()
 	k, err := EnsureKernel(ctx, CacheDir(root))
@@ -68,7 +68,7 @@ func TestLabVM(t *testing.T) {
 		if b, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("build %s: %v\n%s", p.pkg, err, b)
 		}
-		spec.Tests = append(spec.Tests, Test{Name: p.name, Binary: out, Args: []string{"-test.run", p.run, "-test.v", "-test.count=1", "-test.timeout=10m"}})
+		spec.Tests = append(spec.Tests, Test{Name: p.name, Binary: out, Args: []string{"-test.run", p.run, "-test.v", "-test.count=1", "-test.timeout=15m"}})
 	}
 	res, err := Run(ctx, spec)
 	if err != nil {
