@@ -621,13 +621,19 @@ func (c *Cluster) sendState(to []string) {
 		return
 	}
 	msg := append([]byte{msgState}, b...)
-	if to == nil && len(msg) <= maxGossipState {
+	if to != nil {
+		// Answers to a request: wherever the asker is held to be.
+		for _, name := range to {
+			if node := c.known(name); node != nil {
+				c.sendReliable(ml, node, msg, "member state")
+			}
+		}
+		return
+	}
+	if len(msg) <= maxGossipState {
 		c.queue.QueueBroadcast(stateBroadcast(msg))
 	}
 	for _, nc := range c.peers() {
-		if to != nil && !slices.Contains(to, nc.Name) {
-			continue
-		}
 		c.sendReliable(ml, &nc, msg, "member state")
 	}
 }
@@ -900,6 +906,30 @@ func (c *Cluster) spread(d *Document) {
 	}
 }
 
+// metaDocNewer says whether the document a member's metadata names (its
+// version and short hash) is newer than doc.
+func metaDocNewer(m Meta, doc *Document) bool {
+	if m.ConfigVersion == 0 {
+		return false
+	}
+	if doc.IsZero() || m.ConfigVersion != doc.Version {
+		return doc.IsZero() || m.ConfigVersion > doc.Version
+	}
+	return m.ConfigHash > doc.Short()
+}
+
+// rejectedLocked says whether a document of version v whose hash begins
+// with short was judged bad here.
+func (c *Cluster) rejectedLocked(v uint64, short string) bool {
+	prefix := fmt.Sprintf("%d/%s", v, short)
+	for key := range c.rejected {
+		if strings.HasPrefix(key, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
 func encodeDoc(d *Document) []byte {
 	b, _ := json.Marshal(d)
 	return append([]byte{msgDocument}, b...)
@@ -1088,13 +1118,17 @@ func (d *delegate) NotifyMsg(b []byte) {
 		if !newer || ml == nil {
 			return
 		}
-		// Ask the author, else whoever passed the notice on.
-		for _, name := range []string{n.Author, n.From} {
-			if node := c.node(name); node != nil {
-				w, _ := json.Marshal(notice{From: c.opts.Name})
-				c.sendReliable(ml, node, append([]byte{msgWant}, w...), "document request")
-				break
+		// Ask the author, else whoever passed the notice on (held alive
+		// here, else as last known: it just sent this).
+		node := c.node(n.Author)
+		for _, find := range []func(string) *memberlist.Node{c.node, c.known} {
+			if node == nil {
+				node = find(n.From)
 			}
+		}
+		if node != nil {
+			w, _ := json.Marshal(notice{From: c.opts.Name})
+			c.sendReliable(ml, node, append([]byte{msgWant}, w...), "document request")
 		}
 	case msgState:
 		var sm stateMsg
@@ -1137,7 +1171,7 @@ func (d *delegate) NotifyMsg(b []byte) {
 		if doc.IsZero() || ml == nil {
 			return
 		}
-		if node := c.node(n.From); node != nil {
+		if node := c.known(n.From); node != nil {
 			c.sendReliable(ml, node, encodeDoc(doc), "config document")
 		}
 	}
@@ -1166,6 +1200,21 @@ func (c *Cluster) node(name string) *memberlist.Node {
 		}
 	}
 	return nil
+}
+
+// known is the member name as this member last knew it, alive or not:
+// where an answer to its request goes. It asked, so it runs; this side
+// may still hold it dead (after a partition heals the two sides learn it
+// of each other at different times, and a request left unanswered until
+// then kept a director on an old document and old votes for seconds).
+func (c *Cluster) known(name string) *memberlist.Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m, ok := c.members[name]
+	if !ok || name == c.opts.Name || !m.Addr.IsValid() || m.State == StateLeft {
+		return nil
+	}
+	return &memberlist.Node{Name: m.Name, Addr: m.Addr.Addr().AsSlice(), Port: m.Addr.Port()}
 }
 
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
@@ -1300,14 +1349,26 @@ func (c *Cluster) observe(n *memberlist.Node, st State) {
 	// every metadata update).
 	save := !ok || old.State != st || old.Addr != m.Addr
 	// Its metadata says it has a newer state than the one held here (a
-	// state message lost, or this member just joined): ask for it.
-	stale := st == StateAlive && meta.StateSeq > c.states[n.Name].Seq && n.Name != c.opts.Name
+	// state message lost, or this member just joined): ask for it. The
+	// same for a newer document: its notice goes by gossip only to the
+	// members its author holds alive, and after a partition heals the
+	// two sides take a while to agree on who is (the soak lab: a director
+	// that knew the others had v2 waited 8 s for the push/pull and
+	// withdrew as config behind meanwhile).
+	other := st == StateAlive && n.Name != c.opts.Name
+	staleState := other && meta.StateSeq > c.states[n.Name].Seq
+	staleDoc := other && metaDocNewer(meta, c.doc) && !c.rejectedLocked(meta.ConfigVersion, meta.ConfigHash)
 	ml := c.ml
 	c.mu.Unlock()
-	if stale && ml != nil {
+	if (staleState || staleDoc) && ml != nil {
 		w, _ := json.Marshal(notice{From: c.opts.Name})
 		node := memberlist.Node{Name: n.Name, Addr: slices.Clone(n.Addr), Port: n.Port}
-		c.sendReliable(ml, &node, append([]byte{msgWantSt}, w...), "state request")
+		if staleState {
+			c.sendReliable(ml, &node, append([]byte{msgWantSt}, w...), "state request")
+		}
+		if staleDoc {
+			c.sendReliable(ml, &node, append([]byte{msgWant}, w...), "document request")
+		}
 	}
 	if save {
 		c.peersDirty.Store(true)
