@@ -642,7 +642,11 @@ func (l *lab) startDaemon(name string) {
 	if err != nil {
 		l.t.Fatal(err)
 	}
-	cmd := exec.Command("ip", "netns", "exec", l.ns[name].Name, filepath.Join(l.bin, "anycastd"), "-c", filepath.Join(dir, "anycastd.yaml"), "--watch", "0")
+	args := []string{"netns", "exec", l.ns[name].Name, filepath.Join(l.bin, "anycastd"), "-c", filepath.Join(dir, "anycastd.yaml"), "--watch", "0"}
+	if debugLogs() {
+		args = append(args, "--log-level", "debug")
+	}
+	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	if err := cmd.Start(); err != nil {
 		l.t.Fatal(err)
@@ -775,9 +779,13 @@ func (l *lab) waitUp(what string, timeout time.Duration) {
 	})
 }
 
-// printLogs prints every director's whole log but memberlist's own lines:
-// what SOAK_LOGS asks for, to follow a break or a violation through the
-// daemons.
+// debugLogs is SOAK_LOGS=debug: the daemons log at debug level, and
+// printLogs keeps memberlist's lines.
+func debugLogs() bool { return os.Getenv("SOAK_LOGS") == "debug" }
+
+// printLogs prints every director's whole log but memberlist's own lines
+// (with SOAK_LOGS=debug, all of it): what SOAK_LOGS asks for, to follow a
+// break or a violation through the daemons.
 func (l *lab) printLogs() {
 	for _, name := range dirNames {
 		b, err := os.ReadFile(filepath.Join(l.dirs[name], "anycastd.log"))
@@ -787,7 +795,7 @@ func (l *lab) printLogs() {
 		}
 		fmt.Printf("== %s log\n", name)
 		for _, line := range strings.Split(string(b), "\n") {
-			if line != "" && !strings.Contains(line, "component=memberlist") {
+			if line != "" && (debugLogs() || !strings.Contains(line, "component=memberlist")) {
 				fmt.Println(line)
 			}
 		}

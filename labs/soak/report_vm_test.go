@@ -166,9 +166,12 @@ func (r *report) begin(f *fault) {
 	r.pending = append(r.pending, &pendingConv{f: f, phase: "fault", t0: f.start, done: convergedFault(r.mode, f)})
 }
 
-func (r *report) restore(f *fault) {
+// restore records that f was lifted at t (under the lock: the checker
+// reads it).
+func (r *report) restore(f *fault, t time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	f.restored = t
 	r.pending = append(r.pending, &pendingConv{f: f, phase: "restore", t0: f.restored, done: convergedRestore(f)})
 }
 
