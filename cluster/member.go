@@ -89,10 +89,11 @@ type HealthReport struct {
 	// Down are the backends (their health target IDs) the checks hold
 	// down, sorted.
 	Down []string `json:"d,omitempty"`
-	// Undecided is how many backends have no verdict yet (their first
+	// Undecided says some backends have no verdict yet (their first
 	// check has not answered): while any has, the report votes no backend
-	// up, only the ones in Down down.
-	Undecided int `json:"u,omitempty"`
+	// up, only the ones in Down down. Not how many: a count changed the
+	// report, and sent it to every member, with each first answer.
+	Undecided bool `json:"u,omitempty"`
 	// TooMany says more than MaxReportDown backends are down: Down is
 	// left empty and the report votes nothing (it is not cut to fit).
 	TooMany bool `json:"x,omitempty"`

@@ -98,7 +98,7 @@ func HealthVerdicts(in VerdictInput) Verdicts {
 			continue
 		}
 		v.Voters++
-		decided := r.Undecided == 0
+		decided := !r.Undecided
 		if decided {
 			v.Decided++
 		}
@@ -207,7 +207,7 @@ func TargetSet(services []configs.Service) string {
 }
 
 // healthReport is what this director's checks say, as the others count
-// it: the backends held down (sorted), and how many are undecided.
+// it: the backends held down (sorted), and whether any is undecided.
 func healthReport(config string, own map[string]health.State) *cluster.HealthReport {
 	r := &cluster.HealthReport{Config: config}
 	for t, st := range own {
@@ -215,7 +215,7 @@ func healthReport(config string, own map[string]health.State) *cluster.HealthRep
 		case health.Down:
 			r.Down = append(r.Down, t)
 		case health.Unknown:
-			r.Undecided++
+			r.Undecided = true
 		}
 	}
 	if len(r.Down) > cluster.MaxReportDown {

@@ -30,7 +30,7 @@ func member(name string, down ...string) cluster.Member {
 	r := &cluster.HealthReport{Config: "c1"}
 	for _, d := range down {
 		if d == "?" {
-			r.Undecided++
+			r.Undecided = true
 			continue
 		}
 		r.Down = append(r.Down, d)
@@ -154,9 +154,14 @@ func TestHealthVerdicts(t *testing.T) {
 
 func TestHealthReport(t *testing.T) {
 	r := healthReport("c1", states("b=down a=down c=up d=?"))
-	want := &cluster.HealthReport{Config: "c1", Down: []string{"a", "b"}, Undecided: 1}
+	want := &cluster.HealthReport{Config: "c1", Down: []string{"a", "b"}, Undecided: true}
 	if !r.Equal(want) {
 		t.Fatalf("report %+v, want %+v", r, want)
+	}
+	// A first check answering while others have not yet changes nothing
+	// the others count: the report stays the same, and is not sent again.
+	if r2 := healthReport("c1", states("b=down a=down c=up d=? e=?")); !r2.Equal(r) {
+		t.Fatalf("report with two undecided %+v, with one %+v: not the same", r2, r)
 	}
 	many := map[string]health.State{}
 	for i := range cluster.MaxReportDown + 1 {
@@ -271,7 +276,7 @@ func TestOneDirectorsFailingCheckKeepsTablesEqual(t *testing.T) {
 			return fmt.Errorf("d1 sees %d members", len(ms))
 		}
 		for _, m := range ms {
-			if m.Name != "d1" && (m.Meta.Health == nil || m.Meta.Health.Undecided > 0) {
+			if m.Name != "d1" && (m.Meta.Health == nil || m.Meta.Health.Undecided) {
 				return fmt.Errorf("%s's report at d1: %+v", m.Name, m.Meta.Health)
 			}
 		}
