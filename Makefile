@@ -32,7 +32,8 @@ lab-test: build
 ## (labs/soak); SEED and DURATION (per routing setup) choose the run,
 ## ROUTING the setups (bgp, ospf-table, ospf-iface; comma-separated), KINDS
 ## the fault kinds (comma-separated, default all; LOGS=1 prints the
-## daemons' logs after the report), the report is printed, and any
+## daemons' logs after the report, LOGS=debug at debug level with
+## memberlist's lines), the report is printed, and any
 ## invariant violation fails it. make test runs a short one (seed 1, 75 s
 ## per setup).
 SEED     ?= 1
