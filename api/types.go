@@ -135,20 +135,24 @@ type BackendView struct {
 
 // ServiceView is GET /v1/services' element.
 type ServiceView struct {
-	Name       string        `json:"name"`
-	VIP        netip.Addr    `json:"vip"`
-	Protocol   string        `json:"protocol,omitempty"`
-	Port       int           `json:"port,omitempty"`
-	FWMark     uint32        `json:"fwmark,omitempty"`
-	Scheduler  string        `json:"scheduler"`
-	Forwarding string        `json:"forwarding"`
-	Check      string        `json:"check"`
-	Quorum     int           `json:"quorum"`
-	Up         int           `json:"up"`
-	InIPVS     bool          `json:"in_ipvs"`
-	Announced  bool          `json:"announced"`
-	Conns      uint64        `json:"conns"`
-	Backends   []BackendView `json:"backends"`
+	Name       string     `json:"name"`
+	VIP        netip.Addr `json:"vip"`
+	Protocol   string     `json:"protocol,omitempty"`
+	Port       int        `json:"port,omitempty"`
+	FWMark     uint32     `json:"fwmark,omitempty"`
+	Scheduler  string     `json:"scheduler"`
+	Forwarding string     `json:"forwarding"`
+	Check      string     `json:"check"`
+	Quorum     int        `json:"quorum"`
+	Up         int        `json:"up"`
+	InIPVS     bool       `json:"in_ipvs"`
+	Announced  bool       `json:"announced"`
+	Conns      uint64     `json:"conns"`
+	// FailOpen says this director keeps the service on its own checks:
+	// the directors' shared verdict would put it below its quorum, its
+	// own checks do not (health.verdict cluster).
+	FailOpen bool          `json:"fail_open,omitempty"`
+	Backends []BackendView `json:"backends"`
 }
 
 // ServicesResponse is GET /v1/services.

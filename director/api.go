@@ -320,7 +320,8 @@ func (n *Node) ServicesView(ctx context.Context) (api.ServicesResponse, error) {
 	out := api.ServicesResponse{Config: n.configInfo(), Services: []api.ServiceView{}}
 	for _, s := range services {
 		sv := api.ServiceView{Name: s.Name, VIP: s.VIP, Port: s.Port, FWMark: s.FWMark, Scheduler: s.Scheduler,
-			Forwarding: s.Forwarding, Check: s.Health.Type, Quorum: s.Quorum, Announced: announced[s.VIP]}
+			Forwarding: s.Forwarding, Check: s.Health.Type, Quorum: s.Quorum, Announced: announced[s.VIP],
+			FailOpen: slices.Contains(vd.FailOpen, s.Name)}
 		if s.FWMark == 0 {
 			sv.Protocol = s.Protocol
 		}

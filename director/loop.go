@@ -219,6 +219,9 @@ func (n *Node) step(ctx context.Context) {
 	}
 	vd := HealthVerdicts(VerdictInput{Self: cfg.Node.Name, Config: n.targets.set, Own: own, Members: members,
 		Local: cfg.Health.Verdict == configs.VerdictLocal, Hold: cfg.Health.LocalHold, Since: prevVerdicts.Disagree, Now: now})
+	if cfg.Health.Verdict != configs.VerdictLocal {
+		vd = FailOpen(services, own, vd)
+	}
 	n.logVerdicts(prevVerdicts, vd, cfg.Health.LocalHold, now)
 	size, sizeWake := NextActiveSize(prevSize, cfg.Node.Name, cfg.Cluster.MaxActive, members, now, n.opts.ActiveStepHold)
 	if size.Size != prevSize.Size || !slices.Equal(size.Disagree, prevSize.Disagree) {
@@ -332,6 +335,17 @@ func (n *Node) logVerdicts(prev, vd Verdicts, hold time.Duration, now time.Time)
 		if _, ok := vd.Disagree[t]; !ok {
 			delete(n.disagreeLogged, t)
 			n.log.Info("backend: this director's checks and the cluster's verdict agree again", "target", t)
+		}
+	}
+	for _, s := range vd.FailOpen {
+		if !slices.Contains(prev.FailOpen, s) {
+			n.log.Warn("service: most directors' checks would put it below quorum, this director's do not; it serves on its own checks here",
+				"service", s, "voters", vd.Voters)
+		}
+	}
+	for _, s := range prev.FailOpen {
+		if !slices.Contains(vd.FailOpen, s) {
+			n.log.Info("service: back on the directors' shared verdict", "service", s)
 		}
 	}
 }

@@ -55,36 +55,37 @@ func newMetrics(n *Node) *metrics {
 }
 
 var (
-	descMembers = prometheus.NewDesc("anycastd_members", "Members in this director's gossip view, by state.", []string{"state"}, nil)
-	descRole    = prometheus.NewDesc("anycastd_role", "This director's role (1 for the current one).", []string{"role"}, nil)
-	descHealthy = prometheus.NewDesc("anycastd_self_healthy", "1 if this director's own health checks pass.", nil, nil)
-	descCheck   = prometheus.NewDesc("anycastd_self_check_ok", "1 if the self check passes.", []string{"check"}, nil)
-	descSyncd   = prometheus.NewDesc("anycastd_ipvs_sync_daemon_running", "1 if the kernel's IPVS connection sync daemon of this state (master, backup) runs as node.conn_sync asks (only while conn_sync manages them).", []string{"state"}, nil)
-	descDrained = prometheus.NewDesc("anycastd_drained", "1 if the operator drained this director.", nil, nil)
-	descEligib  = prometheus.NewDesc("anycastd_eligible", "1 if this director may be in the active set (healthy, config current).", nil, nil)
-	descConfig  = prometheus.NewDesc("anycastd_config_version", "Version of the applied cluster config.", nil, nil)
-	descVIP     = prometheus.NewDesc("anycastd_vip_announced", "1 if this director announces the VIP.", []string{"vip"}, nil)
-	descVIPWhy  = prometheus.NewDesc("anycastd_vip_withheld", "1 for each kind of reason why this director does not announce the VIP: unhealthy, config_behind, drained, not_in_ipvs, below_quorum, standby, not_active, settling (no series while it is announced).", []string{"vip", "why"}, nil)
-	descPeerUp  = prometheus.NewDesc("anycastd_routing_peer_up", "1 if the routing session is established (BGP) or this router is master (VRRP).", []string{"peer", "state"}, nil)
-	descFlaps   = prometheus.NewDesc("anycastd_routing_peer_flaps_total", "Times the session left established.", []string{"peer"}, nil)
-	descVRRP    = prometheus.NewDesc("anycastd_vrrp_state", "1 for the VRRP instance's current state (initialize, backup, master).", []string{"vrid", "state"}, nil)
-	descVRRPFl  = prometheus.NewDesc("anycastd_vrrp_master_losses_total", "Times the VRRP instance left master.", []string{"vrid"}, nil)
-	descVRRPRej = prometheus.NewDesc("anycastd_vrrp_rejected_adverts_total", "Advertisements for the VRRP instance dropped as misconfigured, by reason (version, auth, interval, addresses, vrid, malformed): a peer that is not heard, so both may be master.", []string{"vrid", "reason"}, nil)
-	descBFDFl   = prometheus.NewDesc("anycastd_bfd_flaps_total", "Times this director took the BGP session with the peer down because BFD found the path failed (its own detection, or the peer's BFD reporting a failure; never an AdminDown).", []string{"peer"}, nil)
-	descBFD     = prometheus.NewDesc("anycastd_bfd_up", "1 if the BFD session with the peer is up.", []string{"peer"}, nil)
-	descDisagr  = prometheus.NewDesc("anycastd_backends_disagreeing", "Backends this director's checks hold down while most directors' hold them up (health.verdict cluster); overridden: held down that long (health.local_hold) and taken out of this director's table.", []string{"state"}, nil)
-	descVoters  = prometheus.NewDesc("anycastd_backend_verdict_voters", "Directors whose health reports decide the backends' verdicts here, this one included (1: its own checks alone).", nil, nil)
-	descBackend = prometheus.NewDesc("anycastd_backend_up", "1 if the backend passes its health check here (rise/fall applied), 0 if down or not checked yet.", []string{"service", "backend"}, nil)
-	descLatency = prometheus.NewDesc("anycastd_backend_probe_latency_seconds", "Latency of the backend's last health probe.", []string{"service", "backend"}, nil)
-	descProbes  = prometheus.NewDesc("anycastd_backend_probes_total", "Health probes run against the backend.", []string{"service", "backend"}, nil)
-	descConns   = prometheus.NewDesc("anycastd_ipvs_connections_total", "Connections IPVS scheduled for the service (kernel counter).", []string{"service"}, nil)
-	descInPkts  = prometheus.NewDesc("anycastd_ipvs_in_packets_total", "Packets IPVS received for the service (kernel counter).", []string{"service"}, nil)
-	descInBytes = prometheus.NewDesc("anycastd_ipvs_in_bytes_total", "Bytes IPVS received for the service (kernel counter).", []string{"service"}, nil)
-	descOutPkts = prometheus.NewDesc("anycastd_ipvs_out_packets_total", "Packets IPVS sent back for the service (NAT only; DR and TUN replies bypass the director).", []string{"service"}, nil)
-	descOutByte = prometheus.NewDesc("anycastd_ipvs_out_bytes_total", "Bytes IPVS sent back for the service (NAT only).", []string{"service"}, nil)
-	descActive  = prometheus.NewDesc("anycastd_ipvs_backend_active_connections", "Active connections IPVS has to the backend.", []string{"service", "backend"}, nil)
-	descInact   = prometheus.NewDesc("anycastd_ipvs_backend_inactive_connections", "Inactive connections IPVS has to the backend.", []string{"service", "backend"}, nil)
-	descWeight  = prometheus.NewDesc("anycastd_ipvs_backend_weight", "The backend's weight in IPVS (0 while down or draining).", []string{"service", "backend"}, nil)
+	descMembers  = prometheus.NewDesc("anycastd_members", "Members in this director's gossip view, by state.", []string{"state"}, nil)
+	descRole     = prometheus.NewDesc("anycastd_role", "This director's role (1 for the current one).", []string{"role"}, nil)
+	descHealthy  = prometheus.NewDesc("anycastd_self_healthy", "1 if this director's own health checks pass.", nil, nil)
+	descCheck    = prometheus.NewDesc("anycastd_self_check_ok", "1 if the self check passes.", []string{"check"}, nil)
+	descSyncd    = prometheus.NewDesc("anycastd_ipvs_sync_daemon_running", "1 if the kernel's IPVS connection sync daemon of this state (master, backup) runs as node.conn_sync asks (only while conn_sync manages them).", []string{"state"}, nil)
+	descDrained  = prometheus.NewDesc("anycastd_drained", "1 if the operator drained this director.", nil, nil)
+	descEligib   = prometheus.NewDesc("anycastd_eligible", "1 if this director may be in the active set (healthy, config current).", nil, nil)
+	descConfig   = prometheus.NewDesc("anycastd_config_version", "Version of the applied cluster config.", nil, nil)
+	descVIP      = prometheus.NewDesc("anycastd_vip_announced", "1 if this director announces the VIP.", []string{"vip"}, nil)
+	descVIPWhy   = prometheus.NewDesc("anycastd_vip_withheld", "1 for each kind of reason why this director does not announce the VIP: unhealthy, config_behind, drained, not_in_ipvs, below_quorum, standby, not_active, settling (no series while it is announced).", []string{"vip", "why"}, nil)
+	descPeerUp   = prometheus.NewDesc("anycastd_routing_peer_up", "1 if the routing session is established (BGP) or this router is master (VRRP).", []string{"peer", "state"}, nil)
+	descFlaps    = prometheus.NewDesc("anycastd_routing_peer_flaps_total", "Times the session left established.", []string{"peer"}, nil)
+	descVRRP     = prometheus.NewDesc("anycastd_vrrp_state", "1 for the VRRP instance's current state (initialize, backup, master).", []string{"vrid", "state"}, nil)
+	descVRRPFl   = prometheus.NewDesc("anycastd_vrrp_master_losses_total", "Times the VRRP instance left master.", []string{"vrid"}, nil)
+	descVRRPRej  = prometheus.NewDesc("anycastd_vrrp_rejected_adverts_total", "Advertisements for the VRRP instance dropped as misconfigured, by reason (version, auth, interval, addresses, vrid, malformed): a peer that is not heard, so both may be master.", []string{"vrid", "reason"}, nil)
+	descBFDFl    = prometheus.NewDesc("anycastd_bfd_flaps_total", "Times this director took the BGP session with the peer down because BFD found the path failed (its own detection, or the peer's BFD reporting a failure; never an AdminDown).", []string{"peer"}, nil)
+	descBFD      = prometheus.NewDesc("anycastd_bfd_up", "1 if the BFD session with the peer is up.", []string{"peer"}, nil)
+	descDisagr   = prometheus.NewDesc("anycastd_backends_disagreeing", "Backends this director's checks hold down while most directors' hold them up (health.verdict cluster); overridden: held down that long (health.local_hold) and taken out of this director's table.", []string{"state"}, nil)
+	descFailOpen = prometheus.NewDesc("anycastd_services_fail_open", "Services this director keeps on its own checks because the directors' shared verdict would put them below quorum and its own checks do not (health.verdict cluster).", nil, nil)
+	descVoters   = prometheus.NewDesc("anycastd_backend_verdict_voters", "Directors whose health reports decide the backends' verdicts here, this one included (1: its own checks alone).", nil, nil)
+	descBackend  = prometheus.NewDesc("anycastd_backend_up", "1 if the backend passes its health check here (rise/fall applied), 0 if down or not checked yet.", []string{"service", "backend"}, nil)
+	descLatency  = prometheus.NewDesc("anycastd_backend_probe_latency_seconds", "Latency of the backend's last health probe.", []string{"service", "backend"}, nil)
+	descProbes   = prometheus.NewDesc("anycastd_backend_probes_total", "Health probes run against the backend.", []string{"service", "backend"}, nil)
+	descConns    = prometheus.NewDesc("anycastd_ipvs_connections_total", "Connections IPVS scheduled for the service (kernel counter).", []string{"service"}, nil)
+	descInPkts   = prometheus.NewDesc("anycastd_ipvs_in_packets_total", "Packets IPVS received for the service (kernel counter).", []string{"service"}, nil)
+	descInBytes  = prometheus.NewDesc("anycastd_ipvs_in_bytes_total", "Bytes IPVS received for the service (kernel counter).", []string{"service"}, nil)
+	descOutPkts  = prometheus.NewDesc("anycastd_ipvs_out_packets_total", "Packets IPVS sent back for the service (NAT only; DR and TUN replies bypass the director).", []string{"service"}, nil)
+	descOutByte  = prometheus.NewDesc("anycastd_ipvs_out_bytes_total", "Bytes IPVS sent back for the service (NAT only).", []string{"service"}, nil)
+	descActive   = prometheus.NewDesc("anycastd_ipvs_backend_active_connections", "Active connections IPVS has to the backend.", []string{"service", "backend"}, nil)
+	descInact    = prometheus.NewDesc("anycastd_ipvs_backend_inactive_connections", "Inactive connections IPVS has to the backend.", []string{"service", "backend"}, nil)
+	descWeight   = prometheus.NewDesc("anycastd_ipvs_backend_weight", "The backend's weight in IPVS (0 while down or draining).", []string{"service", "backend"}, nil)
 )
 
 type stateCollector struct{ n *Node }
@@ -92,7 +93,7 @@ type stateCollector struct{ n *Node }
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descMembers, descRole, descHealthy, descCheck, descDrained, descEligib, descConfig, descVIP, descVIPWhy, descSyncd,
 		descPeerUp, descFlaps, descVRRP, descVRRPFl, descVRRPRej, descBFD, descBFDFl, descBackend, descLatency, descProbes, descConns, descInPkts, descInBytes, descOutPkts, descOutByte,
-		descActive, descInact, descWeight, descDisagr, descVoters} {
+		descActive, descInact, descWeight, descDisagr, descVoters, descFailOpen} {
 		ch <- d
 	}
 }
@@ -128,6 +129,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- gauge(descDisagr, float64(len(vd.Disagree)-len(vd.Overridden)), "held_up")
 	ch <- gauge(descDisagr, float64(len(vd.Overridden)), "overridden")
 	ch <- gauge(descVoters, float64(max(vd.Voters, 1)))
+	ch <- gauge(descFailOpen, float64(len(vd.FailOpen)))
 	if cs.managed {
 		for _, w := range []ipvs.SyncState{ipvs.SyncMaster, ipvs.SyncBackup} {
 			i := slices.IndexFunc(cs.want, func(d ipvs.SyncDaemon) bool { return d.State == w })

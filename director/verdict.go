@@ -68,6 +68,9 @@ type Verdicts struct {
 	Overridden []string
 	// WakeAt is when the next disagreement reaches Hold (zero: none).
 	WakeAt time.Time
+	// FailOpen are the services kept on this director's own checks (see
+	// FailOpen), sorted.
+	FailOpen []string
 }
 
 // HealthVerdicts decides each backend's health from this director's
@@ -177,6 +180,61 @@ func HealthVerdicts(in VerdictInput) Verdicts {
 		}
 	}
 	slices.Sort(v.Overridden)
+	return v
+}
+
+// FailOpen keeps a service on this director's own checks where the
+// cluster's verdict would put it below its quorum and the own checks do
+// not: it returns v with those services' backends at their own health,
+// and their names (sorted) in v.FailOpen.
+//
+// The shared verdict keeps the tables equal while directors disagree
+// about a backend or two. But when most directors' checks fail together
+// (their host saturated, a brownout on their side of the network), the
+// majority's verdict would take the service below quorum on every
+// director, and every director would withdraw its VIP: the one fault
+// taking down the directors that could still serve it, against the
+// failure principles. Those keep serving on what their own checks see,
+// as each director did before verdicts were shared; the tables differ
+// while it lasts (that costs the flows ECMP moves between them, not the
+// VIP). It is pure; services are the applied ones.
+func FailOpen(services []configs.Service, own map[string]health.State, v Verdicts) Verdicts {
+	v.FailOpen = nil
+	var keep []string
+	for i := range services {
+		s := &services[i]
+		if s.Quorum <= 0 || s.Health.Type == configs.CheckNone {
+			continue
+		}
+		shared, mine := 0, 0
+		for _, b := range s.Backends {
+			if b.Weight <= 0 {
+				continue // not counted toward the quorum
+			}
+			id := TargetID(s.Name, b)
+			if v.States[id] == health.Up {
+				shared++
+			}
+			if own[id] == health.Up {
+				mine++
+			}
+		}
+		if shared < s.Quorum && mine >= s.Quorum {
+			v.FailOpen = append(v.FailOpen, s.Name)
+			for _, b := range s.Backends {
+				keep = append(keep, TargetID(s.Name, b))
+			}
+		}
+	}
+	if len(keep) == 0 {
+		return v
+	}
+	states := maps.Clone(v.States)
+	for _, id := range keep {
+		states[id] = own[id]
+	}
+	v.States = states
+	slices.Sort(v.FailOpen)
 	return v
 }
 

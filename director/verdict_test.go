@@ -183,6 +183,7 @@ func TestHealthReport(t *testing.T) {
 // failingProbes makes this director's probes of one port fail while fail
 // is set, the way a busy director's checks time out while the others'
 // pass.
+// failingProbes fail on demand, the probes to port (0: every port).
 type failingProbes struct {
 	port int
 	fail atomic.Bool
@@ -190,7 +191,7 @@ type failingProbes struct {
 
 func (f *failingProbes) newProbe(c configs.Check, t health.Target) (health.Probe, error) {
 	p, err := health.New(c, t)
-	if err != nil || int(t.Addr.Port()) != f.port {
+	if err != nil || (f.port != 0 && int(t.Addr.Port()) != f.port) {
 		return p, err
 	}
 	return probeFunc(func(ctx context.Context) health.Result {
@@ -324,6 +325,155 @@ func TestOneDirectorsFailingCheckKeepsTablesEqual(t *testing.T) {
 	b2.stop()
 	waitFor(t, 10*time.Second, "the stopped backend out of every table", tables(
 		fmt.Sprintf("%s:1 %s:0", p1, p2), fmt.Sprintf("%s:1 %s:0", p1, p2), fmt.Sprintf("%s:1 %s:0", p1, p2)))
+}
+
+// Most directors' checks fail at once (their hosts saturated, say) while
+// one director's pass: the shared verdict would take the service below
+// quorum on every director, and every one would withdraw. The director
+// whose checks pass keeps serving on them; the others withdraw, each on
+// its own checks, as before verdicts were shared.
+func TestMajorityFailingChecksDoNotWithdrawEveryDirector(t *testing.T) {
+	b1 := newBackend(t)
+	p1 := strings.Split(b1.addr, ":")[1]
+	svc := fmt.Sprintf(`
+  - name: web
+    vip: 192.0.2.1
+    port: 80
+    quorum: 1
+    forwarding: nat
+    backends: [{address: 127.0.0.1, port: %s}]
+    health: {type: tcp}
+`, p1)
+	fp := &failingProbes{} // every probe of d1 and d2
+	var nodes []*testNode
+	for i := 1; i <= 3; i++ {
+		cfg := nodeConfig(t, fmt.Sprintf("d%d", i), svc, "")
+		cfg.Cluster.MaxActive = 3
+		var opt func(*Options)
+		if i < 3 {
+			opt = func(o *Options) { o.newProbe = fp.newProbe }
+		}
+		var seeds []*testNode
+		if i > 1 {
+			seeds = nodes[:1]
+		}
+		nodes = append(nodes, startNodeOpts(t, cfg, &recorder{}, ipvs.NewMemory(), opt, seeds...))
+	}
+	up, zero := p1+":1", p1+":0"
+	announced := func(want ...bool) func() error {
+		return func() error {
+			for i, tn := range nodes {
+				if got := mustServices(t, tn).Services[0].Announced; got != want[i] {
+					return fmt.Errorf("d%d announces: %v, want %v (%+v)", i+1, got, want[i], tn.n.StatusView().VIPs)
+				}
+			}
+			return nil
+		}
+	}
+	waitFor(t, 15*time.Second, "every director announcing with the backend up", func() error {
+		for i, tn := range nodes {
+			if got := weights(t, tn); got != up {
+				return fmt.Errorf("d%d's table %q", i+1, got)
+			}
+		}
+		if ms := nodes[2].n.Cluster().Members(); len(ms) != 3 {
+			return fmt.Errorf("d3 sees %d members", len(ms))
+		}
+		return announced(true, true, true)()
+	})
+
+	fp.fail.Store(true)
+	waitFor(t, 10*time.Second, "d1 and d2 withdrawn, d3 serving on its own checks", func() error {
+		if err := announced(false, false, true)(); err != nil {
+			return err
+		}
+		for i, want := range []string{zero, zero, up} {
+			if got := weights(t, nodes[i]); got != want {
+				return fmt.Errorf("d%d's table %q, want %q", i+1, got, want)
+			}
+		}
+		return nil
+	})
+	// And it stays so: the verdict is 2 of 3 down, d3 holds it up.
+	for range 20 {
+		if err := announced(false, false, true)(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if s := mustServices(t, nodes[2]).Services[0]; !s.FailOpen || s.Up != 1 || s.Backends[0].Verdict != "up" || s.Backends[0].DownVotes != 2 {
+		t.Fatalf("d3's view of the service: fail_open %v, up %d, backend %+v", s.FailOpen, s.Up, s.Backends[0])
+	}
+	fp.fail.Store(false)
+	waitFor(t, 10*time.Second, "every director back on the shared verdict", func() error {
+		if mustServices(t, nodes[2]).Services[0].FailOpen {
+			return errors.New("d3 still on its own checks")
+		}
+		return announced(true, true, true)()
+	})
+}
+
+func TestFailOpen(t *testing.T) {
+	svc := func(name string, quorum int, check string, weights ...int) configs.Service {
+		s := configs.Service{Name: name, Quorum: quorum, Health: configs.Check{Type: check}}
+		for i, w := range weights {
+			s.Backends = append(s.Backends, configs.Backend{Address: mustAddr(fmt.Sprintf("10.0.0.%d", i+1)), Port: 80, Weight: w})
+		}
+		return s
+	}
+	id := func(s string, i int) string {
+		return TargetID(s, configs.Backend{Address: mustAddr(fmt.Sprintf("10.0.0.%d", i)), Port: 80})
+	}
+	services := []configs.Service{svc("a", 1, "tcp", 1, 1), svc("b", 2, "tcp", 1, 1, 1), svc("c", 1, "none", 1), svc("d", 1, "tcp", 0, 1)}
+	st := func(pairs ...any) map[string]health.State {
+		out := map[string]health.State{}
+		for i := 0; i < len(pairs); i += 2 {
+			out[pairs[i].(string)] = pairs[i+1].(health.State)
+		}
+		return out
+	}
+	U, D, X := health.Up, health.Down, health.Unknown
+	cases := []struct {
+		name        string
+		own, shared map[string]health.State
+		want        map[string]health.State
+		failOpen    []string
+	}{
+		{name: "the shared verdict keeps the quorum: it stands",
+			own: st(id("a", 1), U, id("a", 2), U), shared: st(id("a", 1), D, id("a", 2), U),
+			want: st(id("a", 1), D, id("a", 2), U)},
+		{name: "below quorum by the verdict, at quorum here: own checks",
+			own: st(id("a", 1), U, id("a", 2), D), shared: st(id("a", 1), D, id("a", 2), D),
+			want: st(id("a", 1), U, id("a", 2), D), failOpen: []string{"a"}},
+		{name: "below quorum both ways: the verdict stands",
+			own: st(id("a", 1), D, id("a", 2), X), shared: st(id("a", 1), D, id("a", 2), D),
+			want: st(id("a", 1), D, id("a", 2), D)},
+		{name: "quorum 2: one up here is not enough",
+			own: st(id("b", 1), U, id("b", 2), D, id("b", 3), D), shared: st(id("b", 1), D, id("b", 2), D, id("b", 3), D),
+			want: st(id("b", 1), D, id("b", 2), D, id("b", 3), D)},
+		{name: "quorum 2, two up here: the whole service on own checks, the other service on the verdict",
+			own:    st(id("b", 1), U, id("b", 2), U, id("b", 3), D, id("a", 1), U, id("a", 2), D),
+			shared: st(id("b", 1), D, id("b", 2), U, id("b", 3), D, id("a", 1), D, id("a", 2), U),
+			want:   st(id("b", 1), U, id("b", 2), U, id("b", 3), D, id("a", 1), D, id("a", 2), U), failOpen: []string{"b"}},
+		{name: "a backend at weight 0 does not count toward the quorum",
+			own: st(id("d", 1), U, id("d", 2), D), shared: st(id("d", 1), D, id("d", 2), D),
+			want: st(id("d", 1), D, id("d", 2), D)},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			shared := maps.Clone(tc.shared)
+			v := FailOpen(services, tc.own, Verdicts{States: tc.shared})
+			if !maps.Equal(v.States, tc.want) {
+				t.Errorf("states %v, want %v", v.States, tc.want)
+			}
+			if !slices.Equal(v.FailOpen, tc.failOpen) {
+				t.Errorf("fail open %v, want %v", v.FailOpen, tc.failOpen)
+			}
+			if !maps.Equal(tc.shared, shared) {
+				t.Errorf("the verdicts' map was changed: %v", tc.shared)
+			}
+		})
+	}
 }
 
 func mustServices(t *testing.T, tn *testNode) api.ServicesResponse {

@@ -247,6 +247,9 @@ func renderServices(w io.Writer, r api.ServicesResponse, now time.Time) {
 		if !s.InIPVS {
 			ipvs = ", NOT IN IPVS"
 		}
+		if s.FailOpen {
+			ipvs += ", ON THIS DIRECTOR'S CHECKS (the cluster's verdict is below quorum)"
+		}
 		fmt.Fprintf(w, "\n%s  %s  %s %s  check %s  %d/%d up (quorum %d)  %s%s\n", s.Name, key, s.Scheduler, s.Forwarding,
 			s.Check, s.Up, len(s.Backends), s.Quorum, ann, ipvs)
 		tw := table(w)

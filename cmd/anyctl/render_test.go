@@ -87,6 +87,10 @@ func TestRenderServicesGolden(t *testing.T) {
 		{Name: "web6", VIP: netip.MustParseAddr("2001:db8:100::1"), Protocol: "tcp", Port: 80, Scheduler: "mh", Forwarding: "dr",
 			Check: "tcp", Quorum: 1, Up: 0, InIPVS: true, Backends: []api.BackendView{
 				{Address: netip.MustParseAddr("2001:db8:200::11"), Port: 80, Weight: 1, IPVSWeight: w(1), Health: "unknown"}}},
+		{Name: "api", VIP: netip.MustParseAddr("198.51.100.5"), Protocol: "tcp", Port: 443, Scheduler: "mh", Forwarding: "dr",
+			Check: "tcp", Quorum: 1, Up: 1, InIPVS: true, Announced: true, FailOpen: true, Backends: []api.BackendView{
+				{Address: netip.MustParseAddr("10.1.0.51"), Port: 443, Weight: 1, IPVSWeight: w(1), Health: "up", Since: now.Add(-time.Minute),
+					Verdict: "up", DownVotes: 3, Voters: 4}}},
 	}}
 	var b bytes.Buffer
 	renderServices(&b, r, now)
