@@ -631,17 +631,18 @@ func (c *Cluster) sendState(to []string) {
 		return
 	}
 	if len(msg) <= maxGossipState {
-		c.queue.QueueBroadcast(stateBroadcast(msg))
+		c.queue.QueueBroadcast(stateBroadcast{name: c.opts.Name, msg: msg})
 	}
 	for _, nc := range c.peers() {
 		c.sendReliable(ml, &nc, msg, "member state")
 	}
 }
 
-// mergeState keeps st as name's state if it is newer than the one held.
-func (c *Cluster) mergeState(name string, st MemberState) {
+// mergeState keeps st as name's state if it is newer than the one held,
+// and says whether it was.
+func (c *Cluster) mergeState(name string, st MemberState) bool {
 	if name == "" || name == c.opts.Name {
-		return
+		return false
 	}
 	c.mu.Lock()
 	newer := st.Seq > c.states[name].Seq
@@ -652,6 +653,7 @@ func (c *Cluster) mergeState(name string, st MemberState) {
 	if newer {
 		c.notify()
 	}
+	return newer
 }
 
 func metaEqual(a, b Meta) bool {
@@ -1135,7 +1137,15 @@ func (d *delegate) NotifyMsg(b []byte) {
 		if err := json.Unmarshal(b[1:], &sm); err != nil {
 			return
 		}
-		c.mergeState(sm.Name, sm.State)
+		if c.mergeState(sm.Name, sm.State) && len(b) <= maxGossipState {
+			// Passed on, as memberlist passes on what it learns of a
+			// member: the last state a member sent before it was cut off
+			// reached some members and not others, and they counted
+			// different votes until it was declared dead (the soak lab:
+			// two directors' tables differed for over 4 s). The copy
+			// memberlist hands us is its buffer's: keep our own.
+			c.queue.QueueBroadcast(stateBroadcast{name: sm.Name, msg: slices.Clone(b)})
+		}
 	case msgWantSt:
 		var n notice
 		if err := json.Unmarshal(b[1:], &n); err != nil || n.From == "" {
@@ -1394,15 +1404,20 @@ func (b noticeBroadcast) Invalidates(o memberlist.Broadcast) bool {
 func (b noticeBroadcast) Message() []byte { return b }
 func (b noticeBroadcast) Finished()       {}
 
-// stateBroadcast is this member's state, gossiped: a newer one replaces
-// one still in the queue.
-type stateBroadcast []byte
+// stateBroadcast is a member's state, gossiped (this member's own, or
+// another's passed on): a newer one of the same member replaces one still
+// in the queue.
+type stateBroadcast struct {
+	name string
+	msg  []byte
+}
 
 func (b stateBroadcast) Invalidates(o memberlist.Broadcast) bool {
-	_, ok := o.(stateBroadcast)
-	return ok
+	ob, ok := o.(stateBroadcast)
+	return ok && ob.name == b.name
 }
-func (b stateBroadcast) Message() []byte { return b }
+func (b stateBroadcast) Name() string    { return "state/" + b.name }
+func (b stateBroadcast) Message() []byte { return b.msg }
 func (b stateBroadcast) Finished()       {}
 
 // maxGossipState is the largest state message gossiped as well as sent:

@@ -90,3 +90,41 @@ func TestNewerDocumentInMetadataIsFetched(t *testing.T) {
 		t.Error("any document is newer than none")
 	}
 }
+
+// A member's state that reached one member only (its author was cut off
+// right after sending it) reaches the others through that member: it is
+// passed on by gossip, as memberlist passes on what it learns of members.
+// Push/pull is a minute away here, so only the gossip can carry it.
+func TestStateIsPassedOn(t *testing.T) {
+	tc := newTestCluster(t)
+	tc.adjust = func(o *Options) { o.Timing = LANTiming; o.Timing.PushPull = time.Minute }
+	b := tc.start("b", nil, "")
+	c := tc.start("c", nil, "", "b")
+	eventually(t, 5*time.Second, "b and c see each other", func() error {
+		if got := alive(c.c.Members()); len(got) != 2 {
+			return fmt.Errorf("c sees %v", got)
+		}
+		return nil
+	})
+	report := &HealthReport{Config: "c1", Down: []string{"web/10.1.0.11:80"}}
+	msg, _ := json.Marshal(stateMsg{Name: "x", State: MemberState{Seq: 7, Reason: "passed on", Health: report}})
+	(*delegate)(b.c).NotifyMsg(append([]byte{msgState}, msg...))
+	eventually(t, 5*time.Second, "x's state at c", func() error {
+		c.c.mu.Lock()
+		st := c.c.states["x"]
+		c.c.mu.Unlock()
+		if st.Seq != 7 || st.Reason != "passed on" || !st.Health.Equal(report) {
+			return fmt.Errorf("c holds x's state %+v", st)
+		}
+		return nil
+	})
+	// An older state is not passed on again (nor taken).
+	old, _ := json.Marshal(stateMsg{Name: "x", State: MemberState{Seq: 6, Reason: "older"}})
+	(*delegate)(b.c).NotifyMsg(append([]byte{msgState}, old...))
+	b.c.mu.Lock()
+	kept := b.c.states["x"].Reason
+	b.c.mu.Unlock()
+	if kept != "passed on" {
+		t.Fatalf("b took an older state: %q", kept)
+	}
+}
