@@ -110,6 +110,12 @@ type Cluster struct {
 	// not authentic (a copy signed with another key may be). Only
 	// verdicts go here, never an I/O failure; a key change empties it.
 	rejected map[string]bool
+	// asked is the newer document last asked for because a member's
+	// metadata named it (version/short hash), and when: asked again only
+	// after askAgain, not of every member that adopts it meanwhile (a
+	// large document would come once per member).
+	asked   string
+	askedAt time.Time
 	// saveMu orders the writes of the document and the member list,
 	// which happen outside mu: memberlist's callbacks take mu, and a slow
 	// disk must not stall them. Taken before peersMu and mu, never while
@@ -908,6 +914,11 @@ func (c *Cluster) spread(d *Document) {
 	}
 }
 
+// askAgain is how long a document asked for because a member's metadata
+// named it is not asked for again: it comes over TCP, within the TCP
+// timeout (2 s) or not at all.
+const askAgain = 2 * time.Second
+
 // metaDocNewer says whether the document a member's metadata names (its
 // version and short hash) is newer than doc.
 func metaDocNewer(m Meta, doc *Document) bool {
@@ -1368,6 +1379,14 @@ func (c *Cluster) observe(n *memberlist.Node, st State) {
 	other := st == StateAlive && n.Name != c.opts.Name
 	staleState := other && meta.StateSeq > c.states[n.Name].Seq
 	staleDoc := other && metaDocNewer(meta, c.doc) && !c.rejectedLocked(meta.ConfigVersion, meta.ConfigHash)
+	if staleDoc {
+		key, now := fmt.Sprintf("%d/%s", meta.ConfigVersion, meta.ConfigHash), c.opts.Now()
+		if key == c.asked && now.Sub(c.askedAt) < askAgain {
+			staleDoc = false
+		} else {
+			c.asked, c.askedAt = key, now
+		}
+	}
 	ml := c.ml
 	c.mu.Unlock()
 	if (staleState || staleDoc) && ml != nil {

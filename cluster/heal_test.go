@@ -3,6 +3,7 @@ package cluster
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -126,5 +127,36 @@ func TestStateIsPassedOn(t *testing.T) {
 	b.c.mu.Unlock()
 	if kept != "passed on" {
 		t.Fatalf("b took an older state: %q", kept)
+	}
+}
+
+// A newer document named in metadata is asked for once, not again of
+// each member that adopts it meanwhile (a large document would come once
+// per member), and again after askAgain if it has not come.
+func TestNewerDocumentAskedOnce(t *testing.T) {
+	now := time.Unix(1000, 0)
+	c, err := New(Options{Name: "b", Bind: netip.MustParseAddr("127.0.0.1"), StateDir: t.TempDir(), Log: logger(t, "b"),
+		Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta, _ := Meta{Priority: 100, Healthy: true, ConfigVersion: 3, ConfigHash: "abcdefabcdef"}.Encode(memberlist.MetaMaxSize)
+	update := func(name string) {
+		(*events)(c).NotifyUpdate(&memberlist.Node{Name: name, Addr: []byte{127, 0, 0, 2}, Port: 7946, Meta: meta})
+	}
+	update("a")
+	if c.asked != "3/abcdefabcdef" || !c.askedAt.Equal(now) {
+		t.Fatalf("asked %q at %v, want 3/abcdefabcdef at %v", c.asked, c.askedAt, now)
+	}
+	first := now
+	now = now.Add(time.Second)
+	update("d") // another member on it: not asked again
+	if !c.askedAt.Equal(first) {
+		t.Fatalf("asked again after 1s (at %v)", c.askedAt)
+	}
+	now = now.Add(askAgain)
+	update("d")
+	if !c.askedAt.Equal(now) {
+		t.Fatalf("not asked again after %v (last at %v)", askAgain+time.Second, c.askedAt)
 	}
 }

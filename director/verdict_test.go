@@ -222,6 +222,27 @@ func weights(t *testing.T, tn *testNode) string {
 	return strings.Join(out, " ")
 }
 
+// threeDirectors starts d1, d2 and d3 (seeded by d1) in process on the
+// services svc, each config changed by adjust; the directors i for which
+// failing says so probe through fp.
+func threeDirectors(t *testing.T, svc string, fp *failingProbes, failing func(i int) bool, adjust func(*configs.Config)) []*testNode {
+	var nodes []*testNode
+	for i := 1; i <= 3; i++ {
+		cfg := nodeConfig(t, fmt.Sprintf("d%d", i), svc, "")
+		adjust(cfg)
+		var opt func(*Options)
+		if failing(i) {
+			opt = func(o *Options) { o.newProbe = fp.newProbe }
+		}
+		var seeds []*testNode
+		if i > 1 {
+			seeds = nodes[:1]
+		}
+		nodes = append(nodes, startNodeOpts(t, cfg, &recorder{}, ipvs.NewMemory(), opt, seeds...))
+	}
+	return nodes
+}
+
 // One director's checks of a backend fail while the others' pass: every
 // director's table keeps it (the same table everywhere, so mh picks the
 // same real server on each), the director says it disagrees, and only
@@ -242,20 +263,8 @@ func TestOneDirectorsFailingCheckKeepsTablesEqual(t *testing.T) {
 `, p1, p2)
 	port1, _ := strconv.Atoi(p1)
 	fp := &failingProbes{port: port1}
-	var nodes []*testNode
-	for i := 1; i <= 3; i++ {
-		cfg := nodeConfig(t, fmt.Sprintf("d%d", i), svc, "")
-		cfg.Health.LocalHold = 3 * time.Second
-		var opt func(*Options)
-		if i == 1 {
-			opt = func(o *Options) { o.newProbe = fp.newProbe }
-		}
-		var seeds []*testNode
-		if i > 1 {
-			seeds = nodes[:1]
-		}
-		nodes = append(nodes, startNodeOpts(t, cfg, &recorder{}, ipvs.NewMemory(), opt, seeds...))
-	}
+	nodes := threeDirectors(t, svc, fp, func(i int) bool { return i == 1 },
+		func(cfg *configs.Config) { cfg.Health.LocalHold = 3 * time.Second })
 	d1 := nodes[0]
 	both := fmt.Sprintf("%s:1 %s:1", p1, p2)
 	tables := func(want ...string) func() error {
@@ -345,20 +354,8 @@ func TestMajorityFailingChecksDoNotWithdrawEveryDirector(t *testing.T) {
     health: {type: tcp}
 `, p1)
 	fp := &failingProbes{} // every probe of d1 and d2
-	var nodes []*testNode
-	for i := 1; i <= 3; i++ {
-		cfg := nodeConfig(t, fmt.Sprintf("d%d", i), svc, "")
-		cfg.Cluster.MaxActive = 3
-		var opt func(*Options)
-		if i < 3 {
-			opt = func(o *Options) { o.newProbe = fp.newProbe }
-		}
-		var seeds []*testNode
-		if i > 1 {
-			seeds = nodes[:1]
-		}
-		nodes = append(nodes, startNodeOpts(t, cfg, &recorder{}, ipvs.NewMemory(), opt, seeds...))
-	}
+	nodes := threeDirectors(t, svc, fp, func(i int) bool { return i < 3 },
+		func(cfg *configs.Config) { cfg.Cluster.MaxActive = 3 })
 	up, zero := p1+":1", p1+":0"
 	announced := func(want ...bool) func() error {
 		return func() error {
