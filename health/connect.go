@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -14,15 +16,23 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// connector runs a Monitor's plain TCP checks (tcp without send or expect:
-// the bulk of a director's checks) on one epoll instance: a non-blocking
-// connect per check, its outcome read with SO_ERROR when the socket turns
-// writable, then a close, as keepalived's TCP_CHECK does. Go's dialer,
-// a goroutine and a context per check cost twice keepalived's CPU for
-// 10,000 targets at 1 s (issue 18); this is what remains of a check.
-// Safe for concurrent use.
+// connector runs a Monitor's TCP checks and plain HTTP checks (the bulk of
+// a director's checks) on one epoll instance: a non-blocking connect per
+// check, its outcome read with SO_ERROR when the socket turns writable,
+// then, for a check that talks (a conversation), its request written and
+// the answer read as the socket allows, all on the one goroutine, then a
+// close, as keepalived's checkers do. Go's dialer, a goroutine and a
+// context per check cost twice keepalived's CPU for 10,000 targets at 1 s
+// (issue 18); this is what remains of a check. Safe for concurrent use.
 type connector struct {
 	epfd, evfd int
+	// ep is the epoll instance in Go's own poller (an epoll fd is
+	// itself pollable): run waits there, parked like any goroutine on a
+	// socket, instead of in a blocking epoll_wait that costs a thread
+	// hand-off each time. Nil where the runtime would not take it: run
+	// then blocks in epoll_wait.
+	ep *os.File
+	rc syscall.RawConn
 
 	mu     sync.Mutex
 	reqs   map[int]*connReq // by socket
@@ -39,6 +49,12 @@ type connReq struct {
 	start    time.Time
 	deadline time.Time
 	timeout  time.Duration
+	// conv is what is said once connected (nil: nothing); sent counts
+	// what of it is written, got is what has been read.
+	conv               *conversation
+	connected, reading bool
+	sent               int
+	got                []byte
 	// done gets the result; undo is called instead when the connector
 	// stops with the check unfinished.
 	done func(Result)
@@ -61,13 +77,78 @@ func newConnector() (*connector, error) {
 		unix.Close(evfd)
 		return nil, fmt.Errorf("epoll: %w", err)
 	}
-	return &connector{epfd: epfd, evfd: evfd, reqs: map[int]*connReq{}}, nil
+	c := &connector{epfd: epfd, evfd: evfd, reqs: map[int]*connReq{}}
+	if unix.SetNonblock(epfd, true) == nil {
+		ep := os.NewFile(uintptr(epfd), "epoll")
+		if rc, err := ep.SyscallConn(); err == nil && ep.SetReadDeadline(time.Time{}) == nil {
+			// SetReadDeadline fails on a file the poller did not take.
+			c.ep, c.rc = ep, rc
+		} else {
+			// Not in the poller: ep owns the fd all the same; keep it
+			// from closing it when collected.
+			c.ep = ep
+			c.rc = nil
+		}
+	}
+	return c, nil
 }
 
-// start begins a connect to addr that ends within timeout; done (or, if
-// the connector stops first, undo) is called exactly once, from start
-// itself or from run's goroutine.
-func (c *connector) start(addr netip.AddrPort, timeout time.Duration, done func(Result), undo func()) {
+// wait returns the ready events, waiting at most until deadline (zero:
+// no deadline). Through the poller it parks the goroutine; the events
+// ready when the deadline passes are still read, so that an answer that
+// came is not taken for a timeout.
+func (c *connector) wait(events []unix.EpollEvent, deadline time.Time) int {
+	if c.rc == nil {
+		ms := -1
+		if !deadline.IsZero() {
+			ms = int(max(time.Until(deadline), 0)/time.Millisecond) + 1
+		}
+		n, err := unix.EpollWait(c.epfd, events, ms)
+		if err != nil {
+			return 0
+		}
+		return n
+	}
+	c.ep.SetReadDeadline(deadline)
+	n := 0
+	err := c.rc.Read(func(fd uintptr) bool {
+		var err error
+		n, err = unix.EpollWait(int(fd), events, 0)
+		if err != nil {
+			n = 0
+			return !errors.Is(err, unix.EINTR)
+		}
+		return n > 0
+	})
+	if err != nil && n == 0 {
+		// The deadline (or an error): what is ready now.
+		if m, err := unix.EpollWait(c.epfd, events, 0); err == nil {
+			n = m
+		}
+	}
+	return n
+}
+
+// conversation is what a check says and expects once connected: send is
+// written, then the answer is read until judge decides. judge is given
+// everything read so far and end, nil while the answer may go on, else
+// why it ended (io.EOF when the peer closed, the read's error, or a
+// timeout wrapping os.ErrDeadlineExceeded); with end set it must decide.
+// At most maxAnswer bytes are read.
+type conversation struct {
+	send  []byte
+	judge func(got []byte, end error) (Result, bool)
+}
+
+const maxAnswer = 64 << 10
+
+var errAnswerTooLong = fmt.Errorf("no decision in the first %d KiB", maxAnswer>>10)
+
+// start begins a connect to addr, and the conversation after it if conv
+// is not nil, that ends within timeout; done (or, if the connector stops
+// first, undo) is called exactly once, from start itself or from run's
+// goroutine.
+func (c *connector) start(addr netip.AddrPort, timeout time.Duration, conv *conversation, done func(Result), undo func()) {
 	now := time.Now()
 	fail := func(err error) {
 		done(Result{Err: fmt.Errorf("dial tcp %s: %w", addr, err), Latency: time.Since(now)})
@@ -89,16 +170,18 @@ func (c *connector) start(addr netip.AddrPort, timeout time.Duration, done func(
 	// would keep 600,000 of them, past the kernel's tcp_max_tw_buckets).
 	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 	switch err := unix.Connect(fd, sa); {
-	case err == nil:
+	case err == nil && conv == nil:
 		unix.Close(fd)
 		done(Result{OK: true, Detail: "connected", Latency: time.Since(now)})
 		return
+	case err == nil:
+		// Connected at once; the conversation goes on in run.
 	case !errors.Is(err, unix.EINPROGRESS):
 		unix.Close(fd)
 		fail(fmt.Errorf("connect: %w", err))
 		return
 	}
-	r := &connReq{fd: fd, addr: addr, start: now, deadline: now.Add(timeout), timeout: timeout, done: done, undo: undo}
+	r := &connReq{fd: fd, addr: addr, start: now, deadline: now.Add(timeout), timeout: timeout, conv: conv, done: done, undo: undo}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -142,21 +225,17 @@ func (c *connector) run(ctx context.Context) {
 	var results []func()
 	for {
 		c.mu.Lock()
-		wait := -1
 		c.wakeAt = time.Time{}
 		if len(c.byTime) > 0 {
 			c.wakeAt = c.byTime[0].deadline
-			wait = int(max(time.Until(c.wakeAt), 0)/time.Millisecond) + 1
 		}
+		wakeAt := c.wakeAt
 		c.mu.Unlock()
 		if ctx.Err() != nil {
 			c.shutdown()
 			return
 		}
-		n, err := unix.EpollWait(c.epfd, events, wait)
-		if err != nil && !errors.Is(err, unix.EINTR) {
-			n = 0
-		}
+		n := c.wait(events, wakeAt)
 		now := time.Now()
 		results = results[:0]
 		c.mu.Lock()
@@ -171,13 +250,11 @@ func (c *connector) run(ctx context.Context) {
 			if !ok {
 				continue
 			}
-			res := Result{OK: true, Detail: "connected", Latency: now.Sub(r.start)}
-			if soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || soErr != 0 {
-				if err == nil {
-					err = syscall.Errno(soErr)
-				}
-				res = Result{Err: fmt.Errorf("dial tcp %s: connect: %w", r.addr, err), Latency: now.Sub(r.start)}
+			res, fin := c.step(r)
+			if !fin {
+				continue
 			}
+			res.Latency = now.Sub(r.start)
 			c.finishLocked(r)
 			done := r.done
 			results = append(results, func() { done(res) })
@@ -186,13 +263,81 @@ func (c *connector) run(ctx context.Context) {
 			r := c.byTime[0]
 			c.finishLocked(r)
 			// The words of Go's dialer: "i/o timeout".
-			res := Result{Err: fmt.Errorf("timed out after %s: dial tcp %s: %w", r.timeout, r.addr, os.ErrDeadlineExceeded), Latency: now.Sub(r.start)}
+			res := Result{Err: fmt.Errorf("timed out after %s: dial tcp %s: %w", r.timeout, r.addr, os.ErrDeadlineExceeded)}
+			if r.connected {
+				// As Run words a probe's timeout.
+				res, _ = r.conv.judge(r.got, fmt.Errorf("read tcp %s: %w", r.addr, os.ErrDeadlineExceeded))
+				if !res.OK {
+					res.Err = fmt.Errorf("timed out after %s: %w", r.timeout, res.Err)
+				}
+			}
+			res.Latency = now.Sub(r.start)
 			done := r.done
 			results = append(results, func() { done(res) })
 		}
 		c.mu.Unlock()
 		for _, f := range results {
 			f()
+		}
+	}
+}
+
+// step moves r on after its socket turned ready: connected (or not),
+// then its conversation written and read as far as the socket allows.
+// It reports whether r is finished, with its result (Latency unset).
+// Called with c.mu held.
+func (c *connector) step(r *connReq) (Result, bool) {
+	if !r.connected {
+		if soErr, err := unix.GetsockoptInt(r.fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || soErr != 0 {
+			if err == nil {
+				err = syscall.Errno(soErr)
+			}
+			return Result{Err: fmt.Errorf("dial tcp %s: connect: %w", r.addr, err)}, true
+		}
+		if r.conv == nil {
+			return Result{OK: true, Detail: "connected"}, true
+		}
+		r.connected = true
+	}
+	if !r.reading {
+		if r.sent < len(r.conv.send) {
+			n, err := unix.Write(r.fd, r.conv.send[r.sent:])
+			if errors.Is(err, unix.EAGAIN) {
+				return Result{}, false
+			}
+			if err != nil {
+				return Result{Err: fmt.Errorf("send: write tcp %s: %w", r.addr, err)}, true
+			}
+			if r.sent += n; r.sent < len(r.conv.send) {
+				return Result{}, false
+			}
+		}
+		r.reading = true
+		if err := unix.EpollCtl(c.epfd, unix.EPOLL_CTL_MOD, r.fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(r.fd)}); err != nil {
+			return Result{Err: fmt.Errorf("epoll: %w", err)}, true
+		}
+		// The answer is rarely there yet: wait for it.
+		return Result{}, false
+	}
+	for {
+		if len(r.got) == cap(r.got) {
+			r.got = slices.Grow(r.got, min(max(2*cap(r.got), 512), maxAnswer)-len(r.got))
+		}
+		n, err := unix.Read(r.fd, r.got[len(r.got):cap(r.got)])
+		switch {
+		case errors.Is(err, unix.EAGAIN):
+			return Result{}, false
+		case err != nil:
+			return r.conv.judge(r.got, fmt.Errorf("read tcp %s: %w", r.addr, err))
+		case n == 0:
+			return r.conv.judge(r.got, io.EOF)
+		}
+		r.got = r.got[:len(r.got)+n]
+		if res, ok := r.conv.judge(r.got, nil); ok {
+			return res, true
+		}
+		if len(r.got) >= maxAnswer {
+			return r.conv.judge(r.got, errAnswerTooLong)
 		}
 	}
 }
@@ -207,7 +352,11 @@ func (c *connector) shutdown() {
 	}
 	c.reqs, c.byTime = nil, nil
 	c.mu.Unlock()
-	unix.Close(c.epfd)
+	if c.ep != nil {
+		c.ep.Close()
+	} else {
+		unix.Close(c.epfd)
+	}
 	unix.Close(c.evfd)
 	for _, u := range undos {
 		u()

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"regexp"
 	"sync"
@@ -37,9 +38,11 @@ type httpProbe struct {
 	body   *regexp.Regexp
 	client *http.Client
 
-	addr  string      // host:port to connect to
-	tls   *tls.Config // https
-	wire  []byte      // the request as sent
+	addr  string // host:port to connect to
+	ap    netip.AddrPort
+	conv  *conversation // the direct path on a Monitor's connector
+	tls   *tls.Config   // https
+	wire  []byte        // the request as sent
 	req   *http.Request
 	plain bool // no redirects to follow: the direct path
 }
@@ -123,7 +126,8 @@ func newHTTP(c configs.Check, t Target) (*httpProbe, error) {
 		if err := req.Write(&wire); err != nil {
 			return nil, fmt.Errorf("request: %w", err)
 		}
-		p.plain, p.req, p.wire, p.addr = true, req, wire.Bytes(), t.Addr.String()
+		p.plain, p.req, p.wire, p.addr, p.ap = true, req, wire.Bytes(), t.Addr.String(), t.Addr
+		p.conv = &conversation{send: p.wire, judge: p.judge}
 		if tr.TLSClientConfig != nil {
 			// As the Transport does: the URL's host names the server
 			// unless the check does.
@@ -225,16 +229,11 @@ func (p *httpProbe) Check(ctx context.Context) Result {
 		}
 	}
 	defer resp.Body.Close()
-	detail := fmt.Sprintf("HTTP %d", resp.StatusCode)
-	ok := false
-	for _, r := range p.status {
-		if resp.StatusCode >= r[0] && resp.StatusCode <= r[1] {
-			ok = true
-		}
+	res := p.verdict(resp.StatusCode)
+	if !res.OK {
+		return res
 	}
-	if !ok {
-		return Result{Detail: detail, Err: fmt.Errorf("status %d is not one of %s", resp.StatusCode, p.statusText())}
-	}
+	detail := res.Detail
 	if p.body != nil {
 		b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		if err != nil {
@@ -245,6 +244,53 @@ func (p *httpProbe) Check(ctx context.Context) Result {
 		}
 	}
 	return Result{OK: true, Detail: detail}
+}
+
+// verdict judges an answer's status code.
+func (p *httpProbe) verdict(code int) Result {
+	detail := fmt.Sprintf("HTTP %d", code)
+	for _, r := range p.status {
+		if code >= r[0] && code <= r[1] {
+			return Result{OK: true, Detail: detail}
+		}
+	}
+	return Result{Detail: detail, Err: fmt.Errorf("status %d is not one of %s", code, p.statusText())}
+}
+
+// onConnector is how a Monitor runs the check on its connector: the
+// direct path's request, and its answer read as far as the headers and
+// judged by status. A check over TLS, one that matches the body or
+// follows redirects, or one to an address with a zone runs through Check.
+func (p *httpProbe) onConnector() (netip.AddrPort, *conversation, bool) {
+	if p.conv == nil || p.tls != nil || p.body != nil || p.ap.Addr().Zone() != "" {
+		return netip.AddrPort{}, nil, false
+	}
+	return p.ap, p.conv, true
+}
+
+var headersEnd = []byte("\r\n\r\n")
+
+// judge is the conversation's judge: once the headers are in (or the
+// answer ended), they are read by http.ReadResponse, as on the direct
+// path, and the status judged; the body is not read (as Check does not
+// without a body to match).
+func (p *httpProbe) judge(got []byte, end error) (Result, bool) {
+	if !bytes.Contains(got, headersEnd) {
+		if end == nil {
+			return Result{}, false
+		}
+		if !errors.Is(end, io.EOF) {
+			return Result{Err: fmt.Errorf("read the answer: %w", end)}, true
+		}
+	}
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(bytes.NewReader(got))
+	defer func() { br.Reset(nil); readers.Put(br) }()
+	resp, err := http.ReadResponse(br, p.req)
+	if err != nil {
+		return Result{Err: fmt.Errorf("read the answer: %w", err)}, true
+	}
+	return p.verdict(resp.StatusCode), true
 }
 
 func (p *httpProbe) statusText() string {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/netip"
 	"reflect"
 	"sort"
 	"sync"
@@ -54,7 +55,11 @@ type Monitor struct {
 	queue   schedule
 	subs    map[*Subscription]bool
 	wake    chan struct{}
-	rnd     *rand.Rand
+	// sleepUntil is when Run wakes by itself: an entry due earlier must
+	// wake it (signal); one due later need not (the usual case of a
+	// check that has finished and is due again an interval on).
+	sleepUntil time.Time
+	rnd        *rand.Rand
 	// newProbe builds probes; tests replace it with scripted ones.
 	newProbe func(configs.Check, Target) (Probe, error)
 	// stalls are this process's recent stalls (see stall.go); a timeout
@@ -229,8 +234,9 @@ func (m *Monitor) signal() {
 // Run probes until ctx ends; it returns after every probe it started has
 // returned.
 //
-// Each probe runs in a goroutine of its own, started when it is due; a
-// semaphore of Concurrency slots bounds them. A fixed pool of that many
+// A probe the connector cannot run (see Run's body) runs in a goroutine of
+// its own, started when it is due; a semaphore of Concurrency slots
+// bounds all of them, the connector's included. A fixed pool of that many
 // workers would park them all (at the default 1,024, about 7 MB of
 // stacks) in a daemon whose probes mostly take microseconds.
 func (m *Monitor) Run(ctx context.Context) error {
@@ -241,11 +247,12 @@ func (m *Monitor) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); m.stalls.run(stallCtx) }()
 	defer stopStalls()
-	// Plain TCP checks run on one epoll instance (see connector), made
-	// when the first one is due (a monitor without any, as in the tests
-	// that script their probes under synctest, never blocks in epoll);
-	// the other checks, and all of them if it cannot be made, run in
-	// goroutines.
+	// TCP checks and plain HTTP checks run on one epoll instance (see
+	// connector and connectorProbe), made when the first one is due (a
+	// monitor without any, as in the tests that script their probes
+	// under synctest, never makes one); the other checks (TLS, a body to
+	// match, udp, dns, exec), and all of them if it cannot be made, run
+	// in goroutines.
 	var conn *connector
 	connFailed := false
 	connDone := make(chan struct{})
@@ -275,7 +282,10 @@ func (m *Monitor) Run(ctx context.Context) error {
 		m.mu.Lock()
 		now := time.Now()
 		var due []job
-		for m.queue.Len() > 0 && !m.queue[0].next.After(now) {
+		// The checks due within batchSlack start together: one wake-up
+		// for several (10,000 targets at 1 s would wake it 10,000 times
+		// a second otherwise); none starts more than that early.
+		for soon := now.Add(batchSlack); m.queue.Len() > 0 && !m.queue[0].next.After(soon); {
 			e := heap.Pop(&m.queue).(*entry)
 			e.running = true
 			// Set may give the entry a new check meanwhile: the
@@ -286,6 +296,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 		if m.queue.Len() > 0 {
 			wait = m.queue[0].next.Sub(now)
 		}
+		m.sleepUntil = now.Add(wait)
 		m.mu.Unlock()
 
 		for i, e := range due {
@@ -296,12 +307,14 @@ func (m *Monitor) Run(ctx context.Context) error {
 				return nil
 			}
 			wg.Add(1)
-			if tp, ok := e.probe.(*tcpProbe); ok && tp.connectOnly() && connector() != nil {
-				j := e
-				conn.start(tp.ap, e.timeout,
-					func(r Result) { <-slots; m.finish(j.entry, r); wg.Done() },
-					func() { <-slots; m.unclaim([]job{j}); wg.Done() })
-				continue
+			if cp, ok := e.probe.(connectorProbe); ok {
+				if addr, conv, ok := cp.onConnector(); ok && connector() != nil {
+					j := e
+					conn.start(addr, e.timeout, conv,
+						func(r Result) { <-slots; m.finish(j.entry, r); wg.Done() },
+						func() { <-slots; m.unclaim([]job{j}); wg.Done() })
+					continue
+				}
 			}
 			go func() {
 				defer wg.Done()
@@ -324,6 +337,26 @@ func (m *Monitor) Run(ctx context.Context) error {
 	}
 }
 
+// batchSlack is how early a check may start, so that the checks due
+// within it start on one wake-up of Run.
+const batchSlack = 5 * time.Millisecond
+
+// requeueLocked puts e back on the queue, waking Run if e is due before
+// Run would wake by itself.
+func (m *Monitor) requeueLocked(e *entry) {
+	heap.Push(&m.queue, e)
+	if e.next.Before(m.sleepUntil) {
+		m.signal()
+	}
+}
+
+// connectorProbe is a probe a Monitor may run on its connector (see
+// connector): the address to connect to, the conversation after it (nil:
+// the connect is the check), and whether this probe can be run so.
+type connectorProbe interface {
+	onConnector() (netip.AddrPort, *conversation, bool)
+}
+
 // job is a due entry with the probe it runs.
 type job struct {
 	*entry
@@ -339,7 +372,7 @@ func (m *Monitor) unclaim(es []job) {
 	for _, e := range es {
 		e.running = false
 		if !e.removed {
-			heap.Push(&m.queue, e.entry)
+			m.requeueLocked(e.entry)
 		}
 	}
 }
@@ -361,8 +394,7 @@ func (m *Monitor) finish(e *entry, r Result) {
 				"target", e.id, "took", r.Latency.Round(time.Millisecond), "err", r.Err)
 		}
 		e.next = now
-		heap.Push(&m.queue, e)
-		m.signal()
+		m.requeueLocked(e)
 		return
 	}
 	e.discounted = 0
@@ -397,8 +429,7 @@ func (m *Monitor) finish(e *entry, r Result) {
 		}
 	}
 	e.next = now.Add(e.check.Interval)
-	heap.Push(&m.queue, e)
-	m.signal()
+	m.requeueLocked(e)
 }
 
 // Snapshot returns every target's status, sorted by ID.

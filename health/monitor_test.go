@@ -404,3 +404,69 @@ func TestMonitorDiscountsTimeoutsWhileStalled(t *testing.T) {
 		})
 	}
 }
+
+// startLog is a probe that records when each run starts, per target.
+type startLog struct {
+	mu     *sync.Mutex
+	starts map[string][]time.Time
+	id     string
+}
+
+func (s *startLog) Check(context.Context) Result {
+	s.mu.Lock()
+	s.starts[s.id] = append(s.starts[s.id], time.Now())
+	s.mu.Unlock()
+	return Result{OK: true}
+}
+
+// TestMonitorBatchesDueChecks: checks due within batchSlack of each other
+// start on one wake-up of the monitor (2,000 targets at 1 s would wake it
+// 2,000 times a second otherwise: under emulation, a good part of the
+// cost of a check), and none starts more than batchSlack before it is due.
+func TestMonitorBatchesDueChecks(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n, interval = 2000, time.Second
+		m := NewMonitor(nil, n)
+		log := &startLog{mu: new(sync.Mutex), starts: map[string][]time.Time{}}
+		m.newProbe = func(c configs.Check, tg Target) (Probe, error) {
+			return &startLog{mu: log.mu, starts: log.starts, id: tg.Addr.String()}, nil
+		}
+		var specs []Spec
+		for i := range n {
+			s := spec(fmt.Sprint(i), interval, 1, 1)
+			s.Target.Addr = netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(1000+i))
+			specs = append(specs, s)
+		}
+		if err := m.Set(specs); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error)
+		go func() { done <- m.Run(ctx) }()
+		time.Sleep(3*interval + interval/2)
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		instants := map[time.Time]bool{}
+		for id, ts := range log.starts {
+			if len(ts) < 3 {
+				t.Fatalf("%s ran %d times in 3.5 intervals", id, len(ts))
+			}
+			for i, at := range ts {
+				instants[at] = true
+				if i > 0 {
+					if gap := at.Sub(ts[i-1]); gap > interval || gap < interval-batchSlack {
+						t.Fatalf("%s: run %d started %s after the one before, want within %s before the interval %s", id, i, gap, batchSlack, interval)
+					}
+				}
+			}
+		}
+		// One wake-up per batchSlack at most (the first runs spread over
+		// the first interval, the rest follow them).
+		if limit := int(3*interval+interval/2)/int(batchSlack) + 1; len(instants) > limit {
+			t.Errorf("checks started at %d distinct instants in 3.5 s, want at most %d (one per %s)", len(instants), limit, batchSlack)
+		}
+	})
+}

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"io"
 	"math/big"
 	"net"
@@ -65,22 +66,57 @@ type probeCase struct {
 	target string
 	ok     bool
 	errHas string // part of the error when !ok
+	// timedOut: the error is a timeout (Check and the connector word
+	// it differently), in place of errHas.
+	timedOut bool
 }
 
+// runCases runs each case through Check, as anyctl probe and the checks
+// the connector cannot run do, and, where the probe can, on a connector,
+// as a Monitor runs it: both must come to the case's verdict.
 func runCases(t *testing.T, cases []probeCase) {
 	t.Helper()
+	conn, err := newConnector()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() { conn.run(ctx); close(ran) }()
+	defer func() { cancel(); <-ran }()
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			p, err := New(tc.check, target(t, tc.target))
 			if err != nil {
 				t.Fatalf("New: %v", err)
 			}
-			r := Run(context.Background(), p, tc.check.Timeout)
-			if r.OK != tc.ok {
-				t.Fatalf("OK = %v, want %v (err %v, detail %q)", r.OK, tc.ok, r.Err, r.Detail)
+			expect := func(how string, r Result) {
+				t.Helper()
+				if r.OK != tc.ok {
+					t.Fatalf("%s: OK = %v, want %v (err %v, detail %q)", how, r.OK, tc.ok, r.Err, r.Detail)
+				}
+				switch {
+				case tc.ok:
+				case tc.timedOut:
+					if !timedOut(r.Err) {
+						t.Errorf("%s: error %v should be a timeout", how, r.Err)
+					}
+				case r.Err == nil || !strings.Contains(r.Err.Error(), tc.errHas):
+					t.Errorf("%s: error %v should contain %q", how, r.Err, tc.errHas)
+				}
 			}
-			if !tc.ok && (r.Err == nil || !strings.Contains(r.Err.Error(), tc.errHas)) {
-				t.Errorf("error %v should contain %q", r.Err, tc.errHas)
+			r := Run(context.Background(), p, tc.check.Timeout)
+			expect("Check", r)
+			if cp, ok := p.(connectorProbe); ok {
+				if addr, conv, ok := cp.onConnector(); ok {
+					got := make(chan Result, 1)
+					conn.start(addr, tc.check.Timeout, conv, func(r Result) { got <- r }, func() { got <- Result{Err: errors.New("undone")} })
+					c := <-got
+					expect("connector", c)
+					if c.Detail != r.Detail {
+						t.Errorf("connector: detail %q, Check's %q", c.Detail, r.Detail)
+					}
+				}
 			}
 		})
 	}
@@ -107,6 +143,7 @@ func TestTCPProbe(t *testing.T) {
 					c.Write([]byte("+PONG\r\n"))
 				case "SLOW\r\n":
 					time.Sleep(2 * time.Second)
+				case "BYE\r\n":
 				default:
 					c.Write([]byte("-ERR unknown\r\n"))
 				}
@@ -115,11 +152,12 @@ func TestTCPProbe(t *testing.T) {
 	}()
 	addr := ln.Addr().String()
 	runCases(t, []probeCase{
-		{"connect", check("tcp", nil), addr, true, ""},
-		{"refused", check("tcp", nil), closedPort(t), false, "connection refused"},
-		{"send and expect", check("tcp", func(c *configs.Check) { c.Send, c.Expect = "PING\r\n", "+PONG" }), addr, true, ""},
-		{"wrong reply", check("tcp", func(c *configs.Check) { c.Send, c.Expect = "HELLO\r\n", "+PONG" }), addr, false, `expected "+PONG", got "-ERR unknown\r\n"`},
-		{"slow server", check("tcp", func(c *configs.Check) { c.Send, c.Expect = "SLOW\r\n", "+PONG" }), addr, false, "i/o timeout"},
+		{"connect", check("tcp", nil), addr, true, "", false},
+		{"refused", check("tcp", nil), closedPort(t), false, "connection refused", false},
+		{"send and expect", check("tcp", func(c *configs.Check) { c.Send, c.Expect = "PING\r\n", "+PONG" }), addr, true, "", false},
+		{"wrong reply", check("tcp", func(c *configs.Check) { c.Send, c.Expect = "HELLO\r\n", "+PONG" }), addr, false, `expected "+PONG", got "-ERR unknown\r\n"`, false},
+		{"slow server", check("tcp", func(c *configs.Check) { c.Send, c.Expect = "SLOW\r\n", "+PONG" }), addr, false, "", true},
+		{"closes", check("tcp", func(c *configs.Check) { c.Send, c.Expect = "BYE\r\n", "+PONG" }), addr, false, `got "": EOF`, false},
 	})
 }
 
@@ -157,19 +195,86 @@ func TestHTTPProbe(t *testing.T) {
 		})
 	}
 	runCases(t, []probeCase{
-		{"up", path("/ok"), addr, true, ""},
-		{"wrong status", path("/unavailable"), addr, false, "status 503 is not one of 200-299"},
-		{"status list", path("/unavailable", func(c *configs.Check) { c.Status = []string{"200", "503"} }), addr, true, ""},
-		{"body matches", path("/ok", func(c *configs.Check) { c.Body = `status: (green|yellow)` }), addr, true, ""},
-		{"wrong body", path("/ok", func(c *configs.Check) { c.Body = `status: red` }), addr, false, `body does not match "status: red"`},
-		{"timeout", path("/slow"), addr, false, "deadline exceeded"},
-		{"refused", path("/ok"), closedPort(t), false, "connection refused"},
-		{"redirect not followed", path("/redirect"), addr, false, "status 302"},
-		{"redirect followed", path("/redirect", func(c *configs.Check) { c.FollowRedirects = true }), addr, true, ""},
-		{"host header", path("/vhost", func(c *configs.Check) { c.Host = "www.example.com" }), addr, true, ""},
-		{"wrong host", path("/vhost"), addr, false, "status 404"},
-		{"method", path("/post", func(c *configs.Check) { c.Method = "HEAD" }), addr, true, ""},
+		{"up", path("/ok"), addr, true, "", false},
+		{"wrong status", path("/unavailable"), addr, false, "status 503 is not one of 200-299", false},
+		{"status list", path("/unavailable", func(c *configs.Check) { c.Status = []string{"200", "503"} }), addr, true, "", false},
+		{"body matches", path("/ok", func(c *configs.Check) { c.Body = `status: (green|yellow)` }), addr, true, "", false},
+		{"wrong body", path("/ok", func(c *configs.Check) { c.Body = `status: red` }), addr, false, `body does not match "status: red"`, false},
+		{"timeout", path("/slow"), addr, false, "", true},
+		{"refused", path("/ok"), closedPort(t), false, "connection refused", false},
+		{"redirect not followed", path("/redirect"), addr, false, "status 302", false},
+		{"redirect followed", path("/redirect", func(c *configs.Check) { c.FollowRedirects = true }), addr, true, "", false},
+		{"host header", path("/vhost", func(c *configs.Check) { c.Host = "www.example.com" }), addr, true, "", false},
+		{"wrong host", path("/vhost"), addr, false, "status 404", false},
+		{"method", path("/post", func(c *configs.Check) { c.Method = "HEAD" }), addr, true, "", false},
+		{"not HTTP", path("/"), rawServer(t, "SSH-2.0-OpenSSH_9.2\r\n\r\n"), false, "malformed HTTP response", false},
+		{"closed without an answer", path("/"), rawServer(t, ""), false, "read the answer: unexpected EOF", false},
+		{"headers cut short", path("/"), rawServer(t, "HTTP/1.1 200 OK\r\nContent-"), false, "read the answer: malformed MIME header", false},
 	})
+}
+
+// rawServer answers every connection with answer, as soon as the request
+// is in, and closes it.
+func rawServer(t *testing.T, answer string) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 4096)
+				c.Read(buf)
+				io.WriteString(c, answer)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// TestWhichChecksRunOnTheConnector: a Monitor runs tcp checks (but those
+// that send without expecting) and plain HTTP checks on its connector;
+// TLS, a body to match and redirects to follow go through Check.
+func TestWhichChecksRunOnTheConnector(t *testing.T) {
+	cases := []struct {
+		name  string
+		check configs.Check
+		on    bool
+		talks bool
+	}{
+		{"tcp connect", check("tcp", nil), true, false},
+		{"tcp send and expect", check("tcp", func(c *configs.Check) { c.Send, c.Expect = "PING\r\n", "+PONG" }), true, true},
+		{"tcp expect a banner", check("tcp", func(c *configs.Check) { c.Expect = "SSH-" }), true, true},
+		{"tcp send only", check("tcp", func(c *configs.Check) { c.Send = "QUIT\r\n" }), false, false},
+		{"http", check("http", nil), true, true},
+		{"http with a body to match", check("http", func(c *configs.Check) { c.Body = "ok" }), false, false},
+		{"http following redirects", check("http", func(c *configs.Check) { c.FollowRedirects = true }), false, false},
+		{"https", check("https", func(c *configs.Check) { c.Insecure = true }), false, false},
+		{"udp", check("udp", nil), false, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := New(tc.check, target(t, "127.0.0.1:80"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			on, talks := false, false
+			if cp, ok := p.(connectorProbe); ok {
+				var conv *conversation
+				_, conv, on = cp.onConnector()
+				talks = conv != nil
+			}
+			if on != tc.on || talks != tc.talks {
+				t.Errorf("on the connector %v (talks %v), want %v (%v)", on, talks, tc.on, tc.talks)
+			}
+		})
+	}
 }
 
 func TestHTTPThroughVIPSetsHost(t *testing.T) {
@@ -238,13 +343,13 @@ func TestHTTPSProbe(t *testing.T) {
 
 	https := func(mod func(*configs.Check)) configs.Check { return check("https", mod) }
 	runCases(t, []probeCase{
-		{"verify off", https(func(c *configs.Check) { c.Insecure = true }), addr, true, ""},
-		{"unknown authority", https(nil), addr, false, "certificate"},
-		{"with CA and server name", https(func(c *configs.Check) { c.CACert, c.ServerName = ca, "example.com" }), addr, true, ""},
-		{"wrong server name", https(func(c *configs.Check) { c.CACert, c.ServerName = ca, "www.example.org" }), addr, false, "www.example.org"},
-		{"client certificate", https(func(c *configs.Check) { c.Insecure, c.ClientCert, c.ClientKey = true, clientCert, clientKey }), mtlsAddr, true, ""},
-		{"client certificate missing", https(func(c *configs.Check) { c.Insecure = true }), mtlsAddr, false, "certificate"},
-		{"plain http server", https(func(c *configs.Check) { c.Insecure = true }), closedPort(t), false, "connection refused"},
+		{"verify off", https(func(c *configs.Check) { c.Insecure = true }), addr, true, "", false},
+		{"unknown authority", https(nil), addr, false, "certificate", false},
+		{"with CA and server name", https(func(c *configs.Check) { c.CACert, c.ServerName = ca, "example.com" }), addr, true, "", false},
+		{"wrong server name", https(func(c *configs.Check) { c.CACert, c.ServerName = ca, "www.example.org" }), addr, false, "www.example.org", false},
+		{"client certificate", https(func(c *configs.Check) { c.Insecure, c.ClientCert, c.ClientKey = true, clientCert, clientKey }), mtlsAddr, true, "", false},
+		{"client certificate missing", https(func(c *configs.Check) { c.Insecure = true }), mtlsAddr, false, "certificate", false},
+		{"plain http server", https(func(c *configs.Check) { c.Insecure = true }), closedPort(t), false, "connection refused", false},
 	})
 }
 
@@ -276,11 +381,11 @@ func TestUDPProbe(t *testing.T) {
 		return check("udp", func(c *configs.Check) { c.Send, c.Expect = send, expect })
 	}
 	runCases(t, []probeCase{
-		{"reply", udp("hello", ""), addr, true, ""},
-		{"expected reply", udp("hello", "echo:hello"), addr, true, ""},
-		{"wrong reply", udp("hello", "pong"), addr, false, `does not contain "pong"`},
-		{"no reply", udp("silent", ""), addr, false, "no reply"},
-		{"port unreachable", udp("hello", ""), deadAddr, false, "port unreachable"},
+		{"reply", udp("hello", ""), addr, true, "", false},
+		{"expected reply", udp("hello", "echo:hello"), addr, true, "", false},
+		{"wrong reply", udp("hello", "pong"), addr, false, `does not contain "pong"`, false},
+		{"no reply", udp("silent", ""), addr, false, "no reply", false},
+		{"port unreachable", udp("hello", ""), deadAddr, false, "port unreachable", false},
 	})
 }
 
@@ -330,13 +435,13 @@ func TestDNSProbe(t *testing.T) {
 		})
 	}
 	runCases(t, []probeCase{
-		{"udp", q(nil), addr, true, ""},
-		{"tcp", q(func(c *configs.Check) { c.Transport = "tcp" }), addr, true, ""},
-		{"answer", q(func(c *configs.Check) { c.Answer = "192.0.2.1" }), addr, true, ""},
-		{"wrong answer", q(func(c *configs.Check) { c.Answer = "192.0.2.99" }), addr, false, `no answer contains "192.0.2.99"`},
-		{"wrong rcode", q(func(c *configs.Check) { c.Query = "missing.example.com." }), addr, false, "rcode NXDOMAIN, want NOERROR"},
-		{"expected nxdomain", q(func(c *configs.Check) { c.Query, c.Rcode = "missing.example.com.", "NXDOMAIN" }), addr, true, ""},
-		{"no server", q(func(c *configs.Check) { c.Transport = "tcp" }), closedPort(t), false, "connection refused"},
+		{"udp", q(nil), addr, true, "", false},
+		{"tcp", q(func(c *configs.Check) { c.Transport = "tcp" }), addr, true, "", false},
+		{"answer", q(func(c *configs.Check) { c.Answer = "192.0.2.1" }), addr, true, "", false},
+		{"wrong answer", q(func(c *configs.Check) { c.Answer = "192.0.2.99" }), addr, false, `no answer contains "192.0.2.99"`, false},
+		{"wrong rcode", q(func(c *configs.Check) { c.Query = "missing.example.com." }), addr, false, "rcode NXDOMAIN, want NOERROR", false},
+		{"expected nxdomain", q(func(c *configs.Check) { c.Query, c.Rcode = "missing.example.com.", "NXDOMAIN" }), addr, true, "", false},
+		{"no server", q(func(c *configs.Check) { c.Transport = "tcp" }), closedPort(t), false, "connection refused", false},
 	})
 }
 
@@ -347,10 +452,10 @@ func TestExecProbe(t *testing.T) {
 		return check("exec", func(c *configs.Check) { c.Command, c.Timeout, c.Interval = argv, 5*time.Second, 10*time.Second })
 	}
 	runCases(t, []probeCase{
-		{"exit 0", exe("true"), "127.0.0.1:80", true, ""},
-		{"exit 1", exe("false"), "127.0.0.1:80", false, "exit status 1"},
-		{"target in env", exe("sh", "-c", `test "$ANYCASTD_TARGET_ADDR:$ANYCASTD_TARGET_PORT" = 127.0.0.1:8080`), "127.0.0.1:8080", true, ""},
-		{"missing program", exe("/nonexistent/check"), "127.0.0.1:80", false, "no such file"},
+		{"exit 0", exe("true"), "127.0.0.1:80", true, "", false},
+		{"exit 1", exe("false"), "127.0.0.1:80", false, "exit status 1", false},
+		{"target in env", exe("sh", "-c", `test "$ANYCASTD_TARGET_ADDR:$ANYCASTD_TARGET_PORT" = 127.0.0.1:8080`), "127.0.0.1:8080", true, "", false},
+		{"missing program", exe("/nonexistent/check"), "127.0.0.1:80", false, "no such file", false},
 	})
 
 	p, _ := New(exe("sh", "-c", "echo backend degraded; exit 3"), target(t, "127.0.0.1:80"))

@@ -16,16 +16,40 @@ type tcpProbe struct {
 	addr   string
 	send   []byte
 	expect []byte
+	conv   *conversation
 }
 
 func newTCP(c configs.Check, t Target) *tcpProbe {
-	return &tcpProbe{ap: t.Addr, addr: t.Addr.String(), send: []byte(c.Send), expect: []byte(c.Expect)}
+	p := &tcpProbe{ap: t.Addr, addr: t.Addr.String(), send: []byte(c.Send), expect: []byte(c.Expect)}
+	p.conv = &conversation{send: p.send, judge: p.judge}
+	return p
 }
 
-// connectOnly tells a check that only connects (no send, no expect), which
-// a Monitor runs on its connector rather than through Check.
-func (p *tcpProbe) connectOnly() bool {
-	return len(p.send) == 0 && len(p.expect) == 0 && p.ap.Addr().Zone() == ""
+// onConnector is how a Monitor runs the check on its connector rather
+// than through Check: a connect, and for a check that expects an answer,
+// what it sends and the answer judged as Check judges it. A check that
+// sends without expecting, or to an address with a zone, runs through
+// Check.
+func (p *tcpProbe) onConnector() (netip.AddrPort, *conversation, bool) {
+	if p.ap.Addr().Zone() != "" || len(p.expect) == 0 && len(p.send) > 0 {
+		return netip.AddrPort{}, nil, false
+	}
+	if len(p.expect) == 0 {
+		return p.ap, nil, true
+	}
+	return p.ap, p.conv, true
+}
+
+// judge is the conversation's judge: the expected bytes anywhere in the
+// answer.
+func (p *tcpProbe) judge(got []byte, end error) (Result, bool) {
+	if bytes.Contains(got, p.expect) {
+		return Result{OK: true, Detail: fmt.Sprintf("got %q", p.expect)}, true
+	}
+	if end == nil {
+		return Result{}, false
+	}
+	return fail("expected %q, got %q: %w", p.expect, got, end), true
 }
 
 func (p *tcpProbe) Check(ctx context.Context) Result {
