@@ -34,13 +34,13 @@ type connector struct {
 	ep *os.File
 	rc syscall.RawConn
 
-	mu     sync.Mutex
-	reqs   map[int]*connReq // by socket
-	byTime connHeap
-	// wakeAt is the latest the loop sleeps until (zero: no deadline
-	// pending); a request due earlier wakes it through evfd.
-	wakeAt time.Time
-	closed bool
+	mu sync.Mutex
+	// pending are the checks start queued for run's goroutine to open;
+	// reqs (by socket) and byTime (by deadline) those it has opened.
+	pending []*connReq
+	reqs    map[int]*connReq
+	byTime  connHeap
+	closed  bool
 }
 
 type connReq struct {
@@ -144,64 +144,71 @@ const maxAnswer = 64 << 10
 
 var errAnswerTooLong = fmt.Errorf("no decision in the first %d KiB", maxAnswer>>10)
 
-// start begins a connect to addr, and the conversation after it if conv
+// start queues a connect to addr, and the conversation after it if conv
 // is not nil, that ends within timeout; done (or, if the connector stops
 // first, undo) is called exactly once, from start itself or from run's
-// goroutine.
+// goroutine. The connect itself is made by run's goroutine: every system
+// call on the checks' sockets is made by one goroutine, as keepalived's
+// checker does them on its one thread (a connect and a close on two
+// threads at once contend for the same kernel locks: under the VM lab's
+// emulation that cost more than the checks themselves).
 func (c *connector) start(addr netip.AddrPort, timeout time.Duration, conv *conversation, done func(Result), undo func()) {
-	now := time.Now()
-	fail := func(err error) {
-		done(Result{Err: fmt.Errorf("dial tcp %s: %w", addr, err), Latency: time.Since(now)})
+	r := &connReq{addr: addr, timeout: timeout, conv: conv, done: done, undo: undo}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		undo()
+		return
+	}
+	first := len(c.pending) == 0
+	c.pending = append(c.pending, r)
+	c.mu.Unlock()
+	if first {
+		c.poke()
+	}
+}
+
+// openLocked makes r's socket and starts its connect; it reports whether
+// r is finished already (Latency set), as when the connect failed at once.
+func (c *connector) openLocked(r *connReq, now time.Time) (Result, bool) {
+	r.start, r.deadline = now, now.Add(r.timeout)
+	fail := func(err error) (Result, bool) {
+		return Result{Err: fmt.Errorf("dial tcp %s: %w", r.addr, err), Latency: time.Since(now)}, true
 	}
 	family, sa := unix.AF_INET, unix.Sockaddr(nil)
-	if a := addr.Addr(); a.Is4() || a.Is4In6() {
-		sa = &unix.SockaddrInet4{Port: int(addr.Port()), Addr: a.Unmap().As4()}
+	if a := r.addr.Addr(); a.Is4() || a.Is4In6() {
+		sa = &unix.SockaddrInet4{Port: int(r.addr.Port()), Addr: a.Unmap().As4()}
 	} else {
 		family = unix.AF_INET6
-		sa = &unix.SockaddrInet6{Port: int(addr.Port()), Addr: a.As16()}
+		sa = &unix.SockaddrInet6{Port: int(r.addr.Port()), Addr: a.As16()}
 	}
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		fail(fmt.Errorf("socket: %w", err))
-		return
+		return fail(fmt.Errorf("socket: %w", err))
 	}
 	// The connection ends with a reset, as HAProxy's checks do: no FIN
 	// exchange and no TIME_WAIT socket per check (10,000 checks a second
 	// would keep 600,000 of them, past the kernel's tcp_max_tw_buckets).
 	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 	switch err := unix.Connect(fd, sa); {
-	case err == nil && conv == nil:
+	case err == nil && r.conv == nil:
 		unix.Close(fd)
-		done(Result{OK: true, Detail: "connected", Latency: time.Since(now)})
-		return
+		return Result{OK: true, Detail: "connected", Latency: time.Since(now)}, true
 	case err == nil:
-		// Connected at once; the conversation goes on in run.
+		// Connected at once; the conversation goes on when the socket
+		// turns writable.
 	case !errors.Is(err, unix.EINPROGRESS):
 		unix.Close(fd)
-		fail(fmt.Errorf("connect: %w", err))
-		return
-	}
-	r := &connReq{fd: fd, addr: addr, start: now, deadline: now.Add(timeout), timeout: timeout, conv: conv, done: done, undo: undo}
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		unix.Close(fd)
-		undo()
-		return
+		return fail(fmt.Errorf("connect: %w", err))
 	}
 	if err := unix.EpollCtl(c.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLOUT, Fd: int32(fd)}); err != nil {
-		c.mu.Unlock()
 		unix.Close(fd)
-		fail(fmt.Errorf("epoll: %w", err))
-		return
+		return fail(fmt.Errorf("epoll: %w", err))
 	}
+	r.fd = fd
 	c.reqs[fd] = r
 	heap.Push(&c.byTime, r)
-	wake := c.wakeAt.IsZero() || r.deadline.Before(c.wakeAt)
-	c.mu.Unlock()
-	if wake {
-		c.poke()
-	}
+	return Result{}, false
 }
 
 func (c *connector) poke() {
@@ -223,20 +230,34 @@ func (c *connector) run(ctx context.Context) {
 	defer stop()
 	events := make([]unix.EpollEvent, 256)
 	var results []func()
+	var pending []*connReq
 	for {
-		c.mu.Lock()
-		c.wakeAt = time.Time{}
-		if len(c.byTime) > 0 {
-			c.wakeAt = c.byTime[0].deadline
-		}
-		wakeAt := c.wakeAt
-		c.mu.Unlock()
 		if ctx.Err() != nil {
 			c.shutdown()
 			return
 		}
-		n := c.wait(events, wakeAt)
+		results = results[:0]
+		c.mu.Lock()
+		// The queued checks start; their slice is kept for the next.
+		pending, c.pending = c.pending, pending[:0]
 		now := time.Now()
+		for i, r := range pending {
+			if res, fin := c.openLocked(r, now); fin {
+				done := r.done
+				results = append(results, func() { done(res) })
+			}
+			pending[i] = nil
+		}
+		var wakeAt time.Time
+		if len(c.byTime) > 0 {
+			wakeAt = c.byTime[0].deadline
+		}
+		c.mu.Unlock()
+		for _, f := range results {
+			f()
+		}
+		n := c.wait(events, wakeAt)
+		now = time.Now()
 		results = results[:0]
 		c.mu.Lock()
 		for _, ev := range events[:max(n, 0)] {
@@ -350,7 +371,10 @@ func (c *connector) shutdown() {
 		unix.Close(r.fd)
 		undos = append(undos, r.undo)
 	}
-	c.reqs, c.byTime = nil, nil
+	for _, r := range c.pending {
+		undos = append(undos, r.undo)
+	}
+	c.reqs, c.byTime, c.pending = nil, nil, nil
 	c.mu.Unlock()
 	if c.ep != nil {
 		c.ep.Close()

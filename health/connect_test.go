@@ -126,3 +126,35 @@ func TestConnectorWaitsInThePoller(t *testing.T) {
 		t.Errorf("the idle connector's goroutine is in %q, want \"IO wait\" (parked in the poller)", state)
 	}
 }
+
+// TestConnectorConnectsOnItsGoroutine: start only queues a check; the
+// socket and the connect are made by run's goroutine, so that every system
+// call on the checks' sockets comes from one goroutine (a connect on the
+// monitor's and a close on the connector's contended for the kernel's
+// locks: under the VM lab's emulation that cost more than the checks).
+func TestConnectorConnectsOnItsGoroutine(t *testing.T) {
+	c, err := newConnector()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan Result, 1)
+	c.start(netip.MustParseAddrPort(ln.Addr().String()), time.Second, nil, func(r Result) { got <- r }, func() { t.Error("undone") })
+
+	ln.(*net.TCPListener).SetDeadline(time.Now().Add(200 * time.Millisecond))
+	if conn, err := ln.Accept(); err == nil {
+		conn.Close()
+		t.Fatal("start connected before run ran")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() { c.run(ctx); close(ran) }()
+	defer func() { cancel(); <-ran }()
+	if r := <-got; !r.OK {
+		t.Errorf("once run runs: %+v", r)
+	}
+}
