@@ -63,7 +63,8 @@ type VIPView struct {
 	GracefulShutdown bool       `json:"graceful_shutdown,omitempty"`
 	Reason           string     `json:"reason,omitempty"`
 	// Why are the kinds of Reason's parts (unhealthy, config_behind,
-	// drained, not_in_ipvs, below_quorum, standby, not_active, settling).
+	// drained, not_in_ipvs, below_quorum, standby, not_active, settling,
+	// rejoining).
 	Why      []string `json:"why,omitempty"`
 	Services []string `json:"services"`
 }

@@ -204,6 +204,7 @@ func (n *Node) step(ctx context.Context) {
 		announced[v.VIP] = v.Announced
 	}
 	settling := n.snap.Desired.Settling
+	lastRole, promotedOffline := n.snap.Desired.Role, n.snap.Desired.PromotedOffline
 	changed := make(map[string]time.Time, len(services))
 	for _, s := range services {
 		if t, ok := n.healthChanged[s.Name]; ok {
@@ -237,6 +238,10 @@ func (n *Node) step(ctx context.Context) {
 		Backends: vd.States, Failed: failed, Now: now,
 		GracefulShutdown: cfg.Routing.BGP.GracefulShutdown, BehindGrace: n.opts.BehindGrace,
 		Announced: announced, Settling: settling, HealthChanged: changed,
+		Role: lastRole, PromotedOffline: promotedOffline,
+	}
+	if cfg.Routing.Mode == configs.ModeBGP {
+		in.Routing = bgpSessions(n.ann.Status().Peers)
 	}
 	if cfg.Routing.Mode != configs.ModeBGP {
 		// GRACEFUL_SHUTDOWN is a BGP community: elsewhere a drain
@@ -499,6 +504,13 @@ func (n *Node) logChanges(prev, d Desired) {
 	if prev.Role != d.Role {
 		n.log.Info("role", "now", d.Role, "was", cmp.Or(string(prev.Role), "none"))
 	}
+	switch {
+	case d.PromotedOffline && !prev.PromotedOffline:
+		n.log.Warn("active while no routing session is up (this director may have been cut off): it announces once a session has been up for the rejoin hold, if still active",
+			"hold", RejoinHold)
+	case !d.PromotedOffline && prev.PromotedOffline && d.Role == cluster.RoleActive:
+		n.log.Info("rejoin hold over: still active with a routing session up")
+	}
 	old := map[netip.Addr]VIPState{}
 	for _, v := range prev.VIPs {
 		old[v.VIP] = v
@@ -517,4 +529,19 @@ func (n *Node) logChanges(prev, d Desired) {
 			n.log.Info("VIP not announced", "vip", v.VIP, "reason", v.Reason)
 		}
 	}
+}
+
+// bgpSessions is what Plan needs of the BGP sessions (none reported: an
+// announcer without any, nothing to know): since when at least one has
+// been established (the earliest start among those established:
+// with several neighbours, a session that came up later does not end the
+// time at least one was up).
+func bgpSessions(peers []routing.Peer) Sessions {
+	s := Sessions{Known: len(peers) > 0}
+	for _, p := range peers {
+		if p.Established() && (s.UpSince.IsZero() || p.Since.Before(s.UpSince)) {
+			s.UpSince = p.Since
+		}
+	}
+	return s
 }

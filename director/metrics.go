@@ -64,7 +64,7 @@ var (
 	descEligib   = prometheus.NewDesc("anycastd_eligible", "1 if this director may be in the active set (healthy, config current).", nil, nil)
 	descConfig   = prometheus.NewDesc("anycastd_config_version", "Version of the applied cluster config.", nil, nil)
 	descVIP      = prometheus.NewDesc("anycastd_vip_announced", "1 if this director announces the VIP.", []string{"vip"}, nil)
-	descVIPWhy   = prometheus.NewDesc("anycastd_vip_withheld", "1 for each kind of reason why this director does not announce the VIP: unhealthy, config_behind, drained, not_in_ipvs, below_quorum, standby, not_active, settling (no series while it is announced).", []string{"vip", "why"}, nil)
+	descVIPWhy   = prometheus.NewDesc("anycastd_vip_withheld", "1 for each kind of reason why this director does not announce the VIP: unhealthy, config_behind, drained, not_in_ipvs, below_quorum, standby, not_active, settling, rejoining (no series while it is announced).", []string{"vip", "why"}, nil)
 	descPeerUp   = prometheus.NewDesc("anycastd_routing_peer_up", "1 if the routing session is established (BGP) or this router is master (VRRP).", []string{"peer", "state"}, nil)
 	descFlaps    = prometheus.NewDesc("anycastd_routing_peer_flaps_total", "Times the session left established.", []string{"peer"}, nil)
 	descVRRP     = prometheus.NewDesc("anycastd_vrrp_state", "1 for the VRRP instance's current state (initialize, backup, master).", []string{"vrid", "state"}, nil)

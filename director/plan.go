@@ -54,7 +54,30 @@ type Input struct {
 	// HealthChanged is when a backend of each service (by name) last
 	// went up or down, as the health monitor reported it.
 	HealthChanged map[string]time.Time
+	// Role is the role the last turn decided (Desired.Role; "" before
+	// the first), and PromotedOffline what it said of it.
+	Role            cluster.Role
+	PromotedOffline bool
+	// Routing is what this director knows of its routing sessions.
+	Routing Sessions
 }
+
+// Sessions is what a director knows of its sessions with the routers.
+type Sessions struct {
+	// Known: the announcer has sessions to report (BGP). Without them
+	// (kernel mode, VRRP) the rejoin hold does not apply.
+	Known bool
+	// UpSince is since when at least one session has been established
+	// (zero: none is).
+	UpSince time.Time
+}
+
+// RejoinHold is how long a director that took an active slot while it
+// had no routing session up waits, once a session is up, before it
+// announces: long enough for the gossip, which the same cut stopped, to
+// tell it whether the members it saw die are alive (a join is retried
+// every 2 s).
+const RejoinHold = 3 * time.Second
 
 // Local is this director's own state, as the loop knows it now.
 type Local struct {
@@ -108,6 +131,16 @@ type Desired struct {
 	// Settling is, for each VIP held back until its backends' health has
 	// settled, since when it is held (the next turn's Input.Settling).
 	Settling map[netip.Addr]time.Time
+	// PromotedOffline: this director went from standby to active while
+	// no routing session was up, and has not yet had a session up for
+	// RejoinHold (the next turn's Input.PromotedOffline). A standby that
+	// sees the members ahead of it die while it cannot reach the router
+	// is more likely cut off itself (a blackhole, its link) than the one
+	// survivor: when the cut ends, its BGP session is up within a second,
+	// before the gossip has told it the others are alive, and announcing
+	// then would draw flows into a table that missed every connection
+	// synced while it was cut off (the soak lab saw such flows reset).
+	PromotedOffline bool
 }
 
 // VIPState says whether a VIP is announced here, and why not.
@@ -150,6 +183,10 @@ const (
 	// WhySettling: the VIP waits for its backends' health to settle
 	// before it is announced again.
 	WhySettling Why = "settling"
+	// WhyRejoining: this director took its active slot while it had no
+	// routing session up; it waits RejoinHold after one is up (see
+	// Desired.PromotedOffline).
+	WhyRejoining Why = "rejoining"
 )
 
 // TargetID is the health monitor's ID of a service's backend.
@@ -263,6 +300,26 @@ func Plan(in Input) Desired {
 		}
 	}
 
+	// An active slot taken while no routing session was up waits for
+	// one to have been up for RejoinHold.
+	rejoining := ""
+	if d.Role == cluster.RoleActive && in.Routing.Known &&
+		(in.Role == cluster.RoleStandby && in.Routing.UpSince.IsZero() || in.Role == cluster.RoleActive && in.PromotedOffline) {
+		d.PromotedOffline = true
+		switch end := in.Routing.UpSince.Add(RejoinHold); {
+		case in.Routing.UpSince.IsZero():
+			rejoining = "rejoining: became active while no routing session was up (cut off?); waits for a session, then " + RejoinHold.String() + " for the cluster to confirm"
+			// Nothing wakes the loop when a session comes up: look again.
+			d.WakeAt = earliest(d.WakeAt, in.Now.Add(time.Second))
+		case in.Now.Before(end):
+			rejoining = fmt.Sprintf("rejoining: became active while no routing session was up (cut off?); a session is up since %s, waits until %s for the cluster to confirm",
+				in.Routing.UpSince.Format(time.TimeOnly), end.Format(time.TimeOnly))
+			d.WakeAt = earliest(d.WakeAt, end)
+		default:
+			d.PromotedOffline = false // confirmed
+		}
+	}
+
 	// Each VIP on its own (its services by index in in.Services).
 	d.Up = make(map[string]int, len(in.Services))
 	byVIP := map[netip.Addr][]int{}
@@ -304,6 +361,8 @@ func Plan(in Input) Desired {
 			if d.Role == cluster.RoleStandby {
 				st.Reason, st.Why = fmt.Sprintf("standby (max_active %d reached)", maxActive), []Why{WhyStandby}
 			}
+		case rejoining != "":
+			st.Reason, st.Why = rejoining, []Why{WhyRejoining}
 		default:
 			if !in.Announced[v] {
 				if since, wake, why := settleHold(&in, byVIP[v], v); why != "" {

@@ -626,3 +626,64 @@ func TestPlanWhy(t *testing.T) {
 		})
 	}
 }
+
+// TestPlanRejoinHold: a standby that becomes active while no routing
+// session is up (it saw the members ahead of it die while it was cut off
+// itself, as a blackholed director does) announces nothing until a session
+// has been up for RejoinHold, so that the gossip can tell it the others are
+// alive before the router sends it flows (the soak lab: a blackholed
+// standby, released, announced within a second, drew flows into a table
+// without the connections synced meanwhile, and they were reset). A real
+// take-over, with the router reachable, is not delayed, nor is a director
+// that was active before its sessions went (a router restart), nor one
+// starting, nor one whose announcer has no sessions (kernel mode).
+func TestPlanRejoinHold(t *testing.T) {
+	both := []string{"192.0.2.1/32", "192.0.2.2/32"}
+	for _, c := range []struct {
+		name     string
+		last     cluster.Role
+		promoted bool
+		routing  Sessions
+		announce []string
+		carried  bool
+		wake     time.Duration // after now (0: none)
+	}{
+		{"standby to active, no session up", cluster.RoleStandby, false, Sessions{Known: true}, nil, true, time.Second},
+		{"still no session up", cluster.RoleActive, true, Sessions{Known: true}, nil, true, time.Second},
+		{"a session up for a moment", cluster.RoleActive, true, Sessions{Known: true, UpSince: t0.Add(-time.Second)}, nil, true, RejoinHold - time.Second},
+		{"a session up for the hold: confirmed", cluster.RoleActive, true, Sessions{Known: true, UpSince: t0.Add(-RejoinHold)}, both, false, 0},
+		{"standby to active with the router reachable: a take-over", cluster.RoleStandby, false, Sessions{Known: true, UpSince: t0.Add(-time.Hour)}, both, false, 0},
+		{"active before its sessions went (the router restarts)", cluster.RoleActive, false, Sessions{Known: true}, both, false, 0},
+		{"starting", "", false, Sessions{Known: true}, both, false, 0},
+		{"no sessions to know of (kernel mode)", cluster.RoleStandby, false, Sessions{}, both, false, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			in := baseInput(t)
+			in.Role, in.PromotedOffline, in.Routing = c.last, c.promoted, c.routing
+			d := Plan(in)
+			if d.Role != cluster.RoleActive {
+				t.Fatalf("role %s", d.Role)
+			}
+			if got := prefixes(d); !slices.Equal(got, c.announce) {
+				t.Errorf("announces %v, want %v (reasons %v)", got, c.announce, reasons(d))
+			}
+			if d.PromotedOffline != c.carried {
+				t.Errorf("PromotedOffline %v, want %v", d.PromotedOffline, c.carried)
+			}
+			if c.announce == nil {
+				for _, v := range d.VIPs {
+					if !slices.Equal(v.Why, []Why{WhyRejoining}) || !strings.HasPrefix(v.Reason, "rejoining: ") {
+						t.Errorf("%s: why %v, reason %q", v.VIP, v.Why, v.Reason)
+					}
+				}
+			}
+			var want time.Time
+			if c.wake > 0 {
+				want = t0.Add(c.wake)
+			}
+			if !d.WakeAt.Equal(want) {
+				t.Errorf("wakes at %v, want %v", d.WakeAt, want)
+			}
+		})
+	}
+}
