@@ -97,14 +97,7 @@ func TestConnector(t *testing.T) {
 // an OS thread and costs a thread hand-off on every wake-up (the monitor's
 // CPU per check was twice keepalived's in the VM lab).
 func TestConnectorWaitsInThePoller(t *testing.T) {
-	c, err := newConnector()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ran := make(chan struct{})
-	go func() { c.run(ctx); close(ran) }()
-	defer func() { cancel(); <-ran }()
+	runningConnector(t)
 
 	// The connector's goroutine, once it waits: its state in a dump of
 	// every goroutine.
@@ -157,4 +150,19 @@ func TestConnectorConnectsOnItsGoroutine(t *testing.T) {
 	if r := <-got; !r.OK {
 		t.Errorf("once run runs: %+v", r)
 	}
+}
+
+// runningConnector is a connector whose run goroutine runs until the test
+// ends.
+func runningConnector(t *testing.T) *connector {
+	t.Helper()
+	c, err := newConnector()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() { c.run(ctx); close(ran) }()
+	t.Cleanup(func() { cancel(); <-ran })
+	return c
 }

@@ -76,14 +76,7 @@ type probeCase struct {
 // as a Monitor runs it: both must come to the case's verdict.
 func runCases(t *testing.T, cases []probeCase) {
 	t.Helper()
-	conn, err := newConnector()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ran := make(chan struct{})
-	go func() { conn.run(ctx); close(ran) }()
-	defer func() { cancel(); <-ran }()
+	conn := runningConnector(t)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			p, err := New(tc.check, target(t, tc.target))
