@@ -240,9 +240,6 @@ func (n *Node) step(ctx context.Context) {
 		Announced: announced, Settling: settling, HealthChanged: changed,
 		Role: lastRole, PromotedOffline: promotedOffline,
 	}
-	if cfg.Routing.Mode == configs.ModeBGP {
-		in.Routing = bgpSessions(n.ann.Status().Peers)
-	}
 	if cfg.Routing.Mode != configs.ModeBGP {
 		// GRACEFUL_SHUTDOWN is a BGP community: elsewhere a drain
 		// withdraws at once.
@@ -250,6 +247,7 @@ func (n *Node) step(ctx context.Context) {
 	} else {
 		in.Attrs = routing.Announcement{Communities: cfg.Routing.BGP.Communities,
 			LargeCommunities: cfg.Routing.BGP.LargeCommunities, MED: cfg.Routing.BGP.MED}
+		in.Routing = bgpSessions(n.ann.Status().Peers)
 	}
 	select {
 	case <-n.abort:

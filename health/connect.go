@@ -84,10 +84,10 @@ func newConnector() (*connector, error) {
 			// SetReadDeadline fails on a file the poller did not take.
 			c.ep, c.rc = ep, rc
 		} else {
-			// Not in the poller: ep owns the fd all the same; keep it
-			// from closing it when collected.
+			// Not in the poller: run blocks in epoll_wait. ep owns the
+			// fd all the same (it closes it in shutdown, and would when
+			// collected): keep it.
 			c.ep = ep
-			c.rc = nil
 		}
 	}
 	return c, nil

@@ -143,10 +143,7 @@ func TestConnectorConnectsOnItsGoroutine(t *testing.T) {
 		conn.Close()
 		t.Fatal("start connected before run ran")
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ran := make(chan struct{})
-	go func() { c.run(ctx); close(ran) }()
-	defer func() { cancel(); <-ran }()
+	runConnector(t, c)
 	if r := <-got; !r.OK {
 		t.Errorf("once run runs: %+v", r)
 	}
@@ -160,9 +157,14 @@ func runningConnector(t *testing.T) *connector {
 	if err != nil {
 		t.Fatal(err)
 	}
+	runConnector(t, c)
+	return c
+}
+
+// runConnector runs c's run goroutine until the test ends.
+func runConnector(t *testing.T, c *connector) {
 	ctx, cancel := context.WithCancel(context.Background())
 	ran := make(chan struct{})
 	go func() { c.run(ctx); close(ran) }()
 	t.Cleanup(func() { cancel(); <-ran })
-	return c
 }

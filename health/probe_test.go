@@ -116,34 +116,19 @@ func runCases(t *testing.T, cases []probeCase) {
 }
 
 func TestTCPProbe(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 64)
-				n, _ := c.Read(buf)
-				switch string(buf[:n]) {
-				case "PING\r\n":
-					c.Write([]byte("+PONG\r\n"))
-				case "SLOW\r\n":
-					time.Sleep(2 * time.Second)
-				case "BYE\r\n":
-				default:
-					c.Write([]byte("-ERR unknown\r\n"))
-				}
-			}()
+	addr := serve(t, func(c net.Conn) {
+		buf := make([]byte, 64)
+		n, _ := c.Read(buf)
+		switch string(buf[:n]) {
+		case "PING\r\n":
+			c.Write([]byte("+PONG\r\n"))
+		case "SLOW\r\n":
+			time.Sleep(2 * time.Second)
+		case "BYE\r\n":
+		default:
+			c.Write([]byte("-ERR unknown\r\n"))
 		}
-	}()
-	addr := ln.Addr().String()
+	})
 	runCases(t, []probeCase{
 		{"connect", check("tcp", nil), addr, true, "", false},
 		{"refused", check("tcp", nil), closedPort(t), false, "connection refused", false},
@@ -209,6 +194,17 @@ func TestHTTPProbe(t *testing.T) {
 // rawServer answers every connection with answer, as soon as the request
 // is in, and closes it.
 func rawServer(t *testing.T, answer string) string {
+	return serve(t, func(c net.Conn) {
+		buf := make([]byte, 4096)
+		c.Read(buf)
+		io.WriteString(c, answer)
+	})
+}
+
+// serve runs handle on every connection to a loopback listener (closing
+// the connection after it) until the test ends; it returns the address.
+func serve(t *testing.T, handle func(net.Conn)) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -222,9 +218,7 @@ func rawServer(t *testing.T, answer string) string {
 			}
 			go func() {
 				defer c.Close()
-				buf := make([]byte, 4096)
-				c.Read(buf)
-				io.WriteString(c, answer)
+				handle(c)
 			}()
 		}
 	}()
