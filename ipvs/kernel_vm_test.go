@@ -175,6 +175,55 @@ func TestVMKernelDestinationOrder(t *testing.T) {
 	}
 }
 
+// TestVMKernelFingerprint: two kernels given the same mh destinations in
+// another order read back with different fingerprints (a director that
+// adopted a table another tool built), and a Reconciler adopting the
+// second one puts its list in the wanted order: the fingerprints, read
+// from the kernels, agree.
+func TestVMKernelFingerprint(t *testing.T) {
+	k1, _ := vmKernel(t, "fp1")
+	k2, _ := vmKernel(t, "fp2")
+	ctx := context.Background()
+	var dests []Destination
+	for i := 1; i <= 8; i++ {
+		dests = append(dests, dst(fmt.Sprintf("10.0.2.%d", i), 1))
+	}
+	want := svc("198.51.100.10", 80, "mh", dests...)
+	r1 := mustReconciler(t, k1, "")
+	if _, err := r1.Reconcile(ctx, tbl(want), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	reversed := slices.Clone(dests)
+	slices.Reverse(reversed)
+	other := svc("198.51.100.10", 80, "mh", reversed...)
+	if err := k2.Apply(ctx, Diff(Table{}, tbl(other))); err != nil {
+		t.Fatal(err)
+	}
+	read := func(k *Kernel) string {
+		t.Helper()
+		got, err := k.Table(ctx)
+		if err != nil || len(got.Services) != 1 {
+			t.Fatalf("read: %+v %v", got, err)
+		}
+		return Fingerprint(&got.Services[0])
+	}
+	fp1, fp2 := read(k1), read(k2)
+	if fp1 != Fingerprint(&want) || r1.Fingerprints()[want.ServiceKey] != fp1 {
+		t.Fatalf("the first kernel reads %s, its Reconciler says %s; want %s", fp1, r1.Fingerprints()[want.ServiceKey], Fingerprint(&want))
+	}
+	if fp2 == fp1 {
+		t.Fatalf("the same destinations in another order read back with the same fingerprint %s", fp1)
+	}
+	r2 := mustReconciler(t, k2, "")
+	res, err := r2.Reconcile(ctx, tbl(want), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := read(k2); got != fp1 || r2.Fingerprints()[want.ServiceKey] != fp1 {
+		t.Fatalf("after adopting (plan %v): the kernel reads %s, the Reconciler says %s; want %s", ops(res.Plan), got, r2.Fingerprints()[want.ServiceKey], fp1)
+	}
+}
+
 func TestVMKernelRefusedService(t *testing.T) {
 	k, _ := vmKernel(t, "refuse")
 	ctx := context.Background()

@@ -39,6 +39,9 @@ type Reconciler struct {
 	believed *Memory
 	readAt   time.Time
 	fullRead time.Duration
+	// fps are the fingerprints of believed's order-sensitive services
+	// (nil: unknown).
+	fps map[ServiceKey]string
 }
 
 // SetFullRead makes Reconcile read the whole table from the dataplane at
@@ -164,7 +167,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, want Table, now time.Time) (
 	}
 	have, err := r.current(ctx, now, &res, func(k ServiceKey) bool { return wantKeys[k] || r.owned[k] })
 	if err != nil {
-		r.believed = nil
+		r.believed, r.fps = nil, nil
 		res.ReadErr = fmt.Errorf("read the IPVS table: %w", err)
 		res.Errs = append(res.Errs, res.ReadErr)
 		return res, res.Err()
@@ -194,6 +197,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, want Table, now time.Time) (
 			r.believed = nil
 		}
 	}
+	r.updateFingerprints(&res)
 
 	// Ours now: everything wanted (refused or not) and what we failed to
 	// delete.
