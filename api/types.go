@@ -64,7 +64,7 @@ type VIPView struct {
 	Reason           string     `json:"reason,omitempty"`
 	// Why are the kinds of Reason's parts (unhealthy, config_behind,
 	// drained, not_in_ipvs, below_quorum, standby, not_active, settling,
-	// rejoining).
+	// rejoining, table_differs).
 	Why      []string `json:"why,omitempty"`
 	Services []string `json:"services"`
 }
@@ -103,6 +103,35 @@ type StatusResponse struct {
 	// node.conn_sync manages it.
 	ConnSync *ConnSyncView `json:"conn_sync,omitempty"`
 	Foreign  []string      `json:"foreign_ipvs,omitempty"`
+	// Tables is how this director's IPVS table compares with the other
+	// directors' for the services whose scheduler's choice depends on it
+	// (mh, sh, dh); nil without such services.
+	Tables *TablesView `json:"tables,omitempty"`
+}
+
+// TablesView compares this director's IPVS table with the other
+// directors' where the order and weights of the destinations decide
+// which real server a flow goes to (mh, sh, dh): directors whose tables
+// differ send some flows to other real servers, and a flow that moves
+// between them is reset.
+type TablesView struct {
+	// Fingerprints are this director's, by service name, of the kernel's
+	// table as its reconciler knows it (the last full read with what it
+	// applied since).
+	Fingerprints map[string]string `json:"fingerprints"`
+	// Compared is how many other directors on the same config published
+	// fingerprints to compare with.
+	Compared int `json:"compared"`
+	// Differ lists, per service, the directors whose fingerprint differs
+	// from this director's.
+	Differ map[string][]string `json:"differ,omitempty"`
+	// Outvoted are the services where a strict majority of the directors
+	// holds another fingerprint than this one: this director reads its
+	// table in full (at most every 5 s) to repair it.
+	Outvoted []string `json:"outvoted,omitempty"`
+	// Repairs counts those full reads; LastRepair is the last one.
+	Repairs    uint64    `json:"repairs"`
+	LastRepair time.Time `json:"last_repair,omitzero"`
 }
 
 // BackendView is a real server of a service as this director sees it.

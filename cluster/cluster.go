@@ -9,6 +9,7 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -540,7 +541,7 @@ func (c *Cluster) abort() {
 // metadata spreads with the next gossip, the state (Reason, Announced,
 // StandIn) is sent to every member at once, whole.
 func (c *Cluster) SetMeta(m Meta) {
-	st := MemberState{Reason: m.Reason, Announced: slices.Clone(m.Announced), StandIn: slices.Clone(m.StandIn), Health: m.Health.clone()}
+	st := MemberState{Reason: m.Reason, Announced: slices.Clone(m.Announced), StandIn: slices.Clone(m.StandIn), Health: m.Health.clone(), Tables: maps.Clone(m.Tables)}
 	c.mu.Lock()
 	stateChanged := !st.same(c.state) || c.state.Seq == 0
 	if stateChanged {
@@ -681,7 +682,7 @@ func (c *Cluster) Members() []Member {
 			st, ok = c.state, true
 		}
 		if ok {
-			mm.Meta.Reason, mm.Meta.Announced, mm.Meta.StandIn, mm.Meta.Health = st.Reason, st.Announced, st.StandIn, st.Health
+			mm.Meta.Reason, mm.Meta.Announced, mm.Meta.StandIn, mm.Meta.Health, mm.Meta.Tables = st.Reason, st.Announced, st.StandIn, st.Health, st.Tables
 		}
 		out = append(out, mm)
 	}

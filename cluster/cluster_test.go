@@ -385,11 +385,21 @@ func TestStateIsGossiped(t *testing.T) {
 		return nil
 	})
 	report := &HealthReport{Config: "c1", Down: []string{"web/10.1.0.11:80"}}
-	b.c.SetMeta(Meta{Priority: 100, Healthy: true, Reason: "gossiped", Health: report})
+	b.c.SetMeta(Meta{Priority: 100, Healthy: true, Reason: "gossiped", Health: report, Tables: map[string]string{"web": "0123456789"}})
 	eventually(t, 5*time.Second, "b's state at a", func() error {
 		for _, m := range a.c.Members() {
-			if m.Name == "b" && (m.Meta.Reason != "gossiped" || !m.Meta.Health.Equal(report)) {
-				return fmt.Errorf("a holds b's reason %q, report %+v", m.Meta.Reason, m.Meta.Health)
+			if m.Name == "b" && (m.Meta.Reason != "gossiped" || !m.Meta.Health.Equal(report) || m.Meta.Tables["web"] != "0123456789") {
+				return fmt.Errorf("a holds b's reason %q, report %+v, tables %v", m.Meta.Reason, m.Meta.Health, m.Meta.Tables)
+			}
+		}
+		return nil
+	})
+	// A new fingerprint alone is a new state.
+	b.c.SetMeta(Meta{Priority: 100, Healthy: true, Reason: "gossiped", Health: report, Tables: map[string]string{"web": "abcdefabcd"}})
+	eventually(t, 5*time.Second, "b's new fingerprint at a", func() error {
+		for _, m := range a.c.Members() {
+			if m.Name == "b" && m.Meta.Tables["web"] != "abcdefabcd" {
+				return fmt.Errorf("a holds b's tables %v", m.Meta.Tables)
 			}
 		}
 		return nil

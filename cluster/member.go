@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -33,6 +34,11 @@ type Meta struct {
 	// Health is what the director's own checks say of the backends (nil
 	// from a build without it).
 	Health *HealthReport `json:"-"`
+	// Tables are the fingerprints of the director's IPVS table for its
+	// order-sensitive services (ipvs.Fingerprint by service name), as
+	// its reconciler knows the kernel's (nil: unknown, or a build
+	// without them).
+	Tables map[string]string `json:"-"`
 	// StateSeq is the sequence number of the member's state (Reason,
 	// Announced, StandIn) as it sent it last: a receiver that holds an
 	// older one knows it is stale and asks for it.
@@ -67,16 +73,17 @@ type legacyMeta struct {
 // parts that do not fit 512 bytes (100 VIPs are 1.6 kB), under a sequence
 // number that only grows, so the newest wins wherever it arrives.
 type MemberState struct {
-	Seq       uint64        `json:"q"`
-	Reason    string        `json:"r,omitempty"`
-	Announced []string      `json:"a,omitempty"`
-	StandIn   []string      `json:"si,omitempty"`
-	Health    *HealthReport `json:"h,omitempty"`
+	Seq       uint64            `json:"q"`
+	Reason    string            `json:"r,omitempty"`
+	Announced []string          `json:"a,omitempty"`
+	StandIn   []string          `json:"si,omitempty"`
+	Health    *HealthReport     `json:"h,omitempty"`
+	Tables    map[string]string `json:"t,omitempty"`
 }
 
 func (s MemberState) same(o MemberState) bool {
 	return s.Reason == o.Reason && slices.Equal(s.Announced, o.Announced) && slices.Equal(s.StandIn, o.StandIn) &&
-		s.Health.Equal(o.Health)
+		s.Health.Equal(o.Health) && maps.Equal(s.Tables, o.Tables)
 }
 
 // HealthReport is what a director's own checks say of the backends of the

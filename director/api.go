@@ -284,6 +284,11 @@ func (n *Node) StatusView() api.StatusResponse {
 	mv := n.MembersView()
 	n.mu.Lock()
 	cfg, snap, selfSt, stopping, size, cs := n.cfg, n.snap, n.selfSt, n.stopping, n.activeSize, n.connSync
+	var tables *api.TablesView
+	if len(snap.Tables) > 0 {
+		tables = &api.TablesView{Fingerprints: snap.Tables, Compared: snap.TablesCheck.Compared, Differ: snap.TablesCheck.Differ,
+			Outvoted: snap.TablesCheck.Outvoted, Repairs: n.tableRepairs, LastRepair: n.tableRepairAt}
+	}
 	n.mu.Unlock()
 	var csv *api.ConnSyncView
 	if cs.managed {
@@ -299,6 +304,7 @@ func (n *Node) StatusView() api.StatusResponse {
 		Reason: snap.Desired.Reason, Drain: n.drainView(), SelfChecks: convert(selfSt.Checks, func(c health.CheckStatus) api.CheckStatus { return api.CheckStatus(c) }),
 		Config: n.configInfo(), VIPs: n.vipViews(), Peers: peerViews(st.Peers), Reconcile: snap.Reconcile,
 		Members: counts, ActiveSize: api.ActiveSize(size), Stopping: stopping, ConnSync: csv, Foreign: snap.Reconcile.Foreign,
+		Tables: tables,
 	}
 }
 

@@ -26,7 +26,13 @@ import (
 type Snapshot struct {
 	Desired   Desired
 	Reconcile ReconcileInfo
-	At        time.Time
+	// Tables are this director's fingerprints of its order-sensitive
+	// services (by name) after the turn's reconcile, and how the turn
+	// found them against the other directors' (CompareTables, before the
+	// reconcile).
+	Tables      map[string]string
+	TablesCheck TableCheck
+	At          time.Time
 }
 
 // ReconcileInfo is the last reconciliation of the IPVS table, as the API
@@ -103,9 +109,9 @@ func (n *Node) loop(ctx context.Context, errc <-chan error) error {
 			// same beat.
 			if need = n.evaluateSelf(ctx); !need {
 				n.mu.Lock()
-				cfg, d, doc, report := n.cfg, n.snap.Desired, n.appliedDoc, n.report
+				cfg, d, doc, report, tables := n.cfg, n.snap.Desired, n.appliedDoc, n.report, n.snap.Tables
 				n.mu.Unlock()
-				n.publish(cfg, d, doc, report)
+				n.publish(cfg, d, doc, report, tables)
 				n.updateDNS(cfg, d, n.cl.Members())
 				continue
 			}
@@ -205,6 +211,7 @@ func (n *Node) step(ctx context.Context) {
 	}
 	settling := n.snap.Desired.Settling
 	lastRole, promotedOffline := n.snap.Desired.Role, n.snap.Desired.PromotedOffline
+	ownTables := n.snap.Tables
 	changed := make(map[string]time.Time, len(services))
 	for _, s := range services {
 		if t, ok := n.healthChanged[s.Name]; ok {
@@ -240,6 +247,10 @@ func (n *Node) step(ctx context.Context) {
 		Announced: announced, Settling: settling, HealthChanged: changed,
 		Role: lastRole, PromotedOffline: promotedOffline,
 	}
+	// The tables as the last turn left them; a repair this turn may
+	// change that (below).
+	tcheck := CompareTables(cfg.Node.Name, ver, hash, ownTables, members)
+	in.TableOutvoted, in.TableOutvotedSince = tcheck.Outvoted, n.outvotedSince(tcheck, now)
 	if cfg.Routing.Mode != configs.ModeBGP {
 		// GRACEFUL_SHUTDOWN is a BGP community: elsewhere a drain
 		// withdraws at once.
@@ -271,11 +282,19 @@ func (n *Node) step(ctx context.Context) {
 			n.log.Warn("withdraw", "err", err)
 		}
 	}
-	// 2. IPVS, and the host settings it needs.
+	// 2. IPVS, and the host settings it needs; a table the other
+	// directors outvote is read in full first, so that a difference in
+	// the kernel is repaired before anything is announced from it.
 	n.setupHost(cfg, services)
 	n.syncConns(ctx, cfg, now)
+	n.repairTable(tcheck, now)
 	rinfo, newFailed := n.reconcile(ctx, d.Table, now)
-	if !maps2Equal(failed, newFailed) {
+	tables := tableFingerprints(n.rec.Fingerprints(), serviceNames(services))
+	if after := CompareTables(cfg.Node.Name, ver, hash, tables, members); !slices.Equal(after.Outvoted, tcheck.Outvoted) || !maps2Equal(failed, newFailed) {
+		// The repair (or whatever the reconcile changed) made the table
+		// agree, or not: what is announced follows this turn.
+		tcheck = after
+		in.TableOutvoted, in.TableOutvotedSince = tcheck.Outvoted, n.outvotedSince(tcheck, now)
 		in.Failed = newFailed
 		wake := d.WakeAt
 		d = Plan(in)
@@ -300,10 +319,10 @@ func (n *Node) step(ctx context.Context) {
 	// The table is the reconciler's now (and the kernel's); keeping a
 	// copy here would only hold 10,000 destinations twice.
 	d.Table = ipvs.Table{}
-	n.snap = Snapshot{Desired: d, Reconcile: rinfo, At: now}
+	n.snap = Snapshot{Desired: d, Reconcile: rinfo, Tables: tables, TablesCheck: tcheck, At: now}
 	n.mu.Unlock()
 	n.logChanges(prev, d)
-	n.publish(cfg, d, doc, report)
+	n.publish(cfg, d, doc, report, tables)
 	n.updateDNS(cfg, d, members)
 }
 

@@ -30,8 +30,10 @@ type metrics struct {
 	ipvsOps    *prometheus.CounterVec
 	ipvsErrors prometheus.Counter
 	ipvsDrift  prometheus.Counter
-	reconcile  prometheus.Histogram
-	loops      prometheus.Counter
+	// tableRepairs counts the full reads forced by outvoted fingerprints.
+	tableRepairs prometheus.Counter
+	reconcile    prometheus.Histogram
+	loops        prometheus.Counter
 }
 
 func newMetrics(n *Node) *metrics {
@@ -43,12 +45,14 @@ func newMetrics(n *Node) *metrics {
 			Help: "IPVS operations the dataplane refused, and failed reads of the table."}),
 		ipvsDrift: prometheus.NewCounter(prometheus.CounterOpts{Name: "anycastd_ipvs_drift_total",
 			Help: "Differences the periodic full read of the IPVS table found in anycastd's services from what it had applied (changed behind its back; restored)."}),
+		tableRepairs: prometheus.NewCounter(prometheus.CounterOpts{Name: "anycastd_ipvs_table_repairs_total",
+			Help: "Full reads of the IPVS table made because most directors hold another fingerprint of an mh (sh, dh) service's destinations than this one (at most one per 5 s while it lasts)."}),
 		reconcile: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "anycastd_reconcile_duration_seconds",
 			Help: "How long one IPVS reconcile (diff and apply; read of the table when it is a full read) took.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}),
 		loops: prometheus.NewCounter(prometheus.CounterOpts{Name: "anycastd_loop_runs_total",
 			Help: "Turns of the control loop."}),
 	}
-	m.reg.MustRegister(m.ipvsOps, m.ipvsErrors, m.ipvsDrift, m.reconcile, m.loops,
+	m.reg.MustRegister(m.ipvsOps, m.ipvsErrors, m.ipvsDrift, m.tableRepairs, m.reconcile, m.loops,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&stateCollector{n: n})
 	return m
@@ -64,7 +68,7 @@ var (
 	descEligib   = prometheus.NewDesc("anycastd_eligible", "1 if this director may be in the active set (healthy, config current).", nil, nil)
 	descConfig   = prometheus.NewDesc("anycastd_config_version", "Version of the applied cluster config.", nil, nil)
 	descVIP      = prometheus.NewDesc("anycastd_vip_announced", "1 if this director announces the VIP.", []string{"vip"}, nil)
-	descVIPWhy   = prometheus.NewDesc("anycastd_vip_withheld", "1 for each kind of reason why this director does not announce the VIP: unhealthy, config_behind, drained, not_in_ipvs, below_quorum, standby, not_active, settling, rejoining (no series while it is announced).", []string{"vip", "why"}, nil)
+	descVIPWhy   = prometheus.NewDesc("anycastd_vip_withheld", "1 for each kind of reason why this director does not announce the VIP: unhealthy, config_behind, drained, not_in_ipvs, below_quorum, standby, not_active, settling, rejoining, table_differs (no series while it is announced).", []string{"vip", "why"}, nil)
 	descPeerUp   = prometheus.NewDesc("anycastd_routing_peer_up", "1 if the routing session is established (BGP) or this router is master (VRRP).", []string{"peer", "state"}, nil)
 	descFlaps    = prometheus.NewDesc("anycastd_routing_peer_flaps_total", "Times the session left established.", []string{"peer"}, nil)
 	descVRRP     = prometheus.NewDesc("anycastd_vrrp_state", "1 for the VRRP instance's current state (initialize, backup, master).", []string{"vrid", "state"}, nil)
@@ -85,6 +89,8 @@ var (
 	descOutByte  = prometheus.NewDesc("anycastd_ipvs_out_bytes_total", "Bytes IPVS sent back for the service (NAT only).", []string{"service"}, nil)
 	descActive   = prometheus.NewDesc("anycastd_ipvs_backend_active_connections", "Active connections IPVS has to the backend.", []string{"service", "backend"}, nil)
 	descInact    = prometheus.NewDesc("anycastd_ipvs_backend_inactive_connections", "Inactive connections IPVS has to the backend.", []string{"service", "backend"}, nil)
+	descTableDif = prometheus.NewDesc("anycastd_ipvs_table_mismatches", "Other directors on the same config whose fingerprint of the service's IPVS destinations (their order and weights, which decide mh's, sh's and dh's choice of real server) differs from this director's; only services with such a scheduler have series.", []string{"service"}, nil)
+	descTableOut = prometheus.NewDesc("anycastd_ipvs_table_outvoted", "1 if a strict majority of the directors on the same config hold another fingerprint of the service's IPVS destinations than this director (its table is the odd one out).", []string{"service"}, nil)
 	descWeight   = prometheus.NewDesc("anycastd_ipvs_backend_weight", "The backend's weight in IPVS (0 while down or draining).", []string{"service", "backend"}, nil)
 )
 
@@ -93,7 +99,7 @@ type stateCollector struct{ n *Node }
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descMembers, descRole, descHealthy, descCheck, descDrained, descEligib, descConfig, descVIP, descVIPWhy, descSyncd,
 		descPeerUp, descFlaps, descVRRP, descVRRPFl, descVRRPRej, descBFD, descBFDFl, descBackend, descLatency, descProbes, descConns, descInPkts, descInBytes, descOutPkts, descOutByte,
-		descActive, descInact, descWeight, descDisagr, descVoters, descFailOpen} {
+		descActive, descInact, descWeight, descDisagr, descVoters, descFailOpen, descTableDif, descTableOut} {
 		ch <- d
 	}
 }
@@ -125,7 +131,12 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	n.mu.Lock()
 	d, selfSt, drained, doc, services, cs := n.snap.Desired, n.selfSt, n.drain.Drained, n.appliedDoc, n.services, n.connSync
 	vd := n.verdicts
+	tables, tcheck := n.snap.Tables, n.snap.TablesCheck
 	n.mu.Unlock()
+	for svc := range tables {
+		ch <- gauge(descTableDif, float64(len(tcheck.Differ[svc])), svc)
+		ch <- gauge(descTableOut, b2f(slices.Contains(tcheck.Outvoted, svc)), svc)
+	}
 	ch <- gauge(descDisagr, float64(len(vd.Disagree)-len(vd.Overridden)), "held_up")
 	ch <- gauge(descDisagr, float64(len(vd.Overridden)), "overridden")
 	ch <- gauge(descVoters, float64(max(vd.Voters, 1)))

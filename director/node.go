@@ -113,7 +113,15 @@ type Node struct {
 	drainSaveMu  sync.Mutex
 	stopping     bool
 	snap         Snapshot
-	selfSt       health.SelfStatus
+	// tableRepairAt is when a full read of the IPVS table was last forced
+	// because the other directors outvoted its fingerprints, and
+	// tableRepairs how many times (repairTable).
+	tableRepairAt time.Time
+	tableRepairs  uint64
+	// tableOutvotedAt is since when the table has been outvoted
+	// (outvotedSince).
+	tableOutvotedAt time.Time
+	selfSt          health.SelfStatus
 	// services and the document they came from, as applied.
 	services   []configs.Service
 	appliedDoc *cluster.Document

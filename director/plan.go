@@ -60,7 +60,23 @@ type Input struct {
 	PromotedOffline bool
 	// Routing is what this director knows of its routing sessions.
 	Routing Sessions
+	// TableOutvoted are the services (by name) whose IPVS fingerprint
+	// here a strict majority of the directors outvotes (TableCheck), and
+	// TableOutvotedSince since when this director has been outvoted on
+	// one (zero: it is not).
+	TableOutvoted      []string
+	TableOutvotedSince time.Time
 }
+
+// TableHold is how long at most a VIP that is not announced here waits
+// while this director's IPVS table for one of its services differs from
+// the one most directors hold (mh would send some of the flows it takes
+// over to other real servers than they had): time for the full read the
+// difference forces to repair it. A difference that outlasts it comes
+// from what the table is built from (a drain under way on the others, a
+// health verdict in flux), and holding a director out of its slot for
+// longer costs more than the flows it would move.
+const TableHold = 10 * time.Second
 
 // Sessions is what a director knows of its sessions with the routers.
 type Sessions struct {
@@ -187,6 +203,10 @@ const (
 	// routing session up; it waits RejoinHold after one is up (see
 	// Desired.PromotedOffline).
 	WhyRejoining Why = "rejoining"
+	// WhyTableDiffers: the VIP was not announced here, and this
+	// director's IPVS table for one of its services differs from the one
+	// most directors hold; it waits for the repair, TableHold at most.
+	WhyTableDiffers Why = "table_differs"
 )
 
 // TargetID is the health monitor's ID of a service's backend.
@@ -364,6 +384,16 @@ func Plan(in Input) Desired {
 		case rejoining != "":
 			st.Reason, st.Why = rejoining, []Why{WhyRejoining}
 		default:
+			if !in.Announced[v] && !in.TableOutvotedSince.IsZero() && in.Now.Before(in.TableOutvotedSince.Add(TableHold)) {
+				if svc := outvoted(&in, byVIP[v]); svc != "" {
+					end := in.TableOutvotedSince.Add(TableHold)
+					st.Reason = fmt.Sprintf("IPVS table of service %s differs from the one most directors hold (mh would move flows); waits for the repair until %s",
+						svc, end.Format(time.TimeOnly))
+					st.Why = []Why{WhyTableDiffers}
+					d.WakeAt = earliest(d.WakeAt, end)
+					break
+				}
+			}
 			if !in.Announced[v] {
 				if since, wake, why := settleHold(&in, byVIP[v], v); why != "" {
 					st.Reason, st.Why = why, []Why{WhySettling}
@@ -388,6 +418,17 @@ func Plan(in Input) Desired {
 		d.VIPs = append(d.VIPs, st)
 	}
 	return d
+}
+
+// outvoted returns the first of the services whose table is outvoted
+// here ("" if none).
+func outvoted(in *Input, services []int) string {
+	for _, i := range services {
+		if slices.Contains(in.TableOutvoted, in.Services[i].Name) {
+			return in.Services[i].Name
+		}
+	}
+	return ""
 }
 
 // appendWhy appends w unless it is there already (two services on a VIP

@@ -687,3 +687,52 @@ func TestPlanRejoinHold(t *testing.T) {
 		})
 	}
 }
+
+// TestPlanTableHold: a VIP not announced on the last turn waits, at most
+// TableHold, while the IPVS table of one of its services is outvoted by
+// the other directors; a VIP already announced is never withdrawn for
+// it.
+func TestPlanTableHold(t *testing.T) {
+	both := []string{"192.0.2.1/32", "192.0.2.2/32"}
+	for _, c := range []struct {
+		name      string
+		outvoted  []string
+		since     time.Duration // before now (0: not outvoted)
+		announced bool          // both VIPs announced on the last turn
+		announce  []string
+		wake      time.Duration // after now (0: none)
+	}{
+		{"agreed", nil, 0, false, both, 0},
+		{"web outvoted: its VIP waits", []string{"web"}, time.Second, false, []string{"192.0.2.2/32"}, TableHold - time.Second},
+		{"the hold is over", []string{"web"}, TableHold, false, both, 0},
+		{"announced already: kept", []string{"web", "dns"}, time.Second, true, both, 0},
+		{"both VIPs' services outvoted", []string{"tls", "dns"}, 0, false, nil, TableHold},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			in := baseInput(t)
+			in.TableOutvoted = c.outvoted
+			if c.outvoted != nil {
+				in.TableOutvotedSince = t0.Add(-c.since)
+			}
+			if c.announced {
+				in.Announced = map[netip.Addr]bool{mustAddr("192.0.2.1"): true, mustAddr("192.0.2.2"): true}
+			}
+			d := Plan(in)
+			if got := prefixes(d); !slices.Equal(got, c.announce) {
+				t.Errorf("announces %v, want %v (reasons %v)", got, c.announce, reasons(d))
+			}
+			for _, v := range d.VIPs {
+				if !v.Announced && (!slices.Equal(v.Why, []Why{WhyTableDiffers}) || !strings.Contains(v.Reason, "differs from the one most directors hold")) {
+					t.Errorf("%s: why %v, reason %q", v.VIP, v.Why, v.Reason)
+				}
+			}
+			var want time.Time
+			if c.wake > 0 {
+				want = t0.Add(c.wake)
+			}
+			if !d.WakeAt.Equal(want) {
+				t.Errorf("wakes at %v, want %v", d.WakeAt, want)
+			}
+		})
+	}
+}

@@ -42,7 +42,7 @@ func (n *Node) updateDNS(cfg *configs.Config, d Desired, members []cluster.Membe
 	n.dns.SetLive(live)
 }
 
-func (n *Node) publish(cfg *configs.Config, d Desired, doc *cluster.Document, report *cluster.HealthReport) {
+func (n *Node) publish(cfg *configs.Config, d Desired, doc *cluster.Document, report *cluster.HealthReport, tables map[string]string) {
 	st := n.ann.Status()
 	m := cluster.Meta{
 		Priority: cfg.Cluster.Priority, MaxActive: cfg.Cluster.MaxActive, Healthy: d.Eligible, Reason: d.Reason,
@@ -56,6 +56,7 @@ func (n *Node) publish(cfg *configs.Config, d Desired, doc *cluster.Document, re
 	if doc != nil {
 		m.ConfigVersion, m.ConfigHash = doc.Version, doc.Short()
 		m.Health = report
+		m.Tables = tables
 	}
 	for _, a := range st.Announced {
 		m.Announced = append(m.Announced, a.Prefix.String())

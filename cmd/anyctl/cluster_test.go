@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -134,7 +135,7 @@ func TestClusterCommandsAgainstADirector(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		out, _, code = runCLI("status", "--socket", sock)
-		if code == exitFailed && strings.Contains(out, "Drained:   yes") && strings.Contains(out, "192.0.2.2  withdrawn") {
+		if code == exitFailed && regexp.MustCompile(`(?m)^Drained:\s+yes`).MatchString(out) && strings.Contains(out, "192.0.2.2  withdrawn") {
 			break
 		}
 		if time.Now().After(deadline) {

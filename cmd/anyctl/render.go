@@ -149,6 +149,9 @@ func renderStatus(w io.Writer, s api.StatusResponse, now time.Time) {
 	if r.SaveError != "" {
 		kv("IPVS record not saved", "%s (retried every turn)", r.SaveError)
 	}
+	if t := s.Tables; t != nil {
+		kv("IPVS tables", "%s", tablesLine(t, now))
+	}
 	if cs := s.ConnSync; cs != nil {
 		switch {
 		case cs.Error != "":
@@ -332,4 +335,29 @@ func digitsPrefix(s string) string {
 		i++
 	}
 	return s[:i]
+}
+
+// tablesLine says how this director's mh (sh, dh) tables compare with the
+// other directors'.
+func tablesLine(t *api.TablesView, now time.Time) string {
+	n := len(t.Fingerprints)
+	switch {
+	case t.Compared == 0:
+		return fmt.Sprintf("%d order-sensitive services; no other director on this config to compare with", n)
+	case len(t.Differ) == 0:
+		return fmt.Sprintf("%d order-sensitive services, the same on %d other directors", n, t.Compared)
+	}
+	var parts []string
+	for _, svc := range slices.Sorted(maps.Keys(t.Differ)) {
+		p := fmt.Sprintf("%s (%s)", svc, strings.Join(t.Differ[svc], ","))
+		if slices.Contains(t.Outvoted, svc) {
+			p += " OUTVOTED"
+		}
+		parts = append(parts, p)
+	}
+	line := fmt.Sprintf("DIFFER from %d other directors: %s", t.Compared, strings.Join(parts, " "))
+	if t.Repairs > 0 {
+		line += fmt.Sprintf("; read in full to repair %d times, last %s ago", t.Repairs, age(now, t.LastRepair))
+	}
+	return line
 }
