@@ -10,8 +10,18 @@ import (
 // destination that want no longer has is first kept at weight 0 (no new
 // connections, existing ones continue) and is only left out of want, so
 // that Diff deletes it, once its connections have ended or its service's
-// DrainTimeout has passed. It is not safe for concurrent use; the owner
-// calls it from one loop.
+// DrainTimeout has passed.
+//
+// For an order-sensitive scheduler (mh, sh, dh) the drain always lasts
+// DrainTimeout: a destination at weight 0 keeps its place in mh's lookup
+// table and a deleted one does not, so a director that deleted it when
+// its own connections ended (a standby has none) would hold another
+// table than the directors still draining, and send some of the flows
+// that move to it to other real servers. Every director starts the drain
+// when the change reaches it, within moments of the others, and deletes
+// at the same time after it.
+//
+// It is not safe for concurrent use; the owner calls it from one loop.
 type Drainer struct {
 	since map[drainKey]time.Time
 }
@@ -69,7 +79,7 @@ func (d *Drainer) Adjust(have, want Table, now time.Time) Table {
 			}
 			idle := hd.ActiveConns+hd.InactiveConns == 0
 			switch {
-			case draining && idle && hd.Weight == 0:
+			case draining && idle && hd.Weight == 0 && !OrderSensitive(ws.Scheduler):
 				continue // drained: let Diff delete it
 			case now.Sub(start) >= ws.DrainTimeout:
 				continue // out of time

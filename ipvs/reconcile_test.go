@@ -16,7 +16,7 @@ import (
 func TestDrainKeepsRemovedAtWeightZero(t *testing.T) {
 	ctx := context.Background()
 	m := NewMemory()
-	s := svc("198.51.100.1", 80, "mh", dst("10.0.0.1", 1), dst("10.0.0.2", 1), dst("10.0.0.3", 1))
+	s := svc("198.51.100.1", 80, "wlc", dst("10.0.0.1", 1), dst("10.0.0.2", 1), dst("10.0.0.3", 1))
 	s.DrainTimeout = time.Minute
 	if err := m.Apply(ctx, Diff(Table{}, tbl(s))); err != nil {
 		t.Fatal(err)
@@ -54,6 +54,40 @@ func TestDrainKeepsRemovedAtWeightZero(t *testing.T) {
 	got, _ := m.Table(ctx)
 	if len(got.Services[0].Destinations) != 2 {
 		t.Fatalf("after drain: %+v", got.Services[0].Destinations)
+	}
+}
+
+// TestDrainOrderSensitiveLastsItsTimeout: for mh the drain does not end
+// when this director's connections have: it lasts DrainTimeout, so every
+// director deletes the destination at about the same time and their mh
+// tables do not differ meanwhile (a standby, with no connections, would
+// delete it at once).
+func TestDrainOrderSensitiveLastsItsTimeout(t *testing.T) {
+	ctx := context.Background()
+	m := NewMemory()
+	s := svc("198.51.100.1", 80, "mh", dst("10.0.0.1", 1), dst("10.0.0.2", 1), dst("10.0.0.3", 1))
+	s.DrainTimeout = time.Minute
+	m.Apply(ctx, Diff(Table{}, tbl(s)))
+	r := mustReconciler(t, m, "")
+	want := s
+	want.Destinations = []Destination{dst("10.0.0.1", 1), dst("10.0.0.3", 1)}
+	t0 := time.Unix(1000, 0)
+	res, _ := r.Reconcile(ctx, tbl(want), t0)
+	if got := ops(res.Plan); !slices.Equal(got, []string{"update-dest tcp 198.51.100.1:80 10.0.0.2 w0"}) {
+		t.Fatalf("drain starts: %v", got)
+	}
+	// No connections at all (a standby): it stays, in its place.
+	if res, _ = r.Reconcile(ctx, tbl(want), t0.Add(59*time.Second)); len(res.Plan) != 0 || res.Draining != 1 {
+		t.Fatalf("idle before the timeout: plan %v, draining %d", ops(res.Plan), res.Draining)
+	}
+	got, _ := m.Table(ctx)
+	if fp := Fingerprint(&got.Services[0]); fp != Fingerprint(&Service{ServiceKey: s.ServiceKey, Scheduler: "mh",
+		Destinations: []Destination{dst("10.0.0.1", 1), dst("10.0.0.2", 0), dst("10.0.0.3", 1)}}) {
+		t.Fatalf("while draining: %+v", got.Services[0].Destinations)
+	}
+	res, _ = r.Reconcile(ctx, tbl(want), t0.Add(61*time.Second))
+	if got := ops(res.Plan); !slices.Equal(got, []string{"del-dest tcp 198.51.100.1:80 10.0.0.2"}) {
+		t.Fatalf("after the timeout: %v", got)
 	}
 }
 
@@ -369,7 +403,7 @@ func TestReconcileDrainBetweenFullReads(t *testing.T) {
 	r := mustReconciler(t, dp, "")
 	r.SetFullRead(time.Hour)
 	t0 := time.Unix(1000, 0)
-	s := svc("198.51.100.1", 80, "mh", dst("10.0.0.1", 1), dst("10.0.0.2", 1))
+	s := svc("198.51.100.1", 80, "wlc", dst("10.0.0.1", 1), dst("10.0.0.2", 1))
 	s.DrainTimeout = time.Minute
 	r.Reconcile(ctx, tbl(s), t0)
 	removed := DestKey{addr("10.0.0.2"), 80}

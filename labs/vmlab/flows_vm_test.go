@@ -50,12 +50,7 @@ func newFlowLab(t *testing.T) *flowLab {
 	r.Run("ip", "addr", "add", "10.0.0.254/24", "dev", "c1")
 	r.Run("ip", "link", "set", "c1", "up")
 	r.Run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.fib_multipath_hash_policy=1")
-	lan := func(name, addr string, n *labtest.Netns) {
-		sw.Run("ip", "link", "add", "p-"+name, "type", "veth", "peer", "name", "eth0", "netns", n.Name)
-		sw.Run("ip", "link", "set", "p-"+name, "master", "br0", "up")
-		n.Run("ip", "addr", "add", addr+"/24", "dev", "eth0")
-		n.Run("ip", "link", "set", "eth0", "up")
-	}
+	lan := l.plug
 	lan("r", "10.1.0.254", r)
 	for i := 1; i <= flowDirectors; i++ {
 		name := fmt.Sprintf("d%d", i)
@@ -72,17 +67,31 @@ func newFlowLab(t *testing.T) *flowLab {
 		t.Cleanup(func() { k.Close() })
 		l.dr.kernels[name] = k
 	}
-	anyctl := filepath.Join(labtest.Binaries(t), "anyctl")
 	for i := 1; i <= 3; i++ {
-		name := fmt.Sprintf("rs%d", i)
-		n := labtest.NewNetns(t, "f"+name)
-		l.ns[name] = n
-		lan(name, fmt.Sprintf("10.1.0.%d", 10+i), n)
-		n.Run("ip", "route", "add", "default", "via", "10.1.0.254")
-		n.Run(anyctl, "realserver", "--state-dir", t.TempDir(), "up", "--vip", vip)
-		l.dr.start(name, "serve", name, "0.0.0.0:80")
+		l.addServer(fmt.Sprintf("rs%d", i), fmt.Sprintf("10.1.0.%d", 10+i))
 	}
 	return l
+}
+
+// plug connects namespace n to the LAN's bridge as eth0 with addr.
+func (l *flowLab) plug(name, addr string, n *labtest.Netns) {
+	sw := l.ns["sw"]
+	sw.Run("ip", "link", "add", "p-"+name, "type", "veth", "peer", "name", "eth0", "netns", n.Name)
+	sw.Run("ip", "link", "set", "p-"+name, "master", "br0", "up")
+	n.Run("ip", "addr", "add", addr+"/24", "dev", "eth0")
+	n.Run("ip", "link", "set", "eth0", "up")
+}
+
+// addServer adds a real server on the LAN (the VIP on its loopback, ARP
+// for it off, as anyctl realserver sets it up), serving on port 80.
+func (l *flowLab) addServer(name, addr string) {
+	l.t.Helper()
+	n := labtest.NewNetns(l.t, "f"+name)
+	l.ns[name] = n
+	l.plug(name, addr, n)
+	n.Run("ip", "route", "add", "default", "via", "10.1.0.254")
+	n.Run(filepath.Join(labtest.Binaries(l.t), "anyctl"), "realserver", "--state-dir", l.t.TempDir(), "up", "--vip", vip)
+	l.dr.start(name, "serve", name, "0.0.0.0:80")
 }
 
 // route points the VIP at the given directors (ECMP).

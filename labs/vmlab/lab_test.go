@@ -33,7 +33,7 @@ func TestLabVM(t *testing.T) {
 			t.Fatalf("the VM lab needs %s (apt-get install qemu-system-x86 busybox-static)", tool)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
 	defer cancel()
 	root := labtest.RepoRoot()
 	k, err := EnsureKernel(ctx, CacheDir(root))
@@ -49,6 +49,12 @@ func TestLabVM(t *testing.T) {
 		// with in the same boot (TestVMMeasureApply).
 		HostBinaries: []string{"/usr/sbin/ipvsadm", "/usr/sbin/keepalived"},
 		Env:          map[string]string{"ANYCASTD_BIN_DIR": "/bin"},
+	}
+	// The sizes make bench asks for reach the tests inside.
+	for _, k := range []string{"ANYCASTD_CHURN_FLOWS"} {
+		if v := os.Getenv(k); v != "" {
+			spec.Env[k] = v
+		}
 	}
 	for _, p := range vmPackages {
 		// ANYCASTD_VM_ONLY=ipvs (a name of vmPackages) boots for that
@@ -68,7 +74,7 @@ func TestLabVM(t *testing.T) {
 		if b, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("build %s: %v\n%s", p.pkg, err, b)
 		}
-		spec.Tests = append(spec.Tests, Test{Name: p.name, Binary: out, Args: []string{"-test.run", p.run, "-test.v", "-test.count=1", "-test.timeout=15m"}})
+		spec.Tests = append(spec.Tests, Test{Name: p.name, Binary: out, Args: []string{"-test.run", p.run, "-test.v", "-test.count=1", "-test.timeout=50m"}})
 	}
 	res, err := Run(ctx, spec)
 	if err != nil {
