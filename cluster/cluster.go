@@ -541,7 +541,7 @@ func (c *Cluster) abort() {
 // metadata spreads with the next gossip, the state (Reason, Announced,
 // StandIn) is sent to every member at once, whole.
 func (c *Cluster) SetMeta(m Meta) {
-	st := MemberState{Reason: m.Reason, Announced: slices.Clone(m.Announced), StandIn: slices.Clone(m.StandIn), Health: m.Health.clone(), Tables: maps.Clone(m.Tables)}
+	st := MemberState{Reason: m.Reason, Announced: slices.Clone(m.Announced), StandIn: slices.Clone(m.StandIn), Health: m.Health.clone(), Tables: maps.Clone(m.Tables), Rollout: m.Rollout.clone()}
 	c.mu.Lock()
 	stateChanged := !st.same(c.state) || c.state.Seq == 0
 	if stateChanged {
@@ -683,6 +683,7 @@ func (c *Cluster) Members() []Member {
 		}
 		if ok {
 			mm.Meta.Reason, mm.Meta.Announced, mm.Meta.StandIn, mm.Meta.Health, mm.Meta.Tables = st.Reason, st.Announced, st.StandIn, st.Health, st.Tables
+			mm.Meta.Rollout = st.Rollout
 		}
 		out = append(out, mm)
 	}
@@ -736,6 +737,86 @@ func (c *Cluster) propose(services []configs.Service, check func(cur *Document) 
 	if err := configs.ValidateServices(services); err != nil {
 		return nil, err
 	}
+	return c.proposeDoc(func(cur *Document, version uint64, primary []byte) (*Document, error) {
+		if check != nil {
+			if err := check(cur); err != nil {
+				return nil, err
+			}
+		}
+		return NewDocument(services, version, c.opts.Name, c.opts.Now(), primary)
+	})
+}
+
+// ErrRollout is the error of a change that a rollout's state forbids: a
+// staged change while another is in progress, a stage update of a
+// document that is not that rollout's.
+var ErrRollout = errors.New("rollout")
+
+// ProposeRollout starts a staged rollout of services (see Rollout) if
+// the current document is still version/hash, as ProposeIf: the new
+// document carries the current services as the previous ones, and no
+// director applies the new ones until a stage reaches it. A rollout in
+// progress must end first.
+func (c *Cluster) ProposeRollout(version uint64, hash string, services []configs.Service, hold time.Duration) (*Document, error) {
+	if err := configs.ValidateServices(services); err != nil {
+		return nil, err
+	}
+	return c.proposeDoc(func(cur *Document, next uint64, primary []byte) (*Document, error) {
+		if cur.IsZero() || cur.Version != version || cur.Hash != hash {
+			have := "none"
+			if !cur.IsZero() {
+				have = fmt.Sprintf("v%d/%s by %s", cur.Version, cur.Short(), cur.Author)
+			}
+			return nil, fmt.Errorf("%w: it is %s now", ErrConflict, have)
+		}
+		if cur.InProgress() {
+			return nil, fmt.Errorf("%w: the rollout of v%d is in progress (stage %s): let it end, or apply at once", ErrRollout, cur.Rollout.ID, cur.Rollout.Stage)
+		}
+		d, err := NewDocument(services, next, c.opts.Name, c.opts.Now(), nil)
+		if err != nil {
+			return nil, err
+		}
+		if d.Hash == cur.Hash {
+			return nil, fmt.Errorf("%w: the services are the cluster's already", ErrRollout)
+		}
+		d.Rollout = &Rollout{ID: next, Stage: StageStandby, Hold: hold, Started: d.Time}
+		d.Previous, d.PreviousHash = cur.Services, cur.Hash
+		return d.sign(primary), nil
+	})
+}
+
+// UpdateRollout moves the rollout of the current document, which must
+// still be version/hash, to r (same ID): the next stage, or its end. At
+// OutcomeRolledOut every director applies the new services; at
+// OutcomeRolledBack the new document's services are the previous ones.
+func (c *Cluster) UpdateRollout(version uint64, hash string, r Rollout) (*Document, error) {
+	return c.proposeDoc(func(cur *Document, next uint64, primary []byte) (*Document, error) {
+		if cur.IsZero() || cur.Version != version || cur.Hash != hash {
+			return nil, fmt.Errorf("%w: the cluster config moved on", ErrConflict)
+		}
+		if !cur.InProgress() || cur.Rollout.ID != r.ID {
+			return nil, fmt.Errorf("%w: v%d/%s is not rollout %d in progress", ErrRollout, cur.Version, cur.Short(), r.ID)
+		}
+		r.Reached = slices.Clone(r.Reached)
+		d := &Document{Version: next, Hash: cur.Hash, Author: c.opts.Name, Time: c.opts.Now().UTC().Truncate(time.Millisecond),
+			Services: cur.Services, Rollout: &r, Previous: cur.Previous, PreviousHash: cur.PreviousHash}
+		switch r.Outcome {
+		case "":
+		case OutcomeRolledOut:
+			d.Previous, d.PreviousHash = nil, ""
+		case OutcomeRolledBack:
+			d.Services, d.Hash = cur.Previous, cur.PreviousHash
+			d.Previous, d.PreviousHash = nil, ""
+		default:
+			return nil, fmt.Errorf("%w: outcome %q", ErrRollout, r.Outcome)
+		}
+		return d.sign(primary), d.Check()
+	})
+}
+
+// proposeDoc makes the document build returns (from the current one, the
+// next version and the key to sign with) current, saved and spread.
+func (c *Cluster) proposeDoc(build func(cur *Document, version uint64, primary []byte) (*Document, error)) (*Document, error) {
 	// Saves are ordered by saveMu, held across this one's write; mu only
 	// around the reads and the commit, so memberlist's callbacks are not
 	// stalled by the disk. A document that arrives during the write is
@@ -752,7 +833,7 @@ func (c *Cluster) propose(services []configs.Service, check func(cur *Document) 
 		}
 		c.mu.Lock()
 		base := c.doc
-		d, err := c.nextDocLocked(services, check)
+		d, err := c.nextDocLocked(build)
 		c.mu.Unlock()
 		if err != nil {
 			return nil, err
@@ -778,16 +859,11 @@ func (c *Cluster) propose(services []configs.Service, check func(cur *Document) 
 	}
 }
 
-// nextDocLocked is the document that makes services the cluster's config,
-// one version above anything seen, if check allows it.
-func (c *Cluster) nextDocLocked(services []configs.Service, check func(cur *Document) error) (*Document, error) {
+// nextDocLocked is the document build makes from the current one, one
+// version above anything seen.
+func (c *Cluster) nextDocLocked(build func(cur *Document, version uint64, primary []byte) (*Document, error)) (*Document, error) {
 	if c.closed {
 		return nil, errors.New("the cluster member is stopped")
-	}
-	if check != nil {
-		if err := check(c.doc); err != nil {
-			return nil, err
-		}
 	}
 	if c.clock >= MaxVersion {
 		return nil, fmt.Errorf("the cluster config version is at its ceiling (%d): no newer version can be made", MaxVersion)
@@ -796,12 +872,12 @@ func (c *Cluster) nextDocLocked(services []configs.Service, check func(cur *Docu
 	if c.keyring != nil {
 		primary = c.keyring.GetPrimaryKey()
 	}
-	d, err := NewDocument(services, c.clock+1, c.opts.Name, c.opts.Now(), primary)
+	d, err := build(c.doc, c.clock+1, primary)
 	if err != nil {
 		return nil, err
 	}
-	if len(d.Services) > MaxDocumentBytes {
-		return nil, fmt.Errorf("the services document is %.1f MiB; the cluster carries at most %d MiB", float64(len(d.Services))/(1<<20), MaxDocumentBytes>>20)
+	if n := len(d.Services) + len(d.Previous); n > MaxDocumentBytes {
+		return nil, fmt.Errorf("the services document is %.1f MiB (with a rollout's previous services); the cluster carries at most %d MiB", float64(n)/(1<<20), MaxDocumentBytes>>20)
 	}
 	if err := c.checkRoomLocked(d); err != nil {
 		return nil, err
@@ -996,8 +1072,7 @@ func (c *Cluster) checkDocLocked(d *Document) error {
 	if err := c.checkRoomLocked(d); err != nil {
 		return err
 	}
-	_, err := d.Decode()
-	return err
+	return d.Check()
 }
 
 func (c *Cluster) checkRoomLocked(d *Document) error {

@@ -35,9 +35,96 @@ type Document struct {
 	Time time.Time `json:"time"`
 	// Services is the JSON array of configs.Service.
 	Services json.RawMessage `json:"services"`
+	// Rollout, while in progress, stages Services: only the directors it
+	// has reached apply them, the others keep Previous (whose hash is
+	// PreviousHash). Once done it stays as the record of how the change
+	// went, and Previous is gone.
+	Rollout      *Rollout        `json:"rollout,omitempty"`
+	Previous     json.RawMessage `json:"previous,omitempty"`
+	PreviousHash string          `json:"previous_hash,omitempty"`
 	// Tag is HMAC-SHA256 over everything above, keyed from the cluster
 	// key; empty in an insecure cluster.
 	Tag []byte `json:"tag,omitempty"`
+}
+
+// Rollout is a staged change of the services (see Document.Rollout): a
+// warm standby first, then one active director, then the rest; each
+// stage holds until the directors it reached report that the change left
+// nothing worse off. A stage that makes something worse ends it: the
+// document that ends it holds the previous services again, under a newer
+// version, so every director applies them.
+type Rollout struct {
+	// ID is the version of the document that started the rollout.
+	ID uint64 `json:"id"`
+	// Stage is how far it has gone.
+	Stage Stage `json:"stage"`
+	// Reached are the directors that apply the new services, in the
+	// order the stages added them.
+	Reached []string `json:"reached,omitempty"`
+	// Hold is how long a stage's directors run the new services before
+	// they judge them (the checks' rise time).
+	Hold time.Duration `json:"hold"`
+	// Outcome is "" while the rollout is in progress; Reason says why it
+	// was rolled back.
+	Outcome Outcome `json:"outcome,omitempty"`
+	Reason  string  `json:"reason,omitempty"`
+	// Started is when it started, by its author's clock (informative).
+	Started time.Time `json:"started"`
+}
+
+// Stage is how far a rollout has gone.
+type Stage string
+
+// The stages, in order.
+const (
+	// StageStandby: one warm standby (no traffic at risk).
+	StageStandby Stage = "standby"
+	// StageActive: and one active director.
+	StageActive Stage = "active"
+	// StageAll: every director.
+	StageAll Stage = "all"
+)
+
+// Outcome is how a rollout ended.
+type Outcome string
+
+// The outcomes.
+const (
+	OutcomeRolledOut  Outcome = "rolled_out"
+	OutcomeRolledBack Outcome = "rolled_back"
+)
+
+// InProgress reports whether d stages its services: some directors apply
+// Previous.
+func (d *Document) InProgress() bool {
+	return d != nil && d.Rollout != nil && d.Rollout.Outcome == "" && d.Previous != nil
+}
+
+// Reached reports whether the director name applies d's Services (every
+// director does unless a rollout is in progress and has not reached it).
+func (d *Document) Reached(name string) bool {
+	return !d.InProgress() || slices.Contains(d.Rollout.Reached, name)
+}
+
+// For returns the services the director name applies, and their hash.
+func (d *Document) For(name string) ([]configs.Service, string, error) {
+	if d.Reached(name) {
+		ss, err := d.Decode()
+		return ss, d.Hash, err
+	}
+	ss, err := decodeServices(d.Previous, d.PreviousHash, d)
+	return ss, d.PreviousHash, err
+}
+
+// stateDigest orders documents of the same version and services that
+// differ in their rollout state (two stages proposed at once in a split).
+func (d *Document) stateDigest() string {
+	if d.Rollout == nil && d.Previous == nil {
+		return ""
+	}
+	b, _ := json.Marshal(d.Rollout)
+	sum := sha256.Sum256(append(append(b, d.PreviousHash...), d.Previous...))
+	return hex.EncodeToString(sum[:])
 }
 
 // Errors of received documents.
@@ -63,6 +150,15 @@ func NewDocument(services []configs.Service, version uint64, author string, now 
 		d.Tag = d.mac(primary)
 	}
 	return d, nil
+}
+
+// sign sets d's tag with primary (none: unsigned) and returns d.
+func (d *Document) sign(primary []byte) *Document {
+	d.Tag = nil
+	if primary != nil {
+		d.Tag = d.mac(primary)
+	}
+	return d
 }
 
 // ServicesHash is the hash a document of services would have.
@@ -91,7 +187,10 @@ func (d *Document) Newer(old *Document) bool {
 	if d.Version != old.Version {
 		return d.Version > old.Version
 	}
-	return d.Hash > old.Hash
+	if d.Hash != old.Hash {
+		return d.Hash > old.Hash
+	}
+	return d.stateDigest() > old.stateDigest()
 }
 
 // Short is the first 12 hex digits of the hash, for people and metadata.
@@ -105,12 +204,49 @@ func (d *Document) Short() string {
 // Decode returns the services of d after checking that they match its hash
 // and that they are a valid services config.
 func (d *Document) Decode() ([]configs.Service, error) {
-	sum := sha256.Sum256(d.Services)
-	if hex.EncodeToString(sum[:]) != d.Hash {
+	return decodeServices(d.Services, d.Hash, d)
+}
+
+// Check decodes what d carries: its services and, while a rollout is in
+// progress, the previous ones, and the rollout's state.
+func (d *Document) Check() error {
+	if _, err := d.Decode(); err != nil {
+		return err
+	}
+	if d.Rollout == nil && d.Previous == nil {
+		return nil
+	}
+	if d.Rollout == nil {
+		return fmt.Errorf("%w: previous services without a rollout", ErrCorrupt)
+	}
+	switch d.Rollout.Outcome {
+	case "":
+		if d.Previous == nil {
+			return fmt.Errorf("%w: a rollout in progress without the previous services", ErrCorrupt)
+		}
+		switch d.Rollout.Stage {
+		case StageStandby, StageActive, StageAll:
+		default:
+			return fmt.Errorf("%w: rollout stage %q", ErrCorrupt, d.Rollout.Stage)
+		}
+		if _, err := decodeServices(d.Previous, d.PreviousHash, d); err != nil {
+			return fmt.Errorf("the rollout's previous services: %w", err)
+		}
+	case OutcomeRolledOut, OutcomeRolledBack:
+	default:
+		return fmt.Errorf("%w: rollout outcome %q", ErrCorrupt, d.Rollout.Outcome)
+	}
+	return nil
+}
+
+// decodeServices checks raw against hash and decodes it as d's.
+func decodeServices(raw json.RawMessage, hash string, d *Document) ([]configs.Service, error) {
+	sum := sha256.Sum256(raw)
+	if hex.EncodeToString(sum[:]) != hash {
 		return nil, fmt.Errorf("%w: services do not match the hash", ErrCorrupt)
 	}
 	var ss []configs.Service
-	dec := json.NewDecoder(bytes.NewReader(d.Services))
+	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&ss); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
@@ -169,6 +305,13 @@ func (d *Document) mac(clusterKey []byte) []byte {
 	field([]byte(d.Author))
 	field([]byte(d.Time.UTC().Format(time.RFC3339Nano)))
 	field(d.Services)
+	if d.Rollout != nil || d.Previous != nil {
+		// Only then: a document without them is tagged as before.
+		r, _ := json.Marshal(d.Rollout)
+		field(r)
+		field([]byte(d.PreviousHash))
+		field(d.Previous)
+	}
 	return m.Sum(nil)
 }
 
@@ -232,7 +375,7 @@ func LoadDocument(dir string, keys [][]byte, opts ...loadOption) (*Document, err
 			return nil, fmt.Errorf("%s: %w", path, err)
 		}
 	}
-	if _, err := d.Decode(); err != nil {
+	if err := d.Check(); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return &d, nil

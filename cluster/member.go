@@ -25,6 +25,16 @@ type Meta struct {
 	// ConfigVersion and ConfigHash (short) are of the applied document.
 	ConfigVersion uint64 `json:"v"`
 	ConfigHash    string `json:"c,omitempty"`
+	// Applied is the short hash of the services this director applies:
+	// ConfigHash, or while a rollout has not reached it the previous
+	// services' ("" from a build without rollouts: ConfigHash).
+	Applied string `json:"ap,omitempty"`
+	// Staged says the build understands staged rollouts (a document
+	// with a Rollout); one that does not rejects such documents.
+	Staged bool `json:"sr,omitempty"`
+	// Rollout is what the director says of the rollout that reached it
+	// (nil: none, or a build without rollouts).
+	Rollout *RolloutReport `json:"-"`
 	// Announced are the prefixes the director announces now;
 	// AnnouncedCount is their number.
 	Announced      []string `json:"-"`
@@ -79,11 +89,60 @@ type MemberState struct {
 	StandIn   []string          `json:"si,omitempty"`
 	Health    *HealthReport     `json:"h,omitempty"`
 	Tables    map[string]string `json:"t,omitempty"`
+	Rollout   *RolloutReport    `json:"ro,omitempty"`
+}
+
+// RolloutReport is what a director a rollout reached says of the new
+// services: holding while they settle (Until), then whether anything is
+// worse off than under the previous ones.
+type RolloutReport struct {
+	// ID is the rollout's (Rollout.ID).
+	ID    uint64       `json:"id"`
+	State RolloutState `json:"s"`
+	// Until is when the hold ends.
+	Until time.Time `json:"u,omitzero"`
+	// Problems say what is worse off (State RolloutWorse).
+	Problems []string `json:"p,omitempty"`
+}
+
+// RolloutState is a RolloutReport's verdict.
+type RolloutState string
+
+// The verdicts.
+const (
+	RolloutHolding RolloutState = "holding"
+	RolloutOK      RolloutState = "ok"
+	RolloutWorse   RolloutState = "worse"
+)
+
+// Equal reports whether r and o say the same.
+func (r *RolloutReport) Equal(o *RolloutReport) bool {
+	if r == nil || o == nil {
+		return r == o
+	}
+	return r.ID == o.ID && r.State == o.State && r.Until.Equal(o.Until) && slices.Equal(r.Problems, o.Problems)
+}
+
+func (r *RolloutReport) clone() *RolloutReport {
+	if r == nil {
+		return nil
+	}
+	c := *r
+	c.Problems = slices.Clone(r.Problems)
+	return &c
+}
+
+// AppliedHash is the short hash of the services m applies.
+func (m Meta) AppliedHash() string {
+	if m.Applied != "" {
+		return m.Applied
+	}
+	return m.ConfigHash
 }
 
 func (s MemberState) same(o MemberState) bool {
 	return s.Reason == o.Reason && slices.Equal(s.Announced, o.Announced) && slices.Equal(s.StandIn, o.StandIn) &&
-		s.Health.Equal(o.Health) && maps.Equal(s.Tables, o.Tables)
+		s.Health.Equal(o.Health) && maps.Equal(s.Tables, o.Tables) && s.Rollout.Equal(o.Rollout)
 }
 
 // HealthReport is what a director's own checks say of the backends of the
