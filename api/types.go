@@ -18,21 +18,25 @@ type MemberView struct {
 	Reason  string `json:"reason,omitempty"`
 	// Why are the kinds of reasons it may not be in the active set
 	// (gone, unreadable_metadata, unhealthy, drained).
-	Why           []string     `json:"why,omitempty"`
-	Drained       bool         `json:"drained"`
-	Priority      int          `json:"priority"`
-	ConfigVersion uint64       `json:"config_version"`
-	ConfigHash    string       `json:"config_hash,omitempty"`
-	Announced     []string     `json:"announced"`
-	Announcing    int          `json:"announcing"`
-	PeersUp       int          `json:"peers_up"`
-	Peers         int          `json:"peers"`
-	Mode          string       `json:"mode,omitempty"`
-	Addrs         []netip.Addr `json:"addrs,omitempty"`
-	Started       time.Time    `json:"started,omitzero"`
-	Since         time.Time    `json:"since,omitzero"`
-	Build         string       `json:"build,omitempty"`
-	Bad           string       `json:"bad,omitempty"`
+	Why           []string `json:"why,omitempty"`
+	Drained       bool     `json:"drained"`
+	Priority      int      `json:"priority"`
+	ConfigVersion uint64   `json:"config_version"`
+	ConfigHash    string   `json:"config_hash,omitempty"`
+	// Applied is, during a staged rollout that has not reached this
+	// member, the short hash of the previous services it still applies
+	// ("": it applies ConfigHash's).
+	Applied    string       `json:"applied,omitempty"`
+	Announced  []string     `json:"announced"`
+	Announcing int          `json:"announcing"`
+	PeersUp    int          `json:"peers_up"`
+	Peers      int          `json:"peers"`
+	Mode       string       `json:"mode,omitempty"`
+	Addrs      []netip.Addr `json:"addrs,omitempty"`
+	Started    time.Time    `json:"started,omitzero"`
+	Since      time.Time    `json:"since,omitzero"`
+	Build      string       `json:"build,omitempty"`
+	Bad        string       `json:"bad,omitempty"`
 }
 
 // MembersResponse is GET /v1/members.
@@ -209,6 +213,44 @@ type ConfigResponse struct {
 	// Pending, in the answer to an apply, are the live members that had
 	// not confirmed the change when the director stopped waiting.
 	Pending []string `json:"pending,omitempty"`
+	// Rollout is the document's staged rollout: in progress (Services
+	// are the new ones, which only the directors it reached apply), or
+	// how the last one ended; nil when the document came without one.
+	Rollout *RolloutView `json:"rollout,omitempty"`
+}
+
+// RolloutView is a staged rollout of the services: a warm standby first,
+// then one active director, then the rest; each stage holds until the
+// directors it reached report nothing worse off than under the previous
+// services, else the cluster goes back to them.
+type RolloutView struct {
+	// ID is the version of the document that started it.
+	ID uint64 `json:"id"`
+	// Stage is standby, active or all; Reached the directors that run
+	// the new services.
+	Stage   string   `json:"stage"`
+	Reached []string `json:"reached"`
+	// Hold is how long a stage's directors run the new services before
+	// they judge them.
+	Hold    time.Duration `json:"hold_ns"`
+	Started time.Time     `json:"started"`
+	// Outcome is "" while in progress, rolled_out or rolled_back (with
+	// Reason).
+	Outcome string `json:"outcome,omitempty"`
+	Reason  string `json:"reason,omitempty"`
+	// PreviousHash is the hash of the services the directors not reached
+	// apply (while in progress).
+	PreviousHash string `json:"previous_hash,omitempty"`
+	// Reports are what the directors reached say of the new services.
+	Reports map[string]RolloutReport `json:"reports,omitempty"`
+}
+
+// RolloutReport is one director's verdict on the new services: holding
+// (until Until), ok, or worse (with Problems).
+type RolloutReport struct {
+	State    string    `json:"state"`
+	Until    time.Time `json:"until,omitzero"`
+	Problems []string  `json:"problems,omitempty"`
 }
 
 // ApplyRequest is POST /v1/config: make Services the cluster's config if
@@ -217,6 +259,11 @@ type ApplyRequest struct {
 	BaseVersion uint64            `json:"base_version"`
 	BaseHash    string            `json:"base_hash"`
 	Services    []configs.Service `json:"services"`
+	// Now applies the services on every director at once (an
+	// emergency), and ends a rollout in progress. Without it the change
+	// is rolled out in stages (RolloutView): the answer comes at once,
+	// and GET /v1/config follows the stages.
+	Now bool `json:"now,omitempty"`
 }
 
 // DrainRequest is POST /v1/drain.

@@ -64,11 +64,21 @@ func (n *Node) Handler() http.Handler {
 			fail(w, http.StatusUnprocessableEntity, err)
 			return
 		}
-		doc, pending, err := n.Apply(r.Context(), req.BaseVersion, req.BaseHash, req.Services)
+		var doc *cluster.Document
+		var pending []string
+		var err error
+		if req.Now {
+			doc, pending, err = n.Apply(r.Context(), req.BaseVersion, req.BaseHash, req.Services)
+		} else {
+			doc, err = n.StartRollout(req.BaseVersion, req.BaseHash, req.Services)
+		}
 		if err != nil {
 			code := http.StatusInternalServerError
-			if errors.Is(err, cluster.ErrConflict) || errors.Is(err, ErrLost) {
+			switch {
+			case errors.Is(err, cluster.ErrConflict) || errors.Is(err, ErrLost) || errors.Is(err, cluster.ErrRollout):
 				code = http.StatusConflict // GET /v1/config shows the winner
+			case errors.Is(err, ErrNotStaged):
+				code = http.StatusPreconditionFailed
 			}
 			fail(w, code, err)
 			return
@@ -77,6 +87,7 @@ func (n *Node) Handler() http.Handler {
 		resp.ConfigInfo = api.ConfigInfo{Version: doc.Version, Hash: doc.Hash, Author: doc.Author, Time: doc.Time, Services: len(req.Services)}
 		resp.Services = nonNil(req.Services)
 		resp.Pending = pending
+		resp.Rollout = n.rolloutView(doc)
 		reply(w, http.StatusOK, resp)
 	})
 	mux.HandleFunc("POST /v1/drain", func(w http.ResponseWriter, r *http.Request) {
@@ -213,7 +224,7 @@ func (n *Node) MembersView() api.MembersResponse {
 		v := api.MemberView{Name: m.Name, State: string(m.State), Role: string(roles[m.Name]), Healthy: m.Meta.Healthy,
 			Reason: m.Meta.Reason, Drained: m.Meta.Drained, Priority: m.Meta.Priority,
 			Why:           convert(m.Ineligible(), func(w cluster.Ineligibility) string { return string(w) }),
-			ConfigVersion: m.Meta.ConfigVersion, ConfigHash: m.Meta.ConfigHash, Announced: nonNil(m.Meta.Announced),
+			ConfigVersion: m.Meta.ConfigVersion, ConfigHash: m.Meta.ConfigHash, Applied: m.Meta.Applied, Announced: nonNil(m.Meta.Announced),
 			Announcing: m.Meta.AnnouncedCount, PeersUp: m.Meta.PeersUp, Peers: m.Meta.Peers, Mode: m.Meta.Mode,
 			Addrs: m.Meta.Addrs, Since: m.Since, Build: m.Meta.Build, Bad: m.Bad, Self: m.Name == cfg.Node.Name}
 		if m.Addr.IsValid() {
@@ -268,14 +279,42 @@ func (n *Node) ConfigView() api.ConfigResponse {
 	services := n.services
 	n.mu.Unlock()
 	resp := api.ConfigResponse{ConfigInfo: ci, AppliedVersion: ci.Version, Services: nonNil(services)}
-	if doc := n.cl.Document(); !doc.IsZero() && (doc.Version != ci.Version || doc.Hash != ci.Hash) {
+	// The cluster's config is its newest document's services (during a
+	// rollout the new ones, whether or not this director runs them yet).
+	if doc := n.cl.Document(); !doc.IsZero() && (doc.Version != ci.Version || doc.Hash != ci.Hash || doc.InProgress()) {
 		if ss, err := doc.Decode(); err == nil {
 			resp.ConfigInfo = api.ConfigInfo{Version: doc.Version, Hash: doc.Hash, Author: doc.Author, Time: doc.Time,
-				Services: len(ss), Error: ci.Error}
+				Services: len(ss), Error: ci.Error, SaveError: ci.SaveError}
 			resp.Services = nonNil(ss)
 		}
+		resp.Rollout = n.rolloutView(doc)
+	} else if !doc.IsZero() {
+		resp.Rollout = n.rolloutView(doc)
 	}
 	return resp
+}
+
+// rolloutView is doc's rollout with the reports of the directors it
+// reached (nil: the document came without one).
+func (n *Node) rolloutView(doc *cluster.Document) *api.RolloutView {
+	if doc == nil || doc.Rollout == nil {
+		return nil
+	}
+	r := doc.Rollout
+	v := &api.RolloutView{ID: r.ID, Stage: string(r.Stage), Reached: nonNil(slices.Clone(r.Reached)), Hold: r.Hold, Started: r.Started,
+		Outcome: string(r.Outcome), Reason: r.Reason, PreviousHash: doc.PreviousHash}
+	if !doc.InProgress() {
+		return v
+	}
+	for _, m := range n.cl.Members() {
+		if rep := m.Meta.Rollout; rep != nil && rep.ID == r.ID && slices.Contains(r.Reached, m.Name) {
+			if v.Reports == nil {
+				v.Reports = map[string]api.RolloutReport{}
+			}
+			v.Reports[m.Name] = api.RolloutReport{State: string(rep.State), Until: rep.Until, Problems: rep.Problems}
+		}
+	}
+	return v
 }
 
 // StatusView is this director's state.

@@ -13,6 +13,7 @@ import (
 	"github.com/anycastd/anycastd/configs"
 	"github.com/anycastd/anycastd/health"
 	"github.com/anycastd/anycastd/internal/atomicfile"
+	"github.com/anycastd/anycastd/ipvs"
 )
 
 // The config's state: the file's services settled against the cluster's
@@ -239,8 +240,12 @@ func (n *Node) adoptDocument() {
 	if doc.IsZero() || (cur != nil && cur.Version == doc.Version && cur.Hash == doc.Hash) {
 		return
 	}
-	services, err := doc.Decode()
-	if err == nil {
+	own := n.mon.States() // what this director's checks say under the services it applies now
+	n.mu.Lock()
+	self, was := n.cfg.Node.Name, n.appliedHash
+	n.mu.Unlock()
+	services, hash, err := doc.For(self)
+	if err == nil && hash != was {
 		err = n.mon.Set(n.healthSpecs(services))
 	}
 	n.mu.Lock()
@@ -254,8 +259,36 @@ func (n *Node) adoptDocument() {
 		return
 	}
 	n.docErr = ""
-	n.services, n.appliedDoc = services, doc
-	n.log.Info("cluster config adopted", "version", doc.Version, "hash", doc.Short(), "author", doc.Author, "services", len(services))
+	switch {
+	case !doc.InProgress() || !doc.Reached(self):
+		n.rollout = nil
+	case n.rollout == nil || n.rollout.id != doc.Rollout.ID:
+		// A stage reached this director: what it stood at under the
+		// previous services, for the judgement after the hold.
+		before := Standing{Unknown: true}
+		if was != "" && was != hash {
+			before = standing(n.services, own, n.selfSt.Healthy, failedNames(n.lastFailed, n.services))
+		}
+		n.rollout = &rolloutRun{id: doc.Rollout.ID, before: before, until: n.opts.Now().Add(doc.Rollout.Hold)}
+		n.log.Info("rollout: this director runs the new services", "rollout", doc.Rollout.ID, "stage", doc.Rollout.Stage, "hold", doc.Rollout.Hold)
+	}
+	n.services, n.appliedDoc, n.appliedHash = services, doc, hash
+	n.log.Info("cluster config adopted", "version", doc.Version, "hash", doc.Short(), "author", doc.Author, "services", len(services),
+		"applied", shortHash(hash))
+}
+
+func shortHash(h string) string { return h[:min(len(h), 12)] }
+
+// failedNames names the services of failed (by key).
+func failedNames(failed map[ipvs.ServiceKey]string, services []configs.Service) map[string]string {
+	names := serviceNames(services)
+	out := make(map[string]string, len(failed))
+	for k, why := range failed {
+		if name, ok := names[k]; ok {
+			out[name] = why
+		}
+	}
+	return out
 }
 
 func (n *Node) healthSpecs(services []configs.Service) []health.Spec {

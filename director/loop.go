@@ -32,7 +32,11 @@ type Snapshot struct {
 	// reconcile).
 	Tables      map[string]string
 	TablesCheck TableCheck
-	At          time.Time
+	// Applied is the short hash of the services applied; Rollout what
+	// this director says of the rollout that reached it (nil: none).
+	Applied string
+	Rollout *cluster.RolloutReport
+	At      time.Time
 }
 
 // ReconcileInfo is the last reconciliation of the IPVS table, as the API
@@ -109,9 +113,9 @@ func (n *Node) loop(ctx context.Context, errc <-chan error) error {
 			// same beat.
 			if need = n.evaluateSelf(ctx); !need {
 				n.mu.Lock()
-				cfg, d, doc, report, tables := n.cfg, n.snap.Desired, n.appliedDoc, n.report, n.snap.Tables
+				cfg, d, doc, report := n.cfg, n.snap.Desired, n.appliedDoc, n.report
 				n.mu.Unlock()
-				n.publish(cfg, d, doc, report, tables)
+				n.publish(cfg, d, doc, report)
 				n.updateDNS(cfg, d, n.cl.Members())
 				continue
 			}
@@ -187,6 +191,10 @@ func (n *Node) step(ctx context.Context) {
 	n.mu.Lock()
 	cfg, services, doc := n.cfg, n.services, n.appliedDoc
 	drain, selfSt := n.drain, n.selfSt
+	applied := shortHash(n.appliedHash)
+	if doc != nil && n.docSeen.version != doc.Version {
+		n.docSeen.version, n.docSeen.at = doc.Version, now
+	}
 	n.mu.Unlock()
 
 	members := n.cl.Members()
@@ -222,8 +230,8 @@ func (n *Node) step(ctx context.Context) {
 	prevVerdicts := n.verdicts
 	n.mu.Unlock()
 	own := n.mon.States()
-	if n.targets.doc != hash || n.targets.set == "" {
-		n.targets = targetSet{doc: hash, set: TargetSet(services)}
+	if n.targets.doc != applied || n.targets.set == "" {
+		n.targets = targetSet{doc: applied, set: TargetSet(services)}
 	}
 	vd := HealthVerdicts(VerdictInput{Self: cfg.Node.Name, Config: n.targets.set, Own: own, Members: members,
 		Local: cfg.Health.Verdict == configs.VerdictLocal, Hold: cfg.Health.LocalHold, Since: prevVerdicts.Disagree, Now: now})
@@ -249,7 +257,7 @@ func (n *Node) step(ctx context.Context) {
 	}
 	// The tables as the last turn left them; a repair this turn may
 	// change that (below).
-	tcheck := CompareTables(cfg.Node.Name, ver, hash, ownTables, members)
+	tcheck := CompareTables(cfg.Node.Name, ver, applied, ownTables, members)
 	in.TableOutvoted, in.TableOutvotedSince = tcheck.Outvoted, n.outvotedSince(tcheck, now)
 	if cfg.Routing.Mode != configs.ModeBGP {
 		// GRACEFUL_SHUTDOWN is a BGP community: elsewhere a drain
@@ -290,7 +298,7 @@ func (n *Node) step(ctx context.Context) {
 	n.repairTable(tcheck, now)
 	rinfo, newFailed := n.reconcile(ctx, d.Table, now)
 	tables := tableFingerprints(n.rec.Fingerprints(), serviceNames(services))
-	if after := CompareTables(cfg.Node.Name, ver, hash, tables, members); !slices.Equal(after.Outvoted, tcheck.Outvoted) || !maps2Equal(failed, newFailed) {
+	if after := CompareTables(cfg.Node.Name, ver, applied, tables, members); !slices.Equal(after.Outvoted, tcheck.Outvoted) || !maps2Equal(failed, newFailed) {
 		// The repair (or whatever the reconcile changed) made the table
 		// agree, or not: what is announced follows this turn.
 		tcheck = after
@@ -314,16 +322,32 @@ func (n *Node) step(ctx context.Context) {
 		report = healthReport(n.targets.set, own)
 	}
 	n.report = report
+	// What this director says of the rollout that reached it.
+	var rep *cluster.RolloutReport
+	if n.rollout != nil {
+		st := standing(services, own, selfSt.Healthy, failedNames(newFailed, services))
+		if doc.InProgress() {
+			st.DownElsewhere = downElsewhere(cfg.Node.Name, shortHash(doc.PreviousHash), members)
+		}
+		rep = rolloutReport(n.rollout, st, now)
+		if rep.State == cluster.RolloutHolding {
+			d.WakeAt = earliest(d.WakeAt, rep.Until)
+		}
+	}
 	rinfo.Loops = n.snap.Reconcile.Loops + 1
 	n.metrics.loops.Inc()
 	// The table is the reconciler's now (and the kernel's); keeping a
 	// copy here would only hold 10,000 destinations twice.
 	d.Table = ipvs.Table{}
-	n.snap = Snapshot{Desired: d, Reconcile: rinfo, Tables: tables, TablesCheck: tcheck, At: now}
+	n.snap = Snapshot{Desired: d, Reconcile: rinfo, Tables: tables, TablesCheck: tcheck, Applied: applied, Rollout: rep, At: now}
+	seen := n.docSeen.at
 	n.mu.Unlock()
 	n.logChanges(prev, d)
-	n.publish(cfg, d, doc, report, tables)
+	n.publish(cfg, d, doc, report)
 	n.updateDNS(cfg, d, members)
+	if doc.InProgress() {
+		n.driveRollout(cfg.Node.Name, doc, d, rep, size.Size, seen, now)
+	}
 }
 
 // disagreeLogAfter is how long this director's checks must disagree with

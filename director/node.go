@@ -125,6 +125,17 @@ type Node struct {
 	// services and the document they came from, as applied.
 	services   []configs.Service
 	appliedDoc *cluster.Document
+	// appliedHash is the hash of the services applied: appliedDoc's, or
+	// while a rollout has not reached this director the previous ones'.
+	appliedHash string
+	// rollout is the rollout that reached this director (nil: none), and
+	// docSeen when the applied document's version was first held here
+	// (a stage's timeout counts from it).
+	rollout *rolloutRun
+	docSeen struct {
+		version uint64
+		at      time.Time
+	}
 	docErr     string // why the cluster's newest document is not applied
 	behindAt   time.Time
 	hostErr    string

@@ -42,7 +42,7 @@ func (n *Node) updateDNS(cfg *configs.Config, d Desired, members []cluster.Membe
 	n.dns.SetLive(live)
 }
 
-func (n *Node) publish(cfg *configs.Config, d Desired, doc *cluster.Document, report *cluster.HealthReport, tables map[string]string) {
+func (n *Node) publish(cfg *configs.Config, d Desired, doc *cluster.Document, report *cluster.HealthReport) {
 	st := n.ann.Status()
 	m := cluster.Meta{
 		Priority: cfg.Cluster.Priority, MaxActive: cfg.Cluster.MaxActive, Healthy: d.Eligible, Reason: d.Reason,
@@ -52,11 +52,17 @@ func (n *Node) publish(cfg *configs.Config, d Desired, doc *cluster.Document, re
 	n.mu.Lock()
 	m.Drained = n.drain.Drained
 	m.ActiveSize = n.activeSize.Size
+	tables, applied, rollout := n.snap.Tables, n.snap.Applied, n.snap.Rollout
 	n.mu.Unlock()
+	m.Staged = true
 	if doc != nil {
 		m.ConfigVersion, m.ConfigHash = doc.Version, doc.Short()
 		m.Health = report
 		m.Tables = tables
+		m.Rollout = rollout
+		if applied != m.ConfigHash {
+			m.Applied = applied
+		}
 	}
 	for _, a := range st.Announced {
 		m.Announced = append(m.Announced, a.Prefix.String())

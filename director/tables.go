@@ -38,14 +38,15 @@ type TableCheck struct {
 }
 
 // CompareTables compares own (this director's fingerprints by service
-// name) with those of the members that applied the config version/hash.
-// It is pure.
+// name) with those of the members that hold the config version and apply
+// the services of hash (short; during a rollout the directors it has not
+// reached apply the previous ones). It is pure.
 func CompareTables(self string, version uint64, hash string, own map[string]string, members []cluster.Member) TableCheck {
 	var tc TableCheck
 	var peers []cluster.Member
 	for _, m := range members {
 		if m.Name == self || m.State != cluster.StateAlive || m.Bad != "" || m.Meta.Tables == nil ||
-			m.Meta.ConfigVersion != version || m.Meta.ConfigHash != hash {
+			m.Meta.ConfigVersion != version || m.Meta.AppliedHash() != hash {
 			continue
 		}
 		peers = append(peers, m)

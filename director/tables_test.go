@@ -124,7 +124,7 @@ func TestNodesCompareTables(t *testing.T) {
 	getJSON(t, srv.URL+"/v1/config", &cur)
 	next := slices.Clone(cur.Services)
 	next[0].Backends = next[0].Backends[:2]
-	if code, body := postJSON(t, srv.URL+"/v1/config", api.ApplyRequest{BaseVersion: cur.Version, BaseHash: cur.Hash, Services: next}); code != http.StatusOK {
+	if code, body := postJSON(t, srv.URL+"/v1/config", api.ApplyRequest{BaseVersion: cur.Version, BaseHash: cur.Hash, Services: next, Now: true}); code != http.StatusOK {
 		t.Fatalf("apply: %d %s", code, body)
 	}
 	key := ipvs.ServiceKey{Family: ipvs.IPv4, Protocol: ipvs.TCP, Addr: mustAddr("192.0.2.1"), Port: 80}

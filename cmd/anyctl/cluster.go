@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -176,6 +177,7 @@ func newApplyCmd(c *conn) *cobra.Command {
 	var (
 		file string
 		yes  bool
+		now  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "apply -f FILE",
@@ -184,6 +186,17 @@ func newApplyCmd(c *conn) *cobra.Command {
 services: and optionally health:), validates them, shows how they differ from
 the cluster's config and, once confirmed (or with --yes), sends them to this
 director, which versions, signs and replicates them to every director.
+
+The change is rolled out in stages: to one warm standby first (no traffic at
+risk), then to one active director, then to the rest. Each stage holds for
+the checks' rise/fall time, until the directors it reached report that the
+kernel took every service and no backend, no VIP and not their own health is
+worse off than under the previous services. A stage that makes something
+worse stops the rollout and the cluster goes back to the previous services by
+itself (exit 1, with the reason). apply follows the stages until the end;
+interrupted, the rollout goes on (anyctl config shows it). --now applies the
+services on every director at once, for emergencies (and ends a rollout in
+progress).
 
 The change is made against the config version shown: if someone else changed
 the cluster meanwhile, it is refused (exit 1) and nothing changes; run it
@@ -221,7 +234,7 @@ director only proposes its file's services when the file itself changes.`,
 				}
 			}
 			var res api.ConfigResponse
-			req := api.ApplyRequest{BaseVersion: cur.Version, BaseHash: cur.Hash, Services: services}
+			req := api.ApplyRequest{BaseVersion: cur.Version, BaseHash: cur.Hash, Services: services, Now: now}
 			if err := c.call(cmd.Context(), http.MethodPost, "/v1/config", req, &res); err != nil {
 				var ae *api.Error
 				if errors.As(err, &ae) && ae.Status == http.StatusConflict {
@@ -234,6 +247,9 @@ director only proposes its file's services when the file itself changes.`,
 				}
 				return err
 			}
+			if res.Rollout != nil && res.Rollout.Outcome == "" {
+				return followRollout(cmd.Context(), c, out, res, cur)
+			}
 			if len(res.Pending) > 0 {
 				return &exitError{code: exitFailed, err: fmt.Errorf("applied here as %s, but not confirmed yet by %s: see `anyctl members`",
 					cfgName(res.Version, res.Hash), strings.Join(res.Pending, ", "))}
@@ -244,7 +260,72 @@ director only proposes its file's services when the file itself changes.`,
 	}
 	cmd.Flags().StringVarP(&file, "file", "f", "", "config file with the services")
 	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask")
+	cmd.Flags().BoolVar(&now, "now", false, "apply on every director at once, without stages (emergencies)")
 	return cmd
+}
+
+// rolloutPoll is how often apply looks at a rollout's progress.
+var rolloutPoll = 250 * time.Millisecond
+
+// followRollout prints a staged rollout's stages and the reached
+// directors' verdicts as they come, until it ends: rolled out (nil) or
+// rolled back, or ended by another change (exit 1).
+func followRollout(ctx context.Context, c *conn, out io.Writer, started, was api.ConfigResponse) error {
+	r := started.Rollout
+	fmt.Fprintf(out, "rollout %s started: a warm standby first, then one active director, then the rest; each stage holds %s\n",
+		cfgName(started.Version, started.Hash), r.Hold.Round(time.Millisecond))
+	reached := 0
+	verdicts := map[string]string{}
+	tick := time.NewTicker(rolloutPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Fprintf(out, "stopped following: the rollout goes on (anyctl config shows it)\n")
+			return &exitError{code: exitFailed, err: ctx.Err()}
+		case <-tick.C:
+		}
+		var cur api.ConfigResponse
+		if err := c.call(ctx, http.MethodGet, "/v1/config", nil, &cur); err != nil {
+			return err
+		}
+		cr := cur.Rollout
+		if cr == nil || cr.ID != r.ID {
+			return &exitError{code: exitFailed, err: fmt.Errorf("the rollout was ended by another change: the cluster runs %s by %s (applied at once?)",
+				cfgName(cur.Version, cur.Hash), orDash(cur.Author))}
+		}
+		if len(cr.Reached) > reached {
+			verb := "run"
+			if len(cr.Reached)-reached == 1 {
+				verb = "runs"
+			}
+			fmt.Fprintf(out, "  stage %s: %s now %s the new services\n", cr.Stage, strings.Join(cr.Reached[reached:], ", "), verb)
+			reached = len(cr.Reached)
+		}
+		for _, name := range cr.Reached {
+			rep, ok := cr.Reports[name]
+			if !ok || verdicts[name] == rep.State {
+				continue
+			}
+			verdicts[name] = rep.State
+			switch rep.State {
+			case "holding":
+				fmt.Fprintf(out, "    %s: holding until %s\n", name, rep.Until.Local().Format(time.TimeOnly))
+			case "ok":
+				fmt.Fprintf(out, "    %s: nothing worse off\n", name)
+			default:
+				fmt.Fprintf(out, "    %s: WORSE: %s\n", name, strings.Join(rep.Problems, "; "))
+			}
+		}
+		switch cr.Outcome {
+		case "rolled_out":
+			fmt.Fprintf(out, "rolled out: every director runs %s (was %s)\n", cfgName(cur.Version, cur.Hash), cfgName(was.Version, was.Hash))
+			return nil
+		case "rolled_back":
+			fmt.Fprintf(out, "ROLLED BACK: %s\nthe cluster runs the previous services again as %s\n", cr.Reason, cfgName(cur.Version, cur.Hash))
+			return &exitError{code: exitFailed, err: fmt.Errorf("rolled back: %s", cr.Reason)}
+		}
+	}
 }
 
 // writeServicesDiff prints, per service, what apply would change, and

@@ -114,12 +114,25 @@ func TestClusterCommandsAgainstADirector(t *testing.T) {
 		t.Errorf("apply without an answer: %d\n%s", code, out)
 	}
 	out, _, code = runCLI("apply", "-f", file, "--socket", sock, "--yes")
-	if code != exitOK || !strings.Contains(out, "applied: every director runs v2/") {
-		t.Errorf("apply --yes: %d\n%s", code, out)
+	if code != exitOK || !strings.Contains(out, "rollout v2/") || !strings.Contains(out, "stage active: d1 now runs the new services") || !regexp.MustCompile(`rolled out: every director runs v\d+/`).MatchString(out) {
+		t.Errorf("apply --yes (staged): %d\n%s", code, out)
 	}
 	out, _, code = runCLI("apply", "-f", file, "--socket", sock, "--yes")
 	if code != exitOK || !strings.Contains(out, "no change") {
 		t.Errorf("apply again: %d\n%s", code, out)
+	}
+	// --now: at once, no stages.
+	os.WriteFile(file, []byte(`services:
+  - name: dns
+    vip: 192.0.2.2
+    protocol: udp
+    port: 53
+    health: {type: none}
+    backends: [{address: 10.9.9.9}, {address: 10.9.9.10}, {address: 10.9.9.11}]
+`), 0o644)
+	out, _, code = runCLI("apply", "-f", file, "--socket", sock, "--yes", "--now")
+	if code != exitOK || !strings.Contains(out, "applied: every director runs v") || strings.Contains(out, "stage") {
+		t.Errorf("apply --now: %d\n%s", code, out)
 	}
 	// An invalid file changes nothing and names the problem.
 	os.WriteFile(file, []byte("services:\n  - name: dns\n    vip: 192.0.2.2\n    port: 0\n    backends: []\n"), 0o644)

@@ -92,8 +92,13 @@ func renderMembers(w io.Writer, r api.MembersResponse, now time.Time) {
 		if addr == "" {
 			addr = "-"
 		}
+		cfg := cfgName(m.ConfigVersion, m.ConfigHash)
+		if m.Applied != "" && m.Applied != m.ConfigHash {
+			// A rollout has not reached it: it runs the previous services.
+			cfg += " (runs previous " + m.Applied[:min(8, len(m.Applied))] + ")"
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, addr, m.State, m.Role, h, drained,
-			cfgName(m.ConfigVersion, m.ConfigHash), ann, peers, age(now, m.Started))
+			cfg, ann, peers, age(now, m.Started))
 		roles[m.Role]++
 	}
 	tw.Flush()

@@ -20,7 +20,7 @@ func TestRenderMembersGolden(t *testing.T) {
 			ConfigVersion: 7, ConfigHash: "3f2a1b9c0d4e", Announced: []string{"198.51.100.1/32", "198.51.100.2/32"},
 			Announcing: 2, PeersUp: 2, Peers: 2, Started: now.Add(-50 * time.Hour)},
 		{Name: "d2", Addr: "10.0.0.2:7946", State: "alive", Role: "active", Healthy: true, Priority: 100,
-			ConfigVersion: 7, ConfigHash: "3f2a1b9c0d4e", Announcing: 40, PeersUp: 1, Peers: 2, Started: now.Add(-90 * time.Minute)},
+			ConfigVersion: 7, ConfigHash: "3f2a1b9c0d4e", Applied: "77e0c1d2a3b4", Announcing: 40, PeersUp: 1, Peers: 2, Started: now.Add(-90 * time.Minute)},
 		{Name: "d3", Addr: "10.0.0.3:7946", State: "alive", Role: "standby", Healthy: true, Priority: 200,
 			ConfigVersion: 7, ConfigHash: "3f2a1b9c0d4e", PeersUp: 2, Peers: 2, Started: now.Add(-30 * time.Second)},
 		{Name: "d4", Addr: "10.0.0.4:7946", State: "alive", Role: "ineligible", Healthy: false, Reason: "unhealthy: uplink eth1: no carrier",

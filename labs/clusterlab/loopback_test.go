@@ -130,7 +130,9 @@ func TestEightDaemonsOnLoopback(t *testing.T) {
 `, run+1)
 		os.WriteFile(file, []byte("services:\n"+svc), 0o644)
 		start := time.Now()
-		out, err := ds[2].Anyctl("apply", "-f", file, "--yes")
+		// At once: how fast a change reaches every daemon (a staged
+		// rollout's stages are TestNodesStagedRollout's).
+		out, err := ds[2].Anyctl("apply", "-f", file, "--yes", "--now")
 		if err != nil {
 			t.Fatalf("apply: %v\n%s", err, out)
 		}

@@ -53,7 +53,8 @@ func TestLabPartition(t *testing.T) {
     health: {type: none}
     backends: [{address: 10.9.8.1}]
 `, name)), 0o644)
-		if out, err := d.Anyctl("apply", "-f", file, "--yes"); err != nil {
+		// At once: each change is one version, as the test counts them.
+		if out, err := d.Anyctl("apply", "-f", file, "--yes", "--now"); err != nil {
 			t.Fatalf("apply on %s: %v\n%s", d.Name, err, out)
 		}
 	}

@@ -249,14 +249,17 @@ func TestVMDaemons(t *testing.T) {
 		}
 	}
 
-	// Scenario 5: anyctl apply on d2 adds rs4; every kernel gets it, and
-	// traffic through each director reaches it.
+	// Scenario 5: anyctl apply on d2 adds rs4, rolled out in stages (no
+	// standby here: one active director, then the rest); every kernel
+	// gets it, and traffic through each director reaches it.
 	file := filepath.Join(t.TempDir(), "services.yaml")
 	os.WriteFile(file, []byte(fmt.Sprintf(daemonServices, ", {address: 10.1.0.14}")), 0o644)
 	start := time.Now()
-	if out, err := ds[1].anyctl("apply", "-f", file, "--yes"); err != nil {
+	out, err := ds[1].anyctl("apply", "-f", file, "--yes")
+	if err != nil || !strings.Contains(out, "rolled out: every director runs") {
 		t.Fatalf("apply on d2: %v\n%s", err, out)
 	}
+	t.Logf("anyctl apply on d2:\n%s", out)
 	labtest.Eventually(t, 30*time.Second, "rs4 in all three kernels", func() error {
 		for i := 1; i <= 3; i++ {
 			tb := l.table(fmt.Sprintf("d%d", i))
@@ -266,7 +269,7 @@ func TestVMDaemons(t *testing.T) {
 		}
 		return nil
 	})
-	t.Logf("measure: anyctl apply on d2 -> the new backend in all three kernels (in the VM): %v", time.Since(start).Round(time.Millisecond))
+	t.Logf("measure: anyctl apply on d2, rolled out in stages -> the new backend in all three kernels (in the VM): %v", time.Since(start).Round(time.Millisecond))
 	rs4addr := netip.MustParseAddr("10.1.0.14")
 	for i := 1; i <= 3; i++ {
 		l.route(i)
