@@ -58,6 +58,9 @@ type ConfigInfo struct {
 	// SaveError says why the applied document is not saved in the state
 	// dir (retried every second; it is served all the same).
 	SaveError string `json:"save_error,omitempty"`
+	// Applied is, while a staged rollout has not reached this director,
+	// the hash of the previous services it still applies ("": Hash's).
+	Applied string `json:"applied,omitempty"`
 }
 
 // VIPView is a VIP and whether this director announces it.

@@ -260,7 +260,7 @@ func (n *Node) vipViews() []api.VIPView {
 
 func (n *Node) configInfo() api.ConfigInfo {
 	n.mu.Lock()
-	doc, services, docErr := n.appliedDoc, n.services, n.docErr
+	doc, services, docErr, applied := n.appliedDoc, n.services, n.docErr, n.appliedHash
 	n.mu.Unlock()
 	ci := api.ConfigInfo{Services: len(services), Error: docErr}
 	if err := n.cl.SaveError(); err != nil {
@@ -268,6 +268,9 @@ func (n *Node) configInfo() api.ConfigInfo {
 	}
 	if doc != nil {
 		ci.Version, ci.Hash, ci.Author, ci.Time = doc.Version, doc.Hash, doc.Author, doc.Time
+		if applied != doc.Hash {
+			ci.Applied = applied
+		}
 	}
 	return ci
 }

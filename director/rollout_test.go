@@ -1,8 +1,10 @@
 package director
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/anycastd/anycastd/api"
 	"github.com/anycastd/anycastd/cluster"
+	"github.com/anycastd/anycastd/configs"
 )
 
 func TestJudgeRollout(t *testing.T) {
@@ -323,5 +326,56 @@ func TestNodesStagedRollout(t *testing.T) {
 	getJSON(t, srv.URL+"/v1/config", &cur)
 	if code, body = postJSON(t, srv.URL+"/v1/config", api.ApplyRequest{BaseVersion: cur.Version, BaseHash: cur.Hash, Services: cur.Services}); code != http.StatusConflict {
 		t.Errorf("a staged apply of the services the cluster has: %d %s", code, body)
+	}
+}
+
+// TestStagedRolloutRefusedForAnOldBuild: a live member that does not
+// understand rollouts (a build before them, here a bare cluster member
+// that publishes no such flag) would reject the rollout's document, fall
+// behind and withdraw: a staged apply is refused, naming it, and changes
+// nothing; --now still works.
+func TestStagedRolloutRefusedForAnOldBuild(t *testing.T) {
+	d1 := startNode(t, nodeConfig(t, "d1", twoUDPVIPs, ""))
+	old, err := cluster.New(cluster.Options{Name: "old", Bind: mustAddr("127.0.0.1"), StateDir: t.TempDir(),
+		Seeds: []string{d1.n.Cluster().LocalAddr().String()}, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- old.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	old.SetMeta(cluster.Meta{Priority: 100, Healthy: true, Build: "v0.2.0"})
+	waitFor(t, 10*time.Second, "d1 sees the old member", func() error {
+		for _, m := range d1.n.Cluster().Members() {
+			if m.Name == "old" && m.State == cluster.StateAlive {
+				return nil
+			}
+		}
+		return fmt.Errorf("not yet")
+	})
+	srv := httptest.NewServer(d1.n.Handler())
+	defer srv.Close()
+	var cur api.ConfigResponse
+	waitFor(t, 10*time.Second, "d1's config", func() error {
+		getJSON(t, srv.URL+"/v1/config", &cur)
+		if len(cur.Services) == 0 {
+			return fmt.Errorf("none yet")
+		}
+		return nil
+	})
+	next := slices.Clone(cur.Services)
+	next[0].Backends = append(next[0].Backends, configs.Backend{Address: mustAddr("10.9.9.10"), Port: 53, Weight: 1})
+	code, body := postJSON(t, srv.URL+"/v1/config", api.ApplyRequest{BaseVersion: cur.Version, BaseHash: cur.Hash, Services: next})
+	if code != http.StatusPreconditionFailed || !strings.Contains(body, "old runs anycastd v0.2.0") {
+		t.Fatalf("a staged apply with an old build alive: %d %s", code, body)
+	}
+	var after api.ConfigResponse
+	getJSON(t, srv.URL+"/v1/config", &after)
+	if after.Version != cur.Version || after.Hash != cur.Hash {
+		t.Fatalf("the refused apply changed the config: v%d -> v%d", cur.Version, after.Version)
+	}
+	if code, body = postJSON(t, srv.URL+"/v1/config", api.ApplyRequest{BaseVersion: cur.Version, BaseHash: cur.Hash, Services: next, Now: true}); code != http.StatusOK {
+		t.Fatalf("--now with an old build alive: %d %s", code, body)
 	}
 }

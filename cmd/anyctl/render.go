@@ -128,6 +128,9 @@ func renderStatus(w io.Writer, s api.StatusResponse, now time.Time) {
 	kv("Routing", "%s, dataplane %s", s.Mode, s.Dataplane)
 	c := s.Config
 	kv("Config", "%s by %s, %d services", cfgName(c.Version, c.Hash), orDash(c.Author), c.Services)
+	if c.Applied != "" {
+		kv("Rollout", "not here yet: runs the previous services (%s)", c.Applied[:min(8, len(c.Applied))])
+	}
 	if c.Error != "" {
 		kv("Config error", "%s", c.Error)
 	}

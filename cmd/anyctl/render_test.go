@@ -62,6 +62,7 @@ func TestRenderStatusGolden(t *testing.T) {
 	s.Reason = "drained"
 	s.Drain = api.DrainView{Drained: true, Reason: "kernel upgrade", Since: now.Add(-5 * time.Minute)}
 	s.Reconcile.Errors = []string{"add service tcp 198.51.100.3:443: scheduler mh: no such file or directory"}
+	s.Config.Applied = "77e0c1d2a3b4c5d6"
 	s.Tables = &api.TablesView{Fingerprints: map[string]string{"web-http": "0a1b2c3d4e", "web-https": "5f6a7b8c9d"}, Compared: 2,
 		Differ: map[string][]string{"web-http": {"d2", "d3"}}, Outvoted: []string{"web-http"}, Repairs: 3, LastRepair: now.Add(-4 * time.Second)}
 	s.ConnSync = &api.ConnSyncView{Error: "start IPVS sync daemon (master on eth7 sync id 1 group 224.0.0.81 port 8848 ttl 1 maxlen 0): no such device"}

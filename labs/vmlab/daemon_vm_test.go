@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anycastd/anycastd/api"
 	"github.com/anycastd/anycastd/ipvs"
 	"github.com/anycastd/anycastd/labs/labtest"
 )
@@ -282,6 +283,66 @@ func TestVMDaemons(t *testing.T) {
 		}
 	}
 	l.route(1, 2, 3)
+
+	// Scenario 5b: a change whose new health check fails on every
+	// backend (port 81: nobody listens) is stopped by the first stage
+	// and rolled back by the cluster itself; no director withdraws the
+	// VIP meanwhile, and every one ends on the services it had.
+	var cur api.ConfigResponse
+	if err := ds[0].api("GET", "/v1/config", nil, &cur); err != nil {
+		t.Fatal(err)
+	}
+	bad := strings.Replace(fmt.Sprintf(daemonServices, ", {address: 10.1.0.14}"), "health: {type: tcp,", "health: {type: tcp, port: 81,", 1)
+	os.WriteFile(file, []byte(bad), 0o644)
+	stop, withdrawn := make(chan struct{}), make(chan []string, 1)
+	go func() {
+		var seen []string
+		for {
+			select {
+			case <-stop:
+				withdrawn <- seen
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			for _, d := range ds {
+				var st api.StatusResponse
+				if d.api("GET", "/v1/status", nil, &st) != nil {
+					continue
+				}
+				for _, v := range st.VIPs {
+					if !v.Announced {
+						seen = append(seen, fmt.Sprintf("%s: %s %s", d.name, v.VIP, v.Reason))
+					}
+				}
+			}
+		}
+	}()
+	start = time.Now()
+	out, err = ds[2].anyctl("apply", "-f", file, "--yes")
+	close(stop)
+	t.Logf("anyctl apply of a change whose check fails everywhere, on d3 (%v):\n%s", time.Since(start).Round(time.Millisecond), out)
+	if err == nil || !strings.Contains(out, "ROLLED BACK: on ") || !strings.Contains(out, "is down (it was up)") {
+		t.Errorf("the bad change was not rolled back: %v", err)
+	}
+	if w := <-withdrawn; len(w) > 0 {
+		t.Errorf("VIPs withdrawn during the bad rollout: %v", w)
+	}
+	rolledBack := time.Now()
+	labtest.Eventually(t, 10*time.Second, "every director back on the services it had", func() error {
+		for _, d := range ds {
+			var st api.StatusResponse
+			if err := d.api("GET", "/v1/status", nil, &st); err != nil {
+				return err
+			}
+			if st.Config.Hash != cur.Hash {
+				return fmt.Errorf("%s applies %s, want %s", d.name, st.Config.Hash, cur.Hash)
+			}
+		}
+		return nil
+	})
+	t.Logf("measure: a staged change whose check fails on every backend -> rolled back (anyctl apply returns): %v; then every director on the previous services within %v (the stage hold: 1.4s)",
+		rolledBack.Sub(start).Round(time.Millisecond), time.Since(rolledBack).Round(time.Millisecond))
+
 	for _, d := range ds {
 		d.stop(t)
 	}
