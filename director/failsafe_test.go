@@ -210,6 +210,28 @@ func TestCheckSettingsChangeKeepsVIP(t *testing.T) {
 	if err := expectAnnounced("192.0.2.1/32")(d1); err != nil {
 		t.Fatal(err)
 	}
+
+	// The check moves to another port of the backend (where something
+	// listens too): the same, its probes had started over from unknown
+	// (TestVMDaemons saw the canary of a staged rollout withdraw).
+	other := newBackend(t)
+	_, otherPort, _ := strings.Cut(other.addr, ":")
+	moved := strings.Replace(svc("2s"), "timeout: 2s}", "timeout: 2s, port: "+otherPort+"}", 1)
+	mark = len(rec.sets())
+	doc = d1.n.Cluster().Document()
+	if _, _, err := d1.n.Apply(context.Background(), doc.Version, doc.Hash, nodeConfig(t, "d1", moved, "").Services); err != nil {
+		t.Fatal(err)
+	}
+	loops = d1.n.StatusView().Reconcile.Loops
+	waitFor(t, 2*time.Second, "three turns on the moved check", func() error {
+		if l := d1.n.StatusView().Reconcile.Loops; l < loops+3 || d1.n.ConfigView().Version != doc.Version+1 {
+			return fmt.Errorf("loops %d", l)
+		}
+		return nil
+	})
+	if err := withdrawnSince(rec, mark, "192.0.2.1/32"); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // A cluster document this director cannot apply (here: a check whose CA

@@ -120,10 +120,11 @@ func NewMonitorWith(log *slog.Logger, concurrency int, newProbe func(configs.Che
 
 // Set makes specs the set of watched targets. A target whose spec is
 // unchanged keeps its probe, schedule and status; one whose check changed
-// but whose target did not keeps its status (state, rise/fall counts,
-// last result) and takes the new check in place, as a changed timeout or
-// interval is no news about the backend; a new target starts Unknown; one
-// not in specs is dropped. If any spec cannot be built into a probe, Set
+// (its settings, or the address it probes: another port) keeps its status
+// (state, rise/fall counts, last result) and takes the new check in
+// place, as such a change is no news about the backend, until the new
+// check's rise or fall says otherwise; a new ID starts Unknown; one not
+// in specs is dropped. If any spec cannot be built into a probe, Set
 // changes nothing and returns every such error.
 func (m *Monitor) Set(specs []Spec) error {
 	type built struct {
@@ -186,10 +187,15 @@ func (m *Monitor) Set(specs []Spec) error {
 		}
 	}
 	for _, b := range add {
-		if old, ok := m.targets[b.spec.ID]; ok && old.target == b.spec.Target {
-			// Same backend, new check: the status stays.
+		if old, ok := m.targets[b.spec.ID]; ok {
+			// Same backend, new check (its settings, or where it
+			// probes: another port): the status stays until the new
+			// check's rise or fall changes it. Starting over from
+			// unknown would count the backend out of its quorum on
+			// every director at once, until the first probe, and
+			// withdraw the VIP everywhere for a change to a check.
 			interval := old.check.Interval
-			old.check, old.probe = b.check, b.probe
+			old.check, old.probe, old.target = b.check, b.probe, b.spec.Target
 			old.damp.Rise, old.damp.Fall = b.check.Rise, b.check.Fall
 			if old.index >= 0 && b.check.Interval < interval {
 				// Not later than the new interval from now.
@@ -199,8 +205,6 @@ func (m *Monitor) Set(specs []Spec) error {
 				}
 			}
 			continue
-		} else if ok {
-			m.drop(old)
 		}
 		e := &entry{id: b.spec.ID, target: b.spec.Target, check: b.check, probe: b.probe, index: -1,
 			damp: Dampener{Rise: b.check.Rise, Fall: b.check.Fall}}

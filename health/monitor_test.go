@@ -235,6 +235,19 @@ func TestMonitorSetKeepsUnchanged(t *testing.T) {
 		if st, _ := m.Status("b"); st.State != Down {
 			t.Errorf("b not probed with its new check (fall 1, probe fails): %+v", st)
 		}
+		// The check moves to another port of the same backend: the
+		// state stays too (a new address for the probe is no more news
+		// about the backend than a new timeout), until the new check
+		// says otherwise.
+		m.newProbe = func(configs.Check, Target) (Probe, error) { return &scripted{script: "u"}, nil }
+		c2 := c
+		c2.Target.Addr = netip.MustParseAddrPort("127.0.0.3:81")
+		if err := m.Set([]Spec{a, b3, c2}); err != nil {
+			t.Fatal(err)
+		}
+		if st, _ := m.Status("c"); st.State != Up || st.Target != c2.Target {
+			t.Errorf("c lost its state when its check moved to another port: %+v", st)
+		}
 
 		// A spec that cannot be built changes nothing.
 		m.newProbe = New
