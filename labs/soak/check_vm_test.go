@@ -233,27 +233,39 @@ func (c *checker) check(s *snapshot) {
 	}
 	// 4. Every live director holds the same IPVS table (while the
 	// gossip is split, every director of the same side: a change made
-	// on one side reaches the other at the heal).
+	// on one side reaches the other at the heal; during a staged
+	// rollout, every director applying the same services: the stages
+	// reached run the new ones, the others the previous ones).
 	same, diff := true, ""
 	var pair [2]string
 	compared := map[string]string{}
 	for _, group := range groups {
-		var ref, refName string
+		refs := map[string]string{} // applied services -> the first director's name
 		for _, name := range group {
 			tb, ok := s.tables[name]
 			if !ok || s.down[name] || c.exempt(name, now, boundTable) {
 				continue
 			}
-			if st, ok := s.status[name]; ok && st.Role == "" && !slices.Contains(plain, name) && !slices.Contains(gshut, name) {
+			st, known := s.status[name]
+			if known && st.Role == "" && !slices.Contains(plain, name) && !slices.Contains(gshut, name) {
 				// Starting: nothing applied yet, nothing announced; its
 				// kernel holds what its last run left (as invariant 5
 				// does not count its v0 either).
 				continue
 			}
+			applied := ""
+			if known && st != nil {
+				applied = st.Config.Applied
+			}
 			str := scheduling(tb)
 			compared[name] = str
-			if refName == "" {
-				ref, refName = str, name
+			refName, seen := refs[applied]
+			ref := ""
+			if seen {
+				ref = compared[refName]
+			}
+			if !seen {
+				refs[applied] = name
 			} else if str != ref {
 				same = false
 				diff = fmt.Sprintf("%s:\n%s\n%s:\n%s", refName, tableString(s.tables[refName]), name, tableString(tb))

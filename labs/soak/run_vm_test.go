@@ -449,11 +449,27 @@ func (l *lab) apply(f *fault, change func()) {
 		if _, err := l.status(name); err != nil {
 			continue
 		}
-		// At once: the checker compares every director's table with
-		// the others' and does not yet know that a staged rollout's
-		// canary runs other services by design.
-		out, err := l.anyctl(name, "apply", "-f", file, "--yes", "--now")
-		if err != nil {
+		// A staged rollout, as an operator's apply is: anyctl follows its
+		// stages to the end (rolled out, or rolled back by the cluster
+		// when a stage made something worse). A change made while
+		// another one's rollout runs waits for it.
+		var out string
+		var err error
+		for deadline := time.Now().Add(2 * time.Minute); ; {
+			out, err = l.anyctl(name, "apply", "-f", file, "--yes")
+			if err == nil || !strings.Contains(out, "is in progress") || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(2 * time.Second)
+		}
+		switch {
+		case err == nil:
+			if i := strings.LastIndex(out, "rolled out:"); i >= 0 {
+				l.rep.note(f, fmt.Sprintf("anyctl apply on %s: %s", name, strings.TrimSpace(out[i:])))
+			}
+		case strings.Contains(out, "ROLLED BACK"):
+			l.rep.note(f, fmt.Sprintf("anyctl apply on %s was rolled back: %s", name, strings.TrimSpace(out[strings.Index(out, "ROLLED BACK"):])))
+		default:
 			l.rep.note(f, fmt.Sprintf("anyctl apply on %s: %s", name, strings.TrimSpace(out)))
 			if strings.Contains(out, "cannot reach anycastd") {
 				continue // it went down meanwhile: the next one
