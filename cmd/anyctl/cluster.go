@@ -290,8 +290,14 @@ func followRollout(ctx context.Context, c *conn, out io.Writer, started, was api
 			return err
 		}
 		cr := cur.Rollout
-		if cr == nil || cr.ID != r.ID {
-			return &exitError{code: exitFailed, err: fmt.Errorf("the rollout was ended by another change: the cluster runs %s by %s (applied at once?)",
+		switch {
+		case cr != nil && cr.ID > r.ID:
+			// Ours ended (or was ended) and another rollout began
+			// between two looks: how ours went is not known here.
+			return &exitError{code: exitFailed, err: fmt.Errorf("another rollout (%s by %s) began before this one's end was seen here: its outcome is unknown (anyctl config, the daemons' logs)",
+				cfgName(cur.Version, cur.Hash), orDash(cur.Author))}
+		case cr == nil || cr.ID != r.ID:
+			return &exitError{code: exitFailed, err: fmt.Errorf("the rollout was ended by a change made at once (--now, or a director's config file): the cluster runs %s by %s",
 				cfgName(cur.Version, cur.Hash), orDash(cur.Author))}
 		}
 		if len(cr.Reached) > reached {
